@@ -1,0 +1,152 @@
+"""The canonical documents: the contract between the translators and everything downstream.
+
+The message mappers build plain dicts (fast, and exactly what ``gateway translate`` prints);
+these pydantic models are the schema of those dicts. ``validate_canonical`` checks a dict
+against them, with no extra keys allowed, so the contract cannot drift silently.
+Decimals are JSON strings (``"12.50"``), dates ISO ``YYYY-MM-DD``, absent values ``null``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+DecimalStr = Annotated[str, StringConstraints(pattern=r"^-?\d+(\.\d+)?$")]
+IsoDate = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Address(_Strict):
+    lines: list[str]
+    city: str | None
+    region: str | None
+    postal_code: str | None
+    country: str | None
+
+
+class Party(_Strict):
+    name: str | None
+    id: str | None
+    id_qualifier: str | None
+    tax_id: str | None
+    address: Address | None
+
+
+class Parties(_Strict):
+    buyer: Party | None
+    supplier: Party | None
+    ship_to: Party | None
+    bill_to: Party | None
+    remit_to: Party | None
+
+
+class Control(_Strict):
+    interchange: str | None
+    group: str | None
+    message: str | None
+
+
+class Line(_Strict):
+    line_number: str | None
+    quantity: DecimalStr | None
+    uom: str | None
+    unit_price: DecimalStr | None
+    amount: DecimalStr | None
+    buyer_part: str | None
+    supplier_part: str | None
+    gtin: str | None
+    description: str | None
+    requested_delivery: IsoDate | None
+
+
+class Charge(_Strict):
+    code: str | None
+    description: str | None
+    amount: DecimalStr | None
+
+
+class _Document(_Strict):
+    standard: Literal["x12", "edifact"]
+    version: str | None
+    partner: str | None
+    sender_id: str | None
+    receiver_id: str | None
+    control: Control
+    purpose: str | None
+    currency: str | None
+    parties: Parties
+    lines: list[Line]
+    references: dict[str, str]
+    total_amount: DecimalStr | None
+
+
+class PurchaseOrder(_Document):
+    kind: Literal["purchase_order"]
+    po_number: str | None
+    po_date: IsoDate | None
+    requested_delivery: IsoDate | None
+
+
+class Invoice(_Document):
+    kind: Literal["invoice"]
+    invoice_number: str | None
+    invoice_date: IsoDate | None
+    po_number: str | None
+    due_date: IsoDate | None
+    tax_amount: DecimalStr | None
+    charges: list[Charge]
+    terms: str | None
+
+
+PARTY_ROLES = ("buyer", "supplier", "ship_to", "bill_to", "remit_to")
+LINE_FIELDS = tuple(Line.model_fields)
+
+
+def validate_canonical(doc: dict) -> PurchaseOrder | Invoice:
+    """Validate a canonical dict against the contract; raises pydantic.ValidationError."""
+    model = PurchaseOrder if doc.get("kind") == "purchase_order" else Invoice
+    return model.model_validate(doc)
+
+
+def empty_party() -> dict:
+    return {"name": None, "id": None, "id_qualifier": None, "tax_id": None, "address": None}
+
+
+def empty_line() -> dict:
+    return dict.fromkeys(LINE_FIELDS)
+
+
+def new_document(kind: str, standard: str) -> dict:
+    """A canonical dict with every contract key present and empty."""
+    doc = {
+        "kind": kind,
+        "standard": standard,
+        "version": None,
+        "partner": None,
+        "sender_id": None,
+        "receiver_id": None,
+        "control": {"interchange": None, "group": None, "message": None},
+        "purpose": None,
+        "currency": None,
+        "parties": dict.fromkeys(PARTY_ROLES),
+        "lines": [],
+        "references": {},
+        "total_amount": None,
+    }
+    if kind == "purchase_order":
+        doc.update(po_number=None, po_date=None, requested_delivery=None)
+    else:
+        doc.update(
+            invoice_number=None,
+            invoice_date=None,
+            po_number=None,
+            due_date=None,
+            tax_amount=None,
+            charges=[],
+            terms=None,
+        )
+    return doc

@@ -1,0 +1,118 @@
+"""From raw bytes to text: standard detection, BOMs, EBCDIC and EDIFACT character sets.
+
+Real files lie about their character set (UTF-8 inside UNOA interchanges, ISO-8859-1
+inside UNOC, mojibake). The rule: a file that is valid UTF-8 is read as UTF-8, because a
+real ISO-8859 text almost never is; otherwise the declared set is used.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Iterable, Iterator
+
+_BOMS = (codecs.BOM_UTF8,)
+_EBCDIC_ISA = "ISA".encode("cp037")
+_EBCDIC_UNB = "UNB".encode("cp037")
+_EBCDIC_UNA = "UNA".encode("cp037")
+
+# EDIFACT syntax identifiers (UNB S001 0001) to Python codecs.
+EDIFACT_CHARSETS = {
+    "UNOA": "ascii",
+    "UNOB": "ascii",
+    "UNOC": "iso8859_1",
+    "UNOD": "iso8859_2",
+    "UNOE": "iso8859_5",
+    "UNOF": "iso8859_7",
+    "UNOG": "iso8859_3",
+    "UNOH": "iso8859_4",
+    "UNOI": "iso8859_6",
+    "UNOJ": "iso8859_8",
+    "UNOK": "iso8859_9",
+    "UNOL": "iso8859_15",
+    "UNOW": "utf_8",
+    "UNOX": "iso2022_jp",
+    "UNOY": "utf_8",
+}
+
+_START = re.compile(rb"ISA|UNA|UNB")
+
+
+def detect(head: bytes) -> tuple[str | None, int, str | None]:
+    """(standard, offset of the first envelope segment, codec) for the opening bytes.
+
+    standard is ``"x12"``, ``"edifact"`` or None; codec is ``"cp037"`` for EBCDIC X12,
+    otherwise None (decided by :class:`AdaptiveDecoder`).
+    """
+    i = 0
+    for bom in _BOMS:
+        if head.startswith(bom):
+            i = len(bom)
+    while i < len(head) and head[i] in b" \t\r\n\x00\x1a":
+        i += 1
+    rest = head[i:]
+    if rest.startswith(_EBCDIC_ISA):
+        return "x12", i, "cp037"
+    if rest.startswith((_EBCDIC_UNB, _EBCDIC_UNA)):
+        return "edifact", i, "cp037"
+    if rest.startswith(b"ISA"):
+        return "x12", i, None
+    if rest.startswith((b"UNA", b"UNB")):
+        return "edifact", i, None
+    # Junk before the envelope (a comment line, a mail header): find the first envelope.
+    m = _START.search(head, i)
+    if m:
+        return ("x12" if m.group() == b"ISA" else "edifact"), m.start(), None
+    return None, i, None
+
+
+def edifact_syntax_identifier(head_text: str) -> str | None:
+    """UNB S001 0001 (e.g. ``UNOC``) from the opening text, or None."""
+    text = head_text.replace("\r", "").replace("\n", "")
+    j = text.find("UNB")
+    if j < 0 or len(text) < j + 8:
+        return None
+    ident = text[j + 4 : j + 8]
+    return ident.upper() if ident.isalpha() else None
+
+
+class AdaptiveDecoder:
+    """Incremental decoder: UTF-8 while the bytes are valid UTF-8, else the declared codec."""
+
+    def __init__(self, declared: str | None):
+        self.declared = declared or "iso8859_1"
+        if codecs.lookup(self.declared).name == "ascii":
+            # An ASCII declaration with 8-bit bytes: Latin-1 at least keeps every byte.
+            self.declared = "iso8859_1"
+        self._decoder = codecs.getincrementaldecoder("utf_8")("strict")
+        self.codec = "utf_8"
+        self.switched = False
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        if self.codec == "utf_8":
+            try:
+                return self._decoder.decode(data, final)
+            except UnicodeDecodeError:
+                pending, _ = self._decoder.getstate()
+                self.codec = self.declared
+                self.switched = True
+                self._decoder = codecs.getincrementaldecoder(self.declared)("replace")
+                data = pending + data
+        return self._decoder.decode(data, final)
+
+
+def decode_chunks(chunks: Iterable[bytes], codec: str | None, skip: int) -> Iterator[str]:
+    """Decode a byte stream to text chunks, dropping the first ``skip`` bytes (BOM, junk)."""
+    decoder = codecs.getincrementaldecoder(codec)("replace") if codec else AdaptiveDecoder(None)
+    first = True
+    for chunk in chunks:
+        if first:
+            chunk = chunk[skip:]
+            first = False
+        if chunk:
+            text = decoder.decode(chunk)
+            if text:
+                yield text
+    tail = decoder.decode(b"", True)
+    if tail:
+        yield tail

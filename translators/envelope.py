@@ -1,0 +1,895 @@
+"""Streaming envelope readers for X12 and EDIFACT.
+
+``read(chunks)`` turns a byte stream into events, in file order:
+
+- :class:`~translators.model.TransactionSet` — each ST..SE / UNH..UNT as soon as it is complete;
+- :class:`~translators.model.InterchangeSummary` — at each IEA / UNZ (or end of file), with the
+  envelope findings and the summaries of every set in it;
+- :class:`~translators.findings.Finding` — file-level problems (not EDI, trailing junk).
+
+Memory is bounded by the largest transaction set: segments are split from a moving buffer
+and each set is handed on as soon as its trailer arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from translators import decoding
+from translators.findings import Finding, Severity, finding
+from translators.model import (
+    Delimiters,
+    GroupInfo,
+    GroupSummary,
+    InterchangeInfo,
+    InterchangeSummary,
+    SetSummary,
+    TransactionSet,
+)
+
+CHUNK = 1 << 20
+_WS = " \t\r\n\x00\x1a\x0b\x0c"
+
+Event = TransactionSet | InterchangeSummary | Finding
+
+
+def read(chunks: Iterable[bytes]) -> Iterator[Event]:
+    """Read a byte stream (an iterable of chunks) into envelope events."""
+    it = iter(chunks)
+    head = b""
+    for chunk in it:
+        head += chunk
+        if len(head.lstrip(b" \t\r\n\xef\xbb\xbf")) >= 4096:
+            break
+    if not head.strip(b" \t\r\n\x00\x1a"):
+        yield finding("file.empty", "The file is empty")
+        return
+    standard, offset, codec = decoding.detect(head[:65536])
+    if standard is None:
+        yield finding("file.not_edi", "No ISA, UNA or UNB segment: the file is neither X12 nor EDIFACT")
+        return
+    rest = _chain([head], it)
+    if offset and head[:offset].strip(b" \t\r\n\x00\x1a\xef\xbb\xbf"):
+        yield finding(
+            "file.trailing_data",
+            "Data before the first interchange header was ignored",
+            severity=Severity.WARNING,
+            segment_index=0,
+        )
+    if standard == "x12":
+        text = decoding.decode_chunks(rest, codec, offset)
+        yield from _X12Reader().run(text)
+    else:
+        declared = None
+        if codec is None:
+            ident = decoding.edifact_syntax_identifier(head[offset : offset + 4096].decode("latin-1"))
+            declared = decoding.EDIFACT_CHARSETS.get(ident or "")
+        text = _decode_edifact(rest, codec, declared, offset)
+        yield from _EdifactReader().run(text)
+
+
+def read_bytes(data: bytes) -> Iterator[Event]:
+    """:func:`read` over an in-memory file."""
+    return read(data[i : i + CHUNK] for i in range(0, max(len(data), 1), CHUNK))
+
+
+def read_interchanges(data: bytes) -> tuple[list[tuple[InterchangeSummary, list[TransactionSet]]], list[Finding]]:
+    """Every interchange with its transaction sets, and the file-level findings."""
+    out: list[tuple[InterchangeSummary, list[TransactionSet]]] = []
+    pending: list[TransactionSet] = []
+    file_findings: list[Finding] = []
+    for ev in read_bytes(data):
+        if isinstance(ev, TransactionSet):
+            pending.append(ev)
+        elif isinstance(ev, InterchangeSummary):
+            out.append((ev, pending))
+            pending = []
+        else:
+            file_findings.append(ev)
+    return out, file_findings
+
+
+def transaction_sets(data: bytes) -> list[TransactionSet]:
+    """Every transaction set / message in an in-memory file, in order."""
+    return [ev for ev in read_bytes(data) if isinstance(ev, TransactionSet)]
+
+
+def _chain(first, rest):
+    yield from first
+    yield from rest
+
+
+def _decode_edifact(chunks, codec, declared, offset):
+    if codec:
+        yield from decoding.decode_chunks(chunks, codec, offset)
+        return
+    dec = decoding.AdaptiveDecoder(declared)
+    first = True
+    for chunk in chunks:
+        if first:
+            chunk, first = chunk[offset:], False
+        if chunk:
+            t = dec.decode(chunk)
+            if t:
+                yield t
+    t = dec.decode(b"", True)
+    if t:
+        yield t
+
+
+# --------------------------------------------------------------------------------------------
+# Envelope bookkeeping shared by both standards.
+
+
+class _Envelope:
+    """Tracks the open interchange, group and set; emits events as they close."""
+
+    standard = ""
+
+    def __init__(self):
+        self.index = 0  # file position of the current segment (1-based)
+        self.ich: InterchangeSummary | None = None
+        self.grp: GroupSummary | None = None
+        self.ts: TransactionSet | None = None
+        self.ts_summary: SetSummary | None = None
+        self.group_set_count = 0
+        self.ich_item_count = 0
+        self.events: list[Event] = []
+        self.set_controls: set[str] = set()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _f(self, code, message, seg=None, element=None, severity=Severity.ERROR, position=None, value=None):
+        return finding(
+            code,
+            message,
+            severity=severity,
+            segment_tag=seg[0] if seg else None,
+            segment_index=self.index,
+            set_position=position,
+            element_index=element,
+            value=value,
+            interchange_control=self.ich.info.control_number if self.ich else None,
+            group_control=self.grp.info.control_number if self.grp else None,
+            message_control=self.ts.control_number if self.ts else None,
+        )
+
+    def _w(self, code, message, seg=None, element=None, position=None, value=None):
+        """A trailer that disagrees with what was received: reported, but the data is all there."""
+        return self._f(code, message, seg, element, Severity.WARNING, position, value)
+
+    def _interchange_finding(self, f: Finding):
+        if self.ich is not None:
+            self.ich.findings.append(f)
+        else:
+            self.events.append(f)
+
+    def _close_set(self, trailer_missing: bool):
+        ts = self.ts
+        if ts is None:
+            return
+        if trailer_missing:
+            ts.findings.append(
+                finding(
+                    "transaction.trailer_missing",
+                    f"{ts.type} {ts.control_number or ''} has no {self.set_trailer} trailer".replace("  ", " "),
+                    segment_tag=ts.segments[-1][0],
+                    segment_index=ts.first_segment_index + len(ts.segments) - 1,
+                    set_position=len(ts.segments),
+                    interchange_control=ts.interchange.control_number,
+                    group_control=ts.group.control_number if ts.group else None,
+                    message_control=ts.control_number,
+                )
+            )
+        self.events.append(ts)
+        self.ts = None
+        self.ts_summary = None
+
+    def _open_set(self, ts: TransactionSet):
+        summary = SetSummary(type=ts.type, control_number=ts.control_number, findings=ts.findings)
+        self.ts = ts
+        self.ts_summary = summary
+        if self.grp is not None:
+            self.grp.sets.append(summary)
+            self.group_set_count += 1
+        elif self.ich is not None:
+            self.ich.sets.append(summary)
+            self.ich_item_count += 1
+        key = f"{id(self.grp)}:{ts.control_number}"
+        if ts.control_number and key in self.set_controls:
+            ts.findings.append(
+                self._w(
+                    "transaction.control_number_duplicate",
+                    f"Control number {ts.control_number} is used twice in the same group",
+                    ts.segments[0],
+                    2 if self.standard == "x12" else 1,
+                    position=1,
+                    value=ts.control_number,
+                )
+            )
+        self.set_controls.add(key)
+
+    def _close_group(self, trailer_missing: bool):
+        if self.grp is None:
+            return
+        if trailer_missing:
+            self.grp.findings.append(
+                self._f("group.trailer_missing", f"Group {self.grp.info.control_number} has no {self.group_trailer} trailer")
+            )
+        self.grp = None
+
+    def _close_interchange(self, complete: bool, at_eof: bool = False):
+        if self.ich is None:
+            return
+        open_set = self.ts is not None
+        if self.ts is not None:
+            self._close_set(trailer_missing=True)
+        if self.grp is not None:
+            self._close_group(trailer_missing=True)
+        self.ich.complete = complete
+        if not complete:
+            # An EDIFACT file whose every message is complete and which simply ends without
+            # UNZ is common in the wild (UNZ only repeats a count and the reference): accept it
+            # with a warning. X12 requires the IEA, and a missing UNZ before another UNB
+            # means a message may be cut: those are errors.
+            lenient = self.standard == "edifact" and at_eof and not open_set
+            self.ich.findings.append(
+                self._f(
+                    "interchange.trailer_missing",
+                    f"Interchange {self.ich.info.control_number} has no {self.interchange_trailer} trailer"
+                    + ("" if lenient else ": the file may be truncated"),
+                    severity=Severity.WARNING if lenient else Severity.ERROR,
+                )
+            )
+        self.events.append(self.ich)
+        self.ich = None
+
+    def _outside(self, seg):
+        """A segment that belongs to no transaction set."""
+        where = "after the interchange trailer" if self.ich is None else "outside any transaction set"
+        if self.ich is None:
+            self.events.append(
+                self._f("file.trailing_data", f"Segment {seg[0][:10]!r} {where} was ignored", seg, severity=Severity.WARNING)
+            )
+        else:
+            self.ich.findings.append(self._f("interchange.content_invalid", f"Segment {seg[0][:10]!r} {where}", seg))
+
+
+# --------------------------------------------------------------------------------------------
+# X12
+
+
+def _x12_date(v: str) -> str | None:
+    v = v.strip()
+    if len(v) == 6 and v.isdigit():
+        return f"{20 if int(v[:2]) < 50 else 19}{v[:2]}-{v[2:4]}-{v[4:6]}"
+    if len(v) == 8 and v.isdigit():
+        return f"{v[:4]}-{v[4:6]}-{v[6:8]}"
+    return None
+
+
+class _X12Reader(_Envelope):
+    standard = "x12"
+    set_trailer = "SE"
+    group_trailer = "GE"
+    interchange_trailer = "IEA"
+
+    def __init__(self):
+        super().__init__()
+        self.delims: Delimiters | None = None
+        self.newline_mode = False
+        self.strip_leading = True
+
+    # -- tokenizing ------------------------------------------------------------------------
+    def run(self, text_chunks: Iterator[str]) -> Iterator[Event]:
+        carry = ""
+        for chunk in text_chunks:
+            carry = self._consume(carry + chunk, final=False)
+            if self.events:
+                yield from self.events
+                self.events.clear()
+        self._consume(carry, final=True)
+        self._close_interchange(complete=False) if self.ich is not None else None
+        yield from self.events
+        self.events.clear()
+
+    def _consume(self, buf: str, final: bool) -> str:
+        """Split complete segments off ``buf``; return the unfinished tail."""
+        while True:
+            if self.delims is None:
+                buf = buf.lstrip(_WS)
+                if not buf:
+                    return ""
+                if not buf.startswith("ISA"):
+                    if len(buf) < 3 and not final:
+                        return buf
+                    nxt = buf.find("ISA")
+                    junk = buf if nxt < 0 else buf[:nxt]
+                    if nxt < 0 and not final:
+                        # Keep a tail in case an ISA starts across the chunk boundary.
+                        return buf[-2:] if len(buf) > 2 else buf
+                    self.index += 1
+                    self._outside([junk.strip()[:20] or "?"])
+                    if nxt < 0:
+                        return ""
+                    buf = buf[nxt:]
+                header = self._detect(buf, final)
+                if header is None:
+                    return buf  # need more text
+                if header is False:
+                    return ""  # unusable ISA: reported, rest of file dropped
+                isa, consumed = header
+                self._segment(isa)
+                buf = buf[consumed:]
+            d = self.delims
+            if self.newline_mode:
+                if final:
+                    pieces, tail = buf.splitlines(), ""
+                else:
+                    p = max(buf.rfind("\n"), buf.rfind("\r"))
+                    pieces, tail = buf[: p + 1].splitlines(), buf[p + 1 :]
+            else:
+                work = buf.replace("\r", "").replace("\n", "") if ("\n" in buf or "\r" in buf) else buf
+                pieces = work.split(d.segment)
+                tail = pieces.pop()
+                if final:
+                    if tail.strip(_WS):
+                        pieces.append(tail)
+                    tail = ""
+            el = d.element
+            strip = self.strip_leading or self.newline_mode
+            next_interchange = None
+            for n, piece in enumerate(pieces):
+                if strip:
+                    piece = piece.strip(_WS) if self.newline_mode else piece.lstrip(_WS)
+                    if not piece:
+                        continue
+                elif not piece:
+                    continue
+                seg = piece.split(el)
+                if seg[0] == "IEA":
+                    self._segment(seg)
+                    rest = pieces[n + 1 :]
+                    rest_text = (("\n" if self.newline_mode else d.segment).join(rest + [tail])) if rest else tail
+                    # The next interchange may use other delimiters: detect them afresh.
+                    self.delims = None
+                    next_interchange = rest_text
+                    break
+                self._segment(seg)
+            if next_interchange is None:
+                return tail
+            buf = next_interchange
+
+    def _detect(self, buf: str, final: bool):
+        """Delimiters from an ISA at the start of ``buf``: (ISA segment, chars consumed), None or False."""
+        e = buf[3] if len(buf) > 3 else ""
+        if not e:
+            return None if not final else self._bad_isa(buf, "The ISA segment is cut short")
+        if e.isalnum() or e in _WS:
+            return self._bad_isa(buf, f"ISA element separator {e!r} is not a usable separator")
+        i = 3
+        for _ in range(15):
+            i = buf.find(e, i + 1)
+            if i < 0 or i > 400:
+                if len(buf) < 400 and not final:
+                    return None
+                return self._bad_isa(buf, "The ISA segment does not have 16 elements")
+        if len(buf) < i + 3 and not final:
+            return None
+        isa16 = buf[i + 1] if len(buf) > i + 1 else ""
+        j = i + 2
+        term = buf[j] if len(buf) > j else ""
+        newline = False
+        end = j + 1
+        if term in ("\r", "\n", " ", "\t", ""):
+            k = j
+            while k < len(buf) and buf[k] in " \t":
+                k += 1
+            saw_newline = k < len(buf) and buf[k] in "\r\n"
+            while k < len(buf) and buf[k] in "\r\n":
+                k += 1
+            nxt = buf[k] if k < len(buf) else ""
+            if term in ("\r", "\n") and nxt and not nxt.isalnum() and nxt not in _WS:
+                term, end = nxt, k + 1  # ISA hard-wrapped just before its terminator
+            elif saw_newline or term in ("\r", "\n") or not nxt:
+                newline, end = True, k
+                # ISA16 holding the terminator itself (a common exporter bug): lines end in it.
+                line_end = buf.find("\n", k)
+                line = buf[k:line_end].rstrip(" \r") if line_end > 0 else ""
+                if isa16 and line.endswith(isa16) and line.startswith("GS"):
+                    term, newline, isa16 = isa16, False, "\x1f"
+                    self.index += 1
+                    self._interchange_finding_pending = finding(
+                        "interchange.separator_invalid",
+                        "ISA16 holds the segment terminator; the component separator is unknown",
+                        severity=Severity.WARNING,
+                        segment_tag="ISA",
+                        element_index=16,
+                    )
+                    self.index -= 1
+            else:
+                term = " "
+        if not isa16 or isa16.isalnum():
+            return self._bad_isa(buf, f"ISA16 component separator {isa16!r} is not a usable separator")
+        header = buf[: i + 2].replace("\r", "").replace("\n", "")
+        isa = header.split(e)
+        if len(isa) != 17:
+            return self._bad_isa(buf, "The ISA segment does not have 16 elements")
+        isa[16] = isa16 if isa16 != "\x1f" else ""
+        version = isa[12].strip()
+        rep = isa[11] if version >= "00402" and len(isa[11]) == 1 and not isa[11].isalnum() and isa[11] not in _WS else None
+        self.delims = Delimiters(element=e, component=isa16, segment=term, repetition=rep)
+        self.newline_mode = newline
+        return isa, end
+
+    def _bad_isa(self, buf, message):
+        self.index += 1
+        f = self._f("interchange.header_invalid", message, ["ISA"])
+        self.events.append(
+            InterchangeSummary(
+                info=InterchangeInfo(standard="x12", delimiters=Delimiters("*", ":", "~"), segment_index=self.index, header=["ISA"]),
+                findings=[f],
+                complete=False,
+            )
+        )
+        return False
+
+    # -- envelope --------------------------------------------------------------------------
+    def _segment(self, seg: list[str]) -> None:
+        self.index += 1
+        tag = seg[0]
+        ts = self.ts
+        if ts is not None and tag != "SE" and tag not in _X12_ENVELOPE:
+            ts.segments.append(seg)
+            return
+        if tag == "SE":
+            if ts is None:
+                return self._outside(seg)
+            ts.segments.append(seg)
+            count = seg[1].strip() if len(seg) > 1 else ""
+            if count != str(len(ts.segments)) and count.lstrip("0") != str(len(ts.segments)):
+                ts.findings.append(
+                    self._w("transaction.count_mismatch",
+                            f"SE01 says {count or 'nothing'} segments, {len(ts.segments)} were received",
+                            seg, 1, position=len(ts.segments), value=count)
+                )
+            ctl = seg[2].strip() if len(seg) > 2 else ""
+            if ctl != (ts.control_number or ""):
+                ts.findings.append(
+                    self._w("transaction.control_number_mismatch",
+                            f"SE02 {ctl!r} differs from ST02 {ts.control_number!r}",
+                            seg, 2, position=len(ts.segments), value=ctl)
+                )
+            return self._close_set(False)
+        if tag == "ST":
+            if ts is not None:
+                self._close_set(True)
+            if self.ich is None:
+                return self._outside(seg)
+            if self.grp is None:
+                self.ich.findings.append(self._f("interchange.content_invalid", "ST outside a functional group (no GS)", seg))
+            st01 = seg[1].strip() if len(seg) > 1 else ""
+            st02 = seg[2].strip() if len(seg) > 2 else ""
+            version = None
+            if self.grp and self.grp.info.version:
+                version = self.grp.info.version
+            st03 = seg[3].strip() if len(seg) > 3 else ""
+            if st03 and (not version or not version[:6].isdigit()):
+                version = st03
+            ts = TransactionSet(
+                standard="x12",
+                type=st01,
+                control_number=st02 or None,
+                version=version[:6] if version and version[:6].isdigit() else version,
+                segments=[seg],
+                first_segment_index=self.index,
+                interchange=self.ich.info,
+                group=self.grp.info if self.grp else None,
+                association=version[6:] or None if version else None,
+            )
+            self._open_set(ts)
+            if st03 and self.ts_summary:
+                self.ts_summary.implementation_reference = st03
+            if not st01:
+                ts.findings.append(self._f("transaction.header_invalid", "ST01 (transaction set identifier) is empty", seg, 1, position=1))
+            if not st02:
+                ts.findings.append(self._f("transaction.header_invalid", "ST02 (control number) is empty", seg, 2, position=1))
+            return
+        if tag == "GS":
+            if self.ich is None:
+                return self._outside(seg)
+            if self.grp is not None:
+                self._close_group(True)
+            g = lambda n: seg[n].strip() if len(seg) > n else ""  # noqa: E731
+            info = GroupInfo(
+                functional_id=g(1) or None,
+                sender_id=g(2) or None,
+                receiver_id=g(3) or None,
+                control_number=g(6) or None,
+                version=g(8) or None,
+                date=_x12_date(g(4)),
+                segment_index=self.index,
+                header=seg,
+            )
+            self.grp = GroupSummary(info=info)
+            self.ich.groups.append(self.grp)
+            self.ich_item_count += 1
+            self.group_set_count = 0
+            self.set_controls.clear()
+            if not info.control_number or not info.control_number.isdigit():
+                self.grp.findings.append(self._f("group.header_invalid", f"GS06 control number {g(6)!r} is not numeric", seg, 6))
+            return
+        if tag == "GE":
+            if self.grp is None:
+                return self._outside(seg)
+            count = seg[1].strip() if len(seg) > 1 else ""
+            if count.lstrip("0") != str(self.group_set_count).lstrip("0"):
+                self.grp.findings.append(
+                    self._w("group.count_mismatch", f"GE01 says {count or 'nothing'} transaction sets, {self.group_set_count} were received", seg, 1, value=count)
+                )
+            ctl = seg[2].strip() if len(seg) > 2 else ""
+            if ctl != (self.grp.info.control_number or ""):
+                self.grp.findings.append(
+                    self._w("group.control_number_mismatch", f"GE02 {ctl!r} differs from GS06 {self.grp.info.control_number!r}", seg, 2, value=ctl)
+                )
+            self.grp.trailer_count = count
+            return self._close_group(False)
+        if tag == "ISA":
+            if self.ich is not None:
+                self._close_interchange(complete=False)
+            return self._open_interchange(seg)
+        if tag == "IEA":
+            if self.ich is None:
+                return self._outside(seg)
+            if ts is not None:
+                self._close_set(True)
+            if self.grp is not None:
+                self._close_group(True)
+            count = seg[1].strip() if len(seg) > 1 else ""
+            if count.lstrip("0") != str(len(self.ich.groups)).lstrip("0"):
+                self.ich.findings.append(
+                    self._w("interchange.count_mismatch", f"IEA01 says {count or 'nothing'} groups, {len(self.ich.groups)} were received", seg, 1, value=count)
+                )
+            ctl = seg[2].strip() if len(seg) > 2 else ""
+            if ctl != (self.ich.info.control_number or ""):
+                self.ich.findings.append(
+                    self._w("interchange.control_number_mismatch", f"IEA02 {ctl!r} differs from ISA13 {self.ich.info.control_number!r}", seg, 2, value=ctl)
+                )
+            return self._close_interchange(complete=True)
+        if tag == "TA1" and self.ich is not None and self.grp is None:
+            return  # an interchange acknowledgment riding in the envelope: not a document
+        self._outside(seg)
+
+    def _open_interchange(self, isa: list[str]) -> None:
+        g = lambda n: isa[n].strip() if len(isa) > n else ""  # noqa: E731
+        info = InterchangeInfo(
+            standard="x12",
+            delimiters=self.delims,
+            sender_qualifier=g(5) or None,
+            sender_id=g(6) or None,
+            receiver_qualifier=g(7) or None,
+            receiver_id=g(8) or None,
+            control_number=g(13) or None,
+            version=g(12) or None,
+            date=_x12_date(g(9)),
+            time=f"{g(10)[:2]}:{g(10)[2:4]}" if len(g(10)) == 4 and g(10).isdigit() else None,
+            test=g(15).upper() == "T",
+            ack_requested=g(14) == "1",
+            segment_index=self.index,
+            header=isa,
+        )
+        self.ich = InterchangeSummary(info=info)
+        self.ich_item_count = 0
+        self.set_controls.clear()
+        pending = getattr(self, "_interchange_finding_pending", None)
+        if pending is not None:
+            self.ich.findings.append(pending)
+            self._interchange_finding_pending = None
+        if not info.control_number or not info.control_number.isdigit():
+            self.ich.findings.append(self._f("interchange.control_number_invalid", f"ISA13 {g(13)!r} is not a numeric control number", isa, 13, value=g(13)))
+        if not info.sender_id:
+            self.ich.findings.append(self._f("interchange.sender_invalid", "ISA06 (sender id) is empty", isa, 6))
+        if not info.receiver_id:
+            self.ich.findings.append(self._f("interchange.receiver_invalid", "ISA08 (receiver id) is empty", isa, 8))
+        if g(9) and info.date is None:
+            self.ich.findings.append(self._f("interchange.date_invalid", f"ISA09 {g(9)!r} is not a YYMMDD date", isa, 9, severity=Severity.WARNING, value=g(9)))
+        if g(15).upper() not in ("P", "T", "I"):
+            self.ich.findings.append(self._f("interchange.test_indicator_invalid", f"ISA15 {g(15)!r} is not P, T or I", isa, 15, severity=Severity.WARNING, value=g(15)))
+        v = info.version or ""
+        if not (v.isdigit() and "00200" <= v <= "00899"):
+            self.ich.findings.append(self._f("interchange.version_unsupported", f"ISA12 {v!r} is not an X12 control version the gateway reads", isa, 12, severity=Severity.WARNING, value=v))
+
+
+_X12_ENVELOPE = frozenset({"ST", "GS", "GE", "ISA", "IEA"})
+
+
+# --------------------------------------------------------------------------------------------
+# EDIFACT
+
+_PLACEHOLDER_BASE = 0xE000
+
+
+class _EdifactReader(_Envelope):
+    standard = "edifact"
+    set_trailer = "UNT"
+    group_trailer = "UNE"
+    interchange_trailer = "UNZ"
+
+    def __init__(self):
+        super().__init__()
+        self.delims: Delimiters | None = None
+        self.una: Delimiters | None = None
+        self._escape_re = None
+        self._escape_map: dict[str, str] = {}
+        self._restore: dict[int, str] = {}
+        self.ung_count = 0
+
+    def run(self, text_chunks: Iterator[str]) -> Iterator[Event]:
+        carry = ""
+        for chunk in text_chunks:
+            carry = self._consume(carry + chunk, final=False)
+            if self.events:
+                yield from self.events
+                self.events.clear()
+        self._consume(carry, final=True)
+        if self.ich is not None:
+            self._close_interchange(complete=False, at_eof=True)
+        yield from self.events
+        self.events.clear()
+
+    def _set_delimiters(self, d: Delimiters):
+        self.delims = d
+        if d.release:
+            specials = [c for c in (d.release, d.element, d.component, d.segment, d.repetition) if c and c != " "]
+            self._escape_map = {c: chr(_PLACEHOLDER_BASE + n) for n, c in enumerate(dict.fromkeys(specials))}
+            self._restore = {ord(p): c for c, p in self._escape_map.items()}
+            # Only a release character before a service character escapes it; anywhere else
+            # it is left as data, so the text can be rebuilt exactly for the next interchange.
+            self._escape_re = re.compile(re.escape(d.release) + "([" + re.escape("".join(self._escape_map)) + "])")
+        else:
+            self._escape_re = None
+
+    def _escape(self, m: re.Match) -> str:
+        return self._escape_map[m.group(1)]
+
+    def _unescape(self, text: str) -> str:
+        d = self.delims
+        return text.translate({ord(p): d.release + c for c, p in self._escape_map.items()})
+
+    def _consume(self, buf: str, final: bool) -> str:
+        while True:
+            if self.delims is None:
+                buf = buf.lstrip(_WS)
+                if not buf:
+                    return ""
+                if len(buf) < 9 and not final:
+                    return buf
+                if buf.startswith("UNA"):
+                    una = buf[3:9].replace("\r", "").replace("\n", "")
+                    if len(una) < 6:
+                        if not final:
+                            return buf
+                        self.index += 1
+                        self._outside(["UNA"])
+                        return ""
+                    comp, el, dec, rel, rep, term = una
+                    self.una = Delimiters(element=el, component=comp, segment=term, repetition=rep if rep != " " else None,
+                                          release=rel if rel != " " else None, decimal=dec)
+                    buf = buf[9:]
+                    self.index += 1
+                    continue
+                if not buf.startswith("UNB"):
+                    nxt = min((p for p in (buf.find("UNB"), buf.find("UNA")) if p >= 0), default=-1)
+                    if nxt < 0 and not final:
+                        return buf[-3:]
+                    self.index += 1
+                    self._outside([buf[: max(nxt, 0) or 20].strip()[:20] or "?"])
+                    if nxt < 0:
+                        return ""
+                    buf = buf[nxt:]
+                    continue
+                d = self.una or self._sniff(buf)
+                if d is None:
+                    if not final:
+                        return buf
+                    d = Delimiters(element="+", component=":", segment="'", release="?")
+                self.una = None
+                self._set_delimiters(d)
+            d = self.delims
+            work = buf.replace("\r", "").replace("\n", "") if (d.segment not in "\r\n" and ("\n" in buf or "\r" in buf)) else buf
+            escaped = self._escape_re is not None and d.release in work
+            if escaped:
+                work = self._escape_re.sub(self._escape, work)
+            pieces = work.split(d.segment)
+            tail = pieces.pop()
+            if final:
+                if tail.strip(_WS):
+                    pieces.append(tail)
+                tail = ""
+            el, comp = d.element, d.component
+            restore = self._restore
+            next_interchange = None
+            for n, piece in enumerate(pieces):
+                piece = piece.lstrip(_WS)
+                if not piece:
+                    continue
+                if escaped:
+                    seg = [
+                        [c.translate(restore) for c in e.split(comp)] if comp in e else e.translate(restore)
+                        for e in piece.split(el)
+                    ]
+                else:
+                    seg = [e.split(comp) if comp in e else e for e in piece.split(el)]
+                if seg[0] == "UNZ" or piece.startswith("UNA"):
+                    if seg[0] == "UNZ":
+                        self._segment(seg)
+                        n += 1
+                    else:
+                        # A new service string advice while an interchange is open: its UNZ is missing.
+                        self._close_interchange(complete=False)
+                    rest = pieces[n:]
+                    rest_text = d.segment.join(rest + [tail]) if rest else tail
+                    if escaped:
+                        # Undo the placeholders: the next interchange may have its own service characters.
+                        rest_text = self._unescape(rest_text)
+                    self.delims = None
+                    next_interchange = rest_text
+                    break
+                self._segment(seg)
+            if next_interchange is not None:
+                buf = next_interchange
+                continue
+            if escaped and tail:
+                tail = self._unescape(tail)
+            return tail
+
+    def _sniff(self, buf: str) -> Delimiters | None:
+        """Separators of an interchange without UNA: defaults, or read off the UNB itself."""
+        text = buf[:2048].replace("\r", "").replace("\n", "")
+        el = text[3]
+        if el == "+" and text[4:8].isalpha() and text[8:9] in (":", "+"):
+            return Delimiters(element="+", component=":", segment="'", release="?")
+        comp = text[8] if text[4:8].isalpha() and len(text) > 8 else ":"
+        m = re.search(r"([^A-Za-z0-9 ])\s*UN[HG]" + re.escape(el), text)
+        if not m:
+            return None
+        return Delimiters(element=el, component=comp, segment=m.group(1), release="?")
+
+    # -- envelope --------------------------------------------------------------------------
+    def _segment(self, seg: list) -> None:
+        self.index += 1
+        tag = seg[0] if isinstance(seg[0], str) else seg[0][0]
+        ts = self.ts
+        if ts is not None and tag not in _EDIFACT_ENVELOPE:
+            ts.segments.append(seg)
+            return
+        e = lambda n, c=1: _comp(seg, n, c)  # noqa: E731
+        if tag == "UNT":
+            if ts is None:
+                return self._outside(seg)
+            ts.segments.append(seg)
+            count = e(1)
+            if count.lstrip("0") != str(len(ts.segments)):
+                ts.findings.append(self._w("transaction.count_mismatch", f"UNT says {count or 'nothing'} segments, {len(ts.segments)} were received",
+                                           seg, 1, position=len(ts.segments), value=count))
+            if e(2) != (ts.control_number or ""):
+                ts.findings.append(self._w("transaction.control_number_mismatch", f"UNT reference {e(2)!r} differs from UNH {ts.control_number!r}",
+                                           seg, 2, position=len(ts.segments), value=e(2)))
+            return self._close_set(False)
+        if tag == "UNH":
+            if ts is not None:
+                self._close_set(True)
+            if self.ich is None:
+                return self._outside(seg)
+            version = (e(2, 2) + e(2, 3)).replace(" ", "").replace(":", "").upper() or None
+            ts = TransactionSet(
+                standard="edifact",
+                type=e(2, 1).strip().upper(),
+                control_number=e(1) or None,
+                version=version,
+                segments=[seg],
+                first_segment_index=self.index,
+                interchange=self.ich.info,
+                group=self.grp.info if self.grp else None,
+                association=e(2, 5) or None,
+            )
+            self._open_set(ts)
+            if not e(1):
+                ts.findings.append(self._f("transaction.header_invalid", "UNH message reference (0062) is empty", seg, 1, position=1))
+            if not e(2, 1):
+                ts.findings.append(self._f("transaction.header_invalid", "UNH message type (0065) is empty", seg, 2, position=1))
+            return
+        if tag == "UNG":
+            if self.ich is None:
+                return self._outside(seg)
+            if self.grp is not None:
+                self._close_group(True)
+            info = GroupInfo(
+                functional_id=e(1) or None,
+                sender_id=e(2) or None,
+                receiver_id=e(3) or None,
+                control_number=e(5) or None,
+                version=(e(7, 1) + e(7, 2)).replace(" ", "") or None,
+                segment_index=self.index,
+                header=seg,
+            )
+            self.grp = GroupSummary(info=info)
+            self.ich.groups.append(self.grp)
+            self.ich_item_count += 1
+            self.group_set_count = 0
+            self.set_controls.clear()
+            return
+        if tag == "UNE":
+            if self.grp is None:
+                return self._outside(seg)
+            if e(1).lstrip("0") != str(self.group_set_count):
+                self.grp.findings.append(self._w("group.count_mismatch", f"UNE says {e(1) or 'nothing'} messages, {self.group_set_count} were received", seg, 1, value=e(1)))
+            if e(2) != (self.grp.info.control_number or ""):
+                self.grp.findings.append(self._w("group.control_number_mismatch", f"UNE reference {e(2)!r} differs from UNG {self.grp.info.control_number!r}", seg, 2, value=e(2)))
+            self.grp.trailer_count = e(1)
+            return self._close_group(False)
+        if tag == "UNB":
+            if self.ich is not None:
+                self._close_interchange(complete=False)
+            return self._open_interchange(seg)
+        if tag == "UNZ":
+            if self.ich is None:
+                return self._outside(seg)
+            if ts is not None:
+                self._close_set(True)
+            if self.grp is not None:
+                self._close_group(True)
+            if e(1).lstrip("0") != str(self.ich_item_count).lstrip("0") or not e(1):
+                self.ich.findings.append(self._w("interchange.count_mismatch", f"UNZ says {e(1) or 'nothing'}, {self.ich_item_count} messages or groups were received", seg, 1, value=e(1)))
+            if e(2) != (self.ich.info.control_number or ""):
+                self.ich.findings.append(self._w("interchange.control_number_mismatch", f"UNZ reference {e(2)!r} differs from UNB {self.ich.info.control_number!r}", seg, 2, value=e(2)))
+            return self._close_interchange(complete=True)
+        self._outside(seg)
+
+    def _open_interchange(self, unb: list) -> None:
+        e = lambda n, c=1: _comp(unb, n, c)  # noqa: E731
+        d = e(4, 1)
+        date = None
+        if d.isdigit() and len(d) in (6, 8):
+            date = (f"{20 if int(d[:2]) < 50 else 19}{d[:2]}-{d[2:4]}-{d[4:6]}" if len(d) == 6 else f"{d[:4]}-{d[4:6]}-{d[6:8]}")
+        t = e(4, 2)
+        info = InterchangeInfo(
+            standard="edifact",
+            delimiters=self.delims,
+            sender_id=e(2, 1) or None,
+            sender_qualifier=e(2, 2) or None,
+            receiver_id=e(3, 1) or None,
+            receiver_qualifier=e(3, 2) or None,
+            control_number=e(5) or None,
+            version=e(1, 2) or None,
+            syntax_identifier=e(1, 1).upper() or None,
+            date=date,
+            time=f"{t[:2]}:{t[2:4]}" if len(t) >= 4 and t[:4].isdigit() else None,
+            test=e(11) == "1",
+            ack_requested=e(9) == "1",
+            segment_index=self.index,
+            header=unb,
+        )
+        self.ich = InterchangeSummary(info=info)
+        self.ich_item_count = 0
+        self.set_controls.clear()
+        if not info.syntax_identifier or not info.syntax_identifier.startswith(("UNO", "KEC")):
+            self.ich.findings.append(self._f("interchange.header_invalid", f"UNB syntax identifier {e(1, 1)!r} is not a known character set", unb, 1, value=e(1, 1)))
+        if not info.control_number:
+            self.ich.findings.append(self._f("interchange.control_number_invalid", "UNB interchange control reference (0020) is empty", unb, 5))
+        if not info.sender_id:
+            self.ich.findings.append(self._f("interchange.sender_invalid", "UNB sender (S002 0004) is empty", unb, 2, Severity.WARNING))
+        if not info.receiver_id:
+            self.ich.findings.append(self._f("interchange.receiver_invalid", "UNB recipient (S003 0010) is empty", unb, 3, Severity.WARNING))
+
+
+def _comp(seg: list, n: int, c: int = 1) -> str:
+    if n >= len(seg):
+        return ""
+    v = seg[n]
+    if isinstance(v, list):
+        return v[c - 1].strip() if c <= len(v) else ""
+    return v.strip() if c == 1 else ""
+
+
+_EDIFACT_ENVELOPE = frozenset({"UNT", "UNH", "UNG", "UNE", "UNB", "UNZ"})

@@ -1,0 +1,1 @@
+"""One module per message: each maps a TransactionSet to a canonical dict plus findings."""

@@ -1,0 +1,111 @@
+"""Value conversions shared by the message mappers: decimals, dates, code tables."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal, InvalidOperation
+
+from translators.findings import Finding, finding
+
+
+class ValueProblem(ValueError):
+    """A value that cannot be converted; the mapper turns it into a positioned finding."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def decimal_text(value: str, implied: int = 0, decimal_mark: str = ".") -> str | None:
+    """Normalise a numeric EDI value to a canonical decimal string.
+
+    ``implied`` is the X12 Nn implied-decimal count (TDS and SAC amounts are N2). Leading
+    zeros and a leading ``+`` go; a decimal comma becomes a point. '' gives None.
+    """
+    v = value.strip()
+    if not v:
+        return None
+    if decimal_mark != "." or "," in v:
+        v = v.replace(decimal_mark, ".").replace(",", ".")
+    try:
+        d = Decimal(v)
+    except InvalidOperation:
+        raise ValueProblem("element.invalid_number", f"{value!r} is not a number") from None
+    if not d.is_finite():
+        raise ValueProblem("element.invalid_number", f"{value!r} is not a number")
+    if implied:
+        if "." in v:
+            raise ValueProblem("element.invalid_number", f"{value!r} has a decimal point in an implied-decimal field")
+        d = d.scaleb(-implied)
+    if d == 0:
+        return "0" if d.as_tuple().exponent >= 0 else format(Decimal(0).quantize(d), "f")
+    return format(d, "f")
+
+
+def x12_date(value: str) -> str | None:
+    """CCYYMMDD, or YYMMDD as 3040 and older send it, to ISO; '' gives None."""
+    v = value.strip()
+    if not v:
+        return None
+    if len(v) == 6 and v.isdigit():
+        yy = int(v[:2])
+        # The X12 convention for 2-digit years: 00-49 are 20xx, 50-99 are 19xx.
+        v = f"{20 if yy < 50 else 19}{v}"
+    if len(v) != 8 or not v.isdigit():
+        raise ValueProblem("element.invalid_date", f"{value!r} is not a date (CCYYMMDD)")
+    return _iso(v, value)
+
+
+_EDIFACT_FORMATS = {"102": 8, "101": 6, "203": 12, "204": 14, "201": 10, "718": 16, "719": 12}
+
+
+def edifact_date(value: str, fmt: str | None) -> str | None:
+    """A DTM C507 value in format ``fmt`` (2379) to ISO; the date part only."""
+    v = value.strip()
+    if not v:
+        return None
+    fmt = (fmt or "").strip() or ("102" if len(v) == 8 else "101" if len(v) == 6 else "203" if len(v) == 12 else "")
+    if fmt in ("101", "201", "719") or (fmt not in _EDIFACT_FORMATS and len(v) == 6):
+        head = v[:6]
+        if not head.isdigit():
+            raise ValueProblem("element.invalid_date", f"{value!r} is not a date in format {fmt}")
+        yy = int(head[:2])
+        return _iso(f"{20 if yy < 50 else 19}{head}", value)
+    if fmt in ("102", "203", "204", "718") or len(v) >= 8:
+        head = v[:8]
+        if not head.isdigit():
+            raise ValueProblem("element.invalid_date", f"{value!r} is not a date in format {fmt}")
+        return _iso(head, value)
+    raise ValueProblem("element.invalid_date", f"{value!r} is not a date in a format the gateway reads ({fmt})")
+
+
+def _iso(ccyymmdd: str, original: str) -> str:
+    try:
+        return date(int(ccyymmdd[:4]), int(ccyymmdd[4:6]), int(ccyymmdd[6:8])).isoformat()
+    except ValueError:
+        raise ValueProblem("element.invalid_date", f"{original!r} is not a real calendar date") from None
+
+
+def translate_code(table: dict[str, str], value: str | None) -> str | None:
+    """Apply a partner's code table; codes it does not list pass through."""
+    if value is None:
+        return None
+    return table.get(value, value)
+
+
+def problem_finding(problem: ValueProblem, segment: list, set_position: int, first_index: int, element: int,
+                    component: int | None = None, severity=None) -> Finding:
+    """Position a conversion problem on its segment and element."""
+    kw = {}
+    if severity is not None:
+        kw["severity"] = severity
+    return finding(
+        problem.code,
+        str(problem),
+        segment_tag=segment[0],
+        segment_index=first_index + set_position - 1,
+        set_position=set_position,
+        element_index=element,
+        component_index=component,
+        **kw,
+    )
