@@ -34,8 +34,11 @@ _WS = " \t\r\n\x00\x1a\x0b\x0c"
 Event = TransactionSet | InterchangeSummary | Finding
 
 
-def read(chunks: Iterable[bytes]) -> Iterator[Event]:
-    """Read a byte stream (an iterable of chunks) into envelope events."""
+def read(chunks: Iterable[bytes], trace: list | None = None) -> Iterator[Event]:
+    """Read a byte stream (an iterable of chunks) into envelope events.
+
+    ``trace``, when given, receives every segment in file order (envelopes included).
+    """
     it = iter(chunks)
     head = b""
     for chunk in it:
@@ -59,19 +62,19 @@ def read(chunks: Iterable[bytes]) -> Iterator[Event]:
         )
     if standard == "x12":
         text = decoding.decode_chunks(rest, codec, offset)
-        yield from _X12Reader().run(text)
+        yield from _X12Reader(trace).run(text)
     else:
         declared = None
         if codec is None:
             ident = decoding.edifact_syntax_identifier(head[offset : offset + 4096].decode("latin-1"))
             declared = decoding.EDIFACT_CHARSETS.get(ident or "")
         text = _decode_edifact(rest, codec, declared, offset)
-        yield from _EdifactReader().run(text)
+        yield from _EdifactReader(trace).run(text)
 
 
 def read_bytes(data: bytes) -> Iterator[Event]:
     """:func:`read` over an in-memory file."""
-    return read(data[i : i + CHUNK] for i in range(0, max(len(data), 1), CHUNK))
+    return read(_chunks(data))
 
 
 def read_interchanges(data: bytes) -> tuple[list[tuple[InterchangeSummary, list[TransactionSet]]], list[Finding]]:
@@ -88,6 +91,18 @@ def read_interchanges(data: bytes) -> tuple[list[tuple[InterchangeSummary, list[
         else:
             file_findings.append(ev)
     return out, file_findings
+
+
+def segments(data: bytes) -> list[list]:
+    """Every segment of an in-memory file in order, envelopes included (for tests and tools)."""
+    out: list[list] = []
+    for _ in read(_chunks(data), trace=out):
+        pass
+    return out
+
+
+def _chunks(data: bytes):
+    return (data[i : i + CHUNK] for i in range(0, max(len(data), 1), CHUNK))
 
 
 def transaction_sets(data: bytes) -> list[TransactionSet]:
@@ -127,7 +142,8 @@ class _Envelope:
 
     standard = ""
 
-    def __init__(self):
+    def __init__(self, trace: list | None = None):
+        self.trace = trace
         self.index = 0  # file position of the current segment (1-based)
         self.ich: InterchangeSummary | None = None
         self.grp: GroupSummary | None = None
@@ -274,8 +290,8 @@ class _X12Reader(_Envelope):
     group_trailer = "GE"
     interchange_trailer = "IEA"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, trace: list | None = None):
+        super().__init__(trace)
         self.delims: Delimiters | None = None
         self.newline_mode = False
         self.strip_leading = True
@@ -395,8 +411,8 @@ class _X12Reader(_Envelope):
                 newline, end = True, k
                 # ISA16 holding the terminator itself (a common exporter bug): lines end in it.
                 line_end = buf.find("\n", k)
-                line = buf[k:line_end].rstrip(" \r") if line_end > 0 else ""
-                if isa16 and line.endswith(isa16) and line.startswith("GS"):
+                line = buf[k:line_end].strip(" \t\r") if line_end > 0 else ""
+                if isa16 and line.endswith(isa16) and line[:2].isalpha():
                     term, newline, isa16 = isa16, False, "\x1f"
                     self.index += 1
                     self._interchange_finding_pending = finding(
@@ -415,7 +431,6 @@ class _X12Reader(_Envelope):
         isa = header.split(e)
         if len(isa) != 17:
             return self._bad_isa(buf, "The ISA segment does not have 16 elements")
-        isa[16] = isa16 if isa16 != "\x1f" else ""
         version = isa[12].strip()
         rep = isa[11] if version >= "00402" and len(isa[11]) == 1 and not isa[11].isalnum() and isa[11] not in _WS else None
         self.delims = Delimiters(element=e, component=isa16, segment=term, repetition=rep)
@@ -437,6 +452,8 @@ class _X12Reader(_Envelope):
     # -- envelope --------------------------------------------------------------------------
     def _segment(self, seg: list[str]) -> None:
         self.index += 1
+        if self.trace is not None:
+            self.trace.append(seg)
         tag = seg[0]
         ts = self.ts
         if ts is not None and tag != "SE" and tag not in _X12_ENVELOPE:
@@ -615,8 +632,8 @@ class _EdifactReader(_Envelope):
     group_trailer = "UNE"
     interchange_trailer = "UNZ"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, trace: list | None = None):
+        super().__init__(trace)
         self.delims: Delimiters | None = None
         self.una: Delimiters | None = None
         self._escape_re = None
@@ -643,14 +660,20 @@ class _EdifactReader(_Envelope):
             specials = [c for c in (d.release, d.element, d.component, d.segment, d.repetition) if c and c != " "]
             self._escape_map = {c: chr(_PLACEHOLDER_BASE + n) for n, c in enumerate(dict.fromkeys(specials))}
             self._restore = {ord(p): c for c, p in self._escape_map.items()}
-            # Only a release character before a service character escapes it; anywhere else
-            # it is left as data, so the text can be rebuilt exactly for the next interchange.
-            self._escape_re = re.compile(re.escape(d.release) + "([" + re.escape("".join(self._escape_map)) + "])")
+            # The release character escapes whatever follows it (syntax 4 allows it before any
+            # character). Each escaped character gets a private-use placeholder so splitting
+            # stays a C-speed str.split and the exact text can be rebuilt for the next interchange.
+            self._escape_re = re.compile(re.escape(d.release) + "(.)", re.S)
         else:
             self._escape_re = None
 
     def _escape(self, m: re.Match) -> str:
-        return self._escape_map[m.group(1)]
+        c = m.group(1)
+        p = self._escape_map.get(c)
+        if p is None:
+            p = self._escape_map[c] = chr(_PLACEHOLDER_BASE + len(self._escape_map))
+            self._restore[ord(p)] = c
+        return p
 
     def _unescape(self, text: str) -> str:
         d = self.delims
@@ -758,6 +781,8 @@ class _EdifactReader(_Envelope):
     # -- envelope --------------------------------------------------------------------------
     def _segment(self, seg: list) -> None:
         self.index += 1
+        if self.trace is not None:
+            self.trace.append(seg)
         tag = seg[0] if isinstance(seg[0], str) else seg[0][0]
         ts = self.ts
         if ts is not None and tag not in _EDIFACT_ENVELOPE:

@@ -1,0 +1,251 @@
+"""Bytes in, canonical documents and findings out.
+
+:func:`iter_translate` streams: it yields a :class:`DocumentResult` per transaction set as soon
+as the set is read, then an :class:`InterchangeResult` when its interchange closes (its
+envelope findings can still fail the documents already yielded — the caller decides).
+:func:`translate` collects a whole file and applies that verdict itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from translators.envelope import CHUNK, read
+from translators.findings import Finding, Severity, finding
+from translators.mapping import STANDARD, MessageMapping, PartnerDirectory, PartnerMapping
+from translators.model import InterchangeSummary, TransactionSet
+
+# (standard, message type) → (canonical kind, module, function)
+MESSAGES: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("x12", "850"): ("purchase_order", "translators.messages.x12_850", "map_850"),
+    ("x12", "810"): ("invoice", "translators.messages.x12_810", "map_810"),
+    ("edifact", "ORDERS"): ("purchase_order", "translators.messages.edifact_orders", "map_orders"),
+    ("edifact", "INVOIC"): ("invoice", "translators.messages.edifact_invoic", "map_invoic"),
+}
+
+_mappers: dict[tuple[str, str], object] = {}
+
+
+def _mapper(key):
+    fn = _mappers.get(key)
+    if fn is None:
+        _, module, name = MESSAGES[key]
+        fn = _mappers[key] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+@dataclass(slots=True)
+class DocumentResult:
+    """One transaction set / message after translation."""
+
+    standard: str
+    type: str
+    kind: str | None  # "purchase_order" | "invoice" | None when not a business document we map
+    control: dict
+    partner: str | None
+    document: dict | None
+    findings: list[Finding]
+    first_segment_index: int
+    segment_count: int
+    edi: str  # the set's segments, one per line: what the store keeps per document
+    status: str = "translated"  # "translated" | "failed" | "ignored"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "translated"
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.is_error]
+
+
+@dataclass(slots=True)
+class InterchangeResult:
+    """An interchange's envelope verdict, after all its documents were yielded."""
+
+    summary: InterchangeSummary
+    partner: str | None
+
+    @property
+    def findings(self) -> list[Finding]:
+        s = self.summary
+        return s.findings + [f for g in s.groups for f in g.findings]
+
+    @property
+    def rejected(self) -> bool:
+        """True when the envelope itself is broken: every document in it fails."""
+        return any(f.is_error for f in self.summary.findings)
+
+
+@dataclass(slots=True)
+class Translation:
+    """A whole file's translation."""
+
+    source: str | None
+    documents: list[DocumentResult] = field(default_factory=list)
+    interchanges: list[InterchangeResult] = field(default_factory=list)
+    file_findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not any(f.is_error for f in self.file_findings)
+            and all(d.status != "failed" for d in self.documents)
+            and not any(i.rejected for i in self.interchanges)
+        )
+
+    @property
+    def canonical(self) -> list[dict]:
+        return [d.document for d in self.documents if d.status == "translated"]
+
+    def errors(self) -> list[Finding]:
+        """Every error, file, envelope and document level, in file order."""
+        out = [f for f in self.file_findings if f.is_error]
+        for i in self.interchanges:
+            out += [f for f in i.findings if f.is_error]
+        for d in self.documents:
+            out += d.errors
+        return sorted(out, key=lambda f: f.segment_index or 0)
+
+
+def iter_translate(
+    chunks: Iterable[bytes], partners: PartnerDirectory | None = None
+) -> Iterator[DocumentResult | InterchangeResult | Finding]:
+    """Translate a byte stream; memory is bounded by the largest transaction set."""
+    partners = partners or PartnerDirectory()
+    current: PartnerMapping | None = None
+    current_ich = None
+    for ev in read(chunks):
+        if isinstance(ev, TransactionSet):
+            if ev.interchange is not current_ich:
+                current_ich = ev.interchange
+                current = _identify(partners, ev)
+            yield translate_set(ev, current)
+        elif isinstance(ev, InterchangeSummary):
+            partner = current if current_ich is ev.info else None
+            yield InterchangeResult(summary=ev, partner=partner.id if partner else None)
+        else:
+            yield ev
+
+
+def translate(data: bytes, partners: PartnerDirectory | None = None, source: str | None = None) -> Translation:
+    """Translate a whole file held in memory."""
+    result = Translation(source=source)
+    pending: list[DocumentResult] = []
+    chunks = (data[i : i + CHUNK] for i in range(0, max(len(data), 1), CHUNK))
+    for ev in iter_translate(chunks, partners):
+        if isinstance(ev, DocumentResult):
+            pending.append(ev)
+        elif isinstance(ev, InterchangeResult):
+            if ev.rejected:
+                for d in pending:
+                    if d.status == "translated":
+                        d.status = "failed"
+            result.documents += pending
+            pending = []
+            result.interchanges.append(ev)
+        else:
+            result.file_findings.append(ev)
+    result.documents += pending
+    return result
+
+
+def _identify(partners: PartnerDirectory, ts: TransactionSet) -> PartnerMapping | None:
+    ich = ts.interchange
+    return partners.match(
+        ts.standard, ich.sender_id, ich.sender_qualifier, ts.group.sender_id if ts.group else None
+    )
+
+
+def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> DocumentResult:
+    """Map one transaction set with the partner's mapping (or the standard one)."""
+    key = (ts.standard, ts.type)
+    control = {
+        "interchange": ts.interchange.control_number,
+        "group": ts.group.control_number if ts.group else None,
+        "message": ts.control_number,
+    }
+    findings = ts.findings  # shared with the envelope's SetSummary, so acknowledgments see mapping findings
+    spec = MESSAGES.get(key)
+    base = dict(
+        standard=ts.standard,
+        type=ts.type,
+        control=control,
+        partner=partner.id if partner else None,
+        first_segment_index=ts.first_segment_index,
+        segment_count=len(ts.segments),
+        edi=ts.to_edi(),
+    )
+    if spec is None:
+        findings.append(
+            finding(
+                "transaction.unsupported",
+                f"{ts.type or 'A message'} is not a purchase order or invoice; it is recorded and not translated",
+                severity=Severity.WARNING,
+                segment_tag=ts.segments[0][0],
+                segment_index=ts.first_segment_index,
+                set_position=1,
+                element_index=1 if ts.standard == "x12" else 2,
+                value=ts.type,
+                interchange_control=control["interchange"],
+                group_control=control["group"],
+                message_control=control["message"],
+            )
+        )
+        return DocumentResult(kind=None, document=None, findings=findings, status="ignored", **base)
+    mapping: MessageMapping = partner.mapping if partner else STANDARD
+    doc, mapped = _mapper(key)(ts, mapping)
+    findings.extend(mapped)
+    doc["partner"] = partner.id if partner else None
+    if partner is not None:
+        _apply_partner_rules(doc, ts, partner, findings)
+    status = "failed" if any(f.is_error for f in findings) else "translated"
+    return DocumentResult(kind=spec[0], document=doc, findings=findings, status=status, **base)
+
+
+def _apply_partner_rules(doc: dict, ts: TransactionSet, partner: PartnerMapping, findings: list[Finding]) -> None:
+    m = partner.mapping
+    for key, value in m.defaults.items():
+        if key in doc and doc[key] in (None, ""):
+            doc[key] = value
+    for path in m.required:
+        missing = _missing(doc, path)
+        if missing:
+            findings.append(
+                finding(
+                    "mapping.required_missing",
+                    f"Partner {partner.id} must send {path}, and {missing}",
+                    segment_tag=ts.segments[0][0],
+                    segment_index=ts.first_segment_index,
+                    set_position=1,
+                    interchange_control=ts.interchange.control_number,
+                    message_control=ts.control_number,
+                )
+            )
+    if doc["kind"] not in partner.documents:
+        findings.append(
+            finding(
+                "transaction.unsupported",
+                f"Partner {partner.id} is not set up to send {doc['kind'].replace('_', ' ')}s",
+                severity=Severity.WARNING,
+                segment_tag=ts.segments[0][0],
+                segment_index=ts.first_segment_index,
+                set_position=1,
+            )
+        )
+
+
+def _missing(doc: dict, path: str) -> str | None:
+    """Why the field at ``path`` is absent (None when present). ``lines.x`` checks every line."""
+    head, _, rest = path.partition(".")
+    if head == "lines" and rest:
+        if not doc.get("lines"):
+            return "the document has no lines"
+        bad = [str(line.get("line_number") or n + 1) for n, line in enumerate(doc["lines"]) if _missing(line, rest)]
+        return f"line(s) {', '.join(bad[:10])} lack it" if bad else None
+    value = doc.get(head)
+    if rest:
+        return "it is absent" if not isinstance(value, dict) else _missing(value, rest)
+    return "it is absent" if value in (None, "", [], {}) else None
