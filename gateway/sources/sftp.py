@@ -1,0 +1,849 @@
+"""SFTP drop-folder source.
+
+Partners (or their VANs) upload interchanges into drop folders on an SFTP server; this module
+lists the files that are ready, fetches their bytes, and — only after the pipeline has stored
+them — archives or deletes them. Guarantees an operator can rely on:
+
+* the server's host key must match a pinned key; unknown or changed keys are refused, never
+  learned;
+* a file is offered only once it looked the same (size and mtime) on two consecutive polls and
+  does not carry a temporary upload suffix, so half-written uploads are not taken;
+* a file is offered again on every poll until it is acknowledged (at-least-once delivery: the
+  pipeline deduplicates by content hash);
+* acknowledging a file that is already gone is a success (crash between archive and record);
+* outbound files (acknowledgments) appear under their final name only when complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fnmatch
+import hashlib
+import io
+import posixpath
+import socket
+import stat
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import paramiko
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+__all__ = [
+    "DropFolder",
+    "HostKeyError",
+    "HostKeyMismatch",
+    "RemoteFile",
+    "RemoteFileChanged",
+    "RemoteFileGone",
+    "SftpAuthError",
+    "SftpConfig",
+    "SftpConfigError",
+    "SftpConnectionError",
+    "SftpError",
+    "SftpSource",
+    "StabilityTracker",
+    "UnknownHostKey",
+    "fingerprint",
+]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TEMP_SUFFIXES = (".tmp", ".part", ".filepart", ".partial", ".crdownload")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SftpError(Exception):
+    """Base class for every error raised by the SFTP source."""
+
+    #: Permanent errors need a person (configuration, credentials, host key); retrying is futile.
+    permanent: bool = True
+
+
+class SftpConfigError(SftpError):
+    """The configuration cannot be used (e.g. the private key cannot be loaded)."""
+
+
+class SftpAuthError(SftpError):
+    """The server refused our credentials."""
+
+
+class HostKeyError(SftpError):
+    """The server's host key is not one we pinned. Nothing was sent to or read from it."""
+
+    def __init__(self, message: str, *, host: str, port: int, fingerprint: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+        self.fingerprint = fingerprint
+
+
+class UnknownHostKey(HostKeyError):
+    """No key is pinned for this host at all."""
+
+
+class HostKeyMismatch(HostKeyError):
+    """Keys are pinned for this host, but the server presented a different one."""
+
+
+class SftpConnectionError(SftpError):
+    """The server could not be reached or the connection kept breaking (after retries)."""
+
+    permanent = False
+
+
+class RemoteFileGone(SftpError):
+    """The file disappeared between listing and fetching."""
+
+    permanent = False
+
+
+class RemoteFileChanged(SftpError):
+    """The file changed between listing and fetching; it will be offered again once stable."""
+
+    permanent = False
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _norm_remote(path: str) -> str:
+    path = path.strip()
+    if not path:
+        raise ValueError("remote path must not be empty")
+    return posixpath.normpath(path)
+
+
+class DropFolder(BaseModel):
+    """One remote folder that partners upload into."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="Remote folder to poll (absolute, or relative to the login directory).")
+    partners: tuple[str, ...] = Field(
+        default=(), description="Partner ids whose files arrive here; empty = open to any partner."
+    )
+    pattern: str = Field(default="*", description="Filename glob; matched case-insensitively.")
+    temp_suffixes: tuple[str, ...] = Field(
+        default=DEFAULT_TEMP_SUFFIXES,
+        description="Files ending in one of these (case-insensitive) are uploads in progress.",
+    )
+    ignore_hidden: bool = Field(
+        default=True, description="Skip dot-files (rsync and some clients upload to '.name.XXXX')."
+    )
+    after_intake: Literal["archive", "delete"] = "archive"
+    archive_path: str | None = Field(
+        default=None, description="Where taken files are moved; required when after_intake='archive'."
+    )
+    outbound_path: str | None = Field(
+        default=None,
+        description="Folder for acknowledgments to this folder's partners; '{partner}' is replaced "
+        "by the partner id, e.g. '/outbound/{partner}'.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _norm_remote(v)
+
+    @field_validator("archive_path", "outbound_path")
+    @classmethod
+    def _optional_path(cls, v: str | None) -> str | None:
+        return None if v is None else _norm_remote(v)
+
+    @field_validator("partners")
+    @classmethod
+    def _partners(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not p.strip() for p in v):
+            raise ValueError("partner ids must not be blank")
+        return tuple(p.strip() for p in v)
+
+    @field_validator("temp_suffixes")
+    @classmethod
+    def _suffixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in v):
+            raise ValueError("temporary suffixes must not be empty strings")
+        return tuple(s.lower() for s in v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DropFolder:
+        if self.after_intake == "archive":
+            if not self.archive_path:
+                raise ValueError(f"drop folder {self.path}: after_intake='archive' needs archive_path")
+            # Archiving into the polled folder itself would offer every file again forever.
+            if self.archive_path == self.path:
+                raise ValueError(f"drop folder {self.path}: archive_path must differ from path")
+        if self.outbound_path == self.path:
+            raise ValueError(f"drop folder {self.path}: outbound_path must differ from path")
+        return self
+
+    def accepts_name(self, name: str) -> bool:
+        """True if `name` matches the glob and is not hidden or a temporary upload."""
+        lowered = name.lower()
+        if self.ignore_hidden and name.startswith("."):
+            return False
+        if any(lowered.endswith(s) for s in self.temp_suffixes):
+            return False
+        return fnmatch.fnmatchcase(lowered, self.pattern.lower())
+
+
+def _parse_public_key(entry: str, where: str) -> paramiko.PKey:
+    parts = entry.split()
+    if len(parts) < 2:
+        raise ValueError(f"{where}: expected 'keytype base64', got {entry[:40]!r}")
+    try:
+        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
+    except Exception as exc:  # paramiko raises several types for malformed keys
+        raise ValueError(f"{where}: not a valid {parts[0]!r} public key ({exc})") from None
+
+
+class SftpConfig(BaseModel):
+    """Connection, pinned host keys and drop folders of one SFTP server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    password: SecretStr | None = None
+    private_key_path: Path | None = None
+    private_key: SecretStr | None = Field(default=None, description="Private key text (OpenSSH/PEM).")
+    passphrase: SecretStr | None = None
+    known_hosts: str | None = Field(
+        default=None,
+        description="OpenSSH known_hosts text (e.g. ssh-keyscan output); lines for other hosts are "
+        "ignored. For a port other than 22 the host is written '[host]:port', as OpenSSH does.",
+    )
+    host_keys: tuple[str, ...] = Field(
+        default=(), description="Pinned keys of this server as 'keytype base64' entries."
+    )
+    folders: tuple[DropFolder, ...] = ()
+    connect_timeout: float = Field(default=15.0, gt=0)
+    operation_timeout: float = Field(default=60.0, gt=0)
+    retry_attempts: int = Field(default=4, ge=1, le=20)
+    retry_max_wait: float = Field(default=10.0, ge=0)
+    keepalive_seconds: int = Field(default=30, ge=0)
+
+    @field_validator("known_hosts")
+    @classmethod
+    def _known_hosts(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        for no, line in enumerate(v.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("@"):
+                # paramiko cannot honour @cert-authority/@revoked; refusing is safer than ignoring.
+                raise ValueError(f"known_hosts line {no}: markers like {line.split()[0]} are not supported")
+            parts = line.split()
+            if len(parts) < 3:
+                raise ValueError(f"known_hosts line {no}: expected 'hosts keytype base64'")
+            _parse_public_key(" ".join(parts[1:3]), f"known_hosts line {no}")
+        return v
+
+    @field_validator("host_keys")
+    @classmethod
+    def _host_keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, entry in enumerate(v):
+            _parse_public_key(entry, f"host_keys[{i}]")
+        return tuple(e.strip() for e in v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SftpConfig:
+        if not self.known_hosts and not self.host_keys:
+            raise ValueError("pin the server's host key: set known_hosts or host_keys")
+        if self.private_key_path and self.private_key:
+            raise ValueError("set private_key_path or private_key, not both")
+        if not (self.password or self.private_key_path or self.private_key):
+            raise ValueError("set a password or a private key")
+        paths = [f.path for f in self.folders]
+        dupes = sorted({p for p in paths if paths.count(p) > 1})
+        if dupes:
+            raise ValueError(f"drop folders listed twice: {', '.join(dupes)}")
+        # An archive or outbound folder that is also polled would feed our own output back in.
+        for f in self.folders:
+            for other in (f.archive_path, f.outbound_path):
+                if other in paths:
+                    raise ValueError(f"drop folder {f.path}: {other} is itself a drop folder")
+        return self
+
+    @property
+    def hostkey_name(self) -> str:
+        """The name OpenSSH uses for this server in known_hosts."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def pinned_keys(self) -> list[paramiko.PKey]:
+        """Every pinned key that applies to this host."""
+        keys = [_parse_public_key(e, "host_keys") for e in self.host_keys]
+        name = self.hostkey_name
+        for no, line in enumerate((self.known_hosts or "").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            hosts, keytype, blob = line.split()[:3]
+            # Own matching rather than paramiko.HostKeys, which keeps one key per type and so
+            # would drop the second key during a key rotation. Hashed names (|1|...) supported.
+            for h in hosts.split(","):
+                if h == name or (h.startswith("|1|") and paramiko.HostKeys.hash_host(name, h) == h):
+                    keys.append(_parse_public_key(f"{keytype} {blob}", f"known_hosts line {no}"))
+                    break
+        return keys
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style fingerprint, e.g. 'ssh-ed25519 SHA256:abc...'."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
+
+
+# --------------------------------------------------------------------------- stability
+
+
+class StabilityTracker:
+    """Remembers (size, mtime) of each file from the previous poll.
+
+    A file is stable when this poll saw the same size and mtime as the previous one. The
+    state is plain data so the pipeline can keep it in its database across restarts.
+    """
+
+    VERSION = 1
+
+    def __init__(self, seen: dict[str, tuple[int, int]] | None = None) -> None:
+        self._seen: dict[str, tuple[int, int]] = dict(seen or {})
+
+    def observe(self, remote_id: str, size: int, mtime: int) -> bool:
+        """Record this poll's observation; True if it equals the previous poll's."""
+        current = (int(size), int(mtime))
+        stable = self._seen.get(remote_id) == current
+        self._seen[remote_id] = current
+        return stable
+
+    def forget(self, remote_id: str) -> None:
+        self._seen.pop(remote_id, None)
+
+    def prune(self, folder: str, present: set[str]) -> None:
+        """Drop observations of files in `folder` that are no longer there."""
+        for rid in [r for r in self._seen if posixpath.dirname(r) == folder and r not in present]:
+            del self._seen[rid]
+
+    def __contains__(self, remote_id: str) -> bool:
+        return remote_id in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.VERSION, "files": {k: [s, m] for k, (s, m) in self._seen.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> StabilityTracker:
+        if not data:
+            return cls()
+        if data.get("version") != cls.VERSION:
+            raise ValueError(f"unsupported StabilityTracker state version {data.get('version')!r}")
+        return cls({k: (int(v[0]), int(v[1])) for k, v in data.get("files", {}).items()})
+
+
+# --------------------------------------------------------------------------- source
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """A file in a drop folder that is ready to be taken."""
+
+    folder: str
+    remote_id: str
+    name: str
+    size: int
+    mtime: int
+    partners: tuple[str, ...]
+    source: Literal["sftp"] = "sftp"
+
+
+class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept only pinned keys.
+
+    No keys are loaded into the SSHClient, so paramiko consults this policy for every
+    connection and the decision is made here (supporting several keys of one type, for
+    rotation) instead of paramiko's one-key-per-type table.
+    """
+
+    def __init__(self, config: SftpConfig, pinned: list[paramiko.PKey]) -> None:
+        self._config = config
+        self._pinned = pinned
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        blob = key.asbytes()
+        if any(p.asbytes() == blob for p in self._pinned):
+            return
+        cfg, got = self._config, fingerprint(key)
+        if not self._pinned:
+            raise UnknownHostKey(
+                f"host key of {cfg.hostkey_name} is unknown: the server presented {got}, and no key "
+                f"is pinned for this host; verify it out of band and add it to the configuration",
+                host=cfg.host, port=cfg.port, fingerprint=got,
+            )
+        expected = ", ".join(fingerprint(p) for p in self._pinned)
+        raise HostKeyMismatch(
+            f"host key mismatch for {cfg.hostkey_name}: the server presented {got}, pinned is "
+            f"{expected}; the server may have been replaced or the connection intercepted",
+            host=cfg.host, port=cfg.port, fingerprint=got,
+        )
+
+
+_NET_ERRNOS = {
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
+}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth retrying right away, on a fresh connection."""
+    if isinstance(exc, SftpError):
+        return isinstance(exc, SftpConnectionError)
+    if isinstance(exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException)):
+        return False
+    if isinstance(exc, (paramiko.SSHException, EOFError, socket.timeout, socket.gaierror, ConnectionError)):
+        return True
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return True
+    # Plain OSErrors are mostly SFTP status codes (ENOENT, EACCES, failure): not transient.
+    return isinstance(exc, OSError) and exc.errno in _NET_ERRNOS
+
+
+class SftpSource:
+    """Lists, fetches and acknowledges files in the configured drop folders.
+
+    Use as a context manager; the connection is (re)opened lazily when needed, and a broken
+    connection is reopened on the next attempt. Transient faults are retried a bounded number
+    of times; permanent ones (host key, credentials, permissions) are raised at once.
+    One instance serves one thread (the poller holding the source's lease).
+    """
+
+    def __init__(
+        self,
+        config: SftpConfig,
+        tracker: StabilityTracker | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.tracker = tracker if tracker is not None else StabilityTracker()
+        #: Errors per drop folder from the last `list_pending` (cleared per folder on success).
+        self.folder_errors: dict[str, str] = {}
+        self._clock = clock
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._folders = {f.path: f for f in config.folders}
+        self._log = log.bind(sftp_host=config.host, sftp_port=config.port, sftp_user=config.username)
+
+    # -- connection ---------------------------------------------------------------------
+
+    def __enter__(self) -> SftpSource:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Open the connection (with retries) unless it is already open."""
+        self._retrying(self._ensure_connected)
+
+    def close(self) -> None:
+        sftp, client = self._sftp, self._client
+        self._sftp = self._client = None
+        for closeable in (sftp, client):
+            if closeable is not None:
+                try:
+                    closeable.close()
+                except Exception:  # closing a broken connection must not mask the real error
+                    pass
+
+    @property
+    def connected(self) -> bool:
+        if self._client is None or self._sftp is None:
+            return False
+        transport = self._client.get_transport()
+        channel = self._sftp.get_channel()
+        return transport is not None and transport.is_active() and not channel.closed
+
+    def _load_key(self) -> paramiko.PKey | None:
+        cfg = self.config
+        passphrase = cfg.passphrase.get_secret_value() if cfg.passphrase else None
+        if cfg.private_key_path is not None:
+            try:
+                return paramiko.PKey.from_path(cfg.private_key_path, passphrase)
+            except FileNotFoundError:
+                raise SftpConfigError(f"private key file {cfg.private_key_path} not found") from None
+            except Exception as exc:
+                raise SftpConfigError(
+                    f"cannot load private key {cfg.private_key_path}: {type(exc).__name__} "
+                    "(wrong or missing passphrase, or unsupported key type)"
+                ) from None
+        if cfg.private_key is not None:
+            text = cfg.private_key.get_secret_value()
+            for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+                try:
+                    return cls.from_private_key(io.StringIO(text), password=passphrase)
+                except paramiko.PasswordRequiredException:
+                    raise SftpConfigError("private key is encrypted; set passphrase") from None
+                except (paramiko.SSHException, ValueError, TypeError):
+                    continue
+            raise SftpConfigError(
+                "cannot load private_key (wrong passphrase, or unsupported key type)"
+            )
+        return None
+
+    def _ensure_connected(self) -> paramiko.SFTPClient:
+        if self.connected:
+            assert self._sftp is not None
+            return self._sftp
+        self.close()
+        cfg = self.config
+        pkey = self._load_key()
+        pinned = cfg.pinned_keys()
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(_PinnedHostKeyPolicy(cfg, pinned))
+        try:
+            client.connect(
+                cfg.host,
+                port=cfg.port,
+                username=cfg.username,
+                password=cfg.password.get_secret_value() if cfg.password else None,
+                pkey=pkey,
+                timeout=cfg.connect_timeout,
+                banner_timeout=cfg.connect_timeout,
+                auth_timeout=cfg.connect_timeout,
+                channel_timeout=cfg.connect_timeout,
+                # Only the configured credentials: never the agent or ~/.ssh of whoever runs us.
+                allow_agent=False,
+                look_for_keys=False,
+                transport_factory=_prefer_key_types(pinned),
+            )
+            sftp = client.open_sftp()
+        except HostKeyError as exc:
+            client.close()
+            self._log.error("sftp.host_key_rejected", error=str(exc), fingerprint=exc.fingerprint)
+            raise
+        except paramiko.BadAuthenticationType as exc:
+            client.close()
+            methods = ", ".join(exc.allowed_types) or "none"
+            raise SftpAuthError(
+                f"SFTP login to {cfg.hostkey_name} as {cfg.username!r} refused: the server does not "
+                f"accept the configured method (it allows: {methods})"
+            ) from None
+        except paramiko.AuthenticationException:
+            client.close()
+            methods = " and ".join(
+                m for m, on in (("key", pkey is not None), ("password", cfg.password is not None)) if on
+            )
+            # paramiko's message carries no secret, but chaining is dropped to keep it that way.
+            raise SftpAuthError(
+                f"SFTP login to {cfg.hostkey_name} as {cfg.username!r} failed: {methods} "
+                "authentication was refused; check the credentials"
+            ) from None
+        except BaseException:
+            client.close()
+            raise
+        transport = client.get_transport()
+        if transport is not None and cfg.keepalive_seconds:
+            transport.set_keepalive(cfg.keepalive_seconds)
+        # Without a timeout a silently dead peer would block a poll forever.
+        sftp.get_channel().settimeout(cfg.operation_timeout)
+        self._client, self._sftp = client, sftp
+        self._log.info("sftp.connected")
+        return sftp
+
+    def _retrying(self, op: Callable[[], T]) -> T:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self._log.warning(
+                "sftp.retry", attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}"
+            )
+            self.close()  # the next attempt reconnects
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.config.retry_attempts),
+            wait=wait_exponential(multiplier=0.5, max=self.config.retry_max_wait),
+            retry=retry_if_exception(_is_transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(op)
+        except SftpError:
+            raise
+        except Exception as exc:
+            if _is_transient(exc):
+                self.close()
+                raise SftpConnectionError(
+                    f"SFTP {self.config.hostkey_name}: {type(exc).__name__}: {exc} "
+                    f"(gave up after {self.config.retry_attempts} attempts)"
+                ) from exc
+            raise
+
+    def _call(self, op: Callable[[paramiko.SFTPClient], T]) -> T:
+        return self._retrying(lambda: op(self._ensure_connected()))
+
+    # -- intake -------------------------------------------------------------------------
+
+    def list_pending(self) -> Iterator[RemoteFile]:
+        """Yield the files that are ready to be taken, folder by folder.
+
+        Every call is one poll for the stability check. A folder that cannot be listed (missing,
+        no permission) is logged and recorded in `folder_errors`; the other folders still run.
+        Connection failures that outlast the retries are raised.
+        """
+        for folder in self.config.folders:
+            try:
+                entries = self._call(lambda sftp, p=folder.path: sftp.listdir_attr(p))
+            except OSError as exc:
+                reason = _describe_oserror(exc)
+                self.folder_errors[folder.path] = reason
+                self._log.error("sftp.folder_unreadable", folder=folder.path, error=reason)
+                continue
+            self.folder_errors.pop(folder.path, None)
+            present: set[str] = set()
+            ready: list[RemoteFile] = []
+            for attr in entries:
+                name = attr.filename
+                # Directories (e.g. an archive folder inside the drop folder) and links are skipped.
+                if attr.st_mode is None or not stat.S_ISREG(attr.st_mode):
+                    continue
+                if not folder.accepts_name(name):
+                    continue
+                remote_id = posixpath.join(folder.path, name)
+                present.add(remote_id)
+                size, mtime = int(attr.st_size or 0), int(attr.st_mtime or 0)
+                if self.tracker.observe(remote_id, size, mtime):
+                    ready.append(
+                        RemoteFile(folder.path, remote_id, name, size, mtime, folder.partners)
+                    )
+                else:
+                    self._log.debug("sftp.file_settling", file=remote_id, size=size, mtime=mtime)
+            self.tracker.prune(folder.path, present)
+            for f in sorted(ready, key=lambda r: (r.mtime, r.name)):
+                self._log.debug("sftp.file_pending", file=f.remote_id, size=f.size)
+                yield f
+
+    def fetch(self, f: RemoteFile) -> bytes:
+        """Return the file's exact bytes.
+
+        Raises RemoteFileGone if it vanished and RemoteFileChanged if it is no longer the
+        file that was listed (re-uploaded or still growing): it will be offered again once stable.
+        """
+
+        def op(sftp: paramiko.SFTPClient) -> bytes:
+            try:
+                with sftp.open(f.remote_id, "rb") as fh:
+                    before = fh.stat()
+                    fh.prefetch(before.st_size)
+                    data = fh.read()
+                    after = fh.stat()
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise RemoteFileGone(f"{f.remote_id} disappeared before it was fetched") from None
+                raise
+            observed = {(before.st_size, before.st_mtime), (after.st_size, after.st_mtime)}
+            if observed != {(f.size, f.mtime)} or len(data) != f.size:
+                self.tracker.forget(f.remote_id)
+                raise RemoteFileChanged(
+                    f"{f.remote_id} changed since it was listed (listed {f.size} bytes, read "
+                    f"{len(data)}); it will be taken once stable"
+                )
+            return data
+
+        return self._call(op)
+
+    def acknowledge(self, f: RemoteFile) -> None:
+        """Archive or delete a file the pipeline has stored. A file already gone counts as done."""
+        folder = self._folders.get(f.folder)
+        if folder is None:
+            raise SftpConfigError(f"{f.remote_id}: folder {f.folder} is not a configured drop folder")
+        if folder.after_intake == "delete":
+            self._call(lambda sftp: self._delete(sftp, f))
+        else:
+            assert folder.archive_path is not None
+            self._call(lambda sftp: self._archive(sftp, f, folder.archive_path))
+        self.tracker.forget(f.remote_id)
+
+    def _delete(self, sftp: paramiko.SFTPClient, f: RemoteFile) -> None:
+        try:
+            sftp.remove(f.remote_id)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            self._log.info("sftp.ack_already_gone", file=f.remote_id)
+            return
+        self._log.info("sftp.deleted", file=f.remote_id)
+
+    def _archive(self, sftp: paramiko.SFTPClient, f: RemoteFile, archive: str) -> None:
+        _makedirs(sftp, archive)
+        for candidate in _unique_names(f.name, self._clock()):
+            target = posixpath.join(archive, candidate)
+            if _exists(sftp, target):
+                continue
+            try:
+                # Plain SFTP rename refuses to replace an existing file (OpenSSH: link+unlink),
+                # so a name taken concurrently is never overwritten.
+                sftp.rename(f.remote_id, target)
+            except OSError:
+                if not _exists(sftp, f.remote_id):
+                    self._log.info("sftp.ack_already_gone", file=f.remote_id)
+                    return
+                if _exists(sftp, target):
+                    continue
+                raise
+            self._log.info("sftp.archived", file=f.remote_id, archived_as=target)
+            return
+        raise SftpError(f"no free archive name for {f.name} in {archive}")
+
+    # -- outbound -----------------------------------------------------------------------
+
+    def outbound_folder(self, folder: str, partner: str) -> str | None:
+        """The outbound folder for `partner`'s files received in drop folder `folder`, if any."""
+        drop = self._folders.get(posixpath.normpath(folder))
+        if drop is None or drop.outbound_path is None:
+            return None
+        path = posixpath.normpath(drop.outbound_path.replace("{partner}", partner))
+        if "/" in partner or partner in ("", ".", "..") or path in self._folders:
+            raise SftpConfigError(f"partner id {partner!r} gives an unusable outbound folder {path}")
+        return path
+
+    def write_outbound(self, folder: str, name: str, data: bytes) -> str:
+        """Write `data` to `folder/name` atomically and return the final path.
+
+        The bytes go to a hidden temporary name first and are renamed only when complete, so a
+        partner polling `folder` never sees a partial file. An existing file is never replaced;
+        if it already holds exactly `data` (a retry after a lost reply) the write is done.
+        """
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"invalid outbound file name {name!r}")
+        folder = posixpath.normpath(folder)
+        final = posixpath.join(folder, name)
+
+        def op(sftp: paramiko.SFTPClient) -> str:
+            _makedirs(sftp, folder)
+            if _same_content(sftp, final, data):
+                self._log.info("sftp.outbound_already_written", file=final)
+                return final
+            temp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.part")
+            try:
+                with sftp.open(temp, "wb") as fh:
+                    fh.set_pipelined(True)
+                    fh.write(data)
+                if sftp.stat(temp).st_size != len(data):
+                    raise SftpConnectionError(f"short write of {temp}")
+                if _exists(sftp, final):
+                    raise SftpError(f"outbound file {final} already exists; not replacing it")
+                sftp.rename(temp, final)
+            except BaseException:
+                _remove_quietly(sftp, temp)
+                raise
+            return final
+
+        path = self._call(op)
+        self._log.info("sftp.outbound_written", file=path, size=len(data))
+        return path
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _prefer_key_types(pinned: list[paramiko.PKey]) -> Callable[..., paramiko.Transport]:
+    """Make the server present a key of a pinned type if it has one (like OpenSSH does)."""
+    wanted: list[str] = []
+    for key in pinned:
+        name = key.get_name()
+        wanted += ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if name == "ssh-rsa" else [name]
+
+    def factory(sock: Any, **kwargs: Any) -> paramiko.Transport:
+        transport = paramiko.Transport(sock, **kwargs)
+        opts = transport.get_security_options()
+        types = list(opts.key_types)
+        opts.key_types = [t for t in types if t in wanted] + [t for t in types if t not in wanted]
+        return transport
+
+    return factory
+
+
+def _describe_oserror(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "folder does not exist"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
+    try:
+        sftp.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+    if _exists(sftp, path):
+        return
+    parent = posixpath.dirname(path)
+    if parent and parent != path:
+        _makedirs(sftp, parent)
+    try:
+        sftp.mkdir(path)
+    except OSError:
+        if not _exists(sftp, path):  # created concurrently is fine
+            raise
+
+
+def _same_content(sftp: paramiko.SFTPClient, path: str, data: bytes) -> bool:
+    try:
+        if sftp.stat(path).st_size != len(data):
+            return False
+        with sftp.open(path, "rb") as fh:
+            fh.prefetch(len(data))
+            return fh.read() == data
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+
+
+def _remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
+    try:
+        sftp.remove(path)
+    except Exception:
+        pass
+
+
+def _unique_names(name: str, now: datetime, limit: int = 100) -> Iterator[str]:
+    """`name`, then `stem.YYYYmmddTHHMMSSZ.ext`, then the same with -2, -3, ..."""
+    yield name
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension, or a leading-dot name
+        stem, dot, ext = name, "", ""
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    yield f"{stem}.{stamp}{dot}{ext}"
+    for n in range(2, limit):
+        yield f"{stem}.{stamp}-{n}{dot}{ext}"
