@@ -353,16 +353,26 @@ class _X12Reader(_Envelope):
                         pieces.append(tail)
                     tail = ""
             el = d.element
-            strip = self.strip_leading or self.newline_mode
+            if self.newline_mode:
+                strip = True
+            else:
+                # Newlines are gone already; only blanks or tabs after a terminator need stripping.
+                strip = (d.segment + " ") in work or (d.segment + "\t") in work or work[:1] in " \t"
             next_interchange = None
+            envelope = _X12_TRIGGERS
+            fast = self.trace is None
+            ts = self.ts
             for n, piece in enumerate(pieces):
                 if strip:
                     piece = piece.strip(_WS) if self.newline_mode else piece.lstrip(_WS)
-                    if not piece:
-                        continue
-                elif not piece:
+                if not piece:
                     continue
                 seg = piece.split(el)
+                if fast and ts is not None and seg[0] not in envelope:
+                    # The hot path: a segment inside a transaction set.
+                    ts.segments.append(seg)
+                    continue
+                self.index = ts.first_segment_index + len(ts.segments) - 1 if ts is not None else self.index
                 if seg[0] == "IEA":
                     self._segment(seg)
                     rest = pieces[n + 1 :]
@@ -372,6 +382,9 @@ class _X12Reader(_Envelope):
                     next_interchange = rest_text
                     break
                 self._segment(seg)
+                ts = self.ts
+            if ts is not None:
+                self.index = ts.first_segment_index + len(ts.segments) - 1
             if next_interchange is None:
                 return tail
             buf = next_interchange
@@ -618,6 +631,7 @@ class _X12Reader(_Envelope):
 
 
 _X12_ENVELOPE = frozenset({"ST", "GS", "GE", "ISA", "IEA"})
+_X12_TRIGGERS = _X12_ENVELOPE | {"SE"}  # segments the envelope reader must see
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,17 +746,26 @@ class _EdifactReader(_Envelope):
             el, comp = d.element, d.component
             restore = self._restore
             next_interchange = None
+            strip = (d.segment + " ") in work or (d.segment + "\t") in work or work[:1] in " \t"
+            envelope = _EDIFACT_ENVELOPE
+            fast = self.trace is None
+            ts = self.ts
             for n, piece in enumerate(pieces):
-                piece = piece.lstrip(_WS)
+                if strip:
+                    piece = piece.lstrip(_WS)
                 if not piece:
                     continue
-                if escaped:
+                if escaped and piece.translate(restore) != piece:
                     seg = [
                         [c.translate(restore) for c in e.split(comp)] if comp in e else e.translate(restore)
                         for e in piece.split(el)
                     ]
                 else:
                     seg = [e.split(comp) if comp in e else e for e in piece.split(el)]
+                if fast and ts is not None and seg[0] not in envelope and piece[:3] != "UNA":
+                    ts.segments.append(seg)
+                    continue
+                self.index = ts.first_segment_index + len(ts.segments) - 1 if ts is not None else self.index
                 if seg[0] == "UNZ" or piece.startswith("UNA"):
                     if seg[0] == "UNZ":
                         self._segment(seg)
@@ -759,6 +782,9 @@ class _EdifactReader(_Envelope):
                     next_interchange = rest_text
                     break
                 self._segment(seg)
+                ts = self.ts
+            if ts is not None:
+                self.index = ts.first_segment_index + len(ts.segments) - 1
             if next_interchange is not None:
                 buf = next_interchange
                 continue

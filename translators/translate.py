@@ -49,8 +49,13 @@ class DocumentResult:
     findings: list[Finding]
     first_segment_index: int
     segment_count: int
-    edi: str  # the set's segments, one per line: what the store keeps per document
+    transaction_set: TransactionSet = field(repr=False)
     status: str = "translated"  # "translated" | "failed" | "ignored"
+
+    @property
+    def edi(self) -> str:
+        """The set's segments written back as EDI, one per line: what the store keeps per document."""
+        return self.transaction_set.to_edi()
 
     @property
     def ok(self) -> bool:
@@ -176,7 +181,7 @@ def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> Documen
         partner=partner.id if partner else None,
         first_segment_index=ts.first_segment_index,
         segment_count=len(ts.segments),
-        edi=ts.to_edi(),
+        transaction_set=ts,
     )
     if spec is None:
         findings.append(

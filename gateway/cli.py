@@ -1,0 +1,249 @@
+"""The ``gateway`` command line.
+
+Every command catches what goes wrong and says it in one line: no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="EDI translation gateway: X12 and EDIFACT purchase orders and invoices into Plex and Anaplan.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+partners_app = typer.Typer(help="Trading partner mapping files.", no_args_is_help=True)
+app.add_typer(partners_app, name="partners")
+
+PartnersOption = Annotated[
+    Path | None,
+    typer.Option("--partners", "-p", help="Folder of partner mapping files (YAML).", envvar="GATEWAY_PARTNERS"),
+]
+Files = Annotated[list[Path], typer.Argument(help="EDI files to read.", show_default=False)]
+
+
+def _err(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _load_partners(folder: Path | None):
+    from translators.mapping import PartnerDirectory
+
+    if folder is None:
+        return PartnerDirectory()
+    from gateway.partners import PartnerLoadError, load_partner_directory
+
+    try:
+        return load_partner_directory(folder)
+    except PartnerLoadError as exc:
+        for line in str(exc).splitlines():
+            _err(line)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        _err(f"{folder}: cannot read the partner folder: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        _err(f"{path}: is a folder, not a file")
+    except FileNotFoundError:
+        _err(f"{path}: no such file")
+    except OSError as exc:
+        _err(f"{path}: cannot be read: {exc.strerror or exc}")
+    return None
+
+
+def _guard(fn):
+    """Run a command body; an unexpected fault becomes one line on stderr and exit 2."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
+        _err(f"gateway: internal error: {type(exc).__name__}: {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def translate(files: Files, partners: PartnersOption = None) -> None:
+    """Translate EDI files into canonical documents: a JSON array on stdout.
+
+    Exit 0 when every file translated; otherwise 1, with one line per error on stderr naming
+    the file, the segment and its position, the code and the message.
+    """
+
+    def body():
+        from translators import translate as run
+
+        directory = _load_partners(partners)
+        ok = True
+        out = sys.stdout
+        out.write("[")
+        first = True
+        for path in files:
+            data = _read(path)
+            if data is None:
+                ok = False
+                continue
+            result = run(data, directory, source=str(path))
+            for doc in result.canonical:
+                out.write(("\n" if first else ",\n") + json.dumps(doc, ensure_ascii=False, indent=2))
+                first = False
+            errors = result.errors()
+            if errors:
+                ok = False
+                for f in errors:
+                    _err(f.describe(str(path)))
+            elif not result.ok:
+                ok = False
+                _err(f"{path}: not translated")
+        out.write("\n]\n" if not first else "]\n")
+        out.flush()
+        if not ok:
+            raise typer.Exit(1)
+
+    _guard(body)
+
+
+@app.command()
+def validate(
+    files: Files,
+    partners: PartnersOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check EDI files: print every finding and the acknowledgment that would be sent."""
+
+    def body():
+        from translators import translate as run
+        from translators.acks import build_acknowledgment
+
+        directory = _load_partners(partners)
+        now = datetime.now(timezone.utc)
+        ok = True
+        reports = []
+        for path in files:
+            data = _read(path)
+            if data is None:
+                ok = False
+                continue
+            result = run(data, directory, source=str(path))
+            ok = ok and result.ok
+            findings = list(result.file_findings)
+            for i in result.interchanges:
+                findings += i.findings
+            for d in result.documents:
+                findings += d.findings
+            findings.sort(key=lambda f: f.segment_index or 0)
+            acks = []
+            for n, i in enumerate(result.interchanges, 1):
+                ack = build_acknowledgment(
+                    i.summary, now=now, interchange_control=f"{n:09d}", group_control=str(n)
+                )
+                if ack is not None:
+                    acks.append(ack)
+            if as_json:
+                reports.append(
+                    {
+                        "file": str(path),
+                        "ok": result.ok,
+                        "documents": [
+                            {"type": d.type, "control": d.control, "status": d.status, "partner": d.partner}
+                            for d in result.documents
+                        ],
+                        "findings": [f.to_dict() for f in findings],
+                        "acknowledgments": [{"kind": a.kind, "text": a.text} for a in acks],
+                    }
+                )
+                continue
+            verdict = "ok" if result.ok else "REJECTED" if not result.documents else "has errors"
+            typer.echo(f"{path}: {verdict} — {len(result.documents)} document(s), {len(findings)} finding(s)")
+            for d in result.documents:
+                typer.echo(f"  {d.type} {d.control.get('message') or '?'}: {d.status}" + (f" (partner {d.partner})" if d.partner else ""))
+            for f in findings:
+                typer.echo(f"  {f.severity.value:7} {f.where()}: {f.code}: {f.message}")
+            for a in acks:
+                typer.echo(f"  acknowledgment ({a.kind}):")
+                for line in a.text.splitlines():
+                    typer.echo(f"    {line}")
+        if as_json:
+            typer.echo(json.dumps(reports, indent=2, ensure_ascii=False))
+        if not ok:
+            raise typer.Exit(1)
+
+    _guard(body)
+
+
+@partners_app.command("check")
+def partners_check(
+    folder: Annotated[Path, typer.Argument(help="Folder of mapping files.")] = Path("partners"),
+) -> None:
+    """Validate every mapping file in a folder."""
+
+    def body():
+        from gateway.partners import check_partner_directory
+
+        ok, lines = check_partner_directory(folder)
+        for line in lines:
+            (typer.echo if ok else _err)(line)
+        if not ok:
+            raise typer.Exit(1)
+
+    _guard(body)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option(help="EDI files to feed.")] = Path("fixtures/edi/demo"),
+    partners: Annotated[Path, typer.Option("--partners", "-p", help="Partner mapping files.")] = Path("partners"),
+) -> None:
+    """Run the demo: the example partners' files through translation, with findings and acknowledgments.
+
+    Until the pipeline, the simulators and the panel land, the demo shows the translation core
+    at work on the fixture files: what each partner sent, what it became, and what failed.
+    """
+
+    def body():
+        from translators import translate as run
+
+        directory = _load_partners(partners)
+        files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        if not files:
+            _err(f"{folder}: no demo files found")
+            raise typer.Exit(2)
+        typer.echo(f"Partners loaded from {partners}: {', '.join(sorted(p.id for p in directory)) or 'none'}\n")
+        for path in files:
+            result = run(path.read_bytes(), directory, source=str(path))
+            for d in result.documents:
+                doc = d.document or {}
+                number = doc.get("po_number") if d.kind == "purchase_order" else doc.get("invoice_number")
+                who = d.partner or "unknown sender (standard mapping)"
+                mark = {"translated": "done  ", "failed": "FAILED", "ignored": "ignored"}[d.status]
+                typer.echo(f"{mark} {path.name}: {d.type} {number or ''} from {who}, {len(doc.get('lines') or [])} line(s)")
+                for f in d.findings:
+                    typer.echo(f"         {f.severity.value}: {f.where()}: {f.message}")
+            for f in result.errors():
+                if not any(f in d.findings for d in result.documents):
+                    typer.echo(f"FAILED {path.name}: {f.where()}: {f.message}")
+        typer.echo("\nTry: .venv/bin/gateway translate fixtures/edi/demo/*.edi --partners partners")
+
+    _guard(body)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
