@@ -7,16 +7,19 @@ Pure: no I/O, no database, no clock. The public surface is small:
 - :class:`Finding` and :class:`TranslationError` — what went wrong, and where.
 """
 
+from translators.acks import Acknowledgment, build_acknowledgment
 from translators.findings import Finding, Severity, TranslationError
 from translators.translate import DocumentResult, InterchangeResult, Translation, iter_translate, translate
 
 __all__ = [
+    "Acknowledgment",
     "DocumentResult",
     "Finding",
     "InterchangeResult",
     "Severity",
     "Translation",
     "TranslationError",
+    "build_acknowledgment",
     "iter_translate",
     "translate",
 ]

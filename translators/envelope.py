@@ -202,7 +202,10 @@ class _Envelope:
         self.ts_summary = None
 
     def _open_set(self, ts: TransactionSet):
-        summary = SetSummary(type=ts.type, control_number=ts.control_number, findings=ts.findings)
+        summary = SetSummary(
+            type=ts.type, control_number=ts.control_number, findings=ts.findings,
+            version=ts.version, association=ts.association,
+        )
         self.ts = ts
         self.ts_summary = summary
         if self.grp is not None:

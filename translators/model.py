@@ -96,6 +96,8 @@ class SetSummary:
     control_number: str | None
     findings: list[Finding]
     implementation_reference: str | None = None  # ST03 (999 IK503 / AK2 03)
+    version: str | None = None  # "004010", "D96A": CONTRL UCM reports the message's version
+    association: str | None = None  # EDIFACT association assigned code, e.g. EAN008
 
 
 @dataclass(slots=True)
