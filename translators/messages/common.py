@@ -56,7 +56,9 @@ def x12_date(value: str) -> str | None:
     return _iso(v, value)
 
 
-_EDIFACT_FORMATS = {"102": 8, "101": 6, "203": 12, "204": 14, "201": 10, "718": 16, "719": 12}
+# Format code (2379) → length of the value. 718 is CCYYMMDD-CCYYMMDD, 719 CCYYMMDDHHMM-CCYYMMDDHHMM:
+# for a period the gateway keeps its first date.
+_EDIFACT_FORMATS = {"102": 8, "101": 6, "203": 12, "204": 14, "201": 10, "718": 17, "719": 25}
 
 
 def edifact_date(value: str, fmt: str | None) -> str | None:
@@ -65,7 +67,10 @@ def edifact_date(value: str, fmt: str | None) -> str | None:
     if not v:
         return None
     fmt = (fmt or "").strip() or ("102" if len(v) == 8 else "101" if len(v) == 6 else "203" if len(v) == 12 else "")
-    if fmt in ("101", "201", "719") or (fmt not in _EDIFACT_FORMATS and len(v) == 6):
+    width = _EDIFACT_FORMATS.get(fmt)
+    if width is not None and len(v) != width:
+        raise ValueProblem("element.invalid_date", f"{value!r} is not a date in format {fmt} ({width} digits)")
+    if fmt in ("101", "201") or (fmt not in _EDIFACT_FORMATS and len(v) == 6):
         head = v[:6]
         if not head.isdigit():
             raise ValueProblem("element.invalid_date", f"{value!r} is not a date in format {fmt}")

@@ -1,0 +1,102 @@
+"""X12 810 (invoice) → canonical invoice.
+
+- BIG: invoice_date (BIG01; a DTM per ``mapping.dates.invoice_date`` when empty), invoice_number
+  (BIG02), po_number (BIG04, else a header REF*PO), purpose (BIG08).
+- total_amount: TDS01, implied 2 decimals (N2).
+- due_date: a DTM per ``mapping.dates.due_date``, else the ITD06 net due date; never computed
+  from net days.
+- terms: ITD12 when given, else a short text from ITD03/04/05/06/07 ("2% 10 days, net 30");
+  several ITD segments are joined with "; ".
+- tax_amount: the sum of TXI02 in the summary, else of the line-level TXI02.
+- charges: SAC in the summary (code SAC02, description SAC15, amount SAC05 as N2, negative for
+  allowances); when the summary has none, the line-level SACs.
+"""
+
+from __future__ import annotations
+
+from translators.findings import Finding, Severity
+from translators.mapping import MessageMapping
+from translators.messages.x12_common import X12Mapper, base_dispatch, purpose_name, raw, text
+from translators.model import TransactionSet
+
+
+class _Invoice(X12Mapper):
+    KIND = "invoice"
+    HEADER_TAG = "BIG"
+    LINE_TAG = "IT1"
+    HEADER_DATES = ("invoice_date", "due_date")
+
+    tds_seen = -1
+
+    def _big(self, seg: list, i: int) -> None:
+        if self.header_seen >= 0:
+            self.add("segment.too_many", "BIG appears more than once; the first one was used", i)
+            return
+        self.header_seen = i
+        doc = self.doc
+        doc["invoice_date"] = self.date(seg, i, 1)
+        doc["invoice_number"] = text(seg, 2)
+        self.date(seg, i, 3)  # the PO date: checked, not part of the canonical invoice
+        doc["po_number"] = text(seg, 4)
+        doc["purpose"] = purpose_name(raw(seg, 8))
+
+    def _it1(self, seg: list, i: int) -> None:
+        self._item(seg, i)
+        for n, what in ((2, "quantity invoiced"), (4, "unit price")):
+            if not raw(seg, n):
+                self.add("element.conditional_missing", f"IT1{n:02d} ({what}) is missing: an invoice line needs it",
+                         i, n)
+        if not raw(seg, 3) and (raw(seg, 2) or raw(seg, 4)):
+            self.add("element.conditional_missing",
+                     "IT103 (unit of measure) is missing: IT102, IT103 and IT104 go together", i, 3,
+                     severity=Severity.WARNING)
+
+    def _tds(self, seg: list, i: int) -> None:
+        if self.tds_seen >= 0:
+            self.add("segment.too_many", "TDS appears more than once; the first one was used", i)
+            return
+        self.tds_seen = i
+        self.line = None
+        self.summary = True
+        self.doc["total_amount"] = self.num(seg, i, 1, implied=2)
+        for n in (2, 3, 4):
+            self.num(seg, i, n, implied=2)
+
+    def _ctt(self, seg: list, i: int) -> None:
+        self.line = None
+        self.summary = True
+
+    def finish(self) -> None:
+        self.finish_common()
+        doc = self.doc
+        dates = self.hdr_dates
+        if doc["invoice_date"] is None and "invoice_date" in dates:
+            doc["invoice_date"] = dates["invoice_date"][1]
+        if "due_date" in dates:
+            doc["due_date"] = dates["due_date"][1]
+        else:
+            doc["due_date"] = self.itd_due
+        if doc["po_number"] is None:
+            doc["po_number"] = doc["references"].get("PO")
+        tax = self.tax_summary if self.tax_summary is not None else self.tax_lines
+        doc["tax_amount"] = format(tax, "f") if tax is not None else None
+        doc["charges"] = self.doc_charges or self.line_charges
+        doc["terms"] = "; ".join(self.terms) or None
+        if self.header_seen < 0:
+            self.missing_segment("BIG", "beginning segment for invoice", 1)
+        if self.tds_seen < 0:
+            self.missing_segment("TDS", "total monetary value summary", self.index_of("CAD", "ISS", "CTT", "SE"))
+
+
+_Invoice.DISPATCH = {**base_dispatch(), "BIG": _Invoice._big, "IT1": _Invoice._it1, "TDS": _Invoice._tds,
+                     "CTT": _Invoice._ctt, "CRC": None, "BAL": None, "L7": None, "V1": None, "R4": None,
+                     "FA1": None, "FA2": None, "ITA": None, "L5": None, "L1": None, "IT2": None}
+
+
+def map_810(ts: TransactionSet, mapping: MessageMapping | None = None) -> tuple[dict, list[Finding]]:
+    """Map one X12 810 transaction set to a canonical invoice dict and its findings.
+
+    Errors (``Severity.ERROR``) make the document fail; warnings travel with it. ``partner`` is
+    left None for the caller to set; ``mapping=None`` is the standard mapping. Envelope findings (``ts.findings``) are not repeated here.
+    """
+    return _Invoice(ts, mapping).run()

@@ -1,0 +1,79 @@
+"""X12 850 (purchase order) → canonical purchase_order.
+
+- BEG: purpose (BEG01), po_number (BEG03), po_date (BEG05; a DTM per ``mapping.dates.po_date``
+  when BEG05 is empty).
+- requested_delivery: header DTM per ``mapping.dates.requested_delivery``; per line, a DTM inside
+  the PO1 loop, else an SCH date with such a qualifier.
+- lines: PO1 quantity/uom/price, part numbers by qualifier from the pairs 06/07 .. 24/25 (and LIN),
+  PID description, AMT line amount (null when the 850 does not give one).
+- total_amount: AMT*TT, or the AMT in the CTT loop; null when the 850 states none.
+"""
+
+from __future__ import annotations
+
+from translators.findings import Finding, Severity
+from translators.mapping import MessageMapping
+from translators.messages.x12_common import X12Mapper, base_dispatch, purpose_name, raw, text
+from translators.model import TransactionSet
+
+
+class _PO(X12Mapper):
+    KIND = "purchase_order"
+    HEADER_TAG = "BEG"
+    LINE_TAG = "PO1"
+    HEADER_DATES = ("requested_delivery", "po_date")
+
+    def _beg(self, seg: list, i: int) -> None:
+        if self.header_seen >= 0:
+            self.add("segment.too_many", "BEG appears more than once; the first one was used", i)
+            return
+        self.header_seen = i
+        doc = self.doc
+        doc["purpose"] = purpose_name(raw(seg, 1))
+        doc["po_number"] = text(seg, 3)
+        doc["po_date"] = self.date(seg, i, 5)
+
+    def _po1(self, seg: list, i: int) -> None:
+        self._item(seg, i)
+        line = self.line
+        if line["quantity"] is None and line["unit_price"] is not None and not raw(seg, 3) and raw(seg, 2) == "":
+            self.add("element.conditional_missing",
+                     "PO102 (quantity ordered) is missing on a line that has a unit price", i, 2,
+                     severity=Severity.WARNING)
+
+    def _ctt(self, seg: list, i: int) -> None:
+        self.line = None
+        self.summary = True
+        self.saw_ctt = True
+
+    saw_ctt = False
+
+    def finish(self) -> None:
+        self.finish_common()
+        doc = self.doc
+        dates = self.hdr_dates
+        if doc["po_date"] is None and "po_date" in dates:
+            doc["po_date"] = dates["po_date"][1]
+        if "requested_delivery" in dates:
+            doc["requested_delivery"] = dates["requested_delivery"][1]
+        total = self.amounts.get("TT") or self.summary_amounts.get("TT") or self.summary_amounts.get("1")
+        if total is None and not self.saw_ctt:
+            total = self.line_tt
+        doc["total_amount"] = total
+        if self.header_seen < 0:
+            self.missing_segment("BEG", "beginning segment for purchase order", 1)
+        if self.line_seen < 0:
+            self.missing_segment("PO1", "at least one baseline item", self.index_of("CTT", "AMT", "SE"))
+
+
+_PO.DISPATCH = {**base_dispatch(), "BEG": _PO._beg, "PO1": _PO._po1, "CTT": _PO._ctt,
+                "CN1": None, "PO3": None, "ADV": None, "PRS": None, "CID": None, "FST": None, "LX": None}
+
+
+def map_850(ts: TransactionSet, mapping: MessageMapping | None = None) -> tuple[dict, list[Finding]]:
+    """Map one X12 850 transaction set to a canonical purchase_order dict and its findings.
+
+    Errors (``Severity.ERROR``) make the document fail; warnings travel with it. ``partner`` is
+    left None for the caller to set; ``mapping=None`` is the standard mapping. Envelope findings (``ts.findings``) are not repeated here.
+    """
+    return _PO(ts, mapping).run()
