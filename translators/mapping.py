@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
+    WithJsonSchema,
     ValidationError,
     field_validator,
 )
@@ -94,7 +95,12 @@ def _check_required_path(v: str) -> str:
     )
 
 
-RequiredPath = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_check_required_path)]
+RequiredPath = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True),
+    AfterValidator(_check_required_path),
+    WithJsonSchema({"type": "string", "anyOf": [{"enum": list(REQUIRED_PATHS)}, {"pattern": r"^references\.[A-Z0-9]{1,3}$"}]}),
+]
 
 
 def _check_default_field(v: str) -> str:
@@ -106,7 +112,12 @@ def _check_default_field(v: str) -> str:
     )
 
 
-DefaultField = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_check_default_field)]
+DefaultField = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True),
+    AfterValidator(_check_default_field),
+    WithJsonSchema({"type": "string", "enum": list(DEFAULTABLE_FIELDS)}),
+]
 
 # ---------------------------------------------------------------------------------------------
 # The model
@@ -188,9 +199,9 @@ class PartNumberQualifiers(_Model):
     Listing a key replaces the standard list for it; keys left out keep the standard list.
     """
 
-    buyer: list[Code] = Field(default_factory=lambda: ["BP", "IN"],
+    buyer: list[Code] = Field(default_factory=lambda: ["BP", "IN", "SK"],
                               description="Qualifiers of the buyer's (our) part number")
-    supplier: list[Code] = Field(default_factory=lambda: ["VP", "SA", "VN", "MG", "SN"],
+    supplier: list[Code] = Field(default_factory=lambda: ["VP", "SA", "VN", "VC", "MG", "SN"],
                                  description="Qualifiers of the supplier's part number")
     gtin: list[Code] = Field(default_factory=lambda: ["UP", "EN", "UK", "UA", "SRV"],
                              description="Qualifiers of a GTIN / UPC / EAN")
@@ -222,7 +233,8 @@ class Translations(_Model):
 class MessageMapping(_Model):
     """How this partner's documents deviate from the standard mapping. Keys left out keep the standard."""
 
-    part_numbers: PartNumberQualifiers = Field(default_factory=PartNumberQualifiers)
+    part_numbers: PartNumberQualifiers = Field(default_factory=PartNumberQualifiers,
+                                               description="Which qualifiers carry which part number")
     supplier_party: list[Code] = Field(
         default_factory=lambda: ["SU", "SE", "VN", "II"],
         description="Party qualifiers (X12 N101 / EDIFACT NAD 3035) naming the supplier, in order of preference",
@@ -235,8 +247,9 @@ class MessageMapping(_Model):
                                       description="Party qualifiers naming the ship-to party")
     bill_to_party: list[Code] = Field(default_factory=lambda: ["BT", "IV", "BI"],
                                       description="Party qualifiers naming the bill-to party")
-    dates: DateQualifiers = Field(default_factory=DateQualifiers)
-    translations: Translations = Field(default_factory=Translations)
+    dates: DateQualifiers = Field(default_factory=DateQualifiers, description="Which date qualifiers fill which date")
+    translations: Translations = Field(default_factory=Translations,
+                                       description="Code tables: their code to ours")
     references: list[Code] | None = Field(
         None, description="Reference qualifiers (X12 REF01 / EDIFACT RFF 1153) to keep; null keeps every reference",
         examples=[["IA", "VR", "DP"]],
@@ -318,7 +331,8 @@ class PartnerMapping(_Model):
     environment: Literal["production", "test", "both"] = Field(
         "production", description="Which interchanges it applies to (X12 ISA15 / EDIFACT UNB 0035 test indicator)"
     )
-    identifiers: Identifiers = Field(default_factory=Identifiers)
+    identifiers: Identifiers = Field(default_factory=Identifiers,
+                                     description="Interchange sender identities that select this file")
     documents: list[Literal["purchase_order", "invoice"]] = Field(
         default_factory=lambda: ["purchase_order", "invoice"], min_length=1,
         description="Document kinds it sends (purchase_order = 850/ORDERS, invoice = 810/INVOIC)",
@@ -326,9 +340,10 @@ class PartnerMapping(_Model):
     versions: list[Version] = Field(default_factory=list,
                                     description="Versions it sends (e.g. 004010, D96A); empty accepts any",
                                     examples=[["004010"], ["D96A", "D01B"]])
-    mapping: MessageMapping = Field(default_factory=MessageMapping)
-    plex: PlexRouting = Field(default_factory=PlexRouting)
-    acknowledgments: AckSettings = Field(default_factory=AckSettings)
+    mapping: MessageMapping = Field(default_factory=MessageMapping,
+                                    description="How its documents deviate from the standard mapping")
+    plex: PlexRouting = Field(default_factory=PlexRouting, description="Plex supplier matching and routing")
+    acknowledgments: AckSettings = Field(default_factory=AckSettings, description="Acknowledgments sent back")
 
 
 STANDARD = MessageMapping()
