@@ -765,7 +765,8 @@ class _EdifactReader(_Envelope):
                     ]
                 else:
                     seg = [e.split(comp) if comp in e else e for e in piece.split(el)]
-                if fast and ts is not None and seg[0] not in envelope and piece[:3] != "UNA":
+                # piece[:3], not seg[0]: a garbled tag may itself split into components.
+                if fast and ts is not None and piece[:3] not in envelope and piece[:3] != "UNA":
                     ts.segments.append(seg)
                     continue
                 self.index = ts.first_segment_index + len(ts.segments) - 1 if ts is not None else self.index
