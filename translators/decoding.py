@@ -101,9 +101,13 @@ class AdaptiveDecoder:
         return self._decoder.decode(data, final)
 
 
-def decode_chunks(chunks: Iterable[bytes], codec: str | None, skip: int) -> Iterator[str]:
-    """Decode a byte stream to text chunks, dropping the first ``skip`` bytes (BOM, junk)."""
-    decoder = codecs.getincrementaldecoder(codec)("replace") if codec else AdaptiveDecoder(None)
+def decode_chunks(chunks: Iterable[bytes], codec: str | None, skip: int, declared: str | None = None) -> Iterator[str]:
+    """Decode a byte stream to text chunks, dropping the first ``skip`` bytes (BOM, junk).
+
+    ``codec`` forces a codec (EBCDIC); otherwise UTF-8 is read while the bytes allow it and
+    the ``declared`` codec (Latin-1 when none) takes over where they do not.
+    """
+    decoder = codecs.getincrementaldecoder(codec)("replace") if codec else AdaptiveDecoder(declared)
     first = True
     for chunk in chunks:
         if first:

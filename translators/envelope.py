@@ -68,7 +68,7 @@ def read(chunks: Iterable[bytes], trace: list | None = None) -> Iterator[Event]:
         if codec is None:
             ident = decoding.edifact_syntax_identifier(head[offset : offset + 4096].decode("latin-1"))
             declared = decoding.EDIFACT_CHARSETS.get(ident or "")
-        text = _decode_edifact(rest, codec, declared, offset)
+        text = decoding.decode_chunks(rest, codec, offset, declared)
         yield from _EdifactReader(trace).run(text)
 
 
@@ -113,24 +113,6 @@ def transaction_sets(data: bytes) -> list[TransactionSet]:
 def _chain(first, rest):
     yield from first
     yield from rest
-
-
-def _decode_edifact(chunks, codec, declared, offset):
-    if codec:
-        yield from decoding.decode_chunks(chunks, codec, offset)
-        return
-    dec = decoding.AdaptiveDecoder(declared)
-    first = True
-    for chunk in chunks:
-        if first:
-            chunk, first = chunk[offset:], False
-        if chunk:
-            t = dec.decode(chunk)
-            if t:
-                yield t
-    t = dec.decode(b"", True)
-    if t:
-        yield t
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,6 +360,8 @@ class _X12Reader(_Envelope):
                 self.index = ts.first_segment_index + len(ts.segments) - 1 if ts is not None else self.index
                 if seg[0] == "IEA":
                     self._segment(seg)
+                    if self._same_delimiters_next(pieces, n + 1, d):
+                        continue
                     rest = pieces[n + 1 :]
                     rest_text = (("\n" if self.newline_mode else d.segment).join(rest + [tail])) if rest else tail
                     # The next interchange may use other delimiters: detect them afresh.
@@ -391,6 +375,28 @@ class _X12Reader(_Envelope):
             if next_interchange is None:
                 return tail
             buf = next_interchange
+
+    def _same_delimiters_next(self, pieces: list[str], start: int, d: Delimiters) -> bool:
+        """After an IEA: when the next ISA splits cleanly with the same element separator and
+        terminator, take its component separator and go on over the pieces already split
+        (re-joining and re-splitting the rest of the buffer per interchange is quadratic)."""
+        if self.newline_mode:
+            return False
+        for piece in pieces[start : start + 4]:
+            cand = piece.lstrip(_WS)
+            if not cand:
+                continue
+            if not cand.startswith("ISA") or cand[3:4] != d.element:
+                return False
+            isa = cand.split(d.element)
+            if len(isa) != 17 or len(isa[16]) != 1 or isa[16].isalnum() or isa[16] in _WS:
+                return False
+            version = isa[12].strip()
+            r = isa[11]
+            rep = r if version >= "00402" and len(r) == 1 and not r.isalnum() and r not in _WS else None
+            self.delims = Delimiters(element=d.element, component=isa[16], segment=d.segment, repetition=rep)
+            return True
+        return False
 
     def _detect(self, buf: str, final: bool):
         """Delimiters from an ISA at the start of ``buf``: (ISA segment, chars consumed), None or False."""
@@ -679,7 +685,7 @@ class _EdifactReader(_Envelope):
             self._restore = {ord(p): c for c, p in self._escape_map.items()}
             # The release character escapes whatever follows it (syntax 4 allows it before any
             # character). Each escaped character gets a private-use placeholder so splitting
-            # stays a C-speed str.split and the exact text can be rebuilt for the next interchange.
+            # stays a C-speed str.split inside the segments that need it.
             self._escape_re = re.compile(re.escape(d.release) + "(.)", re.S)
         else:
             self._escape_re = None
@@ -691,10 +697,6 @@ class _EdifactReader(_Envelope):
             p = self._escape_map[c] = chr(_PLACEHOLDER_BASE + len(self._escape_map))
             self._restore[ord(p)] = c
         return p
-
-    def _unescape(self, text: str) -> str:
-        d = self.delims
-        return text.translate({ord(p): d.release + c for c, p in self._escape_map.items()})
 
     def _consume(self, buf: str, final: bool) -> str:
         while True:
@@ -737,32 +739,34 @@ class _EdifactReader(_Envelope):
                 self._set_delimiters(d)
             d = self.delims
             work = buf.replace("\r", "").replace("\n", "") if (d.segment not in "\r\n" and ("\n" in buf or "\r" in buf)) else buf
-            escaped = self._escape_re is not None and d.release in work
-            if escaped:
-                work = self._escape_re.sub(self._escape, work)
+            rel = d.release
             pieces = work.split(d.segment)
+            if rel and (rel + d.segment) in work:
+                pieces = _rejoin_released(pieces, rel, d.segment)
             tail = pieces.pop()
             if final:
                 if tail.strip(_WS):
                     pieces.append(tail)
                 tail = ""
             el, comp = d.element, d.component
-            restore = self._restore
             next_interchange = None
             strip = (d.segment + " ") in work or (d.segment + "\t") in work or work[:1] in " \t"
             envelope = _EDIFACT_ENVELOPE
             fast = self.trace is None
             ts = self.ts
+            skip_una = False
             for n, piece in enumerate(pieces):
                 if strip:
                     piece = piece.lstrip(_WS)
                 if not piece:
                     continue
-                if escaped and piece.translate(restore) != piece:
-                    seg = [
-                        [c.translate(restore) for c in e.split(comp)] if comp in e else e.translate(restore)
-                        for e in piece.split(el)
-                    ]
+                if skip_una and piece.startswith("UNA"):
+                    # The next interchange's UNA repeats the service characters in force.
+                    skip_una = False
+                    self.index += 1
+                    continue
+                if rel and rel in piece:
+                    seg = self._split_released(piece, el, comp)
                 else:
                     seg = [e.split(comp) if comp in e else e for e in piece.split(el)]
                 # piece[:3], not seg[0]: a garbled tag may itself split into components.
@@ -774,16 +778,15 @@ class _EdifactReader(_Envelope):
                     if seg[0] == "UNZ":
                         self._segment(seg)
                         n += 1
+                        if self._same_delimiters_next(pieces, n, d):
+                            skip_una = self._skip_una
+                            continue
                     else:
                         # A new service string advice while an interchange is open: its UNZ is missing.
                         self._close_interchange(complete=False)
                     rest = pieces[n:]
-                    rest_text = d.segment.join(rest + [tail]) if rest else tail
-                    if escaped:
-                        # Undo the placeholders: the next interchange may have its own service characters.
-                        rest_text = self._unescape(rest_text)
                     self.delims = None
-                    next_interchange = rest_text
+                    next_interchange = d.segment.join(rest + [tail]) if rest else tail
                     break
                 self._segment(seg)
                 ts = self.ts
@@ -792,9 +795,39 @@ class _EdifactReader(_Envelope):
             if next_interchange is not None:
                 buf = next_interchange
                 continue
-            if escaped and tail:
-                tail = self._unescape(tail)
             return tail
+
+    def _split_released(self, piece: str, el: str, comp: str) -> list:
+        """Split a segment that holds release characters: each released character becomes a
+        private-use placeholder, the segment splits as usual, and the placeholders turn back."""
+        marked = self._escape_re.sub(self._escape, piece)
+        restore = self._restore
+        return [
+            [c.translate(restore) for c in e.split(comp)] if comp in e else e.translate(restore)
+            for e in marked.split(el)
+        ]
+
+    _skip_una = False
+
+    def _same_delimiters_next(self, pieces: list[str], start: int, d: Delimiters) -> bool:
+        """After a UNZ: whether the next interchange keeps the service characters in force, so the
+        pieces already split can be read on (re-splitting the rest per interchange is quadratic)."""
+        for piece in pieces[start : start + 4]:
+            cand = piece.lstrip(_WS)
+            if not cand:
+                continue
+            if cand.startswith("UNA"):
+                # Split on the terminator, the UNA piece is "UNA" and five characters.
+                if len(cand) != 8:
+                    return False
+                comp, el, dec, rel, rp = cand[3:8]
+                same = Delimiters(element=el, component=comp, segment=d.segment, repetition=rp if rp != " " else None,
+                                  release=rel if rel != " " else None, decimal=dec)
+                self._skip_una = same == d
+                return self._skip_una
+            self._skip_una = False
+            return cand.startswith("UNB+") and d == _DEFAULT_EDIFACT and cand[4:8].isalpha() and cand[8:9] in (":", "+")
+        return False
 
     def _sniff(self, buf: str) -> Delimiters | None:
         """Separators of an interchange without UNA: defaults, or read off the UNB itself."""
@@ -938,6 +971,29 @@ class _EdifactReader(_Envelope):
             self.ich.findings.append(self._f("interchange.receiver_invalid", "UNB recipient (S003 0010) is empty", unb, 3, Severity.WARNING))
 
 
+def _released(text: str, rel: str) -> bool:
+    """Whether ``text`` ends in an odd run of release characters (so what follows is data)."""
+    n = len(text) - len(text.rstrip(rel))
+    return n % 2 == 1
+
+
+def _rejoin_released(pieces: list[str], rel: str, term: str) -> list[str]:
+    """Put back together the pieces that a released (escaped) terminator split apart."""
+    out: list[str] = []
+    carry = None
+    for p in pieces:
+        if carry is not None:
+            p = carry + term + p
+            carry = None
+        if p.endswith(rel) and _released(p, rel):
+            carry = p
+        else:
+            out.append(p)
+    if carry is not None:
+        out.append(carry)
+    return out
+
+
 def _comp(seg: list, n: int, c: int = 1) -> str:
     if n >= len(seg):
         return ""
@@ -948,3 +1004,4 @@ def _comp(seg: list, n: int, c: int = 1) -> str:
 
 
 _EDIFACT_ENVELOPE = frozenset({"UNT", "UNH", "UNG", "UNE", "UNB", "UNZ"})
+_DEFAULT_EDIFACT = Delimiters(element="+", component=":", segment="'", release="?")
