@@ -460,21 +460,21 @@ def _render_x12(seg: list[str], env: _X12Env) -> str:
 
 def _control(value: str | int, what: str, width: int | None = None) -> str:
     v = str(value).strip()
-    if not v.isdigit() or len(v) > 9:
+    if not v.isdecimal() or len(v) > 9:
         raise ValueError(f"{what} {value!r} must be 1 to 9 digits")
     return v.zfill(width) if width else v
 
 
 def _isa12(summary: InterchangeSummary) -> str | None:
     v = (summary.info.version or "").strip()
-    return v if len(v) == 5 and v.isdigit() else None
+    return v if len(v) == 5 and v.isdecimal() else None
 
 
 def _x12_base_version(summary: InterchangeSummary) -> str:
     """The functional version of the received groups: GS08's first six digits (or ISA12)."""
     for g in summary.groups:
         v = (g.info.version or "").strip()
-        if len(v) >= 6 and v[:6].isdigit():
+        if len(v) >= 6 and v[:6].isdecimal():
             return v[:6]
     isa12 = _isa12(summary)
     return isa12 + "0" if isa12 else "004010"
@@ -504,17 +504,17 @@ def _ta1_segment(summary: InterchangeSummary, ev: _Eval, now: datetime) -> list[
         return header[n].strip() if len(header) > n else ""
 
     ctl = hdr(13) or (info.control_number or "")
-    ta101 = ctl.zfill(9) if ctl.isdigit() and len(ctl) <= 9 else "000000000"
+    ta101 = ctl.zfill(9) if ctl.isdecimal() and len(ctl) <= 9 else "000000000"
     date = hdr(9)
-    if not (len(date) == 6 and date.isdigit()):
+    if not (len(date) == 6 and date.isdecimal()):
         date = info.date.replace("-", "")[2:] if info.date else now.strftime("%y%m%d")
     time = hdr(10)
-    if not (len(time) == 4 and time.isdigit()):
+    if not (len(time) == 4 and time.isdecimal()):
         time = info.time.replace(":", "") if info.time else now.strftime("%H%M")
     if ev.findings:
         first = ev.findings[0]  # errors come first
         note = _x12(first) or ""
-        note = note if len(note) == 3 and note.isdigit() else "022"  # TA105 is a three-digit note code
+        note = note if len(note) == 3 and note.isdecimal() else "022"  # TA105 is a three-digit note code
         code = "R" if first.is_error else "E"
     else:
         code, note = "A", "000"
@@ -633,7 +633,7 @@ def _build_functional(summary, kind, now, interchange_control, group_control, se
         for s in g.sets:
             body.extend(_x12_set_loop(s, kind, env, long_form, base))
         total = g.summary.trailer_count
-        total = str(int(total)) if total and total.strip().isdigit() else str(len(g.sets))
+        total = str(int(total)) if total and total.strip().isdecimal() else str(len(g.sets))
         accepted = sum(s.status is not AckStatus.REJECTED for s in g.sets)
         body.append(["AK9", g.status.x12, total, str(len(g.sets)), str(accepted), *_group_codes(g, "x12_code")])
         body.append(["SE", str(len(body) + 1), st02])

@@ -262,9 +262,9 @@ class _Envelope:
 
 def _x12_date(v: str) -> str | None:
     v = v.strip()
-    if len(v) == 6 and v.isdigit():
+    if len(v) == 6 and v.isdecimal():
         return f"{20 if int(v[:2]) < 50 else 19}{v[:2]}-{v[2:4]}-{v[4:6]}"
-    if len(v) == 8 and v.isdigit():
+    if len(v) == 8 and v.isdecimal():
         return f"{v[:4]}-{v[4:6]}-{v[6:8]}"
     return None
 
@@ -513,13 +513,13 @@ class _X12Reader(_Envelope):
             if self.grp and self.grp.info.version:
                 version = self.grp.info.version
             st03 = seg[3].strip() if len(seg) > 3 else ""
-            if st03 and (not version or not version[:6].isdigit()):
+            if st03 and (not version or not version[:6].isdecimal()):
                 version = st03
             ts = TransactionSet(
                 standard="x12",
                 type=st01,
                 control_number=st02 or None,
-                version=version[:6] if version and version[:6].isdigit() else version,
+                version=version[:6] if version and version[:6].isdecimal() else version,
                 segments=[seg],
                 first_segment_index=self.index,
                 interchange=self.ich.info,
@@ -555,7 +555,7 @@ class _X12Reader(_Envelope):
             self.ich_item_count += 1
             self.group_set_count = 0
             self.set_controls.clear()
-            if not info.control_number or not info.control_number.isdigit():
+            if not info.control_number or not info.control_number.isdecimal():
                 self.grp.findings.append(self._f("group.header_invalid", f"GS06 control number {g(6)!r} is not numeric", seg, 6))
             return
         if tag == "GE":
@@ -611,7 +611,7 @@ class _X12Reader(_Envelope):
             control_number=g(13) or None,
             version=g(12) or None,
             date=_x12_date(g(9)),
-            time=f"{g(10)[:2]}:{g(10)[2:4]}" if len(g(10)) == 4 and g(10).isdigit() else None,
+            time=f"{g(10)[:2]}:{g(10)[2:4]}" if len(g(10)) == 4 and g(10).isdecimal() else None,
             test=g(15).upper() == "T",
             ack_requested=g(14) == "1",
             segment_index=self.index,
@@ -624,7 +624,7 @@ class _X12Reader(_Envelope):
         if pending is not None:
             self.ich.findings.append(pending)
             self._interchange_finding_pending = None
-        if not info.control_number or not info.control_number.isdigit():
+        if not info.control_number or not info.control_number.isdecimal():
             self.ich.findings.append(self._f("interchange.control_number_invalid", f"ISA13 {g(13)!r} is not a numeric control number", isa, 13, value=g(13)))
         if not info.sender_id:
             self.ich.findings.append(self._f("interchange.sender_invalid", "ISA06 (sender id) is empty", isa, 6))
@@ -635,7 +635,7 @@ class _X12Reader(_Envelope):
         if g(15).upper() not in ("P", "T", "I"):
             self.ich.findings.append(self._f("interchange.test_indicator_invalid", f"ISA15 {g(15)!r} is not P, T or I", isa, 15, severity=Severity.WARNING, value=g(15)))
         v = info.version or ""
-        if not (v.isdigit() and "00200" <= v <= "00899"):
+        if not (v.isdecimal() and "00200" <= v <= "00899"):
             self.ich.findings.append(self._f("interchange.version_unsupported", f"ISA12 {v!r} is not an X12 control version the gateway reads", isa, 12, severity=Severity.WARNING, value=v))
 
 
@@ -800,6 +800,8 @@ class _EdifactReader(_Envelope):
     def _split_released(self, piece: str, el: str, comp: str) -> list:
         """Split a segment that holds release characters: each released character becomes a
         private-use placeholder, the segment splits as usual, and the placeholders turn back."""
+        if _PLACEHOLDERS.search(piece):
+            return _scan_released(piece, el, comp, self.delims.release)  # real private-use text
         marked = self._escape_re.sub(self._escape, piece)
         restore = self._restore
         return [
@@ -832,6 +834,8 @@ class _EdifactReader(_Envelope):
     def _sniff(self, buf: str) -> Delimiters | None:
         """Separators of an interchange without UNA: defaults, or read off the UNB itself."""
         text = buf[:2048].replace("\r", "").replace("\n", "")
+        if len(text) < 9:
+            return None
         el = text[3]
         if el == "+" and text[4:8].isalpha() and text[8:9] in (":", "+"):
             return Delimiters(element="+", component=":", segment="'", release="?")
@@ -938,7 +942,7 @@ class _EdifactReader(_Envelope):
         e = lambda n, c=1: _comp(unb, n, c)  # noqa: E731
         d = e(4, 1)
         date = None
-        if d.isdigit() and len(d) in (6, 8):
+        if d.isdecimal() and len(d) in (6, 8):
             date = (f"{20 if int(d[:2]) < 50 else 19}{d[:2]}-{d[2:4]}-{d[4:6]}" if len(d) == 6 else f"{d[:4]}-{d[4:6]}-{d[6:8]}")
         t = e(4, 2)
         info = InterchangeInfo(
@@ -952,7 +956,7 @@ class _EdifactReader(_Envelope):
             version=e(1, 2) or None,
             syntax_identifier=e(1, 1).upper() or None,
             date=date,
-            time=f"{t[:2]}:{t[2:4]}" if len(t) >= 4 and t[:4].isdigit() else None,
+            time=f"{t[:2]}:{t[2:4]}" if len(t) >= 4 and t[:4].isdecimal() else None,
             test=e(11) == "1",
             ack_requested=e(9) == "1",
             segment_index=self.index,
@@ -969,6 +973,35 @@ class _EdifactReader(_Envelope):
             self.ich.findings.append(self._f("interchange.sender_invalid", "UNB sender (S002 0004) is empty", unb, 2, Severity.WARNING))
         if not info.receiver_id:
             self.ich.findings.append(self._f("interchange.receiver_invalid", "UNB recipient (S003 0010) is empty", unb, 3, Severity.WARNING))
+
+
+_PLACEHOLDERS = re.compile("[\ue000-\uf8ff]")
+
+
+def _scan_released(piece: str, el: str, comp: str, rel: str) -> list:
+    """Character by character split, for the rare segment whose data holds private-use characters."""
+    seg: list = []
+    element: list[str] = []
+    buf: list[str] = []
+    released = False
+    for ch in piece:
+        if released:
+            buf.append(ch)
+            released = False
+        elif ch == rel:
+            released = True
+        elif ch == comp:
+            element.append("".join(buf))
+            buf = []
+        elif ch == el:
+            element.append("".join(buf))
+            seg.append(element if len(element) > 1 else element[0])
+            element, buf = [], []
+        else:
+            buf.append(ch)
+    element.append("".join(buf))
+    seg.append(element if len(element) > 1 else element[0])
+    return seg
 
 
 def _released(text: str, rel: str) -> bool:

@@ -353,7 +353,7 @@ def _file_checks(m: PartnerMapping) -> list[tuple[KeyPath, str]]:
         out.append((("acknowledgments", "kind"),
                     "CONTRL is an EDIFACT acknowledgment but the partner has only X12 identifiers; use 997, 999 or auto"))
     for i, version in enumerate(m.versions):
-        is_x12 = version[:1].isdigit()
+        is_x12 = version[:1].isdecimal()
         if is_x12 and edifact and not x12:
             out.append((("versions", i), f"{version} is an X12 version but the partner has only EDIFACT identifiers"))
         if not is_x12 and x12 and not edifact:

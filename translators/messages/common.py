@@ -47,11 +47,11 @@ def x12_date(value: str) -> str | None:
     v = value.strip()
     if not v:
         return None
-    if len(v) == 6 and v.isdigit():
+    if len(v) == 6 and v.isdecimal():
         yy = int(v[:2])
         # The X12 convention for 2-digit years: 00-49 are 20xx, 50-99 are 19xx.
         v = f"{20 if yy < 50 else 19}{v}"
-    if len(v) != 8 or not v.isdigit():
+    if len(v) != 8 or not v.isdecimal():
         raise ValueProblem("element.invalid_date", f"{value!r} is not a date (CCYYMMDD)")
     return _iso(v, value)
 
@@ -72,13 +72,13 @@ def edifact_date(value: str, fmt: str | None) -> str | None:
         raise ValueProblem("element.invalid_date", f"{value!r} is not a date in format {fmt} ({width} digits)")
     if fmt in ("101", "201") or (fmt not in _EDIFACT_FORMATS and len(v) == 6):
         head = v[:6]
-        if not head.isdigit():
+        if not head.isdecimal():
             raise ValueProblem("element.invalid_date", f"{value!r} is not a date in format {fmt}")
         yy = int(head[:2])
         return _iso(f"{20 if yy < 50 else 19}{head}", value)
     if fmt in ("102", "203", "204", "718") or len(v) >= 8:
         head = v[:8]
-        if not head.isdigit():
+        if not head.isdecimal():
             raise ValueProblem("element.invalid_date", f"{value!r} is not a date in format {fmt}")
         return _iso(head, value)
     raise ValueProblem("element.invalid_date", f"{value!r} is not a date in a format the gateway reads ({fmt})")

@@ -234,7 +234,7 @@ def _date_codes(codes) -> list[str]:
     out = []
     for c in codes:
         out.append(c)
-        if c.isdigit() and c.startswith("0"):
+        if c.isdecimal() and c.startswith("0"):
             out.append(c.lstrip("0") or "0")
     return _dedupe(out)
 
@@ -441,10 +441,10 @@ class Scan:
         # Fast path for the common shapes (digits, digits + decimal mark + digits); the result
         # is what decimal_text gives.
         if value.isascii():
-            if value.isdigit():
+            if value.isdecimal():
                 return value.lstrip("0") or "0"
             a, sep, b = value.partition(self.dm)
-            if sep and a.isdigit() and b.isdigit():
+            if sep and a.isdecimal() and b.isdecimal():
                 return (a.lstrip("0") or "0") + "." + b
         try:
             return decimal_text(value, decimal_mark=self.dm)
@@ -490,7 +490,7 @@ class Scan:
                 return edifact_date(value[4:6] + value[2:4] + value[:2], "101")
             if fmt == "3" and len(value) == 6:  # MMDDYY
                 return edifact_date(value[4:6] + value[:4], "101")
-            if fmt == "616" and len(value) == 6 and value.isdigit():  # CCYYWW: the Monday of that week
+            if fmt == "616" and len(value) == 6 and value.isdecimal():  # CCYYWW: the Monday of that week
                 try:
                     return date.fromisocalendar(int(value[:4]), int(value[4:]), 1).isoformat()
                 except ValueError:
@@ -761,7 +761,7 @@ def _moa(s: Scan, seg: list, i: int) -> None:
     if section == DETAIL:
         line = s.line
         r = _LINE_AMOUNT.get(q) if line is not None and ctx in _LINE_CTX else None
-        value = raw if raw.isdigit() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
+        value = raw if raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
         if r is not None and value is not None and r < s.line_qty_rank[1]:
             line["amount"] = value
             s.line_qty_rank[1] = r
@@ -887,7 +887,7 @@ def _qty(s: Scan, seg: list, i: int) -> None:
     line = s.line
     r = s.qty_rank.get(q) if line is not None and s.section == DETAIL and s.ctx in _LINE_CTX else None
     raw = el[1].strip() if len(el) > 1 else ""
-    value = raw if raw.isdigit() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
+    value = raw if raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
     if value is not None and r is not None and r < s.line_qty_rank[0]:
         s.line_qty_rank[0] = r
         line["quantity"] = value
@@ -900,7 +900,7 @@ def _pri(s: Scan, seg: list, i: int) -> None:
     q = el[0].strip()
     used = s.section == DETAIL and s.line is not None
     raw = el[1].strip() if len(el) > 1 else ""
-    value = raw if raw.isdigit() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=used)
+    value = raw if raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=used)
     n = len(el)
     basis = s.num(seg, i, el[4].strip(), 1, 5, used) if n > 4 and el[4].strip() else None
     if not used:

@@ -343,7 +343,7 @@ class X12Mapper:
             version = ts.version or gs08 or None
         self.version = version
         # Before 004010 DTM05 is the century and the period format/value are DTM06/DTM07.
-        self.old_dtm = bool(version) and version[:6].isdigit() and version[:6] < "004010"
+        self.old_dtm = bool(version) and version[:6].isdecimal() and version[:6] < "004010"
         self.checks = CHECKS if self.old_dtm else CHECKS_4010
         self.fast_checks = _FAST_CHECKS if self.old_dtm else _FAST_CHECKS_4010
 
@@ -388,14 +388,14 @@ class X12Mapper:
         if not v:
             return None
         # Fast paths for the common shapes; anything else goes through decimal_text.
-        if v.isdigit() and v.isascii():
+        if v.isdecimal() and v.isascii():
             if implied:
                 q, r = divmod(int(v), 10**implied)
                 return f"{q}.{r:0{implied}d}"
             return v.lstrip("0") or "0"
         if not implied:
             a, dot, b = v.partition(".")
-            if dot and b.isdigit() and b.isascii() and (not a or (a.isdigit() and a.isascii())):
+            if dot and b.isdecimal() and b.isascii() and (not a or (a.isdecimal() and a.isascii())):
                 return (a.lstrip("0") or "0") + "." + b
         try:
             return decimal_text(v, implied)
@@ -409,7 +409,7 @@ class X12Mapper:
         v = seg[n].strip()
         if not v:
             return None
-        if century and len(v) == 6 and v.isdigit():
+        if century and len(v) == 6 and v.isdecimal():
             v = century + v
         try:
             return x12_date(v)
@@ -552,7 +552,7 @@ class X12Mapper:
         v = raw(seg, 2)
         fmt = raw(seg, fn)
         period = raw(seg, pn)
-        if bool(fmt) != bool(period) and not (fn == 5 and len(fmt) == 2 and fmt.isdigit()):
+        if bool(fmt) != bool(period) and not (fn == 5 and len(fmt) == 2 and fmt.isdecimal()):
             k = pn if fmt else fn
             self.add("element.conditional_missing",
                      f"{self._name('DTM', k)} is missing: DTM{fn:02d} and DTM{pn:02d} go in pairs", i, k,
@@ -560,7 +560,7 @@ class X12Mapper:
         if v:
             # 3010-3050: DTM05 is the century when DTM02 is YYMMDD (some 4010 senders do it too).
             century = raw(seg, 5)
-            return self.date(seg, i, 2, century if len(century) == 2 and century.isdigit() else "")
+            return self.date(seg, i, 2, century if len(century) == 2 and century.isdecimal() else "")
         if period and fmt in ("D8", "RD8", "DT", "RDT", "D6", "RD6", "DTS", "RD8T"):
             head = period[:6] if fmt in ("D6", "RD6") else period[:8]
             try:
