@@ -185,18 +185,13 @@ def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> Documen
     )
     if spec is None:
         findings.append(
-            finding(
+            _at_header(
+                ts,
                 "transaction.unsupported",
                 f"{ts.type or 'A message'} is not a purchase order or invoice; it is recorded and not translated",
                 severity=Severity.WARNING,
-                segment_tag=ts.segments[0][0],
-                segment_index=ts.first_segment_index,
-                set_position=1,
                 element_index=1 if ts.standard == "x12" else 2,
                 value=ts.type,
-                interchange_control=control["interchange"],
-                group_control=control["group"],
-                message_control=control["message"],
             )
         )
         return DocumentResult(kind=None, document=None, findings=findings, status="ignored", **base)
@@ -219,27 +214,32 @@ def _apply_partner_rules(doc: dict, ts: TransactionSet, partner: PartnerMapping,
         missing = _missing(doc, path)
         if missing:
             findings.append(
-                finding(
-                    "mapping.required_missing",
-                    f"Partner {partner.id} must send {path}, and {missing}",
-                    segment_tag=ts.segments[0][0],
-                    segment_index=ts.first_segment_index,
-                    set_position=1,
-                    interchange_control=ts.interchange.control_number,
-                    message_control=ts.control_number,
-                )
+                _at_header(ts, "mapping.required_missing", f"Partner {partner.id} must send {path}, and {missing}")
             )
     if doc["kind"] not in partner.documents:
         findings.append(
-            finding(
+            _at_header(
+                ts,
                 "transaction.unsupported",
                 f"Partner {partner.id} is not set up to send {doc['kind'].replace('_', ' ')}s",
                 severity=Severity.WARNING,
-                segment_tag=ts.segments[0][0],
-                segment_index=ts.first_segment_index,
-                set_position=1,
             )
         )
+
+
+def _at_header(ts: TransactionSet, code: str, message: str, **kw) -> Finding:
+    """A finding about the whole set, positioned on its ST / UNH with its control numbers."""
+    return finding(
+        code,
+        message,
+        segment_tag=ts.segments[0][0],
+        segment_index=ts.first_segment_index,
+        set_position=1,
+        interchange_control=ts.interchange.control_number,
+        group_control=ts.group.control_number if ts.group else None,
+        message_control=ts.control_number,
+        **kw,
+    )
 
 
 def _missing(doc: dict, path: str) -> str | None:
