@@ -1,3 +1,3 @@
-"""Repository-wide pytest plugins: the real OpenSSH sshd fixture for the SFTP tests."""
+"""Repository-wide pytest plugins: the real OpenSSH sshd and the store (SQLite + PostgreSQL) fixtures."""
 
-pytest_plugins = ["tests.sshd"]
+pytest_plugins = ["tests.sshd", "tests.db"]

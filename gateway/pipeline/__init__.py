@@ -1,0 +1,1 @@
+"""The document pipeline: the state machine, its stages and the workers that drive them."""

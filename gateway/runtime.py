@@ -1,0 +1,95 @@
+"""What every long-running part of the gateway shares: settings, the store, the partner files.
+
+One :class:`Runtime` per process, passed explicitly to pollers, workers and the web app: no
+process-wide globals.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from gateway.settings import Settings
+from gateway.store.db import make_engine, upgrade
+from gateway.store.models import PartnerFile
+from translators.mapping import PartnerDirectory
+
+log = structlog.get_logger("gateway")
+
+
+def instance_id(role: str = "gateway") -> str:
+    """A name for this process in leases and audit events: host, pid and a short random tag."""
+    return f"{role}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    instance: str = field(default_factory=instance_id)
+    _partners: PartnerDirectory | None = field(default=None, repr=False)
+    _partners_version: tuple | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def partners(self) -> PartnerDirectory:
+        """The partner files in force: the folder's, overridden by those activated in the panel.
+
+        Reloaded when a file in the folder or an activated upload changes, so onboarding needs no restart.
+        """
+        version = self._partner_version()
+        with self._lock:
+            if self._partners is None or version != self._partners_version:
+                self._partners = load_partners(self.settings.partners_dir, self.engine)
+                self._partners_version = version
+            return self._partners
+
+    def _partner_version(self) -> tuple:
+        folder = Path(self.settings.partners_dir)
+        stamps = tuple(
+            sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.y*ml"))
+        ) if folder.is_dir() else ()
+        with Session(self.engine) as s:
+            latest = s.exec(select(func.max(PartnerFile.activated_at), func.count()).where(PartnerFile.active)).one()
+        return stamps, tuple(latest)
+
+
+def load_partners(folder: Path, engine: Engine) -> PartnerDirectory:
+    """The folder's mapping files, then every panel-activated one (which wins for its partner id)."""
+    from gateway.partners import load_partner_directory
+    from translators.partners import parse_partner_text
+
+    directory = load_partner_directory(folder) if Path(folder).is_dir() else PartnerDirectory()
+    with Session(engine) as s:
+        rows = s.exec(select(PartnerFile).where(PartnerFile.active)).all()
+    if not rows:
+        return directory
+    merged = {p.id: p for p in directory}
+    for row in rows:
+        try:
+            merged[row.partner_id] = parse_partner_text(row.text, f"panel:{row.filename}")
+        except Exception as exc:  # noqa: BLE001 - a bad stored file must not stop the others
+            log.error("partner_file_invalid", partner=row.partner_id, error=str(exc))
+    return PartnerDirectory(list(merged.values()))
+
+
+def open_runtime(settings: Settings, *, migrate: bool = True, resolve_secrets: bool = True) -> Runtime:
+    """Connect to the store (migrating it to the latest schema) and resolve ``secret:`` references."""
+    url = settings.store_url
+    if migrate:
+        upgrade(url)
+    engine = make_engine(url)
+    if resolve_secrets and settings.secret_references():
+        from gateway.secrets import Vault, load_key
+
+        vault = Vault(engine, load_key(settings.key_file))
+        settings = settings.resolve_secrets(vault.get)
+    return Runtime(settings=settings, engine=engine)

@@ -1,0 +1,183 @@
+"""Gateway settings: a TOML file, overridden by ``GATEWAY_*`` environment variables.
+
+Credentials are never written in the file in clear: a value ``"secret:NAME"`` refers to a secret
+stored encrypted with ``gateway secrets set NAME`` and is resolved at start-up
+(:meth:`Settings.resolve_secrets`).
+
+    GATEWAY_CONFIG=gateway.toml            # where the file is (default ./gateway.toml if present)
+    GATEWAY_DATABASE_URL=postgresql://...  # any top-level key; nested ones with '__'
+    GATEWAY_WORKERS__COUNT=4
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from gateway.destinations.plex import PlexConfig
+from gateway.sources.sftp import SftpConfig
+from gateway.sources.sterling import SterlingConfig
+
+SECRET_PREFIX = "secret:"
+
+
+class SterlingSource(SterlingConfig):
+    """A Sterling B2Bi instance to poll, with its name and interval."""
+
+    name: str = Field(min_length=1, max_length=100)
+    interval_seconds: float = Field(60.0, gt=0)
+
+
+class SftpSource(SftpConfig):
+    """An SFTP server with drop folders, with its name and interval."""
+
+    name: str = Field(min_length=1, max_length=100)
+    interval_seconds: float = Field(300.0, gt=0)
+
+
+class LocalSource(BaseModel):
+    """A folder on this machine used as a drop (the demo, or an SFTP server's own disk)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    path: Path
+    archive_path: Path | None = None  # None: delete after intake
+    outbound_path: Path | None = None  # acknowledgments; '{partner}' replaced by the partner id
+    partners: tuple[str, ...] = ()
+    pattern: str = "*"
+    interval_seconds: float = Field(5.0, gt=0)
+
+
+class WorkerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(2, ge=0, description="worker threads in `gateway run`")
+    batch_size: int = Field(100, ge=1, description="documents claimed per transaction")
+    lease_seconds: float = Field(120.0, gt=0, description="a claim not finished by then is taken again")
+    idle_seconds: float = Field(0.5, gt=0, description="sleep when there is nothing to do")
+    max_attempts: int = Field(8, ge=1, description="tries of a transient fault at one stage before failing")
+    backoff_initial: float = Field(2.0, ge=0)
+    backoff_max: float = Field(600.0, ge=0)
+
+
+class WebSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    session_secret: SecretStr | None = None  # None: one is generated and kept in the data directory
+    secure_cookies: bool = False  # True behind HTTPS
+
+
+class Settings(BaseSettings):
+    """Everything the gateway process needs."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path("var")
+    database_url: str | None = None  # None: SQLite in data_dir
+    partners_dir: Path = Path("partners")
+    secret_key_file: Path | None = None  # None: data_dir/secret.key; GATEWAY_SECRET_KEY wins over both
+    log_level: str = "INFO"
+    log_json: bool = False
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    sterling: list[SterlingSource] = Field(default_factory=list)
+    sftp: list[SftpSource] = Field(default_factory=list)
+    local: list[LocalSource] = Field(default_factory=list)
+    plex: PlexConfig | None = None
+    anaplan: dict[str, Any] | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def store_url(self) -> str:
+        from gateway.store.db import sqlite_url
+
+        return self.database_url or sqlite_url(self.data_dir)
+
+    @property
+    def key_file(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret.key"
+
+    def source_names(self) -> list[str]:
+        return [f"sterling:{s.name}" for s in self.sterling] + [f"sftp:{s.name}" for s in self.sftp] + [
+            f"local:{s.name}" for s in self.local
+        ]
+
+    def secret_references(self) -> set[str]:
+        """Names of the secrets this configuration refers to."""
+        found: set[str] = set()
+        _walk(self.model_dump(mode="python"), lambda v: found.add(v[len(SECRET_PREFIX):]) or v)
+        return found
+
+    def resolve_secrets(self, lookup) -> Settings:
+        """A copy with every ``"secret:NAME"`` replaced by ``lookup(NAME)``."""
+        data = _walk(self.model_dump(mode="python"), lambda v: lookup(v[len(SECRET_PREFIX):]))
+        return type(self).model_validate(data)
+
+
+def _walk(value: Any, replace) -> Any:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        return replace(value) if value.startswith(SECRET_PREFIX) else value
+    if isinstance(value, dict):
+        return {k: _walk(v, replace) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_walk(v, replace) for v in value)
+    return value
+
+
+_CONFIG_OVERRIDE: list[Path | None] = [None]
+
+
+def _config_path() -> Path | None:
+    if _CONFIG_OVERRIDE[0] is not None:
+        return _CONFIG_OVERRIDE[0]
+    env = os.environ.get("GATEWAY_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("gateway.toml")
+    return default if default.is_file() else None
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (``path``, ``$GATEWAY_CONFIG`` or ./gateway.toml) and the environment."""
+    from pydantic import ValidationError
+
+    if path is not None and not Path(path).is_file():
+        raise SettingsError(f"{path}: no such configuration file")
+    _CONFIG_OVERRIDE[0] = Path(path) if path is not None else None
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        where = str(_config_path() or "environment")
+        lines = [f"{where}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("\n".join(lines)) from None
+    except (OSError, ValueError) as exc:  # unreadable file, TOML syntax
+        raise SettingsError(f"{_config_path()}: {exc}") from None
+    finally:
+        _CONFIG_OVERRIDE[0] = None

@@ -1,0 +1,26 @@
+"""The gateway's store: SQLModel tables, engines and migrations."""
+
+from gateway.store.db import is_postgres, make_engine, session_factory, sqlite_url, transaction, upgrade
+from gateway.store.models import (
+    AnaplanBatch,
+    ApiToken,
+    Document,
+    Event,
+    Interchange,
+    Lease,
+    PartnerFile,
+    RateWindow,
+    RawPayload,
+    Secret,
+    SourceStatus,
+    Supplier,
+    SupplierAlias,
+    User,
+    utcnow,
+)
+
+__all__ = [
+    "AnaplanBatch", "ApiToken", "Document", "Event", "Interchange", "Lease", "PartnerFile", "RateWindow",
+    "RawPayload", "Secret", "SourceStatus", "Supplier", "SupplierAlias", "User", "utcnow",
+    "is_postgres", "make_engine", "session_factory", "sqlite_url", "transaction", "upgrade",
+]

@@ -1,0 +1,200 @@
+"""The store and the state machine, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from gateway.partners import load_partner_directory
+from gateway.pipeline.machine import (
+    Outcome,
+    RetryPolicy,
+    StageName,
+    State,
+    apply_outcome,
+    reprocess,
+)
+from gateway.pipeline.translation import envelope_duplicate, retranslate, split_interchange, translation_event
+from gateway.store import Document, Event, Interchange, RawPayload, transaction, utcnow
+from gateway.store.db import current_revision
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "fixtures" / "edi" / "demo"
+
+
+@pytest.fixture(scope="module")
+def partners():
+    return load_partner_directory(ROOT / "partners")
+
+
+def _store(engine, name: str, data: bytes) -> int:
+    with transaction(engine) as s:
+        ich = Interchange(sha256=hashlib.sha256(data).hexdigest(), size=len(data), source="test", remote_name=name)
+        s.add(ich)
+        s.flush()
+        s.add(RawPayload(interchange_id=ich.id, data=data))
+        return ich.id
+
+
+def _split(engine, ich_id: int, partners):
+    now = utcnow()
+    with transaction(engine) as s:
+        ich = s.get(Interchange, ich_id)
+        raw = s.get(RawPayload, ich_id).data
+        out = split_interchange(ich, raw, partners, now=now)
+        for d in out.documents:
+            s.add(d)
+        s.flush()
+        for d in out.documents:
+            s.add(translation_event(d, actor="test", now=now, duration_ms=1.0))
+        ich.state = "failed" if out.failed else "split"
+        ich.error = out.error
+        ich.ack = "\n".join(a.text for a in out.acknowledgments) or None
+    return out
+
+
+def test_schema_is_at_head(engine):
+    assert current_revision(engine) == "0001"
+
+
+def test_split_creates_one_document_per_set_with_trail(engine, partners):
+    data = (DEMO / "europa-components-ORDERS-EC-7781.edi").read_bytes()
+    ich_id = _store(engine, "orders.edi", data)
+    _split(engine, ich_id, partners)
+    with Session(engine) as s:
+        docs = s.exec(select(Document).where(Document.interchange_id == ich_id)).all()
+        ich = s.get(Interchange, ich_id)
+        events = s.exec(select(Event).where(Event.interchange_id == ich_id)).all()
+    assert ich.state == "split" and ich.standard == "edifact" and ich.control_number
+    assert ich.ack and "CONTRL" in ich.ack
+    assert len(docs) == ich.document_count >= 1
+    d = docs[0]
+    assert d.state == State.TRANSLATED and d.stage == StageName.MATCH
+    assert d.partner == "europa-components" and d.kind == "purchase_order"
+    assert d.po_number == json.loads(d.canonical)["po_number"] == "EC-7781"
+    assert d.edi.startswith("UNH")
+    assert [(e.stage, e.outcome, e.document_id) for e in events] == [("translate", "ok", d.id)]
+
+
+def test_a_second_split_of_the_same_interchange_is_refused(engine, partners):
+    data = (DEMO / "acme-fasteners-810-INV-10234.x12").read_bytes()
+    ich_id = _store(engine, "inv.x12", data)
+    _split(engine, ich_id, partners)
+    with pytest.raises(IntegrityError):
+        _split(engine, ich_id, partners)
+    with Session(engine) as s:
+        assert len(s.exec(select(Document).where(Document.interchange_id == ich_id)).all()) == 1
+
+
+def test_broken_document_fails_at_translate_naming_segment_and_element(engine, partners):
+    data = (DEMO / "northwind-retail-850-NW-4480-broken.x12").read_bytes()
+    ich_id = _store(engine, "nw-broken.x12", data)
+    _split(engine, ich_id, partners)
+    with Session(engine) as s:
+        (doc,) = s.exec(select(Document).where(Document.interchange_id == ich_id)).all()
+    assert doc.state == State.FAILED and doc.stage == StageName.TRANSLATE
+    assert "nw-broken.x12" in doc.error and "PO1" in doc.error and doc.error_code
+
+
+def test_garbage_fails_the_interchange_and_keeps_the_bytes(engine, partners):
+    data = b"this is not EDI at all\n"
+    ich_id = _store(engine, "junk.txt", data)
+    out = _split(engine, ich_id, partners)
+    assert out.failed and "junk.txt" in out.error
+    with Session(engine) as s:
+        assert s.get(Interchange, ich_id).state == "failed"
+        assert s.get(RawPayload, ich_id).data == data
+
+
+def test_envelope_duplicate_found_by_sender_receiver_control(engine, partners):
+    data = (DEMO / "acme-fasteners-810-INV-10234.x12").read_bytes()
+    first = _store(engine, "a.x12", data)
+    _split(engine, first, partners)
+    second = _store(engine, "b.x12", data.replace(b"INV-10234", b"INV-10235"))
+    with transaction(engine) as s:
+        ich = s.get(Interchange, second)
+        split_interchange(ich, s.get(RawPayload, second).data, partners, now=utcnow())
+        dup = envelope_duplicate(s, ich)
+    assert dup is not None and dup.id == first
+
+
+def _doc(engine, state=State.TRANSLATED, stage=StageName.MATCH) -> int:
+    ich_id = _store(engine, "x", b"x")
+    with transaction(engine) as s:
+        d = Document(interchange_id=ich_id, position=1, standard="x12", state=state.value, stage=stage.value)
+        s.add(d)
+        s.flush()
+        return d.id
+
+
+def test_outcomes_move_the_document_and_write_one_event_each(engine):
+    doc_id = _doc(engine)
+    policy = RetryPolicy(max_attempts=2, initial=10)
+    now = utcnow()
+    with transaction(engine) as s:
+        d = s.get(Document, doc_id)
+        s.add(apply_outcome(d, StageName.MATCH, Outcome.ok(supplier_code="S-1"), now=now, actor="w1"))
+    with transaction(engine) as s:
+        d = s.get(Document, doc_id)
+        assert (d.state, d.stage, d.supplier_code) == ("matched", "post", "S-1")
+        s.add(apply_outcome(d, StageName.POST, Outcome.retry("Plex answered 503"), now=now, retry=policy))
+    with transaction(engine) as s:
+        d = s.get(Document, doc_id)
+        assert (d.state, d.stage, d.attempts) == ("matched", "post", 1)
+        assert d.next_attempt_at is not None and d.next_attempt_at.replace(tzinfo=now.tzinfo) >= now + timedelta(seconds=9)
+        s.add(apply_outcome(d, StageName.POST, Outcome.retry("Plex answered 503"), now=now, retry=policy))
+    with transaction(engine) as s:
+        d = s.get(Document, doc_id)
+        assert (d.state, d.stage) == ("failed", "post")
+        assert "gave up after 2 attempts" in d.error
+        s.add(reprocess(d, actor="alice", reason="Plex is back"))
+    with Session(engine) as s:
+        d = s.get(Document, doc_id)
+        assert (d.state, d.stage, d.attempts, d.error) == ("matched", "post", 0, None)
+        trail = s.exec(select(Event).where(Event.document_id == doc_id).order_by(Event.id)).all()
+    assert [(e.stage, e.outcome, e.actor) for e in trail] == [
+        ("match", "ok", "w1"), ("post", "retry", "gateway"), ("post", "fail", "gateway"), ("post", "reprocess", "alice"),
+    ]
+    assert json.loads(trail[-1].detail)["reason"] == "Plex is back"
+
+
+def test_attention_wait_and_reprocess_rules(engine):
+    doc_id = _doc(engine)
+    now = utcnow()
+    with transaction(engine) as s:
+        d = s.get(Document, doc_id)
+        ev = apply_outcome(d, StageName.MATCH, Outcome.attention("two suppliers match", detail={"candidates": ["A", "B"]}), now=now)
+        s.add(ev)
+        assert (d.state, d.stage) == ("needs_attention", "match")
+        ev2 = apply_outcome(d, StageName.MATCH, Outcome.wait(after=3), now=now)
+        assert ev2.attempt is None and d.attempts == 0 and d.state == "translated"
+        with pytest.raises(ValueError):
+            reprocess(d, actor="bob", reason="  ")
+        d.lease_owner, d.lease_until = "w9", now + timedelta(seconds=30)
+        with pytest.raises(ValueError, match="being worked on"):
+            reprocess(d, actor="bob", reason="retry", now=now)
+        d.lease_owner = d.lease_until = None
+        reprocess(d, actor="bob", reason="from the top", from_stage=StageName.TRANSLATE, now=now)
+        assert (d.state, d.stage) == ("received", "translate")
+
+
+def test_retranslate_picks_up_a_fixed_partner_file(engine, partners):
+    data = (DEMO / "northwind-retail-850-NW-4471.x12").read_bytes()
+    ich_id = _store(engine, "nw.x12", data)
+    _split(engine, ich_id, partners)
+    with transaction(engine) as s:
+        d = s.exec(select(Document).where(Document.interchange_id == ich_id)).one()
+        before = json.loads(d.canonical)
+        out = retranslate(d, data, partners, source="nw.x12")
+        assert out.kind == "ok" and json.loads(out.changes["canonical"]) == before
+        empty = retranslate(d, data, type(partners)(), source="nw.x12")
+        assert empty.kind == "ok" and json.loads(empty.changes["canonical"])["partner"] is None
+        d.position = 5
+        gone = retranslate(d, data, partners, source="nw.x12")
+        assert gone.kind == "fail" and "set 5 is gone" in gone.error
