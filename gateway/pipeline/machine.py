@@ -122,6 +122,15 @@ class Stage(Protocol):
 
 
 BatchStage = Callable[[list[Document], Any], dict[int, Outcome]]
+"""A stage that works on many documents at once (e.g. one Anaplan import for a whole batch).
+
+A callable marked ``batch = True`` (an attribute on the function or object) is given every
+claimed document of its stage and returns an outcome per document id.
+"""
+
+
+def is_batch(stage: Any) -> bool:
+    return bool(getattr(stage, "batch", False))
 
 
 @dataclass(frozen=True)
