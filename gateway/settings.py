@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from gateway.destinations.anaplan import AnaplanSettings
 from gateway.destinations.plex import PlexConfig
 from gateway.sources.sftp import SftpConfig
 from gateway.sources.sterling import SterlingConfig
@@ -91,7 +92,7 @@ class Settings(BaseSettings):
     sftp: list[SftpSource] = Field(default_factory=list)
     local: list[LocalSource] = Field(default_factory=list)
     plex: PlexConfig | None = None
-    anaplan: dict[str, Any] | None = None
+    anaplan: AnaplanSettings | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -24,6 +24,7 @@ import base64
 import csv
 import email.utils
 import gzip
+import hashlib
 import io
 import math
 import os
@@ -86,9 +87,15 @@ class AnaplanHTTPError(AnaplanError):
 
 
 class AnaplanRetryLater(AnaplanError):
-    """Transient: budget exhausted, file busy, retries used up. Retry the batch later."""
+    """Transient: budget exhausted, file busy, retries used up. Retry the batch later.
+
+    ``retry_after`` is the wait Anaplan asked for (``Retry-After``), when it said."""
 
     retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # =============================================================================================
@@ -835,7 +842,7 @@ class AnaplanClient:
                     return attempt()
         except _Transient as exc:
             raise AnaplanRetryLater(f"Anaplan kept refusing: {exc} "
-                                    f"({policy.attempts} attempts)") from None
+                                    f"({policy.attempts} attempts)", exc.retry_after) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _auth_send(self, usage: RequestCounter) -> _Send:
@@ -1037,6 +1044,18 @@ def _parse_dump(dump: bytes, fmt: CsvFormat) -> list[_DumpRow]:
     return rows
 
 
+@dataclass
+class Submission:
+    """A batch handed to Anaplan: the task started and which document each CSV row came from."""
+
+    task_id: str | None
+    row_map: RowMap
+    format: CsvFormat
+    chunks: int
+    size: int
+    sha256: str
+
+
 class AnaplanDestination:
     """Runs batches into Anaplan imports. One instance per process; thread-safe."""
 
@@ -1105,21 +1124,54 @@ class AnaplanDestination:
         return outcome
 
     def _run_locked(self, batch: AnaplanBatch, usage: RequestCounter, bound: Any) -> ImportOutcome:
+        submission = self.submit(batch, usage)
+        if submission.task_id is None:
+            return self._finish(batch, submission.row_map, submission.format, None, None, {},
+                                status_hint="failed")
+        bound.info("anaplan.import_started", task_id=submission.task_id, rows=len(submission.row_map),
+                   chunks=submission.chunks, bytes=submission.size)
+        try:
+            task = self._poll(batch.config, submission.task_id, usage)
+        except AnaplanRetryLater as exc:
+            out = self._whole_batch(batch, "retry", str(exc), retryable=True, row_map=submission.row_map)
+            out.task_id = submission.task_id
+            return out
+        return self.conclude(batch, submission.row_map, submission.format, submission.task_id, task, usage)
+
+    # ---------------------------------------------------------------- the batch in steps
+    # The pipeline drives a batch across several stage runs instead of blocking in run_import:
+    # submit (upload + start the task), check (one poll), conclude (counts, dump, per document).
+
+    def rows(self, batch: AnaplanBatch, usage: RequestCounter | None = None) -> tuple[bytes, RowMap, CsvFormat]:
+        """The batch's CSV and row map, exactly as :meth:`submit` uploads it (deterministic)."""
+        meta = self.metadata(batch.config, usage)
+        data, row_map = build_csv(batch.documents, batch.config, meta.header_names, meta.format)
+        return data, row_map, meta.format
+
+    def submit(self, batch: AnaplanBatch, usage: RequestCounter) -> Submission:
+        """Build the CSV, upload it in chunks and start the import task (no waiting).
+
+        ``task_id`` is None when no document produced a row (nothing was uploaded). Raises the
+        ``Anaplan*`` errors; the caller must hold the file's lock until :meth:`conclude`."""
         cfg = batch.config
-        meta = self.metadata(cfg, usage)
-        data, row_map = build_csv(batch.documents, cfg, meta.header_names, meta.format)
+        data, row_map, fmt = self.rows(batch, usage)
+        digest = hashlib.sha256(data).hexdigest()
         if not row_map.rows:
-            return self._finish(batch, row_map, meta.format, None, None, {}, status_hint="failed")
+            return Submission(None, row_map, fmt, 0, len(data), digest)
         chunks = self.client.upload(cfg, data, usage)
         task_id = self.client.start_import(cfg, usage)
-        bound.info("anaplan.import_started", task_id=task_id, rows=len(row_map), chunks=chunks,
-                   bytes=len(data))
-        try:
-            task = self._poll(cfg, task_id, usage)
-        except AnaplanRetryLater as exc:
-            out = self._whole_batch(batch, "retry", str(exc), retryable=True, row_map=row_map)
-            out.task_id = task_id
-            return out
+        return Submission(task_id, row_map, fmt, chunks, len(data), digest)
+
+    def check(self, cfg: AnaplanImportConfig, task_id: str, usage: RequestCounter) -> dict[str, Any] | None:
+        """One poll: the task when it is terminal (COMPLETE or CANCELLED), else None."""
+        task = self.client.get_task(cfg, task_id, usage)
+        return task if task.get("taskState") in ("COMPLETE", "CANCELLED") else None
+
+    def conclude(self, batch: AnaplanBatch, row_map: RowMap, fmt: CsvFormat, task_id: str,
+                 task: Mapping[str, Any], usage: RequestCounter) -> ImportOutcome:
+        """Read a terminal task: counts, failure dump (fetched now: the next run replaces it), and
+        the result of every document."""
+        cfg = batch.config
         state = task.get("taskState")
         result = task.get("result") or {}
         if state == "CANCELLED":
@@ -1140,9 +1192,8 @@ class AnaplanDestination:
             return out
         dump = None
         if result.get("failureDumpAvailable"):
-            # Fetch now, under the lock: the next run of this import replaces or deletes it.
             dump = self.client.failure_dump(cfg, task_id, usage)
-        return self._finish(batch, row_map, meta.format, task_id, dump, result)
+        return self._finish(batch, row_map, fmt, task_id, dump, result)
 
     def _poll(self, cfg: AnaplanImportConfig, task_id: str, usage: RequestCounter) -> dict[str, Any]:
         """Poll until COMPLETE or CANCELLED (both terminal, §6.3), backing off to the max interval;
@@ -1237,3 +1288,94 @@ class AnaplanDestination:
             if idx not in claimed and cells == row.cells:
                 return idx
         return None
+
+
+# =============================================================================================
+# Settings (the ``[anaplan]`` table of the gateway's configuration)
+# =============================================================================================
+
+class AnaplanBatching(BaseModel):
+    """When documents ready for Anaplan go: a batch is sent when it holds ``max_documents`` or its
+    oldest document has waited ``max_age_seconds`` (≤ 0.01 requests per document needs big batches)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_documents: int = Field(2000, ge=1)
+    max_age_seconds: float = Field(30.0, ge=0)
+    send_timeout_seconds: float = Field(300.0, gt=0, description="a batch stuck 'sending' this long is sent again")
+    retry_seconds: float = Field(30.0, gt=0, description="wait after a transient fault when Anaplan gave no Retry-After")
+
+
+class AnaplanSettings(BaseModel):
+    """Anaplan tenant, credentials, the imports documents go to, batching and request budget.
+
+    ``url`` points all three roles (API, auth, OAuth) at one host (the simulator); otherwise the
+    regional ``api_url`` / ``auth_url`` / ``oauth_url``. ``imports`` is keyed by document kind
+    (``purchase_order``, ``invoice``); a kind without an import is not sent to Anaplan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    api_url: str = "https://api.anaplan.com/2/0"
+    auth_url: str = "https://auth.anaplan.com"
+    oauth_url: str = "https://us1a.app.anaplan.com"
+    auth: Literal["basic", "certificate", "oauth"] = "basic"
+    username: str | None = None
+    password: SecretStr | None = None
+    certificate_file: str | None = None
+    private_key: SecretStr | None = None  # PEM text (use a secret: reference)
+    private_key_password: SecretStr | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    refresh_token: SecretStr | None = None
+    refresh_token_secret: str | None = Field(
+        None, description="vault secret that keeps the newest rotatable refresh token across restarts")
+    imports: dict[Literal["purchase_order", "invoice"], AnaplanImportConfig] = Field(default_factory=dict)
+    batch: AnaplanBatching = Field(default_factory=AnaplanBatching)
+    requests_per_minute: int = Field(500, ge=1, description="the tenant allows 600/min for everyone")
+    timeout_seconds: float = Field(120.0, gt=0)
+    retry_attempts: int = Field(3, ge=1, description="in-call tries of a 429/409/423/5xx before the batch waits")
+    retry_max_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> AnaplanSettings:
+        if self.auth == "basic" and not (self.username and self.password):
+            raise ValueError("basic auth needs username and password")
+        if self.auth == "certificate" and not (self.certificate_file and self.private_key):
+            raise ValueError("certificate auth needs certificate_file and private_key")
+        if self.auth == "oauth" and not (self.oauth_client_id and self.refresh_token):
+            raise ValueError("oauth needs oauth_client_id and refresh_token")
+        return self
+
+    def endpoints(self) -> AnaplanEndpoints:
+        if self.url:
+            return AnaplanEndpoints.single_host(self.url)
+        return AnaplanEndpoints(api=self.api_url.rstrip("/"), auth=self.auth_url.rstrip("/"),
+                                oauth=self.oauth_url.rstrip("/"))
+
+    def make_auth(self, *, on_refresh_token: Callable[[str], None] | None = None,
+                  refresh_token: str | None = None) -> AnaplanAuth:
+        if self.auth == "basic":
+            assert self.username and self.password
+            return BasicAuth(self.username, self.password)
+        if self.auth == "certificate":
+            assert self.certificate_file and self.private_key
+            with open(self.certificate_file, "rb") as fh:
+                cert = fh.read()
+            return CertificateAuth(cert, self.private_key, self.private_key_password)
+        assert self.oauth_client_id and self.refresh_token
+        return OAuth2RefreshTokenAuth(self.oauth_client_id, refresh_token or self.refresh_token,
+                                      client_secret=self.oauth_client_secret,
+                                      on_refresh_token=on_refresh_token)
+
+    def make_destination(self, *, budget: RequestBudget | None = None,
+                         on_refresh_token: Callable[[str], None] | None = None,
+                         refresh_token: str | None = None) -> AnaplanDestination:
+        """A destination whose client keeps one token and waits for no more than a few seconds in a
+        call: longer waits (429, model locked) go back to the pipeline as a retry with ``after``."""
+        retry = RetryPolicy(attempts=self.retry_attempts, initial_s=min(1.0, self.retry_max_seconds),
+                            multiplier=2.0, max_s=self.retry_max_seconds, jitter_s=0.25)
+        client = AnaplanClient(self.make_auth(on_refresh_token=on_refresh_token, refresh_token=refresh_token),
+                               endpoints=self.endpoints(), budget=budget, budget_max_wait_s=10.0,
+                               retry=retry, timeout_s=self.timeout_seconds)
+        return AnaplanDestination(client)
