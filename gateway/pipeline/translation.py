@@ -180,9 +180,14 @@ def envelope_duplicate(session: Session, ich: Interchange) -> Interchange | None
     return session.exec(stmt).first()
 
 
-def retranslate(doc: Document, raw: bytes, partners: PartnerDirectory, *, source: str | None) -> Outcome:
-    """The translate stage for one document on reprocess: re-derive its canonical form from the raw bytes."""
-    result = translate(raw, partners, source=source)
+def retranslate(doc: Document, raw: bytes, partners: PartnerDirectory, *, source: str | None,
+                result: Translation | None = None) -> Outcome:
+    """The translate stage for one document on reprocess: re-derive its canonical form from the raw bytes.
+
+    ``result`` is the interchange already translated, when several of its documents are reprocessed at once.
+    """
+    if result is None:
+        result = translate(raw, partners, source=source)
     if doc.position > len(result.documents):
         return Outcome.fail(
             f"{source or 'the file'}: the interchange now yields {len(result.documents)} transaction set(s); "

@@ -1,0 +1,626 @@
+"""Workers: they drive interchanges and documents through the state machine, from the store.
+
+A worker loops over two kinds of work, each claimed with a lease so any number of workers, in
+any number of processes, share it without doing anything twice:
+
+1. **Split** — interchanges in state ``received`` are translated into one document per
+   transaction set. The documents, their first audit events, the acknowledgment and the
+   interchange's new state (``split``, ``failed`` or ``duplicate``) are committed in one
+   transaction, so an interchange is split exactly once or not at all.
+2. **Stages** — documents in a working state whose stage is registered (``gateway.delivery``
+   provides them; ``translate`` is here) are claimed a batch at a time, the stage runs *outside*
+   any transaction (stages make HTTP calls), and the outcomes are applied with
+   :func:`~gateway.pipeline.machine.apply_outcome` in one transaction per batch — only for the
+   documents whose lease this worker still holds.
+
+Claims take ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the ``BEGIN IMMEDIATE`` write lock
+serialises them. A worker that dies leaves leases that expire (``workers.lease_seconds``): the
+work comes back to whoever claims next, and the dead worker's late outcome, if it ever arrives,
+is dropped because its lease is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import String, or_, text, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import defer
+from sqlmodel import Session, select
+
+from gateway.logging import get_logger, scrub_text
+from gateway.pipeline.machine import (
+    PATH,
+    STAGE_FROM,
+    STATE_BEFORE,
+    Outcome,
+    RetryPolicy,
+    StageName,
+    State,
+    apply_outcome,
+    is_batch,
+)
+from gateway.pipeline.translation import Split, envelope_duplicate, retranslate, split_interchange, translation_event
+from gateway.store.db import is_postgres, transaction
+from gateway.store.models import Document, Event, Interchange, RawPayload, utcnow
+
+__all__ = ["StageResult", "TranslateStage", "Worker", "describe_exception", "is_transient", "release_leases"]
+
+log = get_logger("gateway.worker")
+
+# The store itself unreachable (connection refused, server restarting): nothing is marked failed for it.
+_STORE_DOWN = (OperationalError, InterfaceError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, TimeoutError, ConnectionError)
+_serial = itertools.count(1)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A fault worth trying again later: marked ``transient = True``, a network fault or a timeout."""
+    return bool(getattr(exc, "transient", False)) or isinstance(exc, TRANSIENT_ERRORS)
+
+
+def describe_exception(exc: BaseException, limit: int = 500) -> str:
+    """One line a person can read: the kind of fault and its message, credentials scrubbed, no traceback."""
+    message = " ".join(str(exc).split()) or "(no message)"
+    line = scrub_text(f"{type(exc).__name__}: {message}")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _string_limits(model) -> tuple[tuple[str, int], ...]:
+    return tuple(
+        (c.name, c.type.length) for c in model.__table__.columns
+        if isinstance(getattr(c.type, "impl", c.type), String) and isinstance(getattr(c.type, "length", None), int)
+    )
+
+
+_DOC_LIMITS = _string_limits(Document)
+_ICH_LIMITS = _string_limits(Interchange)
+
+
+def _fit(obj: Any, limits: Iterable[tuple[str, int]]) -> None:
+    # A partner may send a 300-character PO number; PostgreSQL would refuse the whole split for it.
+    # The full value stays in the canonical JSON and the raw bytes; the indexed column keeps a prefix.
+    for name, length in limits:
+        value = getattr(obj, name, None)
+        if isinstance(value, str) and len(value) > length:
+            setattr(obj, name, value[:length])
+
+
+def _aware(ts: datetime | None, like: datetime) -> datetime | None:
+    if ts is None or ts.tzinfo is not None:
+        return ts
+    return ts.replace(tzinfo=like.tzinfo)  # SQLite hands back naive UTC
+
+
+@dataclass(slots=True)
+class StageResult:
+    """What running one stage on one claimed document produced, waiting to be applied."""
+
+    document: Document
+    stage: StageName
+    outcome: Outcome
+    duration_ms: float
+
+
+@dataclass(slots=True)
+class _SplitResult:
+    interchange: Interchange  # detached, with the envelope fields the translation filled in
+    split: Split | None
+    error: str | None
+    duration_ms: float
+
+
+@dataclass
+class CycleReport:
+    """What one pass of :meth:`Worker.run_once` did (the tests and the logs read it)."""
+
+    split: int = 0
+    processed: int = 0
+    applied: int = 0
+    lost: int = 0  # outcomes dropped because another worker had taken the lease
+    released: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.split or self.processed)
+
+
+class TranslateStage:
+    """The ``translate`` stage for documents sent back to it (reprocess): re-read the raw bytes.
+
+    A batch stage, so documents of one interchange reprocessed together cost one translation.
+    """
+
+    batch = True
+
+    def __call__(self, docs: list[Document], runtime: Any) -> dict[int, Outcome]:
+        from translators.translate import translate
+
+        out: dict[int, Outcome] = {}
+        by_interchange: dict[int, list[Document]] = {}
+        for d in docs:
+            by_interchange.setdefault(d.interchange_id, []).append(d)
+        partners = runtime.partners()
+        with Session(runtime.engine) as s:
+            for ich_id, group in by_interchange.items():
+                ich = s.get(Interchange, ich_id)
+                raw = _raw_bytes(s, ich) if ich is not None else None
+                if raw is None:
+                    for d in group:
+                        out[d.id] = Outcome.fail(f"the raw bytes of interchange {ich_id} are missing",
+                                                 code="translate.raw_missing")
+                    continue
+                try:
+                    result = translate(raw, partners, source=ich.remote_name)
+                except Exception as exc:  # noqa: BLE001 - a translator bug fails these documents, not the worker
+                    log.exception("retranslate_crashed", interchange=ich_id)
+                    for d in group:
+                        out[d.id] = Outcome.fail(f"translation crashed: {describe_exception(exc)}",
+                                                 code="translate.crashed")
+                    continue
+                for d in group:
+                    out[d.id] = retranslate(d, raw, partners, source=ich.remote_name, result=result)
+        return out
+
+
+def _raw_bytes(session: Session, ich: Interchange) -> bytes | None:
+    """The stored bytes; a content duplicate forced through may fall back to its original's."""
+    seen: set[int] = set()
+    current: Interchange | None = ich
+    while current is not None and current.id not in seen:
+        seen.add(current.id)
+        payload = session.get(RawPayload, current.id)
+        if payload is not None:
+            return bytes(payload.data)
+        current = session.get(Interchange, current.duplicate_of) if current.duplicate_of else None
+    return None
+
+
+@dataclass
+class Worker:
+    """One worker: call :meth:`run` in a thread (or :meth:`run_once` / :meth:`run_until_idle` in tests).
+
+    ``stages`` maps a :class:`StageName` to ``stage(doc, runtime) -> Outcome`` (or, marked
+    ``batch = True``, ``stage(docs, runtime) -> {doc_id: Outcome}``); by default
+    ``gateway.delivery.build_stages(runtime)``. ``translate`` is always available.
+    """
+
+    runtime: Any
+    stages: Mapping[Any, Callable] | None = None
+    name: str | None = None
+    clock: Callable[[], datetime] = utcnow
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        ws = self.runtime.settings.workers
+        self.engine = self.runtime.engine
+        self.batch_size = ws.batch_size
+        self.interchange_batch = max(1, ws.batch_size // 10)
+        self.lease = timedelta(seconds=ws.lease_seconds)
+        self.idle_seconds = ws.idle_seconds
+        self.retry = RetryPolicy(max_attempts=ws.max_attempts, initial=ws.backoff_initial, maximum=ws.backoff_max)
+        if self.stages is None:
+            from gateway.delivery import build_stages
+
+            self.stages = build_stages(self.runtime)
+        stages = {StageName(k): v for k, v in dict(self.stages).items()}
+        stages.setdefault(StageName.TRANSLATE, TranslateStage())
+        self.stages = stages
+        if self.name is None:
+            self.name = f"{self.runtime.instance}/w{next(_serial)}"
+        self.name = self.name[:100]
+        self.postgres = is_postgres(self.engine)
+        # The states a document must be in for one of our stages to run on it, in pipeline order.
+        self.claimable = [STATE_BEFORE[s].value for _, s, _ in PATH if s in stages]
+        self.log = log.bind(worker=self.name)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Work until ``stop`` is set; then release whatever is still claimed."""
+        if stop is not None:
+            self.stop_event = stop
+        stop = self.stop_event
+        self.log.info("worker_started", stages=sorted(s.value for s in self.stages))
+        try:
+            while not stop.is_set():
+                try:
+                    report = self.run_once()
+                except Exception:  # noqa: BLE001 - the store went away, say: log, wait, try again
+                    self.log.exception("worker_cycle_failed")
+                    stop.wait(max(self.idle_seconds, 1.0))
+                    continue
+                if not report.busy:
+                    stop.wait(self.idle_seconds)
+        finally:
+            try:
+                released = release_leases(self.engine, self.name)
+                self.log.info("worker_stopped", released=released)
+            except Exception:  # noqa: BLE001 - shutting down: the leases expire anyway
+                self.log.exception("worker_release_failed")
+
+    def run_once(self) -> CycleReport:
+        """Split what is waiting, then run one batch of document stages."""
+        report = CycleReport()
+        report.split = self.split_interchanges()
+        if self.stop_event.is_set():
+            return report
+        docs = self.claim_documents()
+        if docs:
+            report.processed = len(docs)
+            results, unprocessed = self.run_stages(docs)
+            applied, lost = self.apply(results)
+            report.applied, report.lost = applied, lost
+            if unprocessed:
+                report.released = self.release(unprocessed)
+        return report
+
+    def run_until_idle(self, max_cycles: int = 10_000) -> CycleReport:
+        """Run cycles until nothing is left to do now (documents waiting for a later retry stay); for tests."""
+        total = CycleReport()
+        for _ in range(max_cycles):
+            r = self.run_once()
+            total.split += r.split
+            total.processed += r.processed
+            total.applied += r.applied
+            total.lost += r.lost
+            if not r.busy:
+                return total
+        raise RuntimeError(f"worker still busy after {max_cycles} cycles")
+
+    # -- splitting interchanges ---------------------------------------------------------------------
+
+    def split_interchanges(self) -> int:
+        """Claim interchanges waiting in ``received``, split them, commit each split atomically."""
+        claimed = self._claim(Interchange, [Interchange.state == "received"], self.interchange_batch)
+        if not claimed:
+            return 0
+        results = [self._split_one(ich) for ich in claimed]
+        self._commit_splits(results)
+        return len(claimed)
+
+    def _split_one(self, ich: Interchange) -> _SplitResult:
+        t0 = time.perf_counter()
+        try:
+            with Session(self.engine) as s:
+                raw = _raw_bytes(s, ich)
+            if raw is None:
+                return _SplitResult(ich, None, f"the raw bytes of interchange {ich.id} are missing", 0.0)
+            split = split_interchange(ich, raw, self.runtime.partners(), now=self.clock(), actor=self.name)
+            return _SplitResult(ich, split, None, (time.perf_counter() - t0) * 1000)
+        except Exception as exc:  # noqa: BLE001 - a translator bug fails this interchange, not the worker
+            self.log.exception("split_crashed", interchange=ich.id)
+            return _SplitResult(ich, None, f"translation crashed: {describe_exception(exc)}",
+                                (time.perf_counter() - t0) * 1000)
+
+    def _commit_splits(self, results: list[_SplitResult]) -> None:
+        try:
+            with transaction(self.engine) as s:
+                for r in results:
+                    self._store_split(s, r)
+            return
+        except _STORE_DOWN:
+            # The store itself is unreachable: leave the leases to expire and the splits to be redone.
+            self.log.exception("split_store_unavailable", interchanges=[r.interchange.id for r in results])
+            return
+        except Exception:  # noqa: BLE001 - find the one that cannot be stored; the others go on
+            self.log.exception("split_batch_failed", interchanges=[r.interchange.id for r in results])
+        for r in results:
+            try:
+                # Fresh rows: objects of the rolled-back transaction cannot be added again.
+                again = self._split_one(r.interchange) if r.split is not None else r
+                with transaction(self.engine) as s:
+                    self._store_split(s, again)
+                continue
+            except _STORE_DOWN:
+                self.log.exception("split_store_unavailable", interchanges=[r.interchange.id])
+                continue
+            except Exception as exc:  # noqa: BLE001
+                self.log.exception("split_store_failed", interchange=r.interchange.id)
+                error = f"the split could not be stored: {describe_exception(exc)}"
+            try:
+                with transaction(self.engine) as s:
+                    self._store_split(s, _SplitResult(r.interchange, None, error, r.duration_ms))
+            except Exception:  # noqa: BLE001 - leave it leased; it comes back when the lease expires
+                self.log.exception("split_failure_not_recorded", interchange=r.interchange.id)
+
+    def _store_split(self, s: Session, r: _SplitResult) -> bool:
+        now = self.clock()
+        src = r.interchange
+        row = s.exec(
+            select(Interchange)
+            .where(Interchange.id == src.id, Interchange.lease_owner == self.name, Interchange.state == "received")
+            .with_for_update()
+        ).first()
+        if row is None:
+            self.log.warning("split_lease_lost", interchange=src.id)
+            return False
+        row.lease_owner = row.lease_until = None
+        if r.split is None:
+            row.state, row.error = "failed", r.error
+            row.attempts += 1
+            s.add(self._interchange_event(row, "fail", {"error": r.error}, now, r.duration_ms))
+            return True
+        for name in ("standard", "sender_qualifier", "sender_id", "receiver_qualifier", "receiver_id",
+                     "control_number", "partner", "findings"):
+            setattr(row, name, getattr(src, name))
+        _fit(row, _ICH_LIMITS)
+        if not row.forced:
+            original = self._envelope_original(s, row)
+            if original is not None:
+                row.state = "duplicate"
+                row.duplicate_of = original.id
+                row.document_count = 0
+                row.error = (
+                    f"duplicate of interchange {original.id}: same sender {row.sender_id}, receiver "
+                    f"{row.receiver_id} and control number {row.control_number}"
+                )
+                s.add(self._interchange_event(row, "duplicate", {"duplicate_of": original.id, "error": row.error},
+                                              now, r.duration_ms))
+                return True
+        split = r.split
+        for d in split.documents:
+            _fit(d, _DOC_LIMITS)
+            s.add(d)
+        s.flush()
+        per_doc = r.duration_ms / len(split.documents) if split.documents else None
+        for d in split.documents:
+            s.add(translation_event(d, actor=self.name, now=now, duration_ms=per_doc))
+        row.document_count = len(split.documents)
+        row.state = "failed" if split.failed else "split"
+        row.error = split.error
+        row.attempts += 1
+        acks = split.acknowledgments
+        row.ack = "\n".join(a.text for a in acks) or None
+        row.ack_kind = "+".join(dict.fromkeys(a.kind for a in acks))[:10] or None
+        counts: dict[str, int] = {}
+        for d in split.documents:
+            counts[d.state] = counts.get(d.state, 0) + 1
+        detail: dict[str, Any] = {"documents": len(split.documents), "states": counts}
+        if split.error:
+            detail["error"] = split.error
+        if row.ack_kind:
+            detail["acknowledgment"] = row.ack_kind
+        s.add(self._interchange_event(row, "fail" if split.failed else "ok", detail, now, r.duration_ms))
+        return True
+
+    def _envelope_original(self, s: Session, row: Interchange) -> Interchange | None:
+        """The interchange this one repeats (same sender, receiver and control number), if any."""
+        if not (row.sender_id and row.control_number):
+            return None
+        if self.postgres:
+            # Two workers splitting the same envelope at once must not both find "no earlier one".
+            key = "|".join((row.sender_id or "", row.receiver_id or "", row.control_number or ""))
+            k = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+            s.connection().execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": k})
+        earlier = envelope_duplicate(s, row)
+        if earlier is not None:
+            return earlier
+        # A later copy may have been split first (the earlier one's envelope was not known yet).
+        return s.exec(
+            select(Interchange)
+            .where(
+                Interchange.sender_id == row.sender_id,
+                Interchange.receiver_id == row.receiver_id,
+                Interchange.control_number == row.control_number,
+                Interchange.id != row.id,
+                Interchange.state == "split",
+            )
+            .order_by(Interchange.id)
+            .limit(1)
+        ).first()
+
+    def _interchange_event(self, row: Interchange, outcome: str, detail: Mapping[str, Any], now: datetime,
+                           duration_ms: float | None) -> Event:
+        return Event(interchange_id=row.id, stage=StageName.TRANSLATE.value, outcome=outcome,
+                     detail=json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str),
+                     actor=self.name, at=now, duration_ms=duration_ms, attempt=row.attempts or None)
+
+    # -- document stages ----------------------------------------------------------------------------
+
+    def claim_documents(self, limit: int | None = None) -> list[Document]:
+        """Lease up to ``limit`` documents that one of our stages can run on now (detached copies)."""
+        if not self.claimable:
+            return []
+        return self._claim(Document, [Document.state.in_(self.claimable)], limit or self.batch_size)
+
+    def run_stages(self, docs: Sequence[Document]) -> tuple[list[StageResult], list[Document]]:
+        """Run each document's stage, outside any transaction; returns the results and what was not run.
+
+        Documents are left unrun when the worker is asked to stop; their leases are renewed while a
+        long batch runs so no other worker takes them meanwhile.
+        """
+        groups: dict[StageName, list[Document]] = {}
+        for d in docs:
+            groups.setdefault(STAGE_FROM[State(d.state)], []).append(d)
+        results: list[StageResult] = []
+        pending = list(docs)
+        renewed_at = time.monotonic()
+        for stage in (s for _, s, _ in PATH if s in groups):
+            fn = self.stages[stage]
+            group = groups[stage]
+            if self.stop_event.is_set():
+                break
+            if is_batch(fn):
+                results += self._run_batch(stage, fn, group)
+                done = {d.id for d in group}
+                pending = [d for d in pending if d.id not in done]
+                continue
+            for d in group:
+                if self.stop_event.is_set():
+                    break
+                if time.monotonic() - renewed_at > self.lease.total_seconds() / 2:
+                    self._renew([p.id for p in pending])
+                    renewed_at = time.monotonic()
+                results.append(self._run_one(stage, fn, d))
+                pending.remove(d)
+        return results, pending
+
+    def _run_one(self, stage: StageName, fn: Callable, doc: Document) -> StageResult:
+        t0 = time.perf_counter()
+        try:
+            outcome = fn(doc, self.runtime)
+            if not hasattr(outcome, "kind"):
+                outcome = Outcome.fail(f"the {stage.value} stage returned {type(outcome).__name__}, not an outcome",
+                                       code="stage.bad_result")
+        except Exception as exc:  # noqa: BLE001 - every fault becomes the document's outcome
+            outcome = self._outcome_of(exc, stage, [doc.id])
+        return StageResult(doc, stage, outcome, (time.perf_counter() - t0) * 1000)
+
+    def _run_batch(self, stage: StageName, fn: Callable, docs: list[Document]) -> list[StageResult]:
+        t0 = time.perf_counter()
+        try:
+            outcomes = fn(list(docs), self.runtime) or {}
+            missing = Outcome.fail(f"the {stage.value} stage gave no outcome for this document", code="stage.no_outcome")
+        except Exception as exc:  # noqa: BLE001
+            outcomes, missing = {}, self._outcome_of(exc, stage, [d.id for d in docs])
+        each = (time.perf_counter() - t0) * 1000 / max(1, len(docs))
+        return [StageResult(d, stage, outcomes.get(d.id, missing), each) for d in docs]
+
+    def _outcome_of(self, exc: BaseException, stage: StageName, ids: list[int]) -> Outcome:
+        error = describe_exception(exc)
+        if is_transient(exc):
+            self.log.warning("stage_transient_fault", stage=stage.value, documents=ids[:20], error=error)
+            return Outcome.retry(error, code=getattr(exc, "code", None) or "stage.transient",
+                                 after=getattr(exc, "retry_after", None))
+        self.log.error("stage_crashed", stage=stage.value, documents=ids[:20], error=error, exc_info=exc)
+        return Outcome.fail(f"the {stage.value} stage failed: {error}", code=getattr(exc, "code", None) or "stage.error")
+
+    def apply(self, results: Sequence[StageResult]) -> tuple[int, int]:
+        """Apply outcomes in one transaction, only where our lease still holds; (applied, lost)."""
+        if not results:
+            return 0, 0
+        try:
+            with transaction(self.engine) as s:
+                return self._apply(s, results)
+        except _STORE_DOWN:
+            self.log.exception("apply_store_unavailable", documents=len(results))
+            return 0, 0
+        except Exception:  # noqa: BLE001 - find the outcome that cannot be stored; the others go on
+            self.log.exception("apply_batch_failed", documents=len(results))
+        applied = lost = 0
+        for r in results:
+            try:
+                with transaction(self.engine) as s:
+                    a, lo = self._apply(s, [r])
+            except _STORE_DOWN:
+                self.log.exception("apply_store_unavailable", document=r.document.id)
+                continue  # still leased: tried again once the lease expires
+            except Exception as exc:  # noqa: BLE001
+                self.log.exception("apply_failed", document=r.document.id, stage=r.stage.value)
+                fallback = StageResult(r.document, r.stage, Outcome.fail(
+                    f"the outcome of {r.stage.value} could not be stored: {describe_exception(exc)}",
+                    code="stage.store_failed"), r.duration_ms)
+                try:
+                    with transaction(self.engine) as s:
+                        a, lo = self._apply(s, [fallback])
+                except Exception:  # noqa: BLE001 - leave it leased: it is tried again after expiry
+                    self.log.exception("apply_fallback_failed", document=r.document.id)
+                    continue
+            applied += a
+            lost += lo
+        return applied, lost
+
+    def _apply(self, s: Session, results: Sequence[StageResult]) -> tuple[int, int]:
+        now = self.clock()
+        ids = [r.document.id for r in results]
+        stmt = (
+            select(Document)
+            .where(Document.id.in_(ids), Document.lease_owner == self.name)
+            .options(defer(Document.canonical), defer(Document.edi), defer(Document.findings),
+                     defer(Document.candidates))
+            .with_for_update()
+        )
+        rows = {d.id: d for d in s.exec(stmt).all()}
+        applied = lost = 0
+        for r in results:
+            row = rows.get(r.document.id)
+            if row is None:
+                lost += 1
+                self.log.warning("outcome_dropped_lease_lost", document=r.document.id, stage=r.stage.value,
+                                 outcome=r.outcome.kind.value)
+                continue
+            s.add(apply_outcome(row, r.stage, r.outcome, actor=self.name, duration_ms=round(r.duration_ms, 3),
+                                now=now, retry=self.retry))
+            _fit(row, _DOC_LIMITS)
+            applied += 1
+        return applied, lost
+
+    # -- leases -------------------------------------------------------------------------------------
+
+    def _claim(self, model, where: list, limit: int) -> list:
+        now = self.clock()
+        until = now + self.lease
+        free = or_(model.lease_until.is_(None), model.lease_until < now)
+        due = or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now)
+        stmt = select(model).where(*where, free, due).order_by(model.id).limit(limit)
+        if self.postgres:
+            stmt = stmt.with_for_update(skip_locked=True)
+        with transaction(self.engine) as s:
+            rows = list(s.exec(stmt).all())
+            if not rows:
+                return []
+            s.execute(
+                update(model).where(model.id.in_([r.id for r in rows])).values(lease_owner=self.name, lease_until=until),
+                execution_options={"synchronize_session": False},
+            )
+            for r in rows:
+                s.expunge(r)
+                r.lease_owner, r.lease_until = self.name, until
+        return rows
+
+    def _renew(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        until = self.clock() + self.lease
+        with transaction(self.engine) as s:
+            s.execute(update(Document).where(Document.id.in_(ids), Document.lease_owner == self.name)
+                      .values(lease_until=until), execution_options={"synchronize_session": False})
+
+    def release(self, docs: Sequence[Document]) -> int:
+        """Give claimed documents back unprocessed (shutting down)."""
+        ids = [d.id for d in docs]
+        if not ids:
+            return 0
+        with transaction(self.engine) as s:
+            res = s.execute(update(Document).where(Document.id.in_(ids), Document.lease_owner == self.name)
+                            .values(lease_owner=None, lease_until=None),
+                            execution_options={"synchronize_session": False})
+            return res.rowcount or 0
+
+
+def release_leases(engine, owner: str) -> int:
+    """Release every interchange and document ``owner`` still holds (a clean shutdown)."""
+    n = 0
+    with transaction(engine) as s:
+        for model in (Interchange, Document):
+            res = s.execute(update(model).where(model.lease_owner == owner).values(lease_owner=None, lease_until=None),
+                            execution_options={"synchronize_session": False})
+            n += res.rowcount or 0
+    return n
+
+
+def run_workers(runtime: Any, stop: threading.Event, *, count: int | None = None,
+                stages: Mapping[Any, Callable] | None = None) -> list[threading.Thread]:
+    """Start ``count`` worker threads (default ``workers.count``) sharing ``stop``; returns the threads."""
+    count = runtime.settings.workers.count if count is None else count
+    if stages is None:
+        from gateway.delivery import build_stages
+
+        stages = build_stages(runtime)
+    threads = []
+    for n in range(count):
+        w = Worker(runtime, stages=stages, stop_event=stop)
+        t = threading.Thread(target=w.run, args=(stop,), name=f"worker-{n + 1}", daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
