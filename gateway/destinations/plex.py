@@ -58,7 +58,7 @@ __all__ = [
     "PlexPermissionError", "PlexProtocolError", "PlexServerError", "PlexSoapFaultError", "PlexThrottledError",
     "PlexTimeoutError", "PlexTransientError", "PlexValidationError", "PostingOutcome", "PurchaseOrderDataSources",
     "PurchaseOrderDraft", "PurchaseOrderLine", "PurchaseOrderRecord", "RateBudget", "RateBudgetBackend",
-    "RetryPolicy", "SalesOrder", "SalesOrderDraft", "SalesOrderLine", "SoapAccount", "Supplier",
+    "RetryPolicy", "SalesOrder", "SupplierMatching", "APInvoiceAccounts", "SalesOrderDraft", "SalesOrderLine", "SoapAccount", "Supplier",
     "SupplierChanges",
 ]
 
@@ -236,6 +236,26 @@ class RetryPolicy(BaseModel):
     ambiguous_recheck_delay: float = 5.0
 
 
+class SupplierMatching(BaseModel):
+    """How the cached supplier master is refreshed and how loosely names may match."""
+
+    refresh_seconds: float = Field(300.0, gt=0, description="poll Plex for changed suppliers this often")
+    overlap_seconds: float = Field(300.0, ge=0, description="re-read this much before the last change (clock skew)")
+    name_threshold: float = Field(90.0, ge=0, le=100, description="rapidfuzz score a name match needs")
+    ambiguity_margin: float = Field(5.0, ge=0, description="the best name must beat the next by this much")
+    active_statuses: list[str] = Field(default_factory=lambda: ["Active"],
+                                       description="supplier statuses that may be matched (no status counts)")
+    fetch_tax_ids: bool = Field(True, description="read each changed supplier's financials for its tax id")
+
+
+class APInvoiceAccounts(BaseModel):
+    """GL accounts the lines of an AP invoice are booked to (the EDI invoice carries none)."""
+
+    expense_account: str = "5000-100-00"
+    tax_account: str = "2300-000-00"
+    charge_account: str | None = None  # freight and other charges; None: the expense account
+
+
 class PlexConfig(BaseModel):
     """One Plex company (PCN): Connect REST credentials and tenant, SOAP account, limits and timeouts."""
 
@@ -255,6 +275,9 @@ class PlexConfig(BaseModel):
     connect_timeout_seconds: float = 10.0
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     trust_env: bool = True  # honour HTTP(S)_PROXY
+    matching: SupplierMatching = Field(default_factory=SupplierMatching)
+    ap_invoice_accounts: APInvoiceAccounts = Field(default_factory=APInvoiceAccounts)
+    concurrency: int = Field(8, ge=1, le=64, description="documents posted at once by one process")
 
     @model_validator(mode="after")
     def _check(self) -> PlexConfig:
@@ -965,6 +988,16 @@ class PlexClient:
         row = self._get_one("suppliers.get", f"/mdm/v1/suppliers/{supplier_id}")
         return Supplier.model_validate(row) if row else None
 
+    def get_supplier_financials(self, supplier_id: str) -> dict[str, Any] | None:
+        """``GET mdm/v1/suppliers/{id}/financials``: tax id, DUNS, bank (None when Plex has none)."""
+        row = self._get_one("suppliers.financials", f"/mdm/v1/suppliers/{supplier_id}/financials")
+        return row if isinstance(row, dict) else None
+
+    def list_customers(self, *, code: str | None = None) -> list[dict[str, Any]]:
+        """``GET mdm/v1/customers`` (customers send the 850s that become sales orders)."""
+        rows = self._get_list("customers.list", "/mdm/v1/customers", _compact({"code": code}))
+        return [r for r in rows if isinstance(r, dict) and (code is None or r.get("code") == code)]
+
     def poll_suppliers(self, cursor: ChangeCursor | None = None, *, overlap: timedelta = timedelta(minutes=5),
                        window: timedelta | None = None, page_size: int = 500) -> SupplierChanges:
         """Suppliers changed since ``cursor`` (all of them on the first poll) and the cursor for the next poll.
@@ -1086,6 +1119,20 @@ class PlexClient:
     # ------------------------------------------------------------ idempotent create core
     @contextmanager
     def _trail(self) -> Iterator[list[PlexCall]]:
+        outer = _TRAIL.get()
+        if outer is not None:  # inside recording(): the caller keeps every call, even of a failed posting
+            yield outer
+            return
+        trail: list[PlexCall] = []
+        token = _TRAIL.set(trail)
+        try:
+            yield trail
+        finally:
+            _TRAIL.reset(token)
+
+    @contextmanager
+    def recording(self) -> Iterator[list[PlexCall]]:
+        """Collect every exchange made in this block (this thread), also when a posting raises."""
         trail: list[PlexCall] = []
         token = _TRAIL.set(trail)
         try:

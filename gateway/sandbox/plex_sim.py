@@ -807,6 +807,31 @@ class PlexSim:
                 rows.append({**head, **empty})  # a SQL left join: the header row even without lines
         return _DsResult(rows=rows)
 
+    # ---------------------------------------------------------------- seeding (tests and the demo)
+    def add_supplier(self, code: str, name: str, *, tax_id: str | None = None, status: str = "Active",
+                     old_code: str = "", pcn: str = PCN_MAIN) -> dict[str, Any]:
+        """Add (or replace, by code) a supplier of tenant ``pcn``; it shows in modified-date polls from now."""
+        with self._lock:
+            now = stamp(self.now())
+            existing = next((s for s in self.suppliers.values() if s["_tenant"] == pcn and s["code"] == code), None)
+            sid = existing["id"] if existing else self._uuid()
+            self.suppliers[sid] = {
+                "id": sid, "code": code, "oldCode": old_code, "name": name, "language": "English",
+                "category": "Material", "status": status, "type": "Supplier", "parentSupplierId": None,
+                "webAddress": "", "contactNote": "", "note": "", "createdById": None,
+                "createdDate": existing["createdDate"] if existing else now, "modifiedById": None,
+                "modifiedDate": now, "_tenant": pcn, "_taxId": tax_id}
+            return self.suppliers[sid]
+
+    def add_customer(self, code: str, name: str, *, pcn: str = PCN_MAIN) -> dict[str, Any]:
+        """Add a customer of tenant ``pcn`` (the sender of 850s that become sales orders)."""
+        with self._lock:
+            cid = self._uuid()
+            now = stamp(self.now())
+            self.customers[cid] = {"id": cid, "code": code, "name": name, "status": "Active",
+                                   "createdDate": now, "modifiedDate": now, "_tenant": pcn}
+            return self.customers[cid]
+
     # ---------------------------------------------------------------- inspection
     def state(self, *, log: bool = True) -> dict[str, Any]:
         """Everything created so far plus counters, for tests to assert on (``GET /_sim/state``)."""
@@ -1207,6 +1232,29 @@ def create_app(sim: PlexSim) -> FastAPI:
     @app.get("/mdm/v1/suppliers/{supplier_id}")
     async def get_supplier(request: Request, supplier_id: str) -> dict[str, Any]:
         return _public(one(sim.suppliers, sim.authenticate_rest(request), supplier_id))
+
+    def financials(record: dict[str, Any]) -> dict[str, Any]:
+        # Seeded suppliers get a stable tax id derived from their id (the seeded RNG stays untouched).
+        tax_id = record.get("_taxId")
+        if tax_id is None and "_taxId" not in record:
+            digits = int(hashlib.sha256(record["id"].encode()).hexdigest()[:12], 16)
+            tax_id = f"{10 + digits % 89:02d}-{digits % 9_000_000 + 1_000_000}"
+        return {"dunsNo": record.get("_dunsNo"), "taxId": tax_id, "taxIdType": "EIN" if tax_id else None,
+                "paymentType": "Check", "paymentStatus": "Active"}
+
+    @app.get("/mdm/v1/suppliers/{supplier_id}/financials")
+    async def get_financials(request: Request, supplier_id: str) -> dict[str, Any]:
+        return financials(one(sim.suppliers, sim.authenticate_rest(request), supplier_id))
+
+    @app.put("/mdm/v2/suppliers/{supplier_id}/financials")
+    async def put_financials(request: Request, supplier_id: str) -> dict[str, Any]:
+        caller, body = sim.authenticate_rest(request), await json_body(request)
+        with sim._lock:
+            record = one(sim.suppliers, caller, supplier_id)
+            record["_taxId"] = body.get("taxId")
+            record["_dunsNo"] = body.get("dunsNo")
+            record["modifiedDate"] = stamp(sim.now())
+        return financials(record)
 
     def supplier_fields(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(body.get("code"), str) or not body["code"].strip():
