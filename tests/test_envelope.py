@@ -398,10 +398,7 @@ def test_x12_unpadded_isa():
     assert all_findings(data) == []
 
 
-ISA_WRAP_POSITIONS = [p for p in range(4, 106) if p != 104] + [pytest.param(104, marks=pytest.mark.xfail(strict=True, reason=(
-    "BUG: a line break right before ISA16 ('...*P*\\n>~') is taken as the component separator: "
-    "Delimiters(component='\\n', segment='>'), ISA16 '', then '~GS' etc. are content_invalid and the "
-    "interchange has no IEA; every other wrap position inside the ISA reads fine")))]
+ISA_WRAP_POSITIONS = list(range(4, 106))  # a line break before any character of the ISA after 'ISA*'
 
 
 @pytest.mark.parametrize("pos", ISA_WRAP_POSITIONS)
@@ -427,12 +424,9 @@ def test_x12_hard_wrapped_file_with_two_interchanges():
     assert all_findings(data) == []
 
 
-@pytest.mark.parametrize("after", ["\n", "", "\r\n", pytest.param("\x85", marks=pytest.mark.xfail(strict=True, reason=(
-    "BUG: EBCDIC line ends are NL (0x15), which cp037 decodes to U+0085; it is not in the reader's "
-    "whitespace set, so after '~' every segment tag starts with '\\x85' ('\\x85GS', '\\x85ST') and "
-    "each segment is reported interchange.content_invalid")))], ids=["LF", "none", "CRLF", "NL-0x15"])
+@pytest.mark.parametrize("after", ["\n", "", "\r\n", "\x85"], ids=["LF", "none", "CRLF", "NL-0x15"])
 def test_x12_ebcdic_cp037(after):
-    data = x12(after=after).decode().encode("cp037")
+    data = x12(after=after).decode("latin-1").encode("cp037")
     assert b"ISA" not in data and data.startswith("ISA".encode("cp037"))
     assert_clean_x12(data, X12_SEGS, STD_X12)
 
@@ -466,10 +460,7 @@ def test_x12_two_interchanges_same_delimiters():
         ("*", ":", "~", "\r\n", "^", "00501"),
         ("~", "^", "\x15", "", "U", "00401"),
         ("\x7f", "@", "~", "\n", "!", "00403"),
-        pytest.param("*", ">", "", "\n", "U", "00401", marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: after an IEA the rest of the buffer has had its CR/LF removed (non-newline mode), so a second "
-            "interchange whose terminator IS the newline is glued together ('...*P*>GS*PO...'); _detect then "
-            "takes the letter 'G' as segment terminator (no alnum check) and every segment is garbled"))),
+        ("*", ">", "", "\n", "U", "00401"),
         ("*", ">", "~", " ", "U", "00401"),
         ("*", "@", "~", "\n", "U", "00401"),  # only the component separator differs
     ],
@@ -631,16 +622,25 @@ def test_x12_missing_iea_before_next_isa():
         ("000000001", False, 1), ("000000002", True, 11)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an ISA met while an interchange is still open (IEA missing) is split with the OLD delimiters; "
-    "its own delimiters are never read, so a next interchange using '|' and '!' becomes one garbage "
-    "segment 'ISA|00|...' (interchange.content_invalid) and its set is lost"))
 def test_x12_missing_iea_before_an_isa_with_other_delimiters():
     second = x12_segs(comp=":", ctl="000000002")
     data = render_x12(X12_SEGS[:-1], after="").encode() + render_x12(second, "|", "!", "").encode()
     assert segments(data) == X12_SEGS[:-1] + second
     assert all_findings(data) == [
         ("interchange", ("interchange.trailer_missing", E, None, 11, None, None, None, "000000001", None, None))]
+    assert [i.info.delimiters for i, _ in read_interchanges(data)[0]] == [STD_X12, Delimiters("|", ":", "!")]
+
+
+def test_x12_set_cut_short_by_an_isa_with_other_delimiters():
+    # SE, GE and IEA all missing: the new ISA is still read with its own delimiters.
+    second = x12_segs(comp=":", ctl="000000002")
+    data = render_x12(X12_SEGS[:6]).encode() + render_x12(second, "|", "!", "\n").encode()
+    assert segments(data) == X12_SEGS[:6] + second
+    assert all_findings(data) == [
+        ("interchange", ("interchange.trailer_missing", E, None, 7, None, None, None, "000000001", None, None)),
+        ("group", ("group.trailer_missing", E, None, 7, None, None, None, "000000001", "1", None)),
+        ("set", ("transaction.trailer_missing", E, "N1", 6, 4, None, None, "000000001", "1", "0001")),
+    ]
     assert [i.info.delimiters for i, _ in read_interchanges(data)[0]] == [STD_X12, Delimiters("|", ":", "!")]
 
 
@@ -691,16 +691,9 @@ def test_x12_st_outside_a_group():
     assert transaction_sets(data)[0].group is None
 
 
-JUNK_TAG_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: junk after an IEA/UNZ with no further ISA/UNB is kept only as its last 2 (X12) / 3 (EDIFACT) "
-    "characters while waiting for more input (return buf[-2:]), so the file.trailing_data finding names "
-    "the end of the junk ('ND' for 'GARBAGE AFTER THE END'), and what it names depends on the chunking"))
-
-
 @pytest.mark.parametrize(
     "junk, tag",
-    [pytest.param(b"GARBAGE AFTER THE END\n", "GARBAGE AFTER THE EN", marks=JUNK_TAG_BUG), (b"XX", "XX"),
-     pytest.param(b"REF*ZZ*X~\n", "REF*ZZ*X", marks=JUNK_TAG_BUG)],
+    [(b"GARBAGE AFTER THE END\n", "GARBAGE AFTER THE EN"), (b"XX", "XX"), (b"REF*ZZ*X~\n", "REF*ZZ*X")],
     ids=["text", "short", "segment"],
 )
 def test_x12_junk_after_iea(junk, tag):
@@ -717,7 +710,6 @@ def test_x12_ctrl_z_and_blanks_after_iea_are_not_junk():
     assert all_findings(X12_BASE + b"\r\n\x1a\x00  \n") == []
 
 
-@JUNK_TAG_BUG
 def test_streaming_junk_between_interchanges_is_named_the_same_whatever_the_chunks():
     data = X12_BASE * 40 + b"GARBAGE\n" + X12_BASE
     whole = [e for e in events([data]) if e[0] == "file"]
@@ -773,11 +765,7 @@ def test_edifact_without_una_uses_defaults(after):
 @pytest.mark.parametrize(
     "el, comp, term",
     [("*", "=", "~"), ("|", "^", "!"),
-     pytest.param("+", ":", "~", marks=pytest.mark.xfail(strict=True, reason=(
-         "BUG: with no UNA, _sniff returns the default separators as soon as the UNB reads 'UNB+UNOx:' without "
-         "looking at the terminator; a '~'-terminated file becomes ONE UNB segment (control number 'REF001~UNH'), "
-         "no message is read, and the only finding is the WARNING interchange.trailer_missing: translate().ok is "
-         "True with zero documents"))),
+     ("+", ":", "~"),
      ("\x1d", "\x1f", "\x1c")],
     ids=["star-eq-tilde", "pipe-caret-bang", "default-but-tilde", "unoa-level-b-controls"],
 )
@@ -932,10 +920,6 @@ def test_edifact_missing_unz_before_another_una_is_an_error():
     assert segments(data) == EDI_SEGS[:-1] + second
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when a UNA with another terminator follows an interchange whose UNZ is missing, the rest of the "
-    "file is re-joined with the OLD terminator appended (rest + [''] joined on \"'\"), so a stray \"'\" "
-    "after the second UNZ is reported as file.trailing_data (tag \"'~\", segment 24)"))
 def test_edifact_missing_unz_before_a_changing_una_no_spurious_finding():
     second = [list(s) for s in EDI_SEGS]
     second[0] = second[0][:5] + ["REF002"]
@@ -1091,15 +1075,17 @@ def test_edifact_second_una_and_unb_wrapped_anywhere(pos):
     assert all_findings(data) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a line break inside the UNA at the start of the file ('UNA:+.\\n? \'') is not skipped as it is "
-    "mid-file: _consume takes buf[3:9] minus CR/LF, gets 5 characters, reports 'UNA' as file.trailing_data "
-    "(a WARNING) and drops the rest of the file: no interchange, and translate().ok is True"))
 def test_edifact_una_wrapped_at_the_start_of_the_file():
     for pos in range(3, 9):
         data = EDI_BASE[:pos] + b"\n" + EDI_BASE[pos:]
         assert segments(data) == EDI_SEGS, pos
         assert all_findings(data) == [], pos
+
+
+def test_edifact_newline_terminated_with_una():
+    # The UNA's last character is the line break itself: a segment tag follows it.
+    data = render_edifact(EDI_SEGS, ":+.? \n", "").encode()
+    assert_clean_edifact(data, EDI_SEGS, Delimiters("+", ":", "\n", release="?"))
 
 
 def test_edifact_bom_and_leading_blank_lines():
@@ -1238,10 +1224,6 @@ def test_streaming_random_cuts(name, cuts):
     assert events(split_at(data, *(int(c * (len(data) - 1)) for c in cuts))) == events([data])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: in newline mode the reader re-joins the text after an IEA with '\\n', so with CR or CRLF line ends "
-    "the first interchange reports Delimiters.segment '\\r' and every later one '\\n' (or '\\r', depending "
-    "on where a chunk boundary falls): the same bytes give different delimiters by position and by chunking"))
 @pytest.mark.parametrize("nl", ["\r\n", "\r"], ids=["CRLF", "CR"])
 def test_streaming_newline_terminated_interchanges_keep_one_terminator(nl):
     data = x12(term="", after=nl) * 3
@@ -1252,10 +1234,6 @@ def test_streaming_newline_terminated_interchanges_keep_one_terminator(nl):
     assert events(split_every(data, 100)) == events([data])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: AdaptiveDecoder decides UTF-8 vs the declared set per chunk: a Latin-1 (UNOC) file that is not "
-    "valid UTF-8 as a whole is read as Latin-1 in one chunk, but a chunk before the first non-UTF-8 byte "
-    "is already decoded as UTF-8, so the Latin-1 bytes C2 B0 ('Â°') come out as '°' when chunked"))
 def test_streaming_latin1_file_with_a_utf8_looking_pair_decodes_the_same_whatever_the_chunks():
     filler = "".join(f"UNH+{n}+ORDERS:D:96A:UN'\nBGM+220+PO-{n}+9'\nUNT+2+{n}'\n" for n in range(1, 200))
     text = ("UNA:+.? '\nUNB+UNOC:3+SENDER:14+RECEIVER:14+240115:1230+REF001'\n" + filler
@@ -1267,6 +1245,19 @@ def test_streaming_latin1_file_with_a_utf8_looking_pair_decodes_the_same_whateve
     whole = events([data])
     assert whole[-3][6][1] == ["FTX", "AAI", "", "", "25 Â°C"]
     assert events(split_every(data, 100)) == whole
+
+
+def test_streaming_utf8_decision_is_per_block_of_the_stream():
+    # Past the first 64 KiB block a Latin-1 byte turns the rest to Latin-1; the UTF-8 before it
+    # stays UTF-8, and no chunking changes either.
+    filler = "".join(f"UNH+{n}+ORDERS:D:96A:UN'\nFTX+AAI+++Grüße {n}'\nUNT+2+{n}'\n" for n in range(1, 2000))
+    head = ("UNA:+.? '\nUNB+UNOC:3+SENDER:14+RECEIVER:14+240115:1230+REF001'\n" + filler).encode()
+    assert len(head) > decoding.BLOCK + 100
+    data = head + "UNH+9999+ORDERS:D:96A:UN'\nNAD+BY+++Müller'\nUNT+2+9999'\nUNZ+2000+REF001'\n".encode("latin-1")
+    whole = events([data])
+    assert whole[0][6][1] == ["FTX", "AAI", "", "", "Grüße 1"]
+    assert whole[-2][6][1] == ["NAD", "BY", "", "", "Müller"]
+    assert events(split_every(data, 4099)) == whole
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,8 +76,19 @@ def edifact_syntax_identifier(head_text: str) -> str | None:
     return ident.upper() if ident.isalpha() else None
 
 
+# The unit of the UTF-8 decision: fixed 64 KiB blocks of the byte stream, so that how the stream was
+# chunked cannot change the text (a Latin-1 pair that looks like UTF-8 decodes the same way
+# whether or not the byte that gives the file away came in the same chunk).
+BLOCK = 1 << 16
+
+
 class AdaptiveDecoder:
-    """Incremental decoder: UTF-8 while the bytes are valid UTF-8, else the declared codec."""
+    """Incremental decoder: UTF-8 while the bytes are valid UTF-8, else the declared codec.
+
+    Decide per :data:`BLOCK` of the stream (see :func:`decode_chunks`): a block with a byte
+    sequence that is not UTF-8 is read whole with the declared codec, and so is everything after
+    it (a file that is not UTF-8 in one place is not UTF-8 anywhere).
+    """
 
     def __init__(self, declared: str | None):
         self.declared = declared or "iso8859_1"
@@ -107,16 +118,42 @@ def decode_chunks(chunks: Iterable[bytes], codec: str | None, skip: int, declare
     ``codec`` forces a codec (EBCDIC); otherwise UTF-8 is read while the bytes allow it and
     the ``declared`` codec (Latin-1 when none) takes over where they do not.
     """
-    decoder = codecs.getincrementaldecoder(codec)("replace") if codec else AdaptiveDecoder(declared)
+    if codec:
+        decoder = codecs.getincrementaldecoder(codec)("replace")
+        first = True
+        for chunk in chunks:
+            if first:
+                chunk = chunk[skip:]
+                first = False
+            if chunk:
+                text = decoder.decode(chunk)
+                if text:
+                    yield text
+        tail = decoder.decode(b"", True)
+        if tail:
+            yield tail
+        return
+    adaptive = AdaptiveDecoder(declared)
+    for block, final in _blocks(chunks, skip):
+        text = adaptive.decode(block, final)
+        if text:
+            yield text
+
+
+def _blocks(chunks: Iterable[bytes], skip: int) -> Iterator[tuple[bytes, bool]]:
+    """The stream after ``skip`` bytes in fixed :data:`BLOCK`-sized blocks (the last one shorter),
+    each with whether it is the last."""
+    pending = bytearray()
     first = True
     for chunk in chunks:
         if first:
             chunk = chunk[skip:]
             first = False
-        if chunk:
-            text = decoder.decode(chunk)
-            if text:
-                yield text
-    tail = decoder.decode(b"", True)
-    if tail:
-        yield tail
+        if not pending and len(chunk) == BLOCK:
+            yield chunk, False  # already a block: no copy
+            continue
+        pending += chunk
+        while len(pending) >= BLOCK:
+            yield bytes(pending[:BLOCK]), False
+            del pending[:BLOCK]
+    yield bytes(pending), True

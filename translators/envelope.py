@@ -29,7 +29,8 @@ from translators.model import (
 )
 
 CHUNK = 1 << 20
-_WS = " \t\r\n\x00\x1a\x0b\x0c"
+# White space around segments. U+0085 is EBCDIC NL (0x15) as cp037 decodes it.
+_WS = " \t\r\n\x00\x1a\x0b\x0c\x85"
 
 Event = TransactionSet | InterchangeSummary | Finding
 
@@ -135,6 +136,7 @@ class _Envelope:
         self.ich_item_count = 0
         self.events: list[Event] = []
         self.set_controls: set[str] = set()
+        self._junk: str | None = None  # head of the junk read so far while waiting for more input
 
     # -- helpers ---------------------------------------------------------------------------
     def _f(self, code, message, seg=None, element=None, severity=Severity.ERROR, position=None, value=None):
@@ -245,6 +247,19 @@ class _Envelope:
         self.events.append(self.ich)
         self.ich = None
 
+    def _junk_seen(self, text: str) -> None:
+        """Text that is no EDI, seen while waiting for more input: keep its head for the finding."""
+        if text:
+            self._junk = ((self._junk or "") + text)[:64]
+
+    def _junk_end(self, text: str) -> None:
+        """The junk ends here (an envelope header follows, or the file ends): report it once,
+        named by how it starts, whatever the chunks it came in."""
+        head = (self._junk or "") + text[:64]
+        self._junk = None
+        self.index += 1
+        self._outside([head.strip()[:20] or "?"])
+
     def _outside(self, seg):
         """A segment that belongs to no transaction set."""
         where = "after the interchange trailer" if self.ich is None else "outside any transaction set"
@@ -267,6 +282,33 @@ def _x12_date(v: str) -> str | None:
     if len(v) == 8 and v.isdecimal():
         return f"{v[:4]}-{v[4:6]}-{v[6:8]}"
     return None
+
+
+def _text_from(buf: str, lines: str | None, pieces: list[str], k: int, tail: str, term: str) -> str:
+    """The text of ``buf`` from the start of ``pieces[k]``, exactly as it was (line breaks kept):
+    the next interchange may be newline-terminated, or end its lines otherwise."""
+    if lines is not None:  # newline mode: the pieces are the lines of ``lines``
+        return "".join(lines.splitlines(True)[k:]) + tail
+    # The pieces were split on the terminator after the line breaks were taken out, which keeps
+    # the count of terminators (released ones included): the text after the k-th one.
+    if not k:
+        return buf
+    parts = buf.split(term, k)
+    return parts[k] if len(parts) > k else ""  # "": the last piece was the file's unterminated end
+
+
+_BLANK_AFTER: dict[str, re.Pattern] = {}
+
+
+def _blank_after(work: str, term: str) -> bool:
+    """Whether some segment in ``work`` starts with white space (blanks, tabs, EBCDIC NL ...
+    after the terminator; line breaks are already gone): then the pieces need stripping."""
+    if work[:1] in _WS and work[:1]:
+        return True
+    pattern = _BLANK_AFTER.get(term)
+    if pattern is None:
+        pattern = _BLANK_AFTER[term] = re.compile(re.escape(term) + "[" + re.escape(_WS) + "]")
+    return pattern.search(work) is not None
 
 
 class _X12Reader(_Envelope):
@@ -305,12 +347,12 @@ class _X12Reader(_Envelope):
                     if len(buf) < 3 and not final:
                         return buf
                     nxt = buf.find("ISA")
-                    junk = buf if nxt < 0 else buf[:nxt]
                     if nxt < 0 and not final:
-                        # Keep a tail in case an ISA starts across the chunk boundary.
-                        return buf[-2:] if len(buf) > 2 else buf
-                    self.index += 1
-                    self._outside([junk.strip()[:20] or "?"])
+                        # Keep a tail in case an ISA starts across the chunk boundary, and the
+                        # junk's head: the finding names the junk by how it starts.
+                        self._junk_seen(buf[:-2])
+                        return buf[-2:]
+                    self._junk_end(buf if nxt < 0 else buf[:nxt])
                     if nxt < 0:
                         return ""
                     buf = buf[nxt:]
@@ -323,26 +365,32 @@ class _X12Reader(_Envelope):
                 self._segment(isa)
                 buf = buf[consumed:]
             d = self.delims
+            lines: str | None = None
             if self.newline_mode:
                 if final:
-                    pieces, tail = buf.splitlines(), ""
+                    lines, tail = buf, ""
                 else:
                     p = max(buf.rfind("\n"), buf.rfind("\r"))
-                    pieces, tail = buf[: p + 1].splitlines(), buf[p + 1 :]
+                    lines, tail = buf[: p + 1], buf[p + 1 :]
+                pieces = lines.splitlines()
+                work = lines
             else:
                 work = buf.replace("\r", "").replace("\n", "") if ("\n" in buf or "\r" in buf) else buf
                 pieces = work.split(d.segment)
-                tail = pieces.pop()
+                last = pieces.pop()
                 if final:
-                    if tail.strip(_WS):
-                        pieces.append(tail)
+                    if last.strip(_WS):
+                        pieces.append(last)
                     tail = ""
+                else:
+                    # Carried as it was, line breaks kept: it may begin another interchange.
+                    tail = buf[buf.rfind(d.segment) + 1 :]
             el = d.element
             if self.newline_mode:
                 strip = True
             else:
-                # Newlines are gone already; only blanks or tabs after a terminator need stripping.
-                strip = (d.segment + " ") in work or (d.segment + "\t") in work or work[:1] in " \t"
+                # Newlines are gone already; only blanks (or EBCDIC NL) after a terminator need stripping.
+                strip = _blank_after(work, d.segment)
             next_interchange = None
             envelope = _X12_TRIGGERS
             fast = self.trace is None
@@ -353,20 +401,34 @@ class _X12Reader(_Envelope):
                 if not piece:
                     continue
                 seg = piece.split(el)
-                if fast and ts is not None and seg[0] not in envelope:
+                tag = seg[0]
+                if fast and ts is not None and len(tag) < 4 and tag not in envelope:
                     # The hot path: a segment inside a transaction set.
                     ts.segments.append(seg)
                     continue
                 self.index = ts.first_segment_index + len(ts.segments) - 1 if ts is not None else self.index
-                if seg[0] == "IEA":
+                if tag[:3] == "ISA" and not tag[3:4].isalnum():
+                    # An interchange header (after an IEA, or with the IEA missing): read on with
+                    # the delimiters in force only when it splits like one; otherwise detect its
+                    # own delimiters from the text as it was.
+                    if not self._same_delimiters_next(pieces, n, d):
+                        if self.ich is not None:
+                            # Reported at the ISA's position, as when it splits with the old delimiters.
+                            self.index += 1
+                            self._close_interchange(complete=False)
+                            self.index -= 1
+                        self.delims = None
+                        next_interchange = _text_from(buf, lines, pieces, n, tail, d.segment)
+                        break
+                    d = self.delims
+                elif tag == "IEA":
                     self._segment(seg)
                     if self._same_delimiters_next(pieces, n + 1, d):
+                        d = self.delims
                         continue
-                    rest = pieces[n + 1 :]
-                    rest_text = (("\n" if self.newline_mode else d.segment).join(rest + [tail])) if rest else tail
                     # The next interchange may use other delimiters: detect them afresh.
                     self.delims = None
-                    next_interchange = rest_text
+                    next_interchange = _text_from(buf, lines, pieces, n + 1, tail, d.segment)
                     break
                 self._segment(seg)
                 ts = self.ts
@@ -416,6 +478,17 @@ class _X12Reader(_Envelope):
             return None
         isa16 = buf[i + 1] if len(buf) > i + 1 else ""
         j = i + 2
+        if isa16 in ("\r", "\n"):
+            # A line break just before ISA16 ('...*P*\n>~'): a wrap when a usable separator follows.
+            k = i + 1
+            while k < len(buf) and buf[k] in "\r\n":
+                k += 1
+            if len(buf) < k + 2 and not final:
+                return None
+            nxt = buf[k] if k < len(buf) else ""
+            if nxt and not nxt.isalnum() and nxt not in _WS:
+                isa16, j = nxt, k + 1
+        isa16_sent = isa16  # as sent: the ISA16 element keeps it even when it is the terminator
         term = buf[j] if len(buf) > j else ""
         newline = False
         end = j + 1
@@ -449,7 +522,7 @@ class _X12Reader(_Envelope):
                 term = " "
         if not isa16 or isa16.isalnum():
             return self._bad_isa(buf, f"ISA16 component separator {isa16!r} is not a usable separator")
-        header = buf[: i + 2].replace("\r", "").replace("\n", "")
+        header = (buf[: i + 1] + isa16_sent).replace("\r", "").replace("\n", "")
         isa = header.split(e)
         if len(isa) != 17:
             return self._bad_isa(buf, "The ISA segment does not have 16 elements")
@@ -707,25 +780,26 @@ class _EdifactReader(_Envelope):
                 if len(buf) < 9 and not final:
                     return buf
                 if buf.startswith("UNA"):
-                    una = buf[3:9].replace("\r", "").replace("\n", "")
-                    if len(una) < 6:
-                        if not final:
-                            return buf
+                    una = _read_una(buf, final)
+                    if una is None:
+                        return buf  # need more text
+                    chars, end = una
+                    if len(chars) < 6:
                         self.index += 1
                         self._outside(["UNA"])
                         return ""
-                    comp, el, dec, rel, rep, term = una
+                    comp, el, dec, rel, rep, term = chars
                     self.una = Delimiters(element=el, component=comp, segment=term, repetition=rep if rep != " " else None,
                                           release=rel if rel != " " else None, decimal=dec)
-                    buf = buf[9:]
+                    buf = buf[end:]
                     self.index += 1
                     continue
                 if not buf.startswith("UNB"):
                     nxt = min((p for p in (buf.find("UNB"), buf.find("UNA")) if p >= 0), default=-1)
                     if nxt < 0 and not final:
+                        self._junk_seen(buf[:-3])
                         return buf[-3:]
-                    self.index += 1
-                    self._outside([buf[: max(nxt, 0) or 20].strip()[:20] or "?"])
+                    self._junk_end(buf if nxt < 0 else buf[:nxt])
                     if nxt < 0:
                         return ""
                     buf = buf[nxt:]
@@ -738,19 +812,26 @@ class _EdifactReader(_Envelope):
                 self.una = None
                 self._set_delimiters(d)
             d = self.delims
-            work = buf.replace("\r", "").replace("\n", "") if (d.segment not in "\r\n" and ("\n" in buf or "\r" in buf)) else buf
+            term = d.segment
+            work = buf.replace("\r", "").replace("\n", "") if (term not in "\r\n" and ("\n" in buf or "\r" in buf)) else buf
             rel = d.release
-            pieces = work.split(d.segment)
-            if rel and (rel + d.segment) in work:
-                pieces = _rejoin_released(pieces, rel, d.segment)
-            tail = pieces.pop()
+            pieces = work.split(term)
+            released = bool(rel) and (rel + term) in work
+            if released:
+                pieces = _rejoin_released(pieces, rel, term)
+            last = pieces.pop()
             if final:
-                if tail.strip(_WS):
-                    pieces.append(tail)
+                if last.strip(_WS):
+                    pieces.append(last)
                 tail = ""
+            elif work is buf:
+                tail = last
+            else:
+                # Carried as it was, line breaks kept: it may begin another interchange.
+                tail = _tail_of(buf, last.count(term) + 1, term)
             el, comp = d.element, d.component
             next_interchange = None
-            strip = (d.segment + " ") in work or (d.segment + "\t") in work or work[:1] in " \t"
+            strip = _blank_after(work, term)
             envelope = _EDIFACT_ENVELOPE
             fast = self.trace is None
             ts = self.ts
@@ -784,9 +865,10 @@ class _EdifactReader(_Envelope):
                     else:
                         # A new service string advice while an interchange is open: its UNZ is missing.
                         self._close_interchange(complete=False)
-                    rest = pieces[n:]
                     self.delims = None
-                    next_interchange = d.segment.join(rest + [tail]) if rest else tail
+                    # The next interchange from the text as it was: its UNA may change the terminator.
+                    k = n + sum(p.count(term) for p in pieces[:n]) if released else n
+                    next_interchange = _text_from(buf, None, pieces, k, tail, term)
                     break
                 self._segment(seg)
                 ts = self.ts
@@ -837,12 +919,15 @@ class _EdifactReader(_Envelope):
         if len(text) < 9:
             return None
         el = text[3]
-        if el == "+" and text[4:8].isalpha() and text[8:9] in (":", "+"):
-            return Delimiters(element="+", component=":", segment="'", release="?")
-        comp = text[8] if text[4:8].isalpha() and len(text) > 8 else ":"
+        default = el == "+" and text[4:8].isalpha() and text[8:9] in (":", "+")
+        comp = ":" if default else text[8] if text[4:8].isalpha() and len(text) > 8 else ":"
+        # The terminator is what ends the UNB: the character before the first UNH / UNG, even
+        # when the element and component separators are the defaults.
         m = re.search(r"([^A-Za-z0-9 ])\s*UN[HG]" + re.escape(el), text)
         if not m:
-            return None
+            # No message header in sight: the defaults, once there is text enough to be sure
+            # (waiting on would hold the whole file).
+            return _DEFAULT_EDIFACT if len(text) >= 2000 else None
         return Delimiters(element=el, component=comp, segment=m.group(1), release="?")
 
     # -- envelope --------------------------------------------------------------------------
@@ -973,6 +1058,41 @@ class _EdifactReader(_Envelope):
             self.ich.findings.append(self._f("interchange.sender_invalid", "UNB sender (S002 0004) is empty", unb, 2, Severity.WARNING))
         if not info.receiver_id:
             self.ich.findings.append(self._f("interchange.receiver_invalid", "UNB recipient (S003 0010) is empty", unb, 3, Severity.WARNING))
+
+
+def _read_una(buf: str, final: bool) -> tuple[str, int] | None:
+    """The six service characters of the UNA at the start of ``buf`` and where the UNA ends;
+    None when more text is needed. A line break inside the UNA is a wrap and is skipped,
+    except as its last character when a segment tag follows (a newline-terminated file)."""
+    chars = ""
+    k = 3
+    while len(chars) < 6 and k < len(buf):
+        c = buf[k]
+        if c in "\r\n":
+            j = k
+            while j < len(buf) and buf[j] in "\r\n":
+                j += 1
+            if j >= len(buf) and not final:
+                return None
+            if len(chars) == 5 and (j >= len(buf) or buf[j].isalnum()):
+                return chars + c, k + 1
+            k = j
+            continue
+        chars += c
+        k += 1
+    if len(chars) < 6 and not final:
+        return None
+    return chars, k
+
+
+def _tail_of(buf: str, n: int, term: str) -> str:
+    """The text of ``buf`` after its n-th last terminator."""
+    p = len(buf)
+    for _ in range(n):
+        p = buf.rfind(term, 0, p)
+        if p < 0:
+            return buf
+    return buf[p + 1 :]
 
 
 _PLACEHOLDERS = re.compile("[\ue000-\uf8ff]")
