@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Select
 from sqlmodel import Session, select
 
-from gateway.pipeline.machine import STATES, StageName, reprocess
+from gateway.pipeline.machine import STAGE_FROM, STAGE_ORDER, STATES, StageName, reprocess
 from gateway.store.db import is_postgres, transaction
 from gateway.store.models import Document, Event, Interchange, utcnow
 
@@ -33,6 +33,7 @@ __all__ = [
 KINDS = ("purchase_order", "invoice")
 BATCH = 500  # documents per transaction when reprocessing a large selection
 _STAGES = tuple(s.value for s in StageName)
+STAGE_VALUES_BY_STATE = {state.value: stage for state, stage in STAGE_FROM.items()}
 
 
 def _aware(ts: datetime) -> datetime:
@@ -168,13 +169,24 @@ def _why_not(doc: Document, from_stage: StageName | None, now: datetime) -> str 
     """Why ``doc`` cannot be reprocessed (from ``from_stage``), or None when it can."""
     if doc.lease_owner and doc.lease_until and _aware(doc.lease_until) > now:
         return f"document {doc.id} is being worked on by {doc.lease_owner}; try again shortly"
-    target = from_stage
-    if target is None:
-        target = StageName(doc.stage) if doc.stage in _STAGES else StageName.TRANSLATE
-    if target is not StageName.TRANSLATE and doc.canonical is None:
-        return (f"document {doc.id} has no canonical form to start {target.value} from "
-                "(it was never translated): reprocess it from translate")
+    if from_stage is None:
+        return None  # back to the stage it is at or failed at
+    reached = _reached(doc)
+    if STAGE_ORDER.index(from_stage) > reached:
+        return (f"document {doc.id} has not got past {STAGE_ORDER[reached].value}; it cannot skip ahead to "
+                f"{from_stage.value} (reprocess it from {STAGE_ORDER[reached].value} or earlier)")
     return None
+
+
+def _reached(doc: Document) -> int:
+    """How far along the path ``doc`` got: the index of the furthest stage it may be restarted from."""
+    if doc.state == "done":
+        return len(STAGE_ORDER) - 1
+    if doc.state in STAGE_VALUES_BY_STATE:
+        return STAGE_ORDER.index(STAGE_VALUES_BY_STATE[doc.state])
+    if doc.stage in _STAGES:  # failed or waiting for a person at this stage
+        return STAGE_ORDER.index(StageName(doc.stage))
+    return 0  # ignored or duplicate: only translation again
 
 
 def reprocess_documents(
