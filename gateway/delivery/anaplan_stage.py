@@ -1,0 +1,400 @@
+"""The ``forward`` and ``confirm`` stages: documents go to Anaplan in batches, one CSV per import.
+
+A batch (an ``AnaplanBatch`` row) moves ``open → sending → running → done`` (or ``failed``: a
+person must fix the configuration; or ``retry``: Anaplan failed the run in a way worth repeating):
+
+* ``forward`` puts each document it is given into the import's open batch (``anaplan_batch_id``
+  written at once, so whoever sends the batch sees it) and sends the batch when it holds
+  ``batch.max_documents`` or has waited ``batch.max_age_seconds``: CSV built from the import's
+  ``headerNames``, uploaded in chunks, import task started. Until then the documents *wait* (no
+  attempt used). Once their batch is running they are ``forwarded``.
+* ``confirm`` polls the batch's task — one process per batch per poll interval — and when it is
+  over reads the counts and the failure dump: documents whose rows Anaplan rejected fail with
+  Anaplan's reason, the others are ``done``.
+
+A data-source file is never uploaded by two batches at once: the lease ``anaplan-file:<id>`` is
+held by the batch from upload until its dump is read. Every request draws from the tenant budget
+shared through the store. A 429 or a locked model sends the documents back with ``after`` set
+to what Anaplan asked. A document failed at ``confirm`` and reprocessed has no batch any more:
+it goes into the next one. Which row state lives where: the ``AnaplanBatch`` row's
+``lease_until`` is "not before" while open, the send deadline while sending, and the next poll
+while running; its ``result`` JSON keeps the members, the counts and every failed document.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Engine
+
+from gateway import leases
+from gateway.destinations.anaplan import (
+    AnaplanAuthError, AnaplanBatch as ImportBatch, AnaplanConfigError, AnaplanDestination, AnaplanError,
+    AnaplanHTTPError, AnaplanImportConfig, AnaplanRetryLater, AnaplanSettings, RequestCounter,
+)
+from gateway.pipeline.machine import Outcome, State, StageName
+from gateway.store.models import AnaplanBatch, Document, utcnow
+
+log = structlog.get_logger("gateway.delivery.anaplan")
+
+OPEN, SENDING, RUNNING, DONE, FAILED, RETRY = "open", "sending", "running", "done", "failed", "retry"
+_B = AnaplanBatch.__table__
+_D = Document.__table__
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def file_lease(cfg: AnaplanImportConfig) -> str:
+    return f"anaplan-file:{cfg.file_id}"
+
+
+def _owner(batch_id: int) -> str:
+    return f"anaplan-batch:{batch_id}"
+
+
+class _Problem:
+    """An Anaplan fault turned into what the documents should do."""
+
+    def __init__(self, reason: str, *, retryable: bool, after: float | None = None) -> None:
+        self.reason, self.retryable, self.after = reason, retryable, after
+
+
+def _classify(exc: Exception, default_after: float) -> _Problem:
+    if isinstance(exc, AnaplanRetryLater):
+        return _Problem(str(exc), retryable=True, after=exc.retry_after if exc.retry_after is not None else default_after)
+    if isinstance(exc, AnaplanHTTPError):
+        return _Problem(str(exc), retryable=exc.retryable, after=default_after)
+    if isinstance(exc, (AnaplanConfigError, AnaplanAuthError)):
+        return _Problem(f"Anaplan: {exc}", retryable=False)
+    if isinstance(exc, httpx.HTTPError):
+        return _Problem(f"Anaplan unreachable: {type(exc).__name__}", retryable=True, after=default_after)
+    return _Problem(f"Anaplan: {exc}", retryable=False)
+
+
+class AnaplanStages:
+    """Both stages over one destination (one per process); ``forward`` and ``confirm`` are the stages."""
+
+    def __init__(self, engine: Engine, settings: AnaplanSettings, destination: AnaplanDestination, *,
+                 owner: str, clock: Callable[[], datetime] = utcnow) -> None:
+        self.engine, self.settings, self.destination, self.owner = engine, settings, destination, owner
+        self._now = clock
+
+        def forward(docs: list[Document], runtime: Any = None) -> dict[int, Outcome]:
+            return self.run(docs, StageName.FORWARD)
+
+        def confirm(docs: list[Document], runtime: Any = None) -> dict[int, Outcome]:
+            return self.run(docs, StageName.CONFIRM)
+
+        forward.batch = True  # type: ignore[attr-defined]
+        confirm.batch = True  # type: ignore[attr-defined]
+        self.forward, self.confirm = forward, confirm
+
+    # ------------------------------------------------------------------ entry
+    def run(self, docs: Sequence[Document], phase: StageName) -> dict[int, Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        groups: dict[str, list[Document]] = {}
+        for doc in docs:
+            if doc.kind in self.settings.imports:
+                groups.setdefault(doc.kind, []).append(doc)
+            else:
+                outcomes[doc.id] = Outcome.ok({"anaplan": f"no Anaplan import is configured for {doc.kind}"})
+        for kind, group in groups.items():
+            try:
+                outcomes.update(self._run_group(kind, self.settings.imports[kind], group, phase))
+            except Exception as exc:  # noqa: BLE001 - a store hiccup must not lose the claim's outcomes
+                log.exception("anaplan.stage_error", kind=kind)
+                for doc in group:
+                    outcomes[doc.id] = Outcome.retry(f"Anaplan stage error: {type(exc).__name__}: {exc}",
+                                                     code="anaplan.internal",
+                                                     anaplan_batch_id=doc.anaplan_batch_id)
+        return outcomes
+
+    def _run_group(self, kind: str, cfg: AnaplanImportConfig, docs: list[Document],
+                   phase: StageName) -> dict[int, Outcome]:
+        batches = self._load({d.anaplan_batch_id for d in docs if d.anaplan_batch_id})
+        by_batch: dict[int, list[Document]] = {}
+        fresh: list[Document] = []
+        for doc in docs:
+            row = batches.get(doc.anaplan_batch_id) if doc.anaplan_batch_id else None
+            if row is None or (row["state"] != OPEN and doc.id not in _members(row)):
+                fresh.append(doc)  # new, reprocessed, or assigned too late for the batch it names
+            else:
+                by_batch.setdefault(row["id"], []).append(doc)
+        if fresh:
+            batch_id = self._assign(kind, cfg, [d.id for d in fresh])
+            by_batch.setdefault(batch_id, []).extend(fresh)
+        outcomes: dict[int, Outcome] = {}
+        for batch_id, members in by_batch.items():
+            outcomes.update(self._drive(batch_id, cfg, members, phase))
+        return outcomes
+
+    # ------------------------------------------------------------------ store helpers
+    def _load(self, ids: set[int]) -> dict[int, dict[str, Any]]:
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_B).where(_B.c.id.in_(sorted(ids)))).mappings().all()
+        return {r["id"]: dict(r) for r in rows}
+
+    def _one(self, batch_id: int) -> dict[str, Any]:
+        return self._load({batch_id})[batch_id]
+
+    def _assign(self, kind: str, cfg: AnaplanImportConfig, doc_ids: list[int]) -> int:
+        """Put documents into the import's open batch (opening one if needed); returns its id."""
+        now = self._now()
+        with self.engine.begin() as conn:
+            for _ in range(5):
+                batch_id = conn.execute(select(_B.c.id).where(_B.c.import_name == kind, _B.c.state == OPEN)
+                                        .order_by(_B.c.id).limit(1)).scalar()
+                if batch_id is None:
+                    batch_id = conn.execute(_B.insert().values(
+                        import_name=kind, state=OPEN, document_count=0, file_id=cfg.file_id,
+                        created_at=now, updated_at=now)).inserted_primary_key[0]
+                # Conditional on still open: a batch being sent takes no new members.
+                if conn.execute(update(_B).where(_B.c.id == batch_id, _B.c.state == OPEN).values(
+                        document_count=_B.c.document_count + len(doc_ids), updated_at=now)).rowcount:
+                    break
+            else:  # pragma: no cover - five batches closed under us in one transaction
+                raise RuntimeError("no open Anaplan batch could be joined")
+            conn.execute(update(_D).where(_D.c.id.in_(doc_ids)).values(anaplan_batch_id=batch_id))
+        return int(batch_id)
+
+    def _set(self, batch_id: int, where_state: str | None = None, **values: Any) -> bool:
+        values.setdefault("updated_at", self._now())
+        if "result" in values and not isinstance(values["result"], str | type(None)):
+            values["result"] = json.dumps(values["result"], default=str)
+        cond = [_B.c.id == batch_id]
+        if where_state is not None:
+            cond.append(_B.c.state == where_state)
+        with self.engine.begin() as conn:
+            return bool(conn.execute(update(_B).where(and_(*cond)).values(**values)).rowcount)
+
+    def _documents(self, ids: Sequence[int] | None = None, *, batch_id: int | None = None) -> list[dict[str, Any]]:
+        """Members as the CSV mapping sees them: ``{"id", **canonical, "gateway": {...}}``, by id."""
+        cols = [_D.c.id, _D.c.canonical, _D.c.supplier_code, _D.c.plex_key, _D.c.partner, _D.c.kind]
+        query = select(*cols)
+        if ids is not None:
+            query = query.where(_D.c.id.in_(list(ids)))
+        else:
+            query = query.where(_D.c.anaplan_batch_id == batch_id, _D.c.state == State.POSTED.value,
+                                _D.c.stage == StageName.FORWARD.value)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(_D.c.id)).mappings().all()
+        docs = []
+        for r in rows:
+            canonical = json.loads(r["canonical"] or "{}")
+            docs.append({**canonical, "id": r["id"],
+                         "gateway": {"document_id": r["id"], "supplier_code": r["supplier_code"],
+                                     "plex_key": r["plex_key"], "partner": r["partner"]}})
+        return docs
+
+    # ------------------------------------------------------------------ a batch's documents
+    def _drive(self, batch_id: int, cfg: AnaplanImportConfig, docs: list[Document],
+               phase: StageName) -> dict[int, Outcome]:
+        row = self._one(batch_id)
+        problem: _Problem | None = None
+        now = self._now()
+        if row["state"] == SENDING and (_aware(row["lease_until"]) or now) < now:
+            # Whoever was sending died: open the batch again (an import run twice is an upsert).
+            self._set(batch_id, SENDING, state=OPEN, lease_owner=None, lease_until=None)
+            leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+            row = self._one(batch_id)
+        if row["state"] == OPEN:
+            problem = self._maybe_send(row, cfg)
+            row = self._one(batch_id)
+        if row["state"] == RUNNING and phase is StageName.CONFIRM:
+            problem = self._maybe_poll(row, cfg) or problem
+            row = self._one(batch_id)
+        return {d.id: self._verdict(row, d, phase, problem, cfg) for d in docs}
+
+    def _verdict(self, row: Mapping[str, Any], doc: Document, phase: StageName, problem: _Problem | None,
+                 cfg: AnaplanImportConfig) -> Outcome:
+        state, batch_id = row["state"], row["id"]
+        result = json.loads(row["result"] or "{}")
+        info = {"batch": batch_id, "task": row["task_id"]}
+        now = self._now()
+        if state == OPEN:
+            if problem is not None and problem.retryable:
+                return Outcome.retry(problem.reason, code="anaplan.retry", after=problem.after,
+                                     detail={"anaplan": info}, anaplan_batch_id=batch_id)
+            return Outcome.wait(self._due_in(row, cfg, now), {"anaplan": {**info, "waiting": "batch filling"}},
+                                anaplan_batch_id=batch_id)
+        if state == SENDING:
+            return Outcome.wait(0.2, {"anaplan": {**info, "waiting": "batch being sent"}}, anaplan_batch_id=batch_id)
+        if state == FAILED:
+            return Outcome.fail(row["error"] or "Anaplan refused the batch", code="anaplan.batch_failed",
+                                detail={"anaplan": info}, anaplan_batch_id=None)
+        if state == RETRY:
+            after = result.get("retry_after") or self.settings.batch.retry_seconds
+            return Outcome.retry(row["error"] or "Anaplan failed the import; sending again",
+                                 code="anaplan.retry", after=after, detail={"anaplan": info}, anaplan_batch_id=None)
+        sent = {**info, "rows": result.get("rows"), "documents": len(result.get("members") or [])}
+        if phase is StageName.FORWARD:
+            return Outcome.ok({"anaplan": sent}, anaplan_batch_id=batch_id)
+        if state == RUNNING:
+            if problem is not None and not problem.retryable:
+                return Outcome.fail(problem.reason, code="anaplan.poll_failed", detail={"anaplan": info},
+                                    anaplan_batch_id=None)
+            next_poll = _aware(row["lease_until"]) or now
+            return Outcome.wait(max(0.05, (next_poll - now).total_seconds()),
+                                {"anaplan": {**info, "waiting": "import running"}}, anaplan_batch_id=batch_id)
+        # DONE
+        failed = result.get("failed") or {}
+        detail = {"anaplan": {**sent, "counts": result.get("counts"), "status": result.get("status")}}
+        reason = failed.get(str(doc.id))
+        if reason is not None:
+            return Outcome.fail(reason, code="anaplan.rejected", detail=detail, anaplan_batch_id=None)
+        return Outcome.ok(detail, anaplan_batch_id=batch_id)
+
+    def _due_in(self, row: Mapping[str, Any], cfg: AnaplanImportConfig, now: datetime) -> float:
+        not_before = _aware(row["lease_until"])
+        if not_before is not None and not_before > now:
+            return max(0.05, (not_before - now).total_seconds())
+        if row["document_count"] >= self.settings.batch.max_documents:
+            return max(0.05, cfg.poll_interval_s)  # full, but the file is busy with the previous batch
+        created = _aware(row["created_at"]) or now
+        left = self.settings.batch.max_age_seconds - (now - created).total_seconds()
+        return max(0.05, min(left, self.settings.batch.max_age_seconds))
+
+    # ------------------------------------------------------------------ sending
+    def _maybe_send(self, row: Mapping[str, Any], cfg: AnaplanImportConfig) -> _Problem | None:
+        now = self._now()
+        batching = self.settings.batch
+        not_before = _aware(row["lease_until"])
+        full = row["document_count"] >= batching.max_documents
+        old = (now - (_aware(row["created_at"]) or now)).total_seconds() >= batching.max_age_seconds
+        if not (full or old) or (not_before is not None and not_before > now):
+            return None
+        batch_id = row["id"]
+        if not self._set(batch_id, OPEN, state=SENDING, lease_owner=self.owner,
+                         lease_until=now + timedelta(seconds=batching.send_timeout_seconds)):
+            return None  # someone else is sending it
+        ttl = cfg.task_timeout_s + batching.send_timeout_seconds
+        if not leases.acquire(self.engine, file_lease(cfg), _owner(batch_id), ttl):
+            # The previous batch on this file has not been read yet: try again after a poll interval.
+            self._set(batch_id, SENDING, state=OPEN, lease_owner=None,
+                      lease_until=now + timedelta(seconds=cfg.poll_interval_s))
+            return None
+        members = self._documents(batch_id=batch_id)
+        ids = [d["id"] for d in members]
+        if not members:
+            self._set(batch_id, SENDING, state=DONE, result={"members": [], "failed": {}, "status": "empty"})
+            leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+            return None
+        usage = RequestCounter()
+        try:
+            sub = self.destination.submit(ImportBatch(batch_id=str(batch_id), config=cfg, documents=members), usage)
+        except (AnaplanError, httpx.HTTPError) as exc:
+            problem = _classify(exc, batching.retry_seconds)
+            leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+            log.warning("anaplan.batch_send_failed", batch_id=batch_id, reason=problem.reason,
+                        retryable=problem.retryable, requests=usage.requests)
+            if problem.retryable:
+                self._set(batch_id, SENDING, state=OPEN, lease_owner=None, error=problem.reason,
+                          lease_until=now + timedelta(seconds=problem.after or batching.retry_seconds))
+            else:
+                self._set(batch_id, SENDING, state=FAILED, lease_owner=None, lease_until=None, error=problem.reason,
+                          document_count=len(ids), result={"members": ids, "requests": usage.requests})
+            return problem
+        result = {"members": ids, "rows": len(sub.row_map), "chunks": sub.chunks, "bytes": sub.size,
+                  "sha256": sub.sha256, "requests": usage.requests, "sent_at": now.isoformat()}
+        if sub.task_id is None:  # no document produced a row: nothing to wait for
+            result.update(failed={str(k): v for k, v in sub.row_map.rejected.items()}, status="failed")
+            self._set(batch_id, SENDING, state=DONE, document_count=len(ids), result=result)
+            leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+            return None
+        self._set(batch_id, SENDING, state=RUNNING, task_id=sub.task_id, document_count=len(ids), result=result,
+                  error=None, lease_owner=None, lease_until=now + timedelta(seconds=cfg.poll_interval_s))
+        log.info("anaplan.batch_sent", batch_id=batch_id, task_id=sub.task_id, documents=len(ids),
+                 rows=len(sub.row_map), requests=usage.requests)
+        return None
+
+    # ------------------------------------------------------------------ polling
+    def _maybe_poll(self, row: Mapping[str, Any], cfg: AnaplanImportConfig) -> _Problem | None:
+        now = self._now()
+        batch_id = row["id"]
+        with self.engine.begin() as conn:  # one poller per batch per interval, across processes
+            mine = conn.execute(update(_B).where(
+                _B.c.id == batch_id, _B.c.state == RUNNING,
+                or_(_B.c.lease_until.is_(None), _B.c.lease_until <= now),
+            ).values(lease_owner=self.owner, lease_until=now + timedelta(seconds=cfg.poll_interval_s))).rowcount
+        if not mine:
+            return None
+        result = json.loads(row["result"] or "{}")
+        leases.acquire(self.engine, file_lease(cfg), _owner(batch_id),
+                       cfg.task_timeout_s + self.settings.batch.send_timeout_seconds)
+        usage = RequestCounter()
+        task_id = row["task_id"]
+        try:
+            task = self.destination.check(cfg, task_id, usage)
+            if task is None:
+                sent = datetime.fromisoformat(result["sent_at"]) if result.get("sent_at") else now
+                if (now - sent).total_seconds() <= cfg.task_timeout_s:
+                    self._count(batch_id, result, usage)
+                    return None
+                try:
+                    self.destination.client.cancel_task(cfg, task_id, usage)
+                except (AnaplanError, httpx.HTTPError) as exc:
+                    log.warning("anaplan.cancel_failed", task_id=task_id, error=str(exc))
+                result.update(requests=result.get("requests", 0) + usage.requests)
+                self._set(batch_id, RUNNING, state=RETRY, result=result,
+                          error=f"Anaplan import task {task_id} did not finish within {cfg.task_timeout_s:.0f} s "
+                                "(cancelled; sending again)")
+                leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+                return None
+            members = self._documents(result.get("members") or [])
+            batch = ImportBatch(batch_id=str(batch_id), config=cfg, documents=members)
+            data, row_map, fmt = self.destination.rows(batch, usage)
+            outcome = self.destination.conclude(batch, row_map, fmt, task_id, task, usage)
+        except (AnaplanError, httpx.HTTPError) as exc:
+            problem = _classify(exc, self.settings.batch.retry_seconds)
+            if problem.retryable:
+                self._set(batch_id, RUNNING, lease_until=now + timedelta(seconds=max(cfg.poll_interval_s,
+                                                                                     problem.after or 0)))
+                return problem
+            result.update(requests=result.get("requests", 0) + usage.requests)
+            self._set(batch_id, RUNNING, state=FAILED, error=problem.reason, result=result)
+            leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+            return problem
+        failed = {str(r.document_id): r.reason or "rejected by Anaplan" for r in outcome.documents if not r.ok}
+        present = {d["id"] for d in members}
+        for missing in set(result.get("members") or []) - present:
+            failed.setdefault(str(missing), "the document left the batch before Anaplan answered")
+        counts = outcome.counts.model_dump(exclude={"details"}) if outcome.counts else None
+        result.update(failed=failed, counts=counts, status=outcome.status, task_id=task_id,
+                      requests=result.get("requests", 0) + usage.requests, finished_at=now.isoformat())
+        if outcome.status == "retry":
+            result["retry_after"] = self.settings.batch.retry_seconds
+            self._set(batch_id, RUNNING, state=RETRY, error=outcome.reason, result=result)
+        else:
+            self._set(batch_id, RUNNING, state=DONE, error=outcome.reason if outcome.status == "failed" else None,
+                      result=result)
+        leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+        log.info("anaplan.batch_done", batch_id=batch_id, task_id=task_id, status=outcome.status,
+                 failed=len(failed), requests=result["requests"])
+        return None
+
+    def _count(self, batch_id: int, result: dict[str, Any], usage: RequestCounter) -> None:
+        result["requests"] = result.get("requests", 0) + usage.requests
+        self._set(batch_id, RUNNING, result=result)
+
+
+def _members(row: Mapping[str, Any]) -> set[int]:
+    try:
+        return set(json.loads(row["result"] or "{}").get("members") or [])
+    except ValueError:
+        return set()
+
+
+__all__ = ["AnaplanStages", "file_lease", "OPEN", "SENDING", "RUNNING", "DONE", "FAILED", "RETRY"]

@@ -1,0 +1,253 @@
+"""The ``post`` stage: a matched document becomes a Plex record, exactly once.
+
+Invoices (810/INVOIC) become AP invoices over REST; purchase orders (850/ORDERS) go to the
+tenant's PO data sources over SOAP, or — for a partner whose file says
+``plex.purchase_orders: sales_order`` — become customer orders (``sales/v1/orders``). The client
+looks the record up before every create and again after a timeout or 5xx, so a retry never
+creates a second one (see :mod:`gateway.destinations.plex`). The stage runs a claimed batch of
+documents a few at a time (``plex.concurrency``); the request budget is shared by every process.
+
+Outcomes: posted (with Plex's answer and every call in the audit detail, the record in
+``Document.plex_key``); 429, 5xx and timeouts retried later (``after`` = Retry-After); 403 a
+permission error on the document; 401 after one re-authentication, a 400 or a data-source error
+fail the document with Plex's message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from gateway.delivery.matching import CUSTOMER, role_of
+from gateway.delivery.suppliers import SupplierMaster
+from gateway.destinations.plex import (
+    APInvoiceAccounts, APInvoiceDraft, APInvoiceLine, PlexAuthError, PlexClient, PlexConfigError, PlexError,
+    PlexPermissionError, PlexThrottledError, PlexTransientError, PlexValidationError, PostingOutcome,
+    PurchaseOrderDraft, PurchaseOrderLine, SalesOrderDraft, SalesOrderLine,
+)
+from gateway.pipeline.machine import Outcome
+from gateway.store.models import Document
+from translators.mapping import PartnerDirectory
+
+log = structlog.get_logger("gateway.delivery.plex")
+
+
+class MappingProblem(ValueError):
+    """The canonical document lacks what Plex needs."""
+
+
+def _date(value: Any) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise MappingProblem(f"{value!r} is not a date") from None
+
+
+def _dec(value: Any, what: str) -> Decimal | None:
+    if value in (None, ""):
+        return None
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise MappingProblem(f"{what} {value!r} is not a number") from None
+    if not d.is_finite():
+        raise MappingProblem(f"{what} {value!r} is not a number")
+    return d
+
+
+def edi_note(doc: Document, canonical: Mapping[str, Any]) -> str:
+    """Where the record came from, for reconciliation in Plex."""
+    control = canonical.get("control") or {}
+    return (f"EDI {doc.standard} {doc.message_type or ''} interchange {control.get('interchange')} "
+            f"group {control.get('group')} message {control.get('message')}; gateway document {doc.id}")
+
+
+def invoice_draft(doc: Document, canonical: Mapping[str, Any], accounts: APInvoiceAccounts) -> APInvoiceDraft:
+    number = canonical.get("invoice_number")
+    if not number:
+        raise MappingProblem("the invoice has no invoice number")
+    invoice_date = _date(canonical.get("invoice_date"))
+    if invoice_date is None:
+        raise MappingProblem("the invoice has no invoice date")
+    lines: list[APInvoiceLine] = []
+    for n, line in enumerate(canonical.get("lines") or [], 1):
+        qty = _dec(line.get("quantity"), f"line {n} quantity") or Decimal(1)
+        price = _dec(line.get("unit_price"), f"line {n} unit price")
+        amount = _dec(line.get("amount"), f"line {n} amount")
+        if price is None:
+            if amount is None:
+                raise MappingProblem(f"line {n} has neither a unit price nor an amount")
+            qty, price = Decimal(1), amount
+        text = line.get("description") or line.get("supplier_part") or line.get("buyer_part") or f"line {n}"
+        lines.append(APInvoiceLine(account_number=accounts.expense_account, description=text[:200],
+                                   quantity=qty, unit_price=price))
+    for charge in canonical.get("charges") or []:
+        amount = _dec(charge.get("amount"), "charge amount")
+        if amount:
+            text = charge.get("description") or f"charge {charge.get('code') or ''}".strip()
+            lines.append(APInvoiceLine(account_number=accounts.charge_account or accounts.expense_account,
+                                       description=text[:200], unit_price=amount))
+    tax = _dec(canonical.get("tax_amount"), "tax amount")
+    if tax:
+        lines.append(APInvoiceLine(account_number=accounts.tax_account, description="Tax", unit_price=tax,
+                                   is_tax_line=True))
+    if not lines:
+        total = _dec(canonical.get("total_amount"), "total amount")
+        if total is None:
+            raise MappingProblem("the invoice has no lines and no total")
+        lines.append(APInvoiceLine(account_number=accounts.expense_account, description="Invoice total",
+                                   unit_price=total))
+    return APInvoiceDraft(invoice_number=number, supplier_code=doc.supplier_code or "", invoice_date=invoice_date,
+                          due_date=_date(canonical.get("due_date")), currency_code=canonical.get("currency"),
+                          terms=(canonical.get("terms") or None), po_number=canonical.get("po_number"),
+                          note=edi_note(doc, canonical), lines=lines)
+
+
+def _line_numbers(lines: Sequence[Mapping[str, Any]]) -> list[int]:
+    numbers = []
+    for n, line in enumerate(lines, 1):
+        raw = str(line.get("line_number") or "").strip()
+        numbers.append(int(raw) if raw.isdigit() and int(raw) > 0 else n)
+    return numbers if len(set(numbers)) == len(numbers) else list(range(1, len(lines) + 1))
+
+
+def purchase_order_draft(doc: Document, canonical: Mapping[str, Any], *, today: date) -> PurchaseOrderDraft:
+    number = canonical.get("po_number")
+    if not number:
+        raise MappingProblem("the purchase order has no PO number")
+    lines = canonical.get("lines") or []
+    header_due = _date(canonical.get("requested_delivery"))
+    drafts = []
+    for n, (line, number_) in enumerate(zip(lines, _line_numbers(lines), strict=True), 1):
+        qty = _dec(line.get("quantity"), f"line {n} quantity")
+        if qty is None:
+            raise MappingProblem(f"line {n} has no quantity")
+        drafts.append(PurchaseOrderLine(
+            line_number=number_, quantity=qty, part_number=line.get("buyer_part"),
+            supplier_part_number=line.get("supplier_part"), description=(line.get("description") or None),
+            unit=line.get("uom"), unit_price=_dec(line.get("unit_price"), f"line {n} unit price"),
+            due_date=_date(line.get("requested_delivery")) or header_due))
+    return PurchaseOrderDraft(po_number=number, supplier_code=doc.supplier_code or "",
+                              po_date=_date(canonical.get("po_date")) or today, due_date=header_due,
+                              currency_code=canonical.get("currency"), note=edi_note(doc, canonical), lines=drafts)
+
+
+def sales_order_draft(doc: Document, canonical: Mapping[str, Any], customer_id: str) -> SalesOrderDraft:
+    number = canonical.get("po_number")
+    if not number:
+        raise MappingProblem("the purchase order has no PO number")
+    lines = []
+    for n, line in enumerate(canonical.get("lines") or [], 1):
+        qty = _dec(line.get("quantity"), f"line {n} quantity")
+        if qty is None:
+            raise MappingProblem(f"line {n} has no quantity")
+        lines.append(SalesOrderLine(
+            quantity=qty, part_number=line.get("supplier_part") or line.get("buyer_part"),
+            customer_part_number=line.get("buyer_part"), description=(line.get("description") or None),
+            unit=line.get("uom"), unit_price=_dec(line.get("unit_price"), f"line {n} unit price"),
+            due_date=_date(line.get("requested_delivery"))))
+    return SalesOrderDraft(customer_id=customer_id, po_number=number, order_date=_date(canonical.get("po_date")),
+                           due_date=_date(canonical.get("requested_delivery")), note=edi_note(doc, canonical),
+                           lines=lines)
+
+
+def _calls(trail: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in asdict(c).items() if v is not None} for c in trail]
+
+
+class PostStage:
+    """``post``: a batch stage that posts the claimed documents a few at a time."""
+
+    batch = True
+
+    def __init__(self, client: PlexClient, master: SupplierMaster, *, accounts: APInvoiceAccounts,
+                 partners: Callable[[], PartnerDirectory], concurrency: int = 8) -> None:
+        self.client, self.master, self.accounts, self.partners = client, master, accounts, partners
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="plex-post")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __call__(self, docs: list[Document], runtime: Any = None) -> dict[int, Outcome]:
+        directory = self.partners()
+        futures = {d.id: self._pool.submit(self.post_one, d, directory) for d in docs}
+        return {doc_id: f.result() for doc_id, f in futures.items()}
+
+    def post_one(self, doc: Document, directory: PartnerDirectory) -> Outcome:
+        started = time.perf_counter()
+        with self.client.recording() as trail:
+            try:
+                outcome = self._post(doc, directory)
+            except (MappingProblem, ValidationError) as exc:
+                outcome = Outcome.fail(f"cannot be sent to Plex: {_plain(exc)}", code="plex.mapping")
+            except PlexPermissionError as exc:
+                outcome = Outcome.fail(f"Plex refused permission (HTTP {exc.status or 'n/a'}): {exc}",
+                                       code="plex.permission")
+            except PlexAuthError as exc:
+                outcome = Outcome.fail(f"Plex rejected the gateway's credentials: {exc}", code="plex.auth")
+            except PlexConfigError as exc:
+                outcome = Outcome.fail(f"Plex is not configured for this: {exc}", code="plex.config")
+            except PlexThrottledError as exc:
+                outcome = Outcome.retry(f"Plex is throttling: {exc}", code="plex.throttled", after=exc.retry_after)
+            except PlexTransientError as exc:
+                outcome = Outcome.retry(f"Plex did not answer cleanly: {exc}", code="plex.transient")
+            except PlexValidationError as exc:
+                errors = "; ".join(e.get("message", "") for e in exc.errors if e.get("message"))
+                outcome = Outcome.fail(f"Plex rejected it: {exc}" + (f" ({errors})" if errors else ""),
+                                       code=f"plex.rejected{'.duplicate' if exc.is_duplicate else ''}")
+            except PlexError as exc:
+                outcome = Outcome.fail(f"Plex: {exc}", code="plex.error")
+        detail = dict(outcome.detail)
+        detail["calls"] = _calls(trail)
+        detail["plex_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return Outcome(outcome.kind, detail, outcome.error, outcome.code, outcome.changes, outcome.after)
+
+    def _post(self, doc: Document, directory: PartnerDirectory) -> Outcome:
+        if not doc.canonical:
+            raise MappingProblem("the document has no canonical form")
+        if not doc.supplier_code:
+            raise MappingProblem("no Plex supplier was matched")
+        canonical = json.loads(doc.canonical)
+        partner = directory.get(doc.partner) if doc.partner else None
+        if doc.kind == "invoice":
+            posting = self.client.post_invoice(invoice_draft(doc, canonical, self.accounts))
+        elif doc.kind == "purchase_order" and role_of(doc.kind, partner) == CUSTOMER:
+            customer_id = self.master.customer_id(doc.supplier_code)
+            if customer_id is None:
+                return Outcome.fail(f"Plex has no customer {doc.supplier_code}", code="plex.customer_missing")
+            posting = self.client.post_sales_order(sales_order_draft(doc, canonical, customer_id))
+        elif doc.kind == "purchase_order":
+            today = datetime.now(timezone.utc).date()
+            posting = self.client.post_purchase_order(purchase_order_draft(doc, canonical, today=today))
+        else:
+            return Outcome.ignore(f"{doc.kind or 'this document'} is not posted to Plex")
+        return _posted(posting)
+
+
+def _posted(posting: PostingOutcome) -> Outcome:
+    key = posting.record_id if posting.record_id is not None else posting.record_key
+    detail = {"plex": {"record": posting.kind, "disposition": posting.disposition, "recovered": posting.recovered,
+                       "response": posting.response}}
+    if posting.lines_added:
+        detail["plex"]["lines_added"] = posting.lines_added
+    return Outcome.ok(detail, plex_key=f"{posting.kind}:{key}")
+
+
+def _plain(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+__all__ = ["PostStage", "invoice_draft", "purchase_order_draft", "sales_order_draft", "MappingProblem"]
