@@ -1,0 +1,189 @@
+"""The web panel: server-rendered pages for people, a JSON API under ``/api`` for scripts.
+
+    from gateway.web import create_app
+    app = create_app(runtime)          # served by ``gateway web`` / ``gateway run`` with uvicorn
+
+Every page and API call needs a signed-in session or an API token (``Authorization: Bearer``);
+``/healthz`` is open (it says only whether the store answers). ``/metrics`` (Prometheus) needs a
+token like the API: give Prometheus one made with ``gateway tokens create``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
+from gateway.web.actions import BulkJobs, Conflict, NotFound
+from gateway.web.auth import Forbidden, NotSignedIn, Throttle
+from gateway.web.queries import BadRequest
+from gateway.web.redact import Redactor
+from gateway.web.security import session_secret
+
+__all__ = ["create_app"]
+
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "gateway_session"
+SESSION_MAX_AGE = 12 * 3600
+log = structlog.get_logger("gateway.web")
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# FastAPI's interactive API page loads Swagger UI from its CDN.
+CSP_DOCS = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+            "frame-ancestors 'none'")
+
+
+class TTLCache:
+    """Small per-process cache for the whole-table aggregates (overview, partner activity)."""
+
+    def __init__(self):
+        self._data: dict[str, tuple[float, object]] = {}
+
+    def get(self, key: str, ttl: float, make):
+        now = time.monotonic()
+        hit = self._data.get(key)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+        value = make()
+        self._data[key] = (now, value)
+        return value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+def _is_api(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith("/api/") or path == "/api" or path == "/metrics"
+
+
+def _error(request: Request, status: int, message: str, headers: dict | None = None) -> Response:
+    if _is_api(request):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    from gateway.web.pages import render_error
+
+    return render_error(request, status, message)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edi-gateway")
+    except PackageNotFoundError:
+        return "0"
+
+
+def create_app(runtime) -> FastAPI:
+    """The panel for one :class:`gateway.runtime.Runtime` (its settings, store and partner files)."""
+    from gateway.web import api, pages
+    from gateway.web.metrics import Metrics
+
+    settings = runtime.settings
+    version = _version()
+    app = FastAPI(title="EDI gateway", version=version, docs_url=None, redoc_url=None, openapi_url=None,
+                  description="The EDI gateway's panel API: documents, reprocess, partners, overview. "
+                              "Authenticate with 'Authorization: Bearer TOKEN' (gateway tokens create).")
+    app.state.runtime = runtime
+    app.state.jobs = BulkJobs(runtime.engine)
+    app.state.throttle = Throttle()
+    app.state.redactor = Redactor(settings)
+    app.state.cache = TTLCache()
+    app.state.metrics = Metrics(runtime)
+
+    configured = settings.web.session_secret.get_secret_value() if settings.web.session_secret else None
+    secret = session_secret(configured, settings.data_dir)
+
+    @app.middleware("http")
+    async def headers_and_timing(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", CSP_DOCS if path == "/api/docs" else CSP)
+        if not path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        route = request.scope.get("route")
+        app.state.metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code,
+                                  time.perf_counter() - started)
+        return response
+
+    # Added last, so it runs first: every handler sees request.session.
+    app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
+                       max_age=SESSION_MAX_AGE, same_site="lax", https_only=settings.web.secure_cookies)
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(api.router)
+    app.include_router(api.metrics_router)
+    app.include_router(pages.router)
+
+    @app.exception_handler(NotSignedIn)
+    async def _not_signed_in(request: Request, exc: NotSignedIn):
+        if _is_api(request):
+            return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        from urllib.parse import quote
+
+        return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden):
+        return _error(request, 403, str(exc))
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(request: Request, exc: BadRequest):
+        return _error(request, 400, str(exc))
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound):
+        return _error(request, 404, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict):
+        return _error(request, 409, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form"))
+            problems.append(f"{where or 'request'}: {e.get('msg')}")
+        return _error(request, 422, "; ".join(problems) or "the request is not valid")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"{request.url.path}: no such page"
+        return _error(request, exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("web_error", path=request.url.path, error_type=type(exc).__name__, error=str(exc))
+        return _error(request, 500, "something went wrong on our side; it has been logged")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        from gateway.web.queries import health
+
+        ok, message = health(runtime.engine)
+        return JSONResponse({"status": "ok" if ok else "unavailable", "store": message},
+                            status_code=200 if ok else 503)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)
+
+    return app
+

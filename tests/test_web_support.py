@@ -1,0 +1,134 @@
+"""Helpers for the panel's tests (API, pages, browser): a runtime, users, documents driven by the real worker.
+
+Only the delivery stages after translation are stand-ins (:class:`FakeDelivery`): small functions
+returning outcomes, applied by the real :class:`gateway.pipeline.worker.Worker` through the state
+machine, with a switch to make Plex "fail" and "recover".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from gateway.pipeline.machine import Outcome, StageName
+from gateway.pipeline.worker import Worker
+from gateway.store import ApiToken, Document, Event, User, transaction, utcnow
+from gateway.web import create_app
+from gateway.web.security import hash_password, new_api_token, token_hash
+from tests.pipeline_fixtures import make_runtime, store_payload, x12_850
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "fixtures" / "edi" / "demo"
+PASSWORD = "correct horse battery"
+_HASH = hash_password(PASSWORD)  # argon2 is slow on purpose: hash once for every test user
+
+__all__ = ["DEMO", "PASSWORD", "FakeDelivery", "add_token", "add_user", "csrf_of", "docs_where", "events_of",
+           "ingest", "new_runtime", "sign_in", "x12_850"]
+
+
+def new_runtime(url: str, tmp_path: Path):
+    return make_runtime(url, tmp_path)
+
+
+def add_user(engine, username: str, role: str = "operator", *, password: str | None = None) -> int:
+    with transaction(engine) as s:
+        u = User(username=username, password_hash=hash_password(password) if password else _HASH, role=role)
+        s.add(u)
+        s.flush()
+        return u.id
+
+
+def add_token(engine, username: str, name: str = "test") -> str:
+    token = new_api_token()
+    with transaction(engine) as s:
+        u = s.exec(select(User).where(User.username == username)).one()
+        s.add(ApiToken(user_id=u.id, name=name, token_hash=token_hash(token)))
+    return token
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+def sign_in(client: TestClient, username: str, password: str = PASSWORD) -> str:
+    """Sign in through the form; returns the session's CSRF token."""
+    page = client.get("/login")
+    r = client.post("/login", data={"username": username, "password": password, "csrf_token": csrf_of(page.text),
+                                    "next": "/"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return csrf_of(client.get("/").text)
+
+
+class FakeDelivery:
+    """Match, post, forward, confirm as tiny stage functions; ``plex_fault`` makes posting fail."""
+
+    def __init__(self):
+        self.plex_fault: str | None = None
+        self.attention: set[str] = set()  # PO numbers whose supplier a person must choose
+
+    def match(self, doc, rt):
+        if doc.po_number in self.attention and not doc.supplier_code:
+            return Outcome.attention("several Plex suppliers match 'NORTHWIND RETAIL GROUP'; choose one",
+                                     code="match.ambiguous",
+                                     candidates=json.dumps([{"code": "NWR01", "name": "Northwind Retail", "score": 91},
+                                                            {"code": "NWR02", "name": "Northwind Retail Grp", "score": 90}]))
+        return Outcome.ok({"rule": "partner"}, supplier_code=doc.supplier_code or "NWR01")
+
+    def post(self, doc, rt):
+        if self.plex_fault:
+            return Outcome.fail(self.plex_fault, code="plex.rejected",
+                                detail={"plex": {"status": 422, "body": {"message": self.plex_fault}}})
+        return Outcome.ok({"plex": {"status": 201, "id": f"SO-{doc.id}", "disposition": "created"}},
+                          plex_key=f"SO-{doc.id}")
+
+    def forward(self, doc, rt):
+        return Outcome.ok({"anaplan": {"batch": 1, "rows": 1}})
+
+    def confirm(self, doc, rt):
+        return Outcome.ok({"anaplan": {"task": "T1", "result": "success", "failures": 0}})
+
+    def stages(self) -> dict:
+        return {StageName.MATCH: self.match, StageName.POST: self.post, StageName.FORWARD: self.forward,
+                StageName.CONFIRM: self.confirm}
+
+    def worker(self, rt) -> Worker:
+        return Worker(rt, stages=self.stages(), name="test-worker")
+
+
+def ingest(rt, data: bytes, name: str = "in.x12", delivery: FakeDelivery | None = None) -> list[int]:
+    """Store an interchange and run the real worker on it (translation only, or with fake delivery)."""
+    ich = store_payload(rt.engine, data, name)
+    worker = delivery.worker(rt) if delivery else Worker(rt, stages={}, name="test-worker")
+    worker.run_until_idle()
+    with Session(rt.engine) as s:
+        return list(s.exec(select(Document.id).where(Document.interchange_id == ich).order_by(Document.position)))
+
+
+def docs_where(engine, **eq) -> list[Document]:
+    with Session(engine) as s:
+        q = select(Document)
+        for k, v in eq.items():
+            q = q.where(getattr(Document, k) == v)
+        return list(s.exec(q.order_by(Document.id)))
+
+
+def events_of(engine, doc_id: int) -> list[Event]:
+    with Session(engine) as s:
+        return list(s.exec(select(Event).where(Event.document_id == doc_id).order_by(Event.id)))
+
+
+def client_for(rt) -> TestClient:
+    return TestClient(create_app(rt))
+
+
+def lease(engine, doc_id: int, owner: str = "other-worker") -> None:
+    with transaction(engine) as s:
+        d = s.get(Document, doc_id)
+        d.lease_owner, d.lease_until = owner, utcnow() + timedelta(minutes=5)
