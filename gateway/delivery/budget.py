@@ -59,6 +59,7 @@ class StoreBudget:
         self._window_start: float | None = None
         self._left = 0
         self._hold_until = 0.0
+        self._exhausted: float | None = None  # a window the store said is used up: no need to ask again
 
     def take(self, now: float | None = None) -> float:
         """Take one request: 0.0 when granted, else the seconds to wait before asking again."""
@@ -70,6 +71,8 @@ class StoreBudget:
             if self._window_start == start and self._left > 0:
                 self._left -= 1
                 return 0.0
+            if self._exhausted == start:
+                return max(0.001, start + self.window - now)
             granted, hold = self._reserve(start, now)
             self._hold_until = hold
             if hold > now:
@@ -77,14 +80,14 @@ class StoreBudget:
             if granted:
                 self._window_start, self._left = start, granted - 1
                 return 0.0
-            self._window_start, self._left = start, 0
+            self._window_start, self._left, self._exhausted = start, 0, start
             return max(0.001, start + self.window - now)
 
     def hold(self, until: float) -> None:
         """Nobody sharing this budget sends before ``until`` (epoch seconds)."""
         with self._lock:
             self._hold_until = max(self._hold_until, until)
-            self._left = 0
+            self._left, self._exhausted = 0, None
         with self.engine.begin() as conn:
             conn.execute(_insert(self.engine).values(budget=self.name + "#hold", window_start=_dt(until), used=0)
                          .on_conflict_do_nothing())
@@ -102,7 +105,7 @@ class StoreBudget:
             if created:  # a new window: forget old ones (and old holds) while we are here
                 conn.execute(delete(_TABLE).where(
                     _TABLE.c.budget.in_((self.name, self.name + "#hold")),
-                    _TABLE.c.window_start < _dt(now - 600)))
+                    _TABLE.c.window_start < _dt(start - max(600.0, 2 * self.window))))
             where = and_(_TABLE.c.budget == self.name, _TABLE.c.window_start == window_start)
             used = conn.execute(select(_TABLE.c.used).where(where).with_for_update()).scalar() or 0
             grant = max(0, min(self.block, self.limit - used))
