@@ -44,7 +44,8 @@ class Delivery:
             raise ValueError("Plex is not configured")
         self.runtime = runtime
         engine = runtime.engine
-        self.plex = PlexClient(settings.plex, budget_backend=StoreRateBudgetBackend(engine))
+        self.plex = PlexClient(settings.plex, budget_backend=StoreRateBudgetBackend(engine),
+                               key_provider=self._key_provider(runtime))
         self.master = SupplierMaster(engine, self.plex, settings.plex.matching, owner=runtime.instance)
         self.match = MatchStage(engine, self.master, settings.plex.matching, runtime.partners)
         self.post = PostStage(self.plex, self.master, accounts=settings.plex.ap_invoice_accounts,
@@ -52,6 +53,19 @@ class Delivery:
         self.anaplan = None
         if settings.anaplan is not None:
             self.anaplan = self._anaplan(runtime)
+
+    @staticmethod
+    def _key_provider(runtime: Any):
+        """After a 401 the client asks once for the key again: a rotated key stored in the vault is taken up."""
+        name = runtime.settings.plex.api_key_secret
+        if not name:
+            return None
+
+        def provider():
+            from gateway.secrets import Vault, load_key
+
+            return Vault(runtime.engine, load_key(runtime.settings.key_file)).get(name)
+        return provider
 
     def _anaplan(self, runtime: Any):
         from gateway.delivery.anaplan_stage import AnaplanStages

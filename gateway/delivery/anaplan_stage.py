@@ -187,8 +187,10 @@ class AnaplanStages:
         if ids is not None:
             query = query.where(_D.c.id.in_(list(ids)))
         else:
-            query = query.where(_D.c.anaplan_batch_id == batch_id, _D.c.state == State.POSTED.value,
-                                _D.c.stage == StageName.FORWARD.value)
+            # Waiting to be forwarded, or sent back to Anaplan from confirm (reprocessed after a rejection).
+            query = query.where(_D.c.anaplan_batch_id == batch_id, or_(
+                and_(_D.c.state == State.POSTED.value, _D.c.stage == StageName.FORWARD.value),
+                and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value)))
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(_D.c.id)).mappings().all()
         docs = []
@@ -232,6 +234,9 @@ class AnaplanStages:
                                 anaplan_batch_id=batch_id)
         if state == SENDING:
             return Outcome.wait(0.2, {"anaplan": {**info, "waiting": "batch being sent"}}, anaplan_batch_id=batch_id)
+        if doc.id not in set(result.get("members") or []):
+            # It joined after the batch closed (or left the states a batch takes): the next batch takes it.
+            return Outcome.wait(0.05, {"anaplan": {**info, "waiting": "next batch"}}, anaplan_batch_id=None)
         if state == FAILED:
             return Outcome.fail(row["error"] or "Anaplan refused the batch", code="anaplan.batch_failed",
                                 detail={"anaplan": info}, anaplan_batch_id=None)

@@ -262,6 +262,7 @@ class PlexConfig(BaseModel):
     connect_url: str = "https://connect.plex.com"
     api_key: SecretStr | None = None
     api_secret: SecretStr | None = None  # optional X-Plex-Connect-Api-Secret; harmless if sent
+    api_key_secret: str | None = None  # vault secret re-read once after a 401 (Consumer Keys are rotated)
     tenant_id: str | None = None  # X-Plex-Connect-Tenant-Id
     customer_id: str | None = None  # X-Plex-Connect-Customer-Id: the PCN
     oauth: OAuthClientCredentials | None = None

@@ -14,6 +14,7 @@ in ``partners/`` are matched to (Globex, the demo's unknown supplier, is deliber
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.sandbox.anaplan_sim import (
@@ -25,7 +26,7 @@ from gateway.sandbox.server import RunningServer, serve_app
 from gateway.sandbox.sterling_sim import SterlingSim
 
 __all__ = ["ANAPLAN_COLUMNS", "DEMO_CUSTOMERS", "DEMO_SUPPLIERS", "STERLING_PASSWORD", "STERLING_USER", "Sandbox",
-           "seed_partners", "start_sandbox"]
+           "numbered_documents", "seed_partners", "start_sandbox"]
 
 #: (code, name, tax id) of the example partners' Plex suppliers.
 DEMO_SUPPLIERS = (("ACME01", "Acme Fasteners Inc.", "34-1234567"),
@@ -137,3 +138,52 @@ def start_sandbox(*, plex_rate_limit: int | None = 200, anaplan_rate_limit: floa
         sandbox.sterling = sterling
         sandbox._servers.append(sterling.serve())
     return sandbox
+
+
+# ------------------------------------------------------------------------------------- generated EDI
+
+def _x12_controls(text: str, n: int) -> str:
+    """Give an X12 interchange fresh ISA13/IEA02 and GS06/GE02 control numbers (``n``)."""
+    out = []
+    for seg in text.split("~"):
+        el = seg.strip("\r\n").split("*")
+        if el[0] == "ISA":
+            el[13] = f"{n % 1_000_000_000:09d}"
+        elif el[0] == "IEA":
+            el[2] = f"{n % 1_000_000_000:09d}"
+        elif el[0] in ("GS", "GE"):
+            el[6 if el[0] == "GS" else 2] = str(n % 1_000_000_000)
+        out.append("*".join(el) if seg.strip("\r\n") else seg)
+    return "~".join(out)
+
+
+def _edifact_controls(text: str, n: int) -> str:
+    out = []
+    for seg in text.split("'"):
+        body = seg.strip("\r\n")
+        el = body.split("+")
+        if el[0] == "UNB" and len(el) > 5:
+            el[5] = str(n)
+        elif el[0] == "UNZ" and len(el) > 2:
+            el[2] = str(n)
+        out.append("+".join(el) if body else seg)
+    return "'".join(out)
+
+
+def numbered_documents(folder: str | Path, count: int, *, start: int = 1) -> list[tuple[str, bytes]]:
+    """``count`` distinct interchanges made from the good demo files: the same partners, each with its
+    own PO or invoice number and control numbers, so none is a duplicate. Returns (name, bytes)."""
+    templates = [
+        ("acme-fasteners-810-INV-10234.x12", "INV-10234", "x12"),
+        ("europa-components-INVOIC-EC-INV-5521.edi", "EC-INV-5521", "edifact"),
+        ("europa-components-ORDERS-EC-7781.edi", "EC-7781", "edifact"),
+        ("northwind-retail-850-NW-4471.x12", "NW-4471", "x12"),
+    ]
+    texts = [(name, Path(folder, name).read_text("latin-1"), number, std) for name, number, std in templates]
+    out = []
+    for i in range(start, start + count):
+        name, text, number, std = texts[i % len(texts)]
+        text = text.replace(number, f"{number}-{i}")
+        text = _x12_controls(text, 100_000 + i) if std == "x12" else _edifact_controls(text, 100_000 + i)
+        out.append((f"{i:06d}-{name.replace(number, f'{number}-{i}')}", text.encode("latin-1")))
+    return out
