@@ -1,0 +1,209 @@
+"""The post stage against the Plex simulator: one document at a time, each fault on its own.
+
+What matters is the simulator's state (exactly one record) and the outcome the pipeline gets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.delivery.plex_stage import PostStage, invoice_draft
+from gateway.delivery.suppliers import SupplierMaster
+from gateway.destinations.plex import (
+    APInvoiceAccounts, OAuthClientCredentials, PlexClient, PlexConfig, RetryPolicy, SupplierMatching,
+)
+from gateway.partners import load_partner_directory
+from gateway.pipeline.machine import OutcomeKind
+from gateway.sandbox.environment import seed_partners
+from gateway.sandbox.plex_sim import (
+    SIM_API_KEY, SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_SOAP_PASSWORD, SIM_SOAP_USER, PlexSim, SimSettings,
+)
+from gateway.store.models import Document
+from translators.translate import translate
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "fixtures" / "edi" / "demo"
+PARTNERS = load_partner_directory(ROOT / "partners")
+
+
+@pytest.fixture(scope="module")
+def served():
+    sim = PlexSim(SimSettings(rate_limit_per_minute=None))
+    server = sim.serve()
+    yield sim
+    server.stop()
+
+
+@pytest.fixture
+def sim(served):
+    served.reset()
+    seed_partners(served)
+    return served
+
+
+def client(sim: PlexSim, **overrides) -> PlexClient:
+    values = dict(connect_url=sim.base_url, api_key=SIM_API_KEY,
+                  soap={"url": sim.soap_url, "username": SIM_SOAP_USER, "password": SIM_SOAP_PASSWORD},
+                  timeout_seconds=0.5, requests_per_minute=60_000, burst=1000,
+                  retry=RetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.05, jitter=0,
+                                    max_retry_after=0.5, ambiguous_recheck_delay=0.05))
+    values.update(overrides)
+    return PlexClient(PlexConfig(**values))
+
+
+def stage(c: PlexClient) -> PostStage:
+    master = SupplierMaster(None, c, SupplierMatching(), owner="test")  # type: ignore[arg-type]
+    return PostStage(c, master, accounts=APInvoiceAccounts(), partners=lambda: PARTNERS, concurrency=2)
+
+
+def document(name: str, supplier_code: str, doc_id: int = 1) -> Document:
+    result = translate((DEMO / name).read_bytes(), PARTNERS, source=name)
+    d = result.documents[0]
+    return Document(id=doc_id, interchange_id=1, position=1, partner=d.partner, kind=d.kind, standard=d.standard,
+                    message_type=d.type, canonical=json.dumps(d.document), supplier_code=supplier_code,
+                    sender_id="X")
+
+
+INVOICE = ("acme-fasteners-810-INV-10234.x12", "ACME01")
+ORDER = ("europa-components-ORDERS-EC-7781.edi", "EUROCOMP")
+CUSTOMER_ORDER = ("northwind-retail-850-NW-4471.x12", "NWRETAIL")
+
+
+def post(c: PlexClient, which: tuple[str, str]):
+    s = stage(c)
+    try:
+        return s([document(*which)])[1]
+    finally:
+        s.close()
+
+
+def invoices(sim: PlexSim, number: str = "INV-10234") -> list[dict]:
+    return [r for r in sim.state(log=False)["ap_invoices"] if r["invoiceNumber"] == number]
+
+
+def test_invoice_posted_with_its_audit_detail(sim):
+    out = post(client(sim), INVOICE)
+    assert out.kind is OutcomeKind.OK
+    [record] = invoices(sim)
+    assert out.changes["plex_key"] == f"ap_invoice:{record['id']}"
+    plex = out.detail["plex"]
+    assert plex["disposition"] == "created" and plex["response"]["voucherNumber"] == record["voucherNumber"]
+    assert [c["operation"] for c in out.detail["calls"]] == ["ap_invoice.find", "ap_invoice.create"]
+    assert "gateway document 1" in record["note"]
+    # Posting it again finds it: no second invoice.
+    again = post(client(sim), INVOICE)
+    assert again.detail["plex"]["disposition"] == "already_existed" and len(invoices(sim)) == 1
+
+
+def test_a_lost_answer_is_found_again_not_created_twice(sim):
+    sim.add_fault(kind="timeout_after_commit", surface="rest", method="POST", path="/accounting/v1/ap-invoices",
+                  delay=1.0)
+    out = post(client(sim), INVOICE)
+    assert out.kind is OutcomeKind.OK and out.detail["plex"]["recovered"] is True
+    assert len(invoices(sim)) == 1
+    ops = [(c["operation"], c["outcome"]) for c in out.detail["calls"]]
+    assert ops == [("ap_invoice.find", "ok"), ("ap_invoice.create", "PlexTimeoutError"), ("ap_invoice.find", "ok")]
+
+
+def test_when_the_look_up_after_a_timeout_fails_the_pipeline_retries_and_finds_it(sim):
+    sim.add_fault(kind="timeout_after_commit", surface="rest", method="POST", path="/accounting/v1/ap-invoices",
+                  delay=1.0)
+    sim.add_fault(kind="server_error", surface="rest", method="GET", path="/accounting/v1/ap-invoices", status=503,
+                  skip=1, times=2)
+    first = post(client(sim), INVOICE)
+    assert first.kind is OutcomeKind.RETRY and first.code == "plex.transient"
+    assert len(invoices(sim)) == 1  # committed, although nobody heard it
+    second = post(client(sim), INVOICE)  # the next attempt looks before it creates
+    assert second.kind is OutcomeKind.OK and second.detail["plex"]["disposition"] == "already_existed"
+    assert [c["operation"] for c in second.detail["calls"]] == ["ap_invoice.find"]
+    assert len(invoices(sim)) == 1
+
+
+def test_purchase_order_through_soap_survives_an_error_after_commit(sim):
+    sim.add_fault(kind="error_after_commit", surface="soap", operation="90001", status=502)
+    sim.add_fault(kind="server_error", surface="soap", operation="90003")  # one line add answers soap:Server
+    out = post(client(sim), ORDER)
+    assert out.kind is OutcomeKind.OK, out.error
+    pos = [p for p in sim.state(log=False)["purchase_orders"] if p["poNumber"] == "EC-7781"]
+    assert len(pos) == 1 and pos[0]["lineItemCount"] == 2
+    assert out.changes["plex_key"] == f"purchase_order:{pos[0]['_poKey']}"
+    assert out.detail["plex"]["record"] == "purchase_order" and out.detail["plex"]["recovered"] is True
+
+
+def test_customer_orders_become_sales_orders(sim):
+    out = post(client(sim), CUSTOMER_ORDER)
+    assert out.kind is OutcomeKind.OK, out.error
+    [order] = [o for o in sim.state(log=False)["sales_orders"] if o["poNumber"] == "NW-4471"]
+    customer = next(c for c in sim.state(log=False)["customers"] if c["code"] == "NWRETAIL")
+    assert order["customerId"] == customer["id"] and len(order["lines"]) == 2
+    assert sim.state(log=False)["purchase_orders"] == [p for p in sim.state(log=False)["purchase_orders"]
+                                                      if p["poNumber"] != "NW-4471"]
+
+
+def test_429_with_a_long_retry_after_goes_back_to_the_pipeline_with_after(sim):
+    sim.add_fault(kind="throttle_retry_after", surface="rest", method="GET", path="/accounting/v1/ap-invoices",
+                  retry_after=7)
+    out = post(client(sim), INVOICE)
+    assert out.kind is OutcomeKind.RETRY and out.code == "plex.throttled" and out.after == 7
+    assert invoices(sim) == []
+
+
+def test_429_without_retry_after_is_backed_off_in_the_call(sim):
+    sim.add_fault(kind="throttle_no_header", surface="rest", method="GET", path="/accounting/v1/ap-invoices")
+    out = post(client(sim), INVOICE)
+    assert out.kind is OutcomeKind.OK and len(invoices(sim)) == 1
+    assert [c["status"] for c in out.detail["calls"]][:2] == [429, 200]
+
+
+def test_403_is_a_permission_error_on_the_document(sim):
+    sim.add_fault(kind="forbidden", surface="rest", method="POST", path="/accounting/v1/ap-invoices", times=None)
+    out = post(client(sim), INVOICE)
+    assert out.kind is OutcomeKind.FAIL and out.code == "plex.permission" and "403" in out.error
+    assert invoices(sim) == []
+    assert sum(1 for c in out.detail["calls"] if c["operation"] == "ap_invoice.create") == 1  # not retried
+
+
+def test_401_reauthenticates_once(sim):
+    oauth = OAuthClientCredentials(token_url=sim.base_url + "/op/token", client_id=SIM_CLIENT_ID,
+                                   client_secret=SIM_CLIENT_SECRET)
+    sim.add_fault(kind="unauthorized", surface="rest", method="POST", path="/accounting/v1/ap-invoices", times=1)
+    out = post(client(sim, api_key=None, oauth=oauth), INVOICE)
+    assert out.kind is OutcomeKind.OK and len(invoices(sim)) == 1
+    assert sim.state(log=False)["counters"]["tokens_issued"] == 2  # the first token, and one refresh
+
+    # Refused again after the one re-authentication: the document fails, no third try.
+    sim.add_fault(kind="unauthorized", surface="rest", method="GET", path="/accounting/v1/ap-invoices", times=2)
+    other = document(*INVOICE)
+    canonical = json.loads(other.canonical)
+    canonical["invoice_number"] = "INV-10234-B"
+    other.canonical = json.dumps(canonical)
+    s = stage(client(sim, api_key=None, oauth=oauth))
+    out = s([other])[1]
+    s.close()
+    assert out.kind is OutcomeKind.FAIL and out.code == "plex.auth"
+    assert [c["status"] for c in out.detail["calls"]] == [401, 401]
+
+
+def test_plex_validation_errors_fail_with_plexs_message(sim):
+    d = document(*INVOICE)
+    d.supplier_code = "NOSUCH"
+    s = stage(client(sim))
+    out = s([d])[1]
+    s.close()
+    assert out.kind is OutcomeKind.FAIL and out.code == "plex.rejected"
+    assert "supplierId/supplierCode does not identify a supplier" in out.error
+
+
+def test_invoice_mapping_refuses_what_plex_cannot_take():
+    d = document(*INVOICE)
+    canonical = json.loads(d.canonical)
+    canonical["invoice_date"] = None
+    with pytest.raises(ValueError, match="no invoice date"):
+        invoice_draft(d, canonical, APInvoiceAccounts())
+    canonical = json.loads(d.canonical)
+    draft = invoice_draft(d, canonical, APInvoiceAccounts(charge_account="6100-000-00"))
+    assert [ln.account_number for ln in draft.lines] == ["5000-100-00"] * 3 + ["6100-000-00", "2300-000-00"]
+    assert draft.lines[-1].is_tax_line and draft.currency_code == "USD" and draft.po_number == "PO-88121"
