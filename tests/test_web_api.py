@@ -10,9 +10,11 @@ import pytest
 from sqlmodel import Session, select
 
 from gateway.store import Event, PartnerFile, transaction
-from tests.db import engine, store_url  # noqa: F401 - fixtures
+from tests.db import store_url  # noqa: F401 - fixture
 from tests.test_web_support import (
+    BAD_MAPPING,
     DEMO,
+    GOOD_MAPPING,
     FakeDelivery,
     add_token,
     add_user,
@@ -24,28 +26,8 @@ from tests.test_web_support import (
     new_runtime,
     sign_in,
     x12_850,
+    zenith_sample,
 )
-
-GOOD_MAPPING = """\
-id: zenith-tools
-name: Zenith Tools Ltd
-identifiers:
-  x12:
-    - qualifier: ZZ
-      id: ZENITHTOOLS
-documents: [purchase_order]
-versions: ["004010"]
-mapping:
-  translations:
-    uom: {CA: CS}
-"""
-BAD_MAPPING = GOOD_MAPPING.replace("  translations:", "  translatons:")
-
-
-def zenith_sample(po: str = "ZT-1001") -> str:
-    text = x12_850(4242, [po], sender="ZENITHTOOLS").decode()
-    return text.replace("*12*ZENITHTOOLS    *", "*ZZ*ZENITHTOOLS    *").replace("GS*PO*NWRETAIL*", "GS*PO*ZENITH*")
-
 
 @pytest.fixture
 def rt(store_url, tmp_path):  # noqa: F811
@@ -440,6 +422,8 @@ def test_partner_onboarding_validate_draft_dry_run_activate(rt, api, viewer_api)
 
 def test_overview_sources_budgets_metrics_and_secrets_masked(store_url, tmp_path):  # noqa: F811
     from gateway.settings import LocalSource
+    from datetime import timedelta
+
     from gateway.store import RateWindow, SourceStatus, utcnow
 
     rt = new_runtime(store_url, tmp_path)
@@ -454,7 +438,9 @@ def test_overview_sources_budgets_metrics_and_secrets_masked(store_url, tmp_path
     with transaction(rt.engine) as s:
         s.add(SourceStatus(source="local:drop", last_poll_at=now, last_error="login as edi:hunter2-very-secret failed",
                            last_error_at=now, files_taken=4))
-        s.add(RateWindow(budget="plex-connect:abc", window_start=now.replace(second=0, microsecond=0), used=17))
+        s.add(RateWindow(budget="plex-connect:abc", window_start=now - timedelta(seconds=10), used=10))
+        s.add(RateWindow(budget="plex-connect:abc", window_start=now - timedelta(seconds=4), used=7))
+        s.add(RateWindow(budget="plex-connect:abc", window_start=now - timedelta(minutes=5), used=99))
     c = client_for(rt)
     c.headers["Authorization"] = f"Bearer {add_token(rt.engine, 'olga')}"
     o = c.get("/api/overview").json()
@@ -464,13 +450,16 @@ def test_overview_sources_budgets_metrics_and_secrets_masked(store_url, tmp_path
     assert [d["po_number"] for d in o["recent_failures"]] == ["O-2"]
     src = {s["source"]: s for s in o["sources"]}["local:drop"]
     assert src["failing"] and "hunter2" not in json.dumps(o) and "***" in src["last_error"]
-    assert {b["budget"]: b["used"] for b in o["budgets"]}["plex-connect:abc"] == 17
+    budgets = {b["budget"]: b for b in o["budgets"]}
+    assert budgets["plex-connect:abc"]["used_last_minute"] == 17 and budgets["plex-connect:abc"]["limit_per_minute"]
+    assert budgets["anaplan"]["used_last_minute"] == 0
     page = c.get("/sources")
     assert page.status_code == 200 and "hunter2" not in page.text and "local:drop" in page.text
     assert "hunter2" not in c.get("/").text
     metrics = c.get("/metrics").text
     assert 'gateway_documents{state="failed"} 1.0' in metrics
     assert 'gateway_source_failing{source="local:drop"} 1.0' in metrics
+    assert 'gateway_budget_used_last_minute{budget="plex-connect:abc"} 17.0' in metrics
     assert "gateway_http_requests_total" in metrics
     assert c.get("/api/openapi.json").json()["paths"]["/api/documents/{doc_id}/reprocess"]
     rt.engine.dispose()

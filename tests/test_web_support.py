@@ -27,7 +27,29 @@ DEMO = ROOT / "fixtures" / "edi" / "demo"
 PASSWORD = "correct horse battery"
 _HASH = hash_password(PASSWORD)  # argon2 is slow on purpose: hash once for every test user
 
-__all__ = ["DEMO", "PASSWORD", "FakeDelivery", "add_token", "add_user", "csrf_of", "docs_where", "events_of",
+GOOD_MAPPING = """\
+id: zenith-tools
+name: Zenith Tools Ltd
+identifiers:
+  x12:
+    - qualifier: ZZ
+      id: ZENITHTOOLS
+documents: [purchase_order]
+versions: ["004010"]
+mapping:
+  translations:
+    uom: {CA: CS}
+"""
+BAD_MAPPING = GOOD_MAPPING.replace("  translations:", "  translatons:")  # a typo at mapping.translatons, line 10
+
+
+def zenith_sample(po: str = "ZT-1001") -> str:
+    """An 850 from Zenith Tools (ISA ZZ:ZENITHTOOLS): only the mapping above identifies it."""
+    text = x12_850(4242, [po], sender="ZENITHTOOLS").decode()
+    return text.replace("*12*ZENITHTOOLS    *", "*ZZ*ZENITHTOOLS    *").replace("GS*PO*NWRETAIL*", "GS*PO*ZENITH*")
+
+
+__all__ = ["BAD_MAPPING", "GOOD_MAPPING", "zenith_sample", "DEMO", "PASSWORD", "FakeDelivery", "add_token", "add_user", "csrf_of", "docs_where", "events_of",
            "ingest", "new_runtime", "sign_in", "x12_850"]
 
 

@@ -10,6 +10,7 @@ token like the API: give Prometheus one made with ``gateway tokens create``.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -43,22 +44,53 @@ CSP_DOCS = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.j
 
 
 class TTLCache:
-    """Small per-process cache for the whole-table aggregates (overview, partner activity)."""
+    """Per-process cache for the whole-table aggregates (overview counts, partner activity).
+
+    A value that took long to compute is served stale while one background thread recomputes it,
+    so at a million documents a page view pays the full-table count only once after start, never
+    on every expiry. Cheap values (a small store) are simply recomputed when expired.
+    """
+
+    SLOW_S = 0.05
 
     def __init__(self):
-        self._data: dict[str, tuple[float, object]] = {}
+        self._data: dict[str, tuple[float, float, object]] = {}  # key -> (computed at, seconds it took, value)
+        self._refreshing: set[str] = set()
+        self._lock = threading.Lock()
 
-    def get(self, key: str, ttl: float, make):
-        now = time.monotonic()
-        hit = self._data.get(key)
-        if hit is not None and now - hit[0] < ttl:
-            return hit[1]
+    def _compute(self, key: str, make):
+        t0 = time.monotonic()
         value = make()
-        self._data[key] = (now, value)
+        t1 = time.monotonic()
+        with self._lock:
+            self._data[key] = (t1, t1 - t0, value)
         return value
 
+    def get(self, key: str, ttl: float, make):
+        with self._lock:
+            hit = self._data.get(key)
+            fresh = hit is not None and time.monotonic() - hit[0] < ttl
+            background = hit is not None and not fresh and hit[1] >= self.SLOW_S
+            if background and key not in self._refreshing:
+                self._refreshing.add(key)
+                threading.Thread(target=self._refresh, args=(key, make), name=f"refresh-{key}", daemon=True).start()
+        if fresh or background:
+            return hit[2]
+        return self._compute(key, make)
+
+    def _refresh(self, key: str, make) -> None:
+        try:
+            self._compute(key, make)
+        except Exception as exc:  # noqa: BLE001 - keep serving the stale value; say why
+            log.warning("cache_refresh_failed", key=key, error=str(exc))
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+
     def clear(self) -> None:
-        self._data.clear()
+        """Expire everything (after an action, so the next page shows its effect as soon as it can)."""
+        with self._lock:
+            self._data = {k: (0.0, took, v) for k, (_, took, v) in self._data.items()}
 
 
 def _is_api(request: Request) -> bool:

@@ -89,10 +89,8 @@ def choose_supplier(engine: Engine, doc_id: int, supplier_code: str, *, actor: s
             if s.get(Supplier, supplier_code) is None:
                 raise BadRequest(f"supplier_code: {supplier_code!r} is not one of the candidates "
                                  f"({', '.join(sorted(offered))}) nor in Plex's supplier master")
-    try:
-        from gateway.delivery.matching import choose_supplier as choose
-    except ImportError:  # until supplier matching lands: record the choice as the match stage's outcome
-        choose = _choose_fallback
+    from gateway.delivery.matching import choose_supplier as choose
+
     try:
         choose(engine, doc_id, supplier_code, actor=actor)
     except LookupError as exc:
@@ -101,20 +99,6 @@ def choose_supplier(engine: Engine, doc_id: int, supplier_code: str, *, actor: s
         if "being worked on" in str(exc):
             raise Conflict(str(exc)) from None
         raise BadRequest(f"supplier_code: {exc}") from None
-
-
-def _choose_fallback(engine: Engine, doc_id: int, supplier_code: str, *, actor: str) -> None:
-    from gateway.pipeline.machine import Outcome, apply_outcome
-    from gateway.store.db import transaction
-
-    with transaction(engine) as s:
-        doc = s.get(Document, doc_id)
-        if doc is None or doc.stage != StageName.MATCH.value:
-            raise LookupError(f"document {doc_id} is no longer waiting for a supplier choice")
-        event = apply_outcome(doc, StageName.MATCH,
-                              Outcome.ok({"supplier_code": supplier_code, "chosen_by": actor}, supplier_code=supplier_code),
-                              actor=actor)
-        s.add(event)
 
 
 # --------------------------------------------------------------------------------------------- bulk

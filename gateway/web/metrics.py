@@ -32,8 +32,8 @@ class _StoreCollector:
                                "When each source was last polled without error", labels=["source"])
         failing = GaugeMetricFamily("gateway_source_failing", "1 when the source's last poll failed", labels=["source"])
         taken = GaugeMetricFamily("gateway_source_files_taken", "Files taken from each source", labels=["source"])
-        budget = GaugeMetricFamily("gateway_budget_used", "Requests used in each budget's current window",
-                                   labels=["budget"])
+        budget = GaugeMetricFamily("gateway_budget_used_last_minute",
+                                   "Requests reserved from each shared budget in the last minute", labels=["budget"])
         up = GaugeMetricFamily("gateway_store_up", "1 when the store answered this scrape")
         try:
             with Session(self.runtime.engine) as s:
@@ -54,12 +54,12 @@ class _StoreCollector:
                         r.last_error_at and as_utc(r.last_error_at) >= as_utc(r.last_success_at))))
                     failing.add_metric([r.source], 1 if bad else 0)
                     taken.add_metric([r.source], r.files_taken)
-                latest: dict[str, int] = {}
-                for r in s.execute(select(RateWindow).where(RateWindow.window_start >= now - timedelta(minutes=2))
-                                   .order_by(RateWindow.window_start)).scalars():
-                    latest[r.budget] = r.used
-                for name, used in latest.items():
-                    budget.add_metric([name], used)
+                for name, used in s.execute(
+                        select(RateWindow.budget, func.sum(RateWindow.used))
+                        .where(RateWindow.window_start >= now - timedelta(minutes=1), RateWindow.window_start <= now,
+                               RateWindow.budget.not_like("%#hold"))
+                        .group_by(RateWindow.budget)):
+                    budget.add_metric([name], used or 0)
             up.add_metric([], 1)
         except Exception:  # noqa: BLE001 - a scrape reports the store down rather than failing
             up.add_metric([], 0)

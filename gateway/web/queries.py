@@ -444,26 +444,46 @@ def overview(session: Session, *, now: datetime | None = None) -> dict:
     }
 
 
-def budgets(session: Session, settings, *, now: datetime | None = None) -> list[dict]:
-    """Each shared request budget (Plex, Anaplan, ...): its current window's use and limit."""
-    now = now or utcnow()
-    rows = session.exec(
-        select(RateWindow).where(RateWindow.window_start >= now - timedelta(minutes=10))
-        .order_by(RateWindow.budget, RateWindow.window_start.desc())
-    ).all()
-    latest: dict[str, RateWindow] = {}
-    for r in rows:
-        latest.setdefault(r.budget, r)
+def budget_limit(settings, name: str) -> float | None:
+    """The per-minute allowance of a shared request budget, from the settings that made it."""
     plex = getattr(settings, "plex", None)
-    limits = {"plex": getattr(plex, "requests_per_minute", 200), "anaplan": 600}
+    anaplan = getattr(settings, "anaplan", None)
+    if name.startswith("plex-soap"):
+        return getattr(plex, "soap_requests_per_minute", None)
+    if name.startswith("plex"):
+        return getattr(plex, "requests_per_minute", 200)
+    if name.startswith("anaplan"):
+        return getattr(anaplan, "requests_per_minute", 600)
+    return None
+
+
+def budgets(session: Session, settings, *, now: datetime | None = None) -> list[dict]:
+    """Each shared request budget (Plex, Anaplan): requests reserved in the last minute, its limit, any hold.
+
+    The budgets write short windows (``RateWindow``), and a server's Retry-After as a ``<name>#hold``
+    row whose window_start is when the hold ends.
+    """
+    now = now or utcnow()
+    rows = session.exec(select(RateWindow).where(
+        or_(RateWindow.window_start >= now - timedelta(seconds=60), RateWindow.budget.like("%#hold")))).all()
+    used: dict[str, int] = {}
+    holds: dict[str, datetime] = {}
+    for r in rows:
+        start = as_utc(r.window_start)
+        if r.budget.endswith("#hold"):
+            if start > now:
+                holds[r.budget[: -len("#hold")]] = start
+        elif start <= now:
+            used[r.budget] = used.get(r.budget, 0) + r.used
     out = []
-    for name, r in sorted(latest.items()):
+    for name in sorted(set(used) | set(holds)):
         system = "plex" if name.startswith("plex") else "anaplan" if name.startswith("anaplan") else name.split(":")[0]
-        out.append({"budget": name, "system": system, "window_start": as_utc(r.window_start), "used": r.used,
-                    "limit": limits.get(system)})
+        out.append({"budget": name, "system": system, "used_last_minute": used.get(name, 0),
+                    "limit_per_minute": budget_limit(settings, name), "held_until": holds.get(name)})
     for system in ("plex", "anaplan"):
         if not any(b["system"] == system for b in out):
-            out.append({"budget": system, "system": system, "window_start": None, "used": 0, "limit": limits[system]})
+            out.append({"budget": system, "system": system, "used_last_minute": 0,
+                        "limit_per_minute": budget_limit(settings, system), "held_until": None})
     return out
 
 

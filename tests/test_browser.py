@@ -1,0 +1,269 @@
+"""The panel in real headless Chromium: the app served by uvicorn on 127.0.0.1, the real worker beside it.
+
+Where CI=true a missing chromium or chromedriver fails these tests; elsewhere they skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.store.db import upgrade
+from tests.test_web_support import (
+    BAD_MAPPING,
+    DEMO,
+    GOOD_MAPPING,
+    FakeDelivery,
+    add_user,
+    docs_where,
+    ingest,
+    new_runtime,
+    x12_850,
+    zenith_sample,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("GATEWAY_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("GATEWAY_CHROMEDRIVER", "/usr/bin/chromedriver")
+PASSWORD = "correct horse battery"
+WAIT = 15
+
+
+def _require_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (Path(p).is_file() or shutil.which(p))]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium package")
+    if not missing:
+        return
+    reason = f"headless Chromium tests need {', '.join(missing)} (apt-get install chromium chromium-driver)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class Panel:
+    def __init__(self, url, rt, delivery, ids):
+        self.url, self.rt, self.delivery, self.ids = url, rt, delivery, ids
+
+
+@pytest.fixture(scope="module")
+def panel(tmp_path_factory):
+    _require_browser()
+    import uvicorn
+
+    from gateway.web import create_app
+
+    tmp = tmp_path_factory.mktemp("panel")
+    url = f"sqlite:///{tmp / 'gateway.db'}"
+    upgrade(url)
+    rt = new_runtime(url, tmp)
+    add_user(rt.engine, "olga", "operator")
+    add_user(rt.engine, "victor", "viewer")
+    delivery = FakeDelivery()
+    ids = {
+        "done": ingest(rt, (DEMO / "northwind-retail-850-NW-4471.x12").read_bytes(), "NW-4471.x12", delivery)[0],
+        "broken": ingest(rt, (DEMO / "northwind-retail-850-NW-4480-broken.x12").read_bytes(), "NW-4480.x12")[0],
+    }
+    delivery.plex_fault = "Plex refused the sales order: customer NWR01 is on hold"
+    ids["plex"] = ingest(rt, x12_850(9101, ["NW-5001"]), "NW-5001.x12", delivery)[0]
+    ids["bulk"] = ingest(rt, x12_850(9102, ["NW-6001", "NW-6002"]), "NW-600x.x12", delivery)
+    assert [d.state for d in docs_where(rt.engine, stage="post")] == ["failed"] * 3
+
+    stop = threading.Event()
+    worker = delivery.worker(rt)
+    worker_thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    worker_thread.start()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(rt), log_level="warning", lifespan="off"))
+    server_thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    server_thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield Panel(f"http://127.0.0.1:{port}", rt, delivery, ids)
+    server.should_exit = True
+    stop.set()
+    server_thread.join(10)
+    worker_thread.join(10)
+    sock.close()
+    rt.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def chrome(panel):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000", "--disable-extensions", "--no-first-run"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def browser(chrome, panel):
+    chrome.get(panel.url + "/login")
+    chrome.delete_all_cookies()
+    return chrome
+
+
+def _wait(driver, condition, timeout: float = WAIT):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+
+
+def _by_id(driver, element_id):
+    from selenium.webdriver.common.by import By
+
+    return _wait(driver, lambda d: d.find_element(By.ID, element_id))
+
+
+def _text(driver, element_id) -> str:
+    return _by_id(driver, element_id).text
+
+
+def _sign_in(driver, panel, username):
+    driver.get(panel.url + "/login")
+    _by_id(driver, "username").send_keys(username)
+    _by_id(driver, "password").send_keys(PASSWORD)
+    _by_id(driver, "sign-in").click()
+    _wait(driver, lambda d: d.find_elements("id", "whoami"))
+    assert _text(driver, "whoami") == username
+
+
+def test_signed_out_visitor_sees_nothing(browser, panel):
+    for path in ("/", "/documents?number=NW-4471", f"/documents/{panel.ids['done']}", "/partners", "/sources"):
+        browser.get(panel.url + path)
+        _wait(browser, lambda d: "/login" in d.current_url)
+        assert browser.find_elements("id", "login-form")
+        shown = browser.find_element("tag name", "body").text
+        assert "NW-4471" not in shown and "northwind" not in shown.lower() and "Documents" not in shown
+    browser.get(panel.url + "/api/documents")
+    assert "sign in" in browser.page_source and "NW-4471" not in browser.page_source
+    # Wrong password: still outside.
+    browser.get(panel.url + "/login")
+    _by_id(browser, "username").send_keys("olga")
+    _by_id(browser, "password").send_keys("not the password")
+    _by_id(browser, "sign-in").click()
+    assert "Wrong user name or password" in _text(browser, "login-error")
+
+
+def test_find_a_document_by_po_number_and_see_its_segments_and_timeline(browser, panel):
+    _sign_in(browser, panel, "olga")
+    browser.get(panel.url + "/documents")
+    _by_id(browser, "f-number").send_keys("NW-4471")
+    _by_id(browser, "search").click()
+    _wait(browser, lambda d: "number=NW-4471" in d.current_url)
+    rows = browser.find_elements("css selector", "tr.doc-row")
+    assert [r.get_attribute("data-id") for r in rows] == [str(panel.ids["done"])]
+    rows[0].find_element("link text", "NW-4471").click()
+    segments = _text(browser, "segments")
+    assert "BEG*00*SA*NW-4471**20261119" in segments and "PO1*2*40*PC*3.75" in segments
+    timeline = _text(browser, "timeline")
+    for stage in ("translate", "match", "post", "forward", "confirm"):
+        assert stage in timeline
+    assert "done" in _text(browser, "doc-state")
+    # The broken one: its failing segment is marked, with the element named.
+    browser.get(panel.url + f"/documents/{panel.ids['broken']}")
+    failing = browser.find_elements("css selector", "#segments tr.failing")
+    assert len(failing) == 1 and "PO1*1*TWELVE" in failing[0].text and "not a number" in failing[0].text
+
+
+def test_reprocess_a_failed_document_after_its_fault_is_cleared_and_watch_it_reach_done(browser, panel):
+    _sign_in(browser, panel, "olga")
+    doc_id = panel.ids["plex"]
+    browser.get(panel.url + f"/documents/{doc_id}")
+    assert "failed" in _text(browser, "doc-state") and "on hold" in _text(browser, "doc-error")
+    panel.delivery.plex_fault = None  # someone released the customer in Plex
+    _by_id(browser, "reason").send_keys("customer released in Plex")
+    _by_id(browser, "reprocess").click()
+    # The page follows the document (it polls its state) until the worker has taken it to done.
+    _wait(browser, lambda d: "done" in d.find_element("id", "doc-state").text, timeout=30)
+    timeline = _text(browser, "timeline")
+    assert "reprocess" in timeline and "olga" in timeline
+    assert docs_where(panel.rt.engine, id=doc_id)[0].state == "done"
+
+
+def test_onboard_a_partner_from_a_mapping_file_with_an_error(browser, panel, tmp_path):
+    _sign_in(browser, panel, "olga")
+    bad = tmp_path / "zenith-tools.yaml"
+    bad.write_text(BAD_MAPPING)
+    sample = tmp_path / "zenith-sample.x12"
+    sample.write_text(zenith_sample("ZT-2002"))
+    browser.get(panel.url + "/partners")
+    _by_id(browser, "onboard").click()
+    _by_id(browser, "mapping-file").send_keys(str(bad))
+    _by_id(browser, "save-draft").click()
+    problem = _wait(browser, lambda d: d.find_element("css selector", "#problems li.problem"))
+    assert problem.get_attribute("data-key") == "mapping.translatons" and "line 10" in problem.text
+    assert "mapping.translatons" in _text(browser, "line-10")  # shown at the key, in the file
+    # Fix it in the editor and save again.
+    text = _by_id(browser, "mapping-text")
+    browser.execute_script("arguments[0].value = arguments[1];", text, GOOD_MAPPING)
+    _by_id(browser, "save-draft").click()
+    _wait(browser, lambda d: d.current_url.endswith("/partners/zenith-tools"))
+    assert "saved by olga" in _text(browser, "draft-status") and _text(browser, "in-force") == "no"
+    _by_id(browser, "sample-file").send_keys(str(sample))
+    _by_id(browser, "dry-run").click()
+    result = _by_id(browser, "dry-run-result")
+    assert result.get_attribute("data-ok") == "yes", result.text
+    assert '"po_number": "ZT-2002"' in result.text and '"uom": "CS"' in result.text
+    _by_id(browser, "activate").click()
+    _wait(browser, lambda d: "is live" in d.find_element("css selector", ".flash").text)
+    assert _text(browser, "in-force").startswith("yes, from the panel")
+    assert panel.rt.partners().get("zenith-tools") is not None
+    browser.get(panel.url + "/partners")
+    assert browser.find_element("css selector", "tr[data-partner=zenith-tools]").text.count("panel") == 1
+
+
+def test_bulk_reprocess_shows_progress(browser, panel):
+    _sign_in(browser, panel, "olga")
+    panel.delivery.plex_fault = None
+    bulk = [d.id for d in docs_where(panel.rt.engine, stage="post", state="failed")]
+    assert len(panel.ids["bulk"]) == 2 and set(panel.ids["bulk"]) <= set(bulk)
+    browser.get(panel.url + "/documents?state=failed&stage=post")
+    _by_id(browser, "bulk-link").click()
+    assert _text(browser, "bulk-count").startswith(str(len(bulk)))
+    _by_id(browser, "bulk-reason").send_keys("Plex is back")
+    _by_id(browser, "bulk-start").click()
+    _wait(browser, lambda d: d.find_element("id", "job-state").text == "finished")
+    assert _text(browser, "job-reprocessed") == str(len(bulk))
+    _wait(browser, lambda d: {x.state for x in docs_where(panel.rt.engine) if x.id in bulk} == {"done"}, timeout=30)
+
+
+def test_a_viewer_cannot_reprocess(browser, panel):
+    _sign_in(browser, panel, "victor")
+    doc_id = panel.ids["broken"]
+    browser.get(panel.url + f"/documents/{doc_id}")
+    assert "failed" in _text(browser, "doc-state")
+    assert not browser.find_elements("id", "reprocess-form") and not browser.find_elements("id", "reprocess")
+    # Even a hand-made form with the viewer's own CSRF token is refused.
+    browser.execute_script("""
+        const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];
+        for (const [k, v] of [['reason', 'try'], ['csrf_token', document.querySelector('input[name=csrf_token]').value]]) {
+            const i = document.createElement('input'); i.type = 'hidden'; i.name = k; i.value = v; f.appendChild(i);
+        }
+        document.body.appendChild(f); f.submit();""", f"/documents/{doc_id}/reprocess")
+    assert "only operators" in _text(browser, "error-message")
+    assert docs_where(panel.rt.engine, id=doc_id)[0].state == "failed"
