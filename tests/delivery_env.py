@@ -77,7 +77,7 @@ def settings_for(sandbox: Sandbox, store_url: str, data_dir: Path, *, plex: dict
     return Settings(
         data_dir=data_dir, database_url=store_url, partners_dir=PARTNERS,
         plex=sandbox.plex_settings(requests_per_minute=6000, burst=100, **(plex or {})),
-        anaplan=sandbox.anaplan_settings(poll_interval=0.1, max_age=0.3, **(anaplan or {})),
+        anaplan=sandbox.anaplan_settings(**{"poll_interval": 0.1, "max_age": 0.3, **(anaplan or {})}),
         workers={"count": 1, "batch_size": 50, "backoff_initial": 0.1, "backoff_max": 1.0, "max_attempts": 6},
     )
 

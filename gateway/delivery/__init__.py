@@ -10,6 +10,7 @@ share (one Plex client, one Anaplan destination, the supplier master) live in a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -74,7 +75,8 @@ class Delivery:
         tenant = hashlib.sha256(cfg.endpoints().api.encode()).hexdigest()[:12]
         budget = StoreRequestBudget(StoreBudget(runtime.engine, f"anaplan:{tenant}", cfg.requests_per_minute,
                                                 block=1))
-        on_refresh, refresh_token = None, None
+        on_refresh: Callable[[str], None] | None = None
+        refresh_token: str | None = None
         if cfg.auth == "oauth" and cfg.refresh_token_secret:
             # Rotatable refresh tokens are single use: keep the newest in the vault for the next start.
             from gateway.secrets import Vault, load_key
@@ -86,8 +88,9 @@ class Delivery:
             except Exception:  # noqa: BLE001 - not stored yet: start from the configured one
                 refresh_token = None
 
-            def on_refresh(token: str) -> None:
+            def keep(token: str) -> None:
                 vault.set(name, token)
+            on_refresh = keep
         destination = cfg.make_destination(budget=budget, on_refresh_token=on_refresh, refresh_token=refresh_token)
         return AnaplanStages(runtime.engine, cfg, destination, owner=runtime.instance)
 

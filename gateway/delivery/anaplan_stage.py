@@ -24,7 +24,6 @@ while running; its ``result`` JSON keeps the members, the counts and every faile
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -127,7 +126,8 @@ class AnaplanStages:
         fresh: list[Document] = []
         for doc in docs:
             row = batches.get(doc.anaplan_batch_id) if doc.anaplan_batch_id else None
-            if row is None or (row["state"] != OPEN and doc.id not in _members(row)):
+            # While a batch is being sent its members are not written yet: wait for the answer.
+            if row is None or (row["state"] not in (OPEN, SENDING) and doc.id not in _members(row)):
                 fresh.append(doc)  # new, reprocessed, or assigned too late for the batch it names
             else:
                 by_batch.setdefault(row["id"], []).append(doc)

@@ -1,0 +1,214 @@
+"""The forward and confirm stages against the Anaplan simulator: batching, one uploader per file,
+429 and locked models sent back with ``after``, configuration errors failing the batch."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+
+from gateway.delivery import Delivery
+from gateway.partners import load_partner_directory
+from gateway.pipeline.machine import OutcomeKind, StageName
+from gateway.pipeline.worker import Worker
+from gateway.runtime import instance_id, open_runtime
+from gateway.sandbox.environment import numbered_documents, start_sandbox
+from gateway.store import transaction
+from gateway.store.models import AnaplanBatch, Document, Interchange, utcnow
+from tests.delivery_env import DEMO, PARTNERS, RESTING_STATES, settings_for
+from translators.translate import translate
+
+pytestmark = pytest.mark.slow
+DIRECTORY = load_partner_directory(PARTNERS)
+
+
+@pytest.fixture
+def sandbox():
+    sb = start_sandbox(plex_rate_limit=None)
+    yield sb
+    sb.close()
+
+
+def posted_documents(engine, count: int, *, kinds: tuple[str, ...] = ("invoice", "purchase_order")) -> list[int]:
+    """Documents already matched and posted: ready for Anaplan."""
+    ids = []
+    with transaction(engine) as s:
+        for name, data in numbered_documents(DEMO, count * 2):
+            d = translate(data, DIRECTORY, source=name).documents[0]
+            if d.kind not in kinds or len(ids) >= count:
+                continue
+            ich = Interchange(sha256=name.ljust(64, "0")[:64], size=len(data), source="test", remote_name=name)
+            s.add(ich)
+            s.flush()
+            doc = Document(interchange_id=ich.id, position=1, partner=d.partner, kind=d.kind, standard=d.standard,
+                           state="posted", stage="forward", canonical=json.dumps(d.document), supplier_code="ACME01",
+                           plex_key="x", po_number=d.document.get("po_number"),
+                           invoice_number=d.document.get("invoice_number"))
+            s.add(doc)
+            s.flush()
+            ids.append(doc.id)
+    return ids
+
+
+def runtime_for(sandbox, store_url, tmp_path, **anaplan):
+    rt = open_runtime(settings_for(sandbox, store_url, tmp_path, anaplan=anaplan), migrate=False)
+    rt.instance = instance_id("test")
+    return rt
+
+
+def settle(workers: list[Worker], engine, timeout: float = 60.0) -> list[Document]:
+    deadline = time.monotonic() + timeout
+    while True:
+        for w in workers:
+            w.run_until_idle()
+        with Session(engine) as s:
+            docs = list(s.exec(select(Document).order_by(Document.id)).all())
+        if all(d.state in RESTING_STATES for d in docs):
+            return docs
+        assert time.monotonic() < deadline, [(d.id, d.state, d.error) for d in docs if d.state not in RESTING_STATES]
+        time.sleep(0.05)
+
+
+def test_documents_wait_for_the_batch_to_fill_then_go_in_one_import(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=6, max_age=60)
+    ids = posted_documents(rt.engine, 10, kinds=("invoice",))
+    delivery = Delivery(rt)
+    forward = delivery.stages()[StageName.FORWARD]
+
+    def docs(chosen):  # as the worker claims them: fresh from the store
+        with Session(rt.engine, expire_on_commit=False) as s:
+            return [s.get(Document, i) for i in chosen]
+
+    first = forward(docs(ids[:4]), rt)
+    # Four of six: nobody sends yet; they wait (no attempt used) about as long as the age limit.
+    assert {o.kind for o in first.values()} == {OutcomeKind.WAIT}
+    assert all(50 < o.after <= 60 for o in first.values())
+    assert sandbox.anaplan.snapshot()["requests"] == {}
+    second = forward(docs(ids[4:8]), rt)
+    # The batch is full: sent with all eight documents it holds; these four are forwarded at once.
+    assert {o.kind for o in second.values()} == {OutcomeKind.OK}
+    with Session(rt.engine) as s:
+        [batch] = s.exec(select(AnaplanBatch)).all()
+    assert batch.state == "running" and batch.document_count == 8 and batch.task_id
+    assert json.loads(batch.result)["members"] == ids[:8]
+    # The first four come back: their batch is running, so they are forwarded too.
+    again = forward(docs(ids[:4]), rt)
+    assert {o.kind for o in again.values()} == {OutcomeKind.OK}
+    assert all(o.changes["anaplan_batch_id"] == batch.id for o in again.values())
+    # Confirm reads the result for each document.
+    confirm = delivery.stages()[StageName.CONFIRM]
+    deadline = time.monotonic() + 10
+    while True:
+        out = confirm(docs(ids[:8]), rt)
+        if {o.kind for o in out.values()} == {OutcomeKind.OK} or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert {o.kind for o in out.values()} == {OutcomeKind.OK}
+    assert out[ids[0]].detail["anaplan"]["counts"]["successful"] == 8
+    assert len(sandbox.anaplan.snapshot()["imported_rows"]["112000000002"]) == 8
+    delivery.close()
+
+
+def test_an_old_batch_goes_although_it_is_not_full(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=1000, max_age=0.2)
+    posted_documents(rt.engine, 3, kinds=("invoice",))
+    delivery = Delivery(rt)
+    docs = settle([Worker(rt, stages=delivery.stages())], rt.engine)
+    assert [d.state for d in docs] == ["done"] * 3
+    with Session(rt.engine) as s:
+        batches = s.exec(select(AnaplanBatch)).all()
+    assert [(b.state, b.document_count) for b in batches] == [("done", 3)]
+    delivery.close()
+
+
+def test_two_processes_never_upload_to_one_file_at_once(sandbox, store_url, tmp_path):
+    # Slow imports and small batches: without the file lease, a second batch would land mid-import.
+    sandbox.anaplan.set_faults({"task_timing": {"queue_s": 0.1, "run_s": 0.3}})
+    runtimes = [runtime_for(sandbox, store_url, tmp_path / str(n), max_documents=5, max_age=0.05) for n in range(2)]
+    posted_documents(runtimes[0].engine, 24)
+    deliveries = [Delivery(rt) for rt in runtimes]
+    workers = [Worker(rt, stages=d.stages()) for rt, d in zip(runtimes, deliveries)]
+    for w in workers:
+        w.batch_size = 4
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with Session(runtimes[0].engine) as s:
+                states = [d.state for d in s.exec(select(Document)).all()]
+            if all(st in RESTING_STATES for st in states):
+                break
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert states == ["done"] * 24
+    snap = sandbox.anaplan.snapshot()
+    assert snap["file_conflicts"] == []
+    with Session(runtimes[0].engine) as s:
+        batches = s.exec(select(AnaplanBatch).order_by(AnaplanBatch.id)).all()
+    members = [m for b in batches for m in json.loads(b.result or "{}").get("members", [])]
+    assert sorted(members) == sorted(set(members)) and len(members) == 24, [  # each document in one batch
+        (b.id, b.import_name, b.state, b.error, json.loads(b.result or "{}").get("members")) for b in batches]
+    by_file: dict[str, list[tuple[float, float]]] = {}
+    for task in snap["tasks"]:
+        by_file.setdefault(task["importId"], []).append((task["creationTime"] / 1000, max(task["pollTimes"])))
+    for spans in by_file.values():
+        spans.sort()
+        assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))  # one at a time
+    rows = snap["imported_rows"]
+    assert sum(len(v) for v in rows.values()) == 12 + 2 * 12  # invoices: a row each; orders: two lines each
+    for d in deliveries:
+        d.close()
+
+
+def test_429_and_a_locked_model_send_the_documents_back_with_after(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, max_age=0)
+    ids = posted_documents(rt.engine, 2, kinds=("invoice",))
+    sandbox.anaplan.set_faults({"burst_429": [{"count": 5, "route": "PUT */chunks/*", "retry_after": 4}]})
+    delivery = Delivery(rt)
+    forward = delivery.stages()[StageName.FORWARD]
+    with Session(rt.engine, expire_on_commit=False) as s:
+        docs = [s.get(Document, i) for i in ids]
+    out = forward(docs, rt)
+    assert {o.kind for o in out.values()} == {OutcomeKind.RETRY}
+    assert all(o.after == 4 and o.code == "anaplan.retry" and "429" in o.error for o in out.values())
+    with Session(rt.engine) as s:
+        [batch] = s.exec(select(AnaplanBatch)).all()
+    assert batch.state == "open" and batch.lease_until is not None  # sent again after the wait, not before
+    assert forward(docs, rt)[ids[0]].kind is OutcomeKind.WAIT
+    # Locked model: the same, with the simulator's 423.
+    sandbox.anaplan.set_faults({"burst_429": [], "model_state": {"state": "LOCKED", "count": 10}})
+    with transaction(rt.engine) as s:
+        b = s.get(AnaplanBatch, batch.id)
+        b.lease_until = utcnow() - timedelta(seconds=1)
+    out = forward(docs, rt)
+    assert {o.kind for o in out.values()} == {OutcomeKind.RETRY} and "423" in out[ids[0]].error
+    # Once Anaplan lets us, the same batch goes.
+    sandbox.anaplan.set_faults({"model_state": None})
+    with transaction(rt.engine) as s:
+        b = s.get(AnaplanBatch, batch.id)
+        b.lease_until = utcnow() - timedelta(seconds=1)
+    assert {o.kind for o in forward(docs, rt).values()} == {OutcomeKind.OK}
+    delivery.close()
+
+
+def test_a_mapping_that_does_not_fit_the_import_fails_the_batch_without_uploading(sandbox, store_url, tmp_path):
+    sandbox.anaplan.set_faults({"import_headers": {"112000000002": ["Invoice Number", "Invoice Date", "Amount"]}})
+    rt = runtime_for(sandbox, store_url, tmp_path, max_age=0)
+    posted_documents(rt.engine, 2, kinds=("invoice",))
+    delivery = Delivery(rt)
+    docs = settle([Worker(rt, stages=delivery.stages())], rt.engine)
+    assert [(d.state, d.stage, d.error_code) for d in docs] == [("failed", "forward", "anaplan.batch_failed")] * 2
+    assert "not mapped: 'Amount'" in docs[0].error
+    requests = sandbox.anaplan.snapshot()["requests"]
+    assert not any("/chunks/" in route for route in requests)
+    delivery.close()
