@@ -32,9 +32,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import String, or_, text, update
+from sqlalchemy import String, insert, or_, text, update
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from gateway.logging import get_logger, scrub_text
@@ -95,10 +94,29 @@ def _fit(obj: Any, limits: Iterable[tuple[str, int]]) -> None:
             setattr(obj, name, value[:length])
 
 
-def _aware(ts: datetime | None, like: datetime) -> datetime | None:
-    if ts is None or ts.tzinfo is not None:
-        return ts
-    return ts.replace(tzinfo=like.tzinfo)  # SQLite hands back naive UTC
+def _fit_values(values: dict[str, Any], limits: Iterable[tuple[str, int]]) -> None:
+    for name, length in limits:
+        value = values.get(name)
+        if isinstance(value, str) and len(value) > length:
+            values[name] = value[:length]
+
+
+_DOC_COLUMNS = frozenset(c.name for c in Document.__table__.columns) - {"id"}
+_DOC_INSERT_COLUMNS = tuple(c.name for c in Document.__table__.columns if c.name != "id")
+_EVENT_COLUMNS = tuple(c.name for c in Event.__table__.columns if c.name != "id")
+
+
+class _Target:
+    """What :func:`apply_outcome` moves when the worker applies outcomes in bulk: the document's
+    id and attempts, and every field the outcome sets, written back with one UPDATE per batch."""
+
+    def __init__(self, id: int, interchange_id: int, attempts: int) -> None:
+        self.id = id
+        self.interchange_id = interchange_id
+        self.attempts = attempts
+
+    def values(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k not in ("id", "interchange_id")}
 
 
 @dataclass(slots=True)
@@ -368,13 +386,23 @@ class Worker:
                                               now, r.duration_ms))
                 return True
         split = r.split
-        for d in split.documents:
-            _fit(d, _DOC_LIMITS)
-            s.add(d)
-        s.flush()
-        per_doc = r.duration_ms / len(split.documents) if split.documents else None
-        for d in split.documents:
-            s.add(translation_event(d, actor=self.name, now=now, duration_ms=per_doc))
+        if split.documents:
+            # Core inserts (ids returned in order): a file may hold thousands of sets.
+            conn = s.connection()
+            table = Document.__table__
+            rows = []
+            for d in split.documents:
+                values = {c: getattr(d, c) for c in _DOC_INSERT_COLUMNS}
+                _fit_values(values, _DOC_LIMITS)
+                rows.append(values)
+            ids = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows).scalars().all()
+            per_doc = r.duration_ms / len(split.documents)
+            events = []
+            for d, doc_id in zip(split.documents, ids, strict=True):
+                d.id = doc_id
+                ev = translation_event(d, actor=self.name, now=now, duration_ms=per_doc)
+                events.append({c: getattr(ev, c) for c in _EVENT_COLUMNS})
+            conn.execute(insert(Event.__table__), events)
         row.document_count = len(split.documents)
         row.state = "failed" if split.failed else "split"
         row.error = split.error
@@ -531,51 +559,72 @@ class Worker:
         return applied, lost
 
     def _apply(self, s: Session, results: Sequence[StageResult]) -> tuple[int, int]:
+        # Core statements, not the ORM: this runs for every document at every stage (the budget is
+        # hundreds of documents a second). apply_outcome still decides every value written.
         now = self.clock()
+        table = Document.__table__
         ids = [r.document.id for r in results]
-        stmt = (
-            select(Document)
-            .where(Document.id.in_(ids), Document.lease_owner == self.name)
-            .options(defer(Document.canonical), defer(Document.edi), defer(Document.findings),
-                     defer(Document.candidates))
-            .with_for_update()
-        )
-        rows = {d.id: d for d in s.exec(stmt).all()}
-        applied = lost = 0
+        q = select(table.c.id, table.c.interchange_id, table.c.attempts).where(
+            table.c.id.in_(ids), table.c.lease_owner == self.name)
+        if self.postgres:
+            q = q.with_for_update()
+        held = {row.id: row for row in s.execute(q)}
+        updates: dict[Any, dict[str, Any]] = {}
+        events: list[dict[str, Any]] = []
+        lost = 0
         for r in results:
-            row = rows.get(r.document.id)
+            row = held.get(r.document.id)
             if row is None:
                 lost += 1
                 self.log.warning("outcome_dropped_lease_lost", document=r.document.id, stage=r.stage.value,
                                  outcome=r.outcome.kind.value)
                 continue
-            s.add(apply_outcome(row, r.stage, r.outcome, actor=self.name, duration_ms=round(r.duration_ms, 3),
-                                now=now, retry=self.retry))
-            _fit(row, _DOC_LIMITS)
-            applied += 1
-        return applied, lost
+            target = _Target(row.id, row.interchange_id, row.attempts)
+            event = apply_outcome(target, r.stage, r.outcome, actor=self.name,
+                                  duration_ms=round(r.duration_ms, 3), now=now, retry=self.retry)
+            values = target.values()
+            unknown = set(values) - _DOC_COLUMNS
+            if unknown:
+                raise ValueError(f"the {r.stage.value} stage set unknown document fields: {', '.join(sorted(unknown))}")
+            _fit_values(values, _DOC_LIMITS)
+            try:
+                # Most outcomes of a batch write the same values (ok: next state, no error, no lease):
+                # those become one UPDATE ... WHERE id IN (...).
+                key: Any = tuple(sorted(values.items()))
+                hash(key)
+            except TypeError:
+                key = (("_row", row.id),)
+            group = updates.setdefault(key, {"values": values, "ids": []})
+            group["ids"].append(row.id)
+            events.append({c: getattr(event, c) for c in _EVENT_COLUMNS})
+        for group in updates.values():
+            s.connection().execute(update(table).where(table.c.id.in_(group["ids"])).values(group["values"]))
+        if events:
+            s.connection().execute(insert(Event.__table__), events)
+        return len(events), lost
 
     # -- leases -------------------------------------------------------------------------------------
 
     def _claim(self, model, where: list, limit: int) -> list:
+        # One statement: pick (skipping rows another worker has locked), lease, and return them.
         now = self.clock()
         until = now + self.lease
         free = or_(model.lease_until.is_(None), model.lease_until < now)
         due = or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now)
-        stmt = select(model).where(*where, free, due).order_by(model.id).limit(limit)
+        pick = select(model.id).where(*where, free, due).order_by(model.id).limit(limit)
         if self.postgres:
-            stmt = stmt.with_for_update(skip_locked=True)
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            update(model)
+            .where(model.id.in_(pick))
+            .values(lease_owner=self.name, lease_until=until)
+            .returning(model)
+        )
         with transaction(self.engine) as s:
-            rows = list(s.exec(stmt).all())
-            if not rows:
-                return []
-            s.execute(
-                update(model).where(model.id.in_([r.id for r in rows])).values(lease_owner=self.name, lease_until=until),
-                execution_options={"synchronize_session": False},
-            )
+            rows = list(s.execute(stmt, execution_options={"synchronize_session": False}).scalars())
             for r in rows:
                 s.expunge(r)
-                r.lease_owner, r.lease_until = self.name, until
+        rows.sort(key=lambda r: r.id)
         return rows
 
     def _renew(self, ids: list[int]) -> None:
