@@ -8,6 +8,10 @@ by the same transformation), never read back through the reader under test.
 from __future__ import annotations
 
 import gc
+import importlib
+import os
+import shutil
+import sysconfig
 import tracemalloc
 from pathlib import Path
 
@@ -1332,3 +1336,30 @@ def test_x12_stream_generator_is_well_formed():
     ichs, ff = read_interchanges(data)
     assert ff == [] and [len(s) for _, s in ichs] == [100, 100, 50]
     assert all_findings(data) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled build (setup.py compiles these modules with mypyc; the same source runs pure).
+
+HOT_MODULES = ["translators.envelope", "translators.decoding", "translators.messages.common",
+               "translators.messages.x12_common", "translators.messages.x12_850", "translators.messages.x12_810",
+               "translators.messages.edifact_common", "translators.messages.edifact_orders",
+               "translators.messages.edifact_invoic"]
+
+
+def test_compiled_modules_are_not_older_than_their_source():
+    # pip install -e compiles in place; a module edited since would be shadowed by its old build.
+    for name in HOT_MODULES:
+        path = Path(importlib.import_module(name).__file__)
+        if path.suffix != ".py":
+            source = path.with_name(name.rpartition(".")[2] + ".py")
+            assert source.stat().st_mtime <= path.stat().st_mtime + 1, (
+                f"{path.name} is older than {source.name}: rebuild with `.venv/bin/pip install -e .`")
+
+
+def test_translation_core_is_compiled_where_a_compiler_is():
+    include = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if os.environ.get("EDI_GATEWAY_PURE") or not shutil.which(os.environ.get("CC", "cc")) or not include.exists():
+        pytest.skip("no C compiler or Python headers (or EDI_GATEWAY_PURE): the pure-Python build is expected")
+    compiled = [n for n in HOT_MODULES if not importlib.import_module(n).__file__.endswith(".py")]
+    assert compiled == HOT_MODULES, "pip install -e . did not compile the translation core (see its build log)"

@@ -123,10 +123,11 @@ def _chain(first, rest):
 class _Envelope:
     """Tracks the open interchange, group and set; emits events as they close."""
 
-    standard = ""
-
-    def __init__(self, trace: list | None = None):
+    def __init__(self, standard: str, trailers: tuple[str, str, str], trace: list | None = None):
+        self.standard = standard
+        self.set_trailer, self.group_trailer, self.interchange_trailer = trailers
         self.trace = trace
+        self.delims: Delimiters | None = None
         self.index = 0  # file position of the current segment (1-based)
         self.ich: InterchangeSummary | None = None
         self.grp: GroupSummary | None = None
@@ -289,39 +290,19 @@ def _text_from(buf: str, lines: str | None, pieces: list[str], k: int, tail: str
     the next interchange may be newline-terminated, or end its lines otherwise."""
     if lines is not None:  # newline mode: the pieces are the lines of ``lines``
         return "".join(lines.splitlines(True)[k:]) + tail
-    # The pieces were split on the terminator after the line breaks were taken out, which keeps
-    # the count of terminators (released ones included): the text after the k-th one.
+    # The pieces were split on the terminator (line breaks taken out or not, released
+    # terminators rejoined or not, the count of terminators is the same): the text after the k-th.
     if not k:
         return buf
     parts = buf.split(term, k)
     return parts[k] if len(parts) > k else ""  # "": the last piece was the file's unterminated end
 
 
-_BLANK_AFTER: dict[str, re.Pattern] = {}
-
-
-def _blank_after(work: str, term: str) -> bool:
-    """Whether some segment in ``work`` starts with white space (blanks, tabs, EBCDIC NL ...
-    after the terminator; line breaks are already gone): then the pieces need stripping."""
-    if work[:1] in _WS and work[:1]:
-        return True
-    pattern = _BLANK_AFTER.get(term)
-    if pattern is None:
-        pattern = _BLANK_AFTER[term] = re.compile(re.escape(term) + "[" + re.escape(_WS) + "]")
-    return pattern.search(work) is not None
-
-
 class _X12Reader(_Envelope):
-    standard = "x12"
-    set_trailer = "SE"
-    group_trailer = "GE"
-    interchange_trailer = "IEA"
-
     def __init__(self, trace: list | None = None):
-        super().__init__(trace)
-        self.delims: Delimiters | None = None
+        super().__init__("x12", ("SE", "GE", "IEA"), trace)
         self.newline_mode = False
-        self.strip_leading = True
+        self._interchange_finding_pending: Finding | None = None
 
     # -- tokenizing ------------------------------------------------------------------------
     def run(self, text_chunks: Iterator[str]) -> Iterator[Event]:
@@ -365,48 +346,58 @@ class _X12Reader(_Envelope):
                 self._segment(isa)
                 buf = buf[consumed:]
             d = self.delims
+            assert d is not None
+            term = d.segment
             lines: str | None = None
-            if self.newline_mode:
+            newline_mode = self.newline_mode
+            if newline_mode:
                 if final:
                     lines, tail = buf, ""
                 else:
                     p = max(buf.rfind("\n"), buf.rfind("\r"))
                     lines, tail = buf[: p + 1], buf[p + 1 :]
                 pieces = lines.splitlines()
-                work = lines
             else:
-                work = buf.replace("\r", "").replace("\n", "") if ("\n" in buf or "\r" in buf) else buf
-                pieces = work.split(d.segment)
-                last = pieces.pop()
+                # Split on the terminator as the text stands: line breaks after terminators are
+                # stripped per segment and those inside one (hard-wrapped files) taken out of
+                # that segment, so every piece keeps its place in ``buf``.
+                pieces = buf.split(term)
+                tail = pieces.pop()
                 if final:
-                    if last.strip(_WS):
-                        pieces.append(last)
+                    if tail.strip(_WS):
+                        pieces.append(tail)
                     tail = ""
-                else:
-                    # Carried as it was, line breaks kept: it may begin another interchange.
-                    tail = buf[buf.rfind(d.segment) + 1 :]
             el = d.element
-            if self.newline_mode:
-                strip = True
-            else:
-                # Newlines are gone already; only blanks (or EBCDIC NL) after a terminator need stripping.
-                strip = _blank_after(work, d.segment)
-            next_interchange = None
+            cr = "\r" in buf
+            next_interchange: str | None = None
             envelope = _X12_TRIGGERS
             fast = self.trace is None
             ts = self.ts
-            for n, piece in enumerate(pieces):
-                if strip:
-                    piece = piece.strip(_WS) if self.newline_mode else piece.lstrip(_WS)
+            # Segments of the open set are appended straight to its list: the hot path.
+            out: list | None = ts.segments if ts is not None and fast else None
+            n = -1
+            for piece in pieces:
+                n += 1
                 if not piece:
                     continue
+                if newline_mode:
+                    piece = piece.strip(_WS)
+                    if not piece:
+                        continue
+                else:
+                    if piece[0] in _WS:
+                        piece = piece.lstrip(_WS)
+                        if not piece:
+                            continue
+                    if "\n" in piece or (cr and "\r" in piece):
+                        piece = piece.replace("\r", "").replace("\n", "")
                 seg = piece.split(el)
                 tag = seg[0]
-                if fast and ts is not None and len(tag) < 4 and tag not in envelope:
-                    # The hot path: a segment inside a transaction set.
-                    ts.segments.append(seg)
+                if out is not None and len(tag) < 4 and tag not in envelope:
+                    out.append(seg)
                     continue
-                self.index = ts.first_segment_index + len(ts.segments) - 1 if ts is not None else self.index
+                if ts is not None:
+                    self.index = ts.first_segment_index + len(ts.segments) - 1
                 if tag[:3] == "ISA" and not tag[3:4].isalnum():
                     # An interchange header (after an IEA, or with the IEA missing): read on with
                     # the delimiters in force only when it splits like one; otherwise detect its
@@ -418,20 +409,25 @@ class _X12Reader(_Envelope):
                             self._close_interchange(complete=False)
                             self.index -= 1
                         self.delims = None
-                        next_interchange = _text_from(buf, lines, pieces, n, tail, d.segment)
+                        next_interchange = _text_from(buf, lines, pieces, n, tail, term)
                         break
                     d = self.delims
+                    assert d is not None
                 elif tag == "IEA":
                     self._segment(seg)
                     if self._same_delimiters_next(pieces, n + 1, d):
                         d = self.delims
+                        assert d is not None
+                        ts = self.ts
+                        out = ts.segments if ts is not None and fast else None
                         continue
                     # The next interchange may use other delimiters: detect them afresh.
                     self.delims = None
-                    next_interchange = _text_from(buf, lines, pieces, n + 1, tail, d.segment)
+                    next_interchange = _text_from(buf, lines, pieces, n + 1, tail, term)
                     break
                 self._segment(seg)
                 ts = self.ts
+                out = ts.segments if ts is not None and fast else None
             if ts is not None:
                 self.index = ts.first_segment_index + len(ts.segments) - 1
             if next_interchange is None:
@@ -676,7 +672,7 @@ class _X12Reader(_Envelope):
         g = lambda n: isa[n].strip() if len(isa) > n else ""  # noqa: E731
         info = InterchangeInfo(
             standard="x12",
-            delimiters=self.delims,
+            delimiters=self.delims or _DEFAULT_X12,
             sender_qualifier=g(5) or None,
             sender_id=g(6) or None,
             receiver_qualifier=g(7) or None,
@@ -713,6 +709,7 @@ class _X12Reader(_Envelope):
 
 
 _X12_ENVELOPE = frozenset({"ST", "GS", "GE", "ISA", "IEA"})
+_DEFAULT_X12 = Delimiters("*", ":", "~")
 _X12_TRIGGERS = _X12_ENVELOPE | {"SE"}  # segments the envelope reader must see
 
 
@@ -723,16 +720,11 @@ _PLACEHOLDER_BASE = 0xE000
 
 
 class _EdifactReader(_Envelope):
-    standard = "edifact"
-    set_trailer = "UNT"
-    group_trailer = "UNE"
-    interchange_trailer = "UNZ"
-
     def __init__(self, trace: list | None = None):
-        super().__init__(trace)
-        self.delims: Delimiters | None = None
+        super().__init__("edifact", ("UNT", "UNE", "UNZ"), trace)
         self.una: Delimiters | None = None
-        self._escape_re = None
+        self._escape_re: re.Pattern[str] | None = None
+        self._skip_una = False
         self._escape_map: dict[str, str] = {}
         self._restore: dict[int, str] = {}
         self.ung_count = 0
@@ -788,9 +780,9 @@ class _EdifactReader(_Envelope):
                         self.index += 1
                         self._outside(["UNA"])
                         return ""
-                    comp, el, dec, rel, rep, term = chars
-                    self.una = Delimiters(element=el, component=comp, segment=term, repetition=rep if rep != " " else None,
-                                          release=rel if rel != " " else None, decimal=dec)
+                    self.una = Delimiters(element=chars[1], component=chars[0], segment=chars[5],
+                                          repetition=chars[4] if chars[4] != " " else None,
+                                          release=chars[3] if chars[3] != " " else None, decimal=chars[2])
                     buf = buf[end:]
                     self.index += 1
                     continue
@@ -812,11 +804,18 @@ class _EdifactReader(_Envelope):
                 self.una = None
                 self._set_delimiters(d)
             d = self.delims
+            assert d is not None
             term = d.segment
-            work = buf.replace("\r", "").replace("\n", "") if (term not in "\r\n" and ("\n" in buf or "\r" in buf)) else buf
-            rel = d.release
+            rel = d.release or ""
+            newline_term = term in ("\r", "\n")
+            work = buf
+            if rel and rel in buf and not newline_term and ("\n" in buf or "\r" in buf) \
+                    and ((rel + "\n") in buf or (rel + "\r") in buf):
+                # A release character just before a line break releases what follows the break:
+                # take the breaks out first (this keeps the count of terminators).
+                work = buf.replace("\r", "").replace("\n", "")
             pieces = work.split(term)
-            released = bool(rel) and (rel + term) in work
+            released = bool(rel) and rel in work and (rel + term) in work
             if released:
                 pieces = _rejoin_released(pieces, rel, term)
             last = pieces.pop()
@@ -824,23 +823,33 @@ class _EdifactReader(_Envelope):
                 if last.strip(_WS):
                     pieces.append(last)
                 tail = ""
-            elif work is buf:
+            elif work is buf and not released:
                 tail = last
             else:
                 # Carried as it was, line breaks kept: it may begin another interchange.
                 tail = _tail_of(buf, last.count(term) + 1, term)
             el, comp = d.element, d.component
-            next_interchange = None
-            strip = _blank_after(work, term)
+            cr = "\r" in buf
+            next_interchange: str | None = None
             envelope = _EDIFACT_ENVELOPE
             fast = self.trace is None
             ts = self.ts
+            out: list | None = ts.segments if ts is not None and fast else None
             skip_una = False
-            for n, piece in enumerate(pieces):
-                if strip:
-                    piece = piece.lstrip(_WS)
+            n = -1
+            for piece in pieces:
+                n += 1
                 if not piece:
                     continue
+                if piece[0] in _WS:
+                    piece = piece.lstrip(_WS)
+                    if not piece:
+                        continue
+                if "\n" in piece or (cr and "\r" in piece):
+                    # A hard-wrapped segment (or, newline-terminated, the CR of a CRLF).
+                    piece = piece.replace("\r", "").replace("\n", "")
+                    if not piece:
+                        continue
                 if skip_una and piece.startswith("UNA"):
                     # The next interchange's UNA repeats the service characters in force.
                     skip_una = False
@@ -851,27 +860,33 @@ class _EdifactReader(_Envelope):
                 else:
                     seg = [e.split(comp) if comp in e else e for e in piece.split(el)]
                 # piece[:3], not seg[0]: a garbled tag may itself split into components.
-                if fast and ts is not None and piece[:3] not in envelope and piece[:3] != "UNA":
-                    ts.segments.append(seg)
+                head = piece[:3]
+                if out is not None and head not in envelope and head != "UNA":
+                    out.append(seg)
                     continue
-                self.index = ts.first_segment_index + len(ts.segments) - 1 if ts is not None else self.index
-                if seg[0] == "UNZ" or piece.startswith("UNA"):
+                if ts is not None:
+                    self.index = ts.first_segment_index + len(ts.segments) - 1
+                if seg[0] == "UNZ" or head == "UNA":
+                    nxt = n  # the next interchange starts with this UNA, or after this UNZ
                     if seg[0] == "UNZ":
                         self._segment(seg)
-                        n += 1
-                        if self._same_delimiters_next(pieces, n, d):
+                        nxt = n + 1
+                        if self._same_delimiters_next(pieces, nxt, d):
                             skip_una = self._skip_una
+                            ts = self.ts
+                            out = ts.segments if ts is not None and fast else None
                             continue
                     else:
                         # A new service string advice while an interchange is open: its UNZ is missing.
                         self._close_interchange(complete=False)
                     self.delims = None
                     # The next interchange from the text as it was: its UNA may change the terminator.
-                    k = n + sum(p.count(term) for p in pieces[:n]) if released else n
+                    k = nxt + sum(p.count(term) for p in pieces[:nxt]) if released else nxt
                     next_interchange = _text_from(buf, None, pieces, k, tail, term)
                     break
                 self._segment(seg)
                 ts = self.ts
+                out = ts.segments if ts is not None and fast else None
             if ts is not None:
                 self.index = ts.first_segment_index + len(ts.segments) - 1
             if next_interchange is not None:
@@ -882,16 +897,18 @@ class _EdifactReader(_Envelope):
     def _split_released(self, piece: str, el: str, comp: str) -> list:
         """Split a segment that holds release characters: each released character becomes a
         private-use placeholder, the segment splits as usual, and the placeholders turn back."""
+        rel = self.delims.release if self.delims is not None else None
+        escape_re = self._escape_re
+        if rel is None or escape_re is None:
+            return [e.split(comp) if comp in e else e for e in piece.split(el)]
         if _PLACEHOLDERS.search(piece):
-            return _scan_released(piece, el, comp, self.delims.release)  # real private-use text
-        marked = self._escape_re.sub(self._escape, piece)
+            return _scan_released(piece, el, comp, rel)  # real private-use text
+        marked = escape_re.sub(self._escape, piece)
         restore = self._restore
         return [
             [c.translate(restore) for c in e.split(comp)] if comp in e else e.translate(restore)
             for e in marked.split(el)
         ]
-
-    _skip_una = False
 
     def _same_delimiters_next(self, pieces: list[str], start: int, d: Delimiters) -> bool:
         """After a UNZ: whether the next interchange keeps the service characters in force, so the
@@ -904,9 +921,9 @@ class _EdifactReader(_Envelope):
                 # Split on the terminator, the UNA piece is "UNA" and five characters.
                 if len(cand) != 8:
                     return False
-                comp, el, dec, rel, rp = cand[3:8]
-                same = Delimiters(element=el, component=comp, segment=d.segment, repetition=rp if rp != " " else None,
-                                  release=rel if rel != " " else None, decimal=dec)
+                c = cand[3:8]  # component, element, decimal mark, release, repetition
+                same = Delimiters(element=c[1], component=c[0], segment=d.segment, repetition=c[4] if c[4] != " " else None,
+                                  release=c[3] if c[3] != " " else None, decimal=c[2])
                 self._skip_una = same == d
                 return self._skip_una
             self._skip_una = False
@@ -1032,7 +1049,7 @@ class _EdifactReader(_Envelope):
         t = e(4, 2)
         info = InterchangeInfo(
             standard="edifact",
-            delimiters=self.delims,
+            delimiters=self.delims or _DEFAULT_EDIFACT,
             sender_id=e(2, 1) or None,
             sender_qualifier=e(2, 2) or None,
             receiver_id=e(3, 1) or None,

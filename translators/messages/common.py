@@ -38,7 +38,8 @@ def decimal_text(value: str, implied: int = 0, decimal_mark: str = ".") -> str |
             raise ValueProblem("element.invalid_number", f"{value!r} has a decimal point in an implied-decimal field")
         d = d.scaleb(-implied)
     if d == 0:
-        return "0" if d.as_tuple().exponent >= 0 else format(Decimal(0).quantize(d), "f")
+        exponent = d.as_tuple().exponent  # an int: d is finite
+        return "0" if isinstance(exponent, int) and exponent >= 0 else format(Decimal(0).quantize(d), "f")
     return format(d, "f")
 
 

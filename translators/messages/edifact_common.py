@@ -46,6 +46,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from translators.canonical import empty_line
 from translators.findings import Finding, Severity, finding
@@ -344,7 +345,8 @@ def divide(price: str, basis: str) -> str:
         q = Decimal(price) / Decimal(basis)
     except (InvalidOperation, ZeroDivisionError):
         return price
-    if q.as_tuple().exponent < -6:
+    exponent = q.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -6:
         q = q.quantize(Decimal("0.000001"))
     q = q.normalize() if q != q.to_integral_value() else q.to_integral_value()
     return format(q, "f")
@@ -364,20 +366,6 @@ def negate(amount: str) -> str:
 class Scan:
     """Everything one pass over a message collects (plain attributes, read by the mappers)."""
 
-    __slots__ = (
-        "ts", "lk", "kind", "invoice", "dm", "first", "findings", "section", "ctx", "qty_rank", "hdate_used",
-        "used_summary",
-        # header
-        "bgm", "bgm_pos", "bgm_count", "hdates", "hdate_pos", "bad_dates", "hdtm_count", "references", "po_ref",
-        "po_ref_party", "po_ref_line", "parties", "party", "party_tax_rank", "currency", "money_currency",
-        "terms", "pat_due", "charges_header", "charges_summary", "charge", "charge_rank",
-        # detail
-        "lines", "line", "line_qty_rank", "line_pri_rank", "line_part_rank", "line_del_rank",
-        "line_dtm_count", "line_pri_uom", "line_desc",
-        # summary
-        "uns_pos", "uns_count", "totals", "tax_moa", "tax_group_sum", "summary_moa",
-    )
-
     def __init__(self, ts: TransactionSet, mapping: MessageMapping, kind: str):
         self.ts = ts
         self.lk = lookups(mapping)
@@ -391,35 +379,43 @@ class Scan:
         self.qty_rank = QTY_INVOIC if self.invoice else QTY_ORDERS
         self.hdate_used = self.lk.invoice_dates if self.invoice else self.lk.order_dates
         self.used_summary = _USED_SUMMARY[kind]
-        self.bgm = None
-        self.bgm_pos = None
+        self.bgm: list | None = None
+        self.bgm_pos: int | None = None
         self.bgm_count = 0
         self.hdates: dict[str, str] = {}
         self.hdate_pos: dict[str, int] = {}
         self.bad_dates: set[str] = set()  # header date qualifiers that held an invalid date
         self.hdtm_count = 0
         self.references: dict[str, str] = {}
-        self.po_ref = None
-        self.po_ref_party = None
-        self.po_ref_line = None
-        self.parties: list[tuple[str, dict]] = []
-        self.party = None
+        self.po_ref: str | None = None
+        self.po_ref_party: str | None = None
+        self.po_ref_line: str | None = None
+        self.parties: list[tuple[str, dict[str, Any]]] = []
+        self.party: dict[str, Any] | None = None
         self.party_tax_rank = 99
-        self.currency = None
-        self.money_currency = None
-        self.terms: list[dict] = []
-        self.pat_due = None
-        self.charges_header: list[dict] = []
-        self.charges_summary: list[dict] = []
-        self.charge = None
+        self.currency: str | None = None
+        self.money_currency: str | None = None
+        self.terms: list[dict[str, Any]] = []
+        self.pat_due: str | None = None
+        self.charges_header: list[dict[str, Any]] = []
+        self.charges_summary: list[dict[str, Any]] = []
+        self.charge: dict[str, Any] | None = None
         self.charge_rank = 99
-        self.lines: list[dict] = []
-        self.line = None
-        self.uns_pos = None
+        self.lines: list[dict[str, Any]] = []
+        self.line: dict[str, Any] | None = None
+        # The line being read: ranks of what filled its fields so far (see _lin).
+        self.line_qty_rank = [99, 99]  # [quantity rank, amount rank]
+        self.line_pri_rank = 99
+        self.line_part_rank = [_NO_RANK, _NO_RANK, _NO_RANK]
+        self.line_del_rank = 999
+        self.line_dtm_count = 0
+        self.line_pri_uom: str | None = None
+        self.line_desc: str | None = None
+        self.uns_pos: int | None = None
         self.uns_count = 0
         self.totals: dict[str, str] = {}
         self.tax_moa: dict[str, str] = {}
-        self.tax_group_sum = None
+        self.tax_group_sum: str | None = None
         self.summary_moa = 0
 
     # -- positions -----------------------------------------------------------------------
@@ -762,15 +758,16 @@ def _moa(s: Scan, seg: list, i: int) -> None:
         line = s.line
         r = _LINE_AMOUNT.get(q) if line is not None and ctx in _LINE_CTX else None
         value = raw if raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
-        if r is not None and value is not None and r < s.line_qty_rank[1]:
+        if r is not None and value is not None and line is not None and r < s.line_qty_rank[1]:
             line["amount"] = value
             s.line_qty_rank[1] = r
         return
     if ctx == "alc" and q in _ALC_AMOUNT:
         value = s.num(seg, i, raw, used=s.invoice)
         r = _ALC_AMOUNT[q]
-        if value is not None and r < s.charge_rank:
-            s.charge["amount"] = negate(value) if s.charge["_allowance"] else value
+        charge = s.charge
+        if value is not None and charge is not None and r < s.charge_rank:
+            charge["amount"] = negate(value) if charge["_allowance"] else value
             s.charge_rank = r
         return
     if section != SUMMARY:
@@ -844,8 +841,9 @@ def _part(s: Scan, c212) -> None:
         hit = s.lk.untyped_invoice if s.invoice else s.lk.untyped_order
     field, slot, rank = hit
     ranks = s.line_part_rank
-    if rank < ranks[slot]:
-        s.line[field] = value
+    line = s.line
+    if line is not None and rank < ranks[slot]:
+        line[field] = value
         ranks[slot] = rank
 
 
@@ -888,7 +886,7 @@ def _qty(s: Scan, seg: list, i: int) -> None:
     r = s.qty_rank.get(q) if line is not None and s.section == DETAIL and s.ctx in _LINE_CTX else None
     raw = el[1].strip() if len(el) > 1 else ""
     value = raw if raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
-    if value is not None and r is not None and r < s.line_qty_rank[0]:
+    if value is not None and r is not None and line is not None and r < s.line_qty_rank[0]:
         s.line_qty_rank[0] = r
         line["quantity"] = value
         uom = el[2].strip() if len(el) > 2 else ""
@@ -909,11 +907,12 @@ def _pri(s: Scan, seg: list, i: int) -> None:
     if value is None:
         return
     r = _PRI_RANK.get(q, 2)
-    if r < s.line_pri_rank:
+    line = s.line
+    if line is not None and r < s.line_pri_rank:
         s.line_pri_rank = r
         if basis is not None and Decimal(basis) not in (0, 1):
             value = divide(value, basis)
-        s.line["unit_price"] = value
+        line["unit_price"] = value
         uom = el[5].strip() if n > 5 else ""
         if uom:
             s.line_pri_uom = s.lk.uom.get(uom, uom)
@@ -1028,7 +1027,7 @@ def document_number(s: Scan, what: str) -> str | None:
     if not number:
         s.findings.append(finding(
             "element.conditional_missing", f"BGM carries no {what} number (1004)", severity=WARNING,
-            **s.at(s.bgm, s.bgm_pos, 2)))
+            **s.at(s.bgm, s.bgm_pos or 0, 2)))
         return None
     return number
 

@@ -57,7 +57,7 @@ def map_invoic(ts: TransactionSet, mapping: MessageMapping = STANDARD) -> tuple[
     doc["charges"] = [{"code": c["code"], "description": c["description"], "amount": c["amount"]} for c in charges]
     doc["terms"] = s.terms_text()
     doc["total_amount"] = first_total(s, INVOICE_TOTALS)
-    after_bgm = (s.bgm_pos + 2) if s.bgm is not None else 2
+    after_bgm = (s.bgm_pos + 2) if s.bgm_pos is not None else 2
     if s.hdtm_count == 0:
         s.missing("DTM", after_bgm, "DTM (invoice date) is missing at message level", Severity.WARNING)
     elif doc["invoice_date"] is None and not s.date_was_sent("invoice_date"):

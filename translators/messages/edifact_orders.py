@@ -43,7 +43,7 @@ def map_orders(ts: TransactionSet, mapping: MessageMapping = STANDARD) -> tuple[
     doc["po_date"] = s.header_date("po_date")
     doc["requested_delivery"] = s.header_date("requested_delivery")
     doc["total_amount"] = first_total(s, ORDER_TOTALS)
-    after_bgm = (s.bgm_pos + 2) if s.bgm is not None else 2
+    after_bgm = (s.bgm_pos + 2) if s.bgm_pos is not None else 2
     if doc["po_date"] is None and not s.date_was_sent("po_date"):
         codes = "/".join(s.lk.dates["po_date"])
         s.missing("DTM", after_bgm, f"No DTM {codes} (order document date) at message level", Severity.WARNING)

@@ -14,21 +14,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
-from translators.messages.x12_common import X12Mapper, base_dispatch, purpose_name, raw, text
+from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, TDS, X12Mapper, base_codes, purpose_name, raw, text
 from translators.model import TransactionSet
+
+_CODES = {**base_codes(), "BIG": HEADER, "IT1": LINE, "TDS": TDS, "CTT": CTT,
+          "CRC": IGNORE, "BAL": IGNORE, "L7": IGNORE, "V1": IGNORE, "R4": IGNORE, "FA1": IGNORE, "FA2": IGNORE,
+          "ITA": IGNORE, "L5": IGNORE, "L1": IGNORE, "IT2": IGNORE}
 
 
 class _Invoice(X12Mapper):
-    KIND = "invoice"
-    HEADER_TAG = "BIG"
-    LINE_TAG = "IT1"
-    HEADER_DATES = ("invoice_date", "due_date")
+    def __init__(self, ts: TransactionSet, mapping: MessageMapping | None):
+        super().__init__(ts, mapping, "invoice", "IT1", ("invoice_date", "due_date"), _CODES)
+        self.tds_seen = -1
 
-    tds_seen = -1
+    def special(self, code: int, seg: list[str], i: int) -> None:
+        if code == HEADER:
+            self._big(seg, i)
+        elif code == TDS:
+            self._tds(seg, i)
+        elif code == CTT:
+            self._ctt(seg, i)
 
-    def _big(self, seg: list, i: int) -> None:
+    def line_item(self, seg: list[str], i: int) -> None:
+        self._it1(seg, i)
+
+    def _big(self, seg: list[str], i: int) -> None:
         if self.header_seen >= 0:
             self.add("segment.too_many", "BIG appears more than once; the first one was used", i)
             return
@@ -40,7 +54,7 @@ class _Invoice(X12Mapper):
         doc["po_number"] = text(seg, 4)
         doc["purpose"] = purpose_name(raw(seg, 8))
 
-    def _it1(self, seg: list, i: int) -> None:
+    def _it1(self, seg: list[str], i: int) -> None:
         self._item(seg, i)
         for n, what in ((2, "quantity invoiced"), (4, "unit price")):
             if not raw(seg, n):
@@ -51,7 +65,7 @@ class _Invoice(X12Mapper):
                      "IT103 (unit of measure) is missing: IT102, IT103 and IT104 go together", i, 3,
                      severity=Severity.WARNING)
 
-    def _tds(self, seg: list, i: int) -> None:
+    def _tds(self, seg: list[str], i: int) -> None:
         if self.tds_seen >= 0:
             self.add("segment.too_many", "TDS appears more than once; the first one was used", i)
             return
@@ -62,7 +76,7 @@ class _Invoice(X12Mapper):
         for n in (2, 3, 4):
             self.num(seg, i, n, implied=2)
 
-    def _ctt(self, seg: list, i: int) -> None:
+    def _ctt(self, seg: list[str], i: int) -> None:
         self.line = None
         self.summary = True
 
@@ -88,12 +102,7 @@ class _Invoice(X12Mapper):
             self.missing_segment("TDS", "total monetary value summary", self.index_of("CAD", "ISS", "CTT", "SE"))
 
 
-_Invoice.DISPATCH = {**base_dispatch(), "BIG": _Invoice._big, "IT1": _Invoice._it1, "TDS": _Invoice._tds,
-                     "CTT": _Invoice._ctt, "CRC": None, "BAL": None, "L7": None, "V1": None, "R4": None,
-                     "FA1": None, "FA2": None, "ITA": None, "L5": None, "L1": None, "IT2": None}
-
-
-def map_810(ts: TransactionSet, mapping: MessageMapping | None = None) -> tuple[dict, list[Finding]]:
+def map_810(ts: TransactionSet, mapping: MessageMapping | None = None) -> tuple[dict[str, Any], list[Finding]]:
     """Map one X12 810 transaction set to a canonical invoice dict and its findings.
 
     Errors (``Severity.ERROR``) make the document fail; warnings travel with it. ``partner`` is

@@ -11,19 +11,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
-from translators.messages.x12_common import X12Mapper, base_dispatch, purpose_name, raw, text
+from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, X12Mapper, base_codes, purpose_name, raw, text
 from translators.model import TransactionSet
+
+_CODES = {**base_codes(), "BEG": HEADER, "PO1": LINE, "CTT": CTT,
+          "CN1": IGNORE, "PO3": IGNORE, "ADV": IGNORE, "PRS": IGNORE, "CID": IGNORE, "FST": IGNORE, "LX": IGNORE}
 
 
 class _PO(X12Mapper):
-    KIND = "purchase_order"
-    HEADER_TAG = "BEG"
-    LINE_TAG = "PO1"
-    HEADER_DATES = ("requested_delivery", "po_date")
+    def __init__(self, ts: TransactionSet, mapping: MessageMapping | None):
+        super().__init__(ts, mapping, "purchase_order", "PO1", ("requested_delivery", "po_date"), _CODES)
+        self.saw_ctt = False
 
-    def _beg(self, seg: list, i: int) -> None:
+    def special(self, code: int, seg: list[str], i: int) -> None:
+        if code == HEADER:
+            self._beg(seg, i)
+        elif code == CTT:
+            self._ctt(seg, i)
+
+    def line_item(self, seg: list[str], i: int) -> None:
+        self._po1(seg, i)
+
+    def _beg(self, seg: list[str], i: int) -> None:
         if self.header_seen >= 0:
             self.add("segment.too_many", "BEG appears more than once; the first one was used", i)
             return
@@ -33,20 +46,17 @@ class _PO(X12Mapper):
         doc["po_number"] = text(seg, 3)
         doc["po_date"] = self.date(seg, i, 5)
 
-    def _po1(self, seg: list, i: int) -> None:
-        self._item(seg, i)
-        line = self.line
+    def _po1(self, seg: list[str], i: int) -> None:
+        line = self._item(seg, i)
         if line["quantity"] is None and line["unit_price"] is not None and not raw(seg, 3) and raw(seg, 2) == "":
             self.add("element.conditional_missing",
                      "PO102 (quantity ordered) is missing on a line that has a unit price", i, 2,
                      severity=Severity.WARNING)
 
-    def _ctt(self, seg: list, i: int) -> None:
+    def _ctt(self, seg: list[str], i: int) -> None:
         self.line = None
         self.summary = True
         self.saw_ctt = True
-
-    saw_ctt = False
 
     def finish(self) -> None:
         self.finish_common()
@@ -66,11 +76,7 @@ class _PO(X12Mapper):
             self.missing_segment("PO1", "at least one baseline item", self.index_of("CTT", "AMT", "SE"))
 
 
-_PO.DISPATCH = {**base_dispatch(), "BEG": _PO._beg, "PO1": _PO._po1, "CTT": _PO._ctt,
-                "CN1": None, "PO3": None, "ADV": None, "PRS": None, "CID": None, "FST": None, "LX": None}
-
-
-def map_850(ts: TransactionSet, mapping: MessageMapping | None = None) -> tuple[dict, list[Finding]]:
+def map_850(ts: TransactionSet, mapping: MessageMapping | None = None) -> tuple[dict[str, Any], list[Finding]]:
     """Map one X12 850 transaction set to a canonical purchase_order dict and its findings.
 
     Errors (``Severity.ERROR``) make the document fail; warnings travel with it. ``partner`` is

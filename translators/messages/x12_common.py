@@ -16,10 +16,11 @@ syntax notes, findings) is here.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from translators.canonical import new_document
 from translators.findings import Finding, Severity, finding
-from translators.mapping import MessageMapping
+from translators.mapping import STANDARD, MessageMapping
 from translators.messages.common import ValueProblem, decimal_text, x12_date
 from translators.model import TransactionSet
 
@@ -155,32 +156,45 @@ CHECKS_4010 = {
 }
 
 
-def _predicate(spec) -> object:
-    """Compile a check spec into one fast boolean expression over (seg, n): True when the
-    segment passes. Only a failing segment goes through the slow, explaining check."""
+Spec = tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]
+
+
+def _has(seg: list[str], n: int, k: int) -> bool:
+    return k < n and seg[k] != ""
+
+
+def passes(seg: list[str], spec: Spec) -> bool:
+    """Whether a segment passes its checks (the fast test every segment takes; only a failing
+    one goes through :meth:`X12Mapper._check`, which explains)."""
     mandatory, notes = spec
-
-    def has(k: int) -> str:
-        return f"(n > {k} and seg[{k}] != '')"
-
-    terms = [f"(n > {k} and seg[{k}].strip() != '')" for k in mandatory]
+    n = len(seg)
+    for k in mandatory:
+        if k >= n or not seg[k].strip():
+            return False
     for kind, els in notes:
+        if kind == "C":
+            if _has(seg, n, els[0]):
+                for k in els[1:]:
+                    if not _has(seg, n, k):
+                        return False
+            continue
+        count = 0
+        for k in els:
+            if _has(seg, n, k):
+                count += 1
         if kind == "P":
-            terms.append(f"({' and '.join(has(k) for k in els)}) == ({' or '.join(has(k) for k in els)})")
+            if count and count != len(els):
+                return False
         elif kind == "R":
-            terms.append(f"({' or '.join(has(k) for k in els)})")
-        elif kind == "C":
-            terms.append(f"(not {has(els[0])} or ({' and '.join(has(k) for k in els[1:])}))")
+            if not count:
+                return False
         elif kind == "E":
-            terms.append(f"(({' + '.join(has(k) for k in els)}) <= 1)")
-    return eval(f"lambda seg, n: bool({' and '.join(terms) or 'True'})")  # noqa: S307 - our own constant table
+            if count > 1:
+                return False
+    return True
 
 
-_FAST_CHECKS = {tag: _predicate(spec) for tag, spec in CHECKS.items()}
-_FAST_CHECKS_4010 = {tag: _predicate(spec) for tag, spec in CHECKS_4010.items()}
-
-
-def text(seg: list, n: int) -> str | None:
+def text(seg: list[str], n: int) -> str | None:
     """Element *n* stripped, or None when absent or empty."""
     if n < len(seg):
         v = seg[n].strip()
@@ -188,7 +202,7 @@ def text(seg: list, n: int) -> str | None:
     return None
 
 
-def raw(seg: list, n: int) -> str:
+def raw(seg: list[str], n: int) -> str:
     """Element *n* stripped ('' when absent)."""
     return seg[n].strip() if n < len(seg) else ""
 
@@ -212,12 +226,18 @@ def _plain_number(v: str) -> str:
     return format(d.normalize(), "f") if d.is_finite() else v
 
 
+def _ranks(codes: list[str]) -> dict[str, int]:
+    """Code → its rank in a preference list (the first mention counts)."""
+    out: dict[str, int] = {}
+    for rank, code in enumerate(codes):
+        out.setdefault(code, rank)
+    return out
+
+
 class Plan:
     """A partner mapping compiled into the lookups the mappers use per segment."""
 
-    __slots__ = ("mapping", "parts", "uom", "currency", "party_q", "refs", "roles", "req", "dates")
-
-    def __init__(self, mapping: MessageMapping):
+    def __init__(self, mapping: Any):
         self.mapping = mapping
         pn = mapping.part_numbers
         parts: dict[str, tuple[str, int]] = {}
@@ -228,14 +248,14 @@ class Plan:
         for _, field, quals in sorted(lists, key=lambda x: x[0] not in explicit):
             for rank, q in enumerate(quals):
                 parts.setdefault(q, (field, rank))
-        self.parts = parts
+        self.parts: dict[str, tuple[str, int]] = parts
         tr = mapping.translations
-        self.uom = dict(tr.uom)
-        self.currency = dict(tr.currency)
-        self.party_q = dict(tr.party_qualifier)
-        self.refs = frozenset(mapping.references) if mapping.references is not None else None
+        self.uom: dict[str, str] = dict(tr.uom)
+        self.currency: dict[str, str] = dict(tr.currency)
+        self.party_q: dict[str, str] = dict(tr.party_qualifier)
+        self.refs: frozenset[str] | None = frozenset(mapping.references) if mapping.references is not None else None
         # Each role: qualifiers in order of preference; the supplier falls back to remit-to.
-        self.roles = (
+        self.roles: tuple[tuple[str, tuple[str, ...]], ...] = (
             ("buyer", tuple(mapping.buyer_party)),
             ("supplier", tuple(mapping.supplier_party) + tuple(mapping.remit_to_party)),
             ("ship_to", tuple(mapping.ship_to_party)),
@@ -243,25 +263,22 @@ class Plan:
             ("remit_to", tuple(mapping.remit_to_party)),
         )
         d = mapping.dates
-        self.req = {q: r for r, q in reversed(list(enumerate(d.requested_delivery)))}
-        self.dates = {
+        self.req: dict[str, int] = _ranks(d.requested_delivery)
+        self.dates: dict[str, dict[str, int]] = {
             "requested_delivery": self.req,
-            "po_date": {q: r for r, q in reversed(list(enumerate(d.po_date)))},
-            "invoice_date": {q: r for r, q in reversed(list(enumerate(d.invoice_date)))},
-            "due_date": {q: r for r, q in reversed(list(enumerate(d.due_date)))},
+            "po_date": _ranks(d.po_date),
+            "invoice_date": _ranks(d.invoice_date),
+            "due_date": _ranks(d.due_date),
         }
 
 
 _PLANS: dict[int, Plan] = {}
 
 
-_STANDARD = MessageMapping()
-
-
 def plan_for(mapping: MessageMapping | None) -> Plan:
     """The compiled plan of a mapping (memoised: mappings are frozen); None is the standard mapping."""
     if mapping is None:
-        mapping = _STANDARD
+        mapping = STANDARD
     p = _PLANS.get(id(mapping))
     if p is not None and p.mapping is mapping:
         return p
@@ -271,50 +288,53 @@ def plan_for(mapping: MessageMapping | None) -> Plan:
     return p
 
 
-def _new_party(name, id_, qualifier) -> dict:
+def _new_party(name: str | None, id_: str | None, qualifier: str | None) -> dict[str, Any]:
     return {"name": name, "id": id_, "id_qualifier": qualifier, "tax_id": None, "address": None}
 
 
-def _address(party: dict) -> dict:
-    a = party["address"]
+def _address(party: dict[str, Any]) -> dict[str, Any]:
+    a: dict[str, Any] | None = party["address"]
     if a is None:
-        a = party["address"] = {"lines": [], "city": None, "region": None, "postal_code": None, "country": None}
+        a = {"lines": [], "city": None, "region": None, "postal_code": None, "country": None}
+        party["address"] = a
     return a
 
 
-_UNKNOWN = object()
+# What the walk does with a segment, by tag: IGNORE a known segment the canonical does not use;
+# the others name a handler (message-specific ones from HEADER on).
+IGNORE, N1, N3, N4, REF, CUR, DTM, PID, AMT, SAC, TXI, ITD, LIN, SCH = range(14)
+HEADER, LINE, CTT, TDS = range(20, 24)
 
 
 class X12Mapper:
-    """One pass over an X12 transaction set into a canonical dict plus findings."""
+    """One pass over an X12 transaction set into a canonical dict plus findings.
 
-    KIND = ""
-    HEADER_TAG = ""  # BEG / BIG
-    LINE_TAG = ""  # PO1 / IT1
-    HEADER_DATES: tuple[str, ...] = ()  # canonical header date fields filled from DTM
-    DISPATCH: dict = {}
+    A subclass names its kind, its line segment (PO1 / IT1), the header dates it fills, and its
+    table of segment tags → handler codes (see :func:`base_codes`); :meth:`special` handles the
+    codes from ``HEADER`` on.
+    """
 
-    __slots__ = ("ts", "segs", "plan", "first", "doc", "findings", "_controls", "party", "party_tax_rank", "parties",
-                 "line", "line_date_rank", "line_desc08", "line_parts", "summary", "header_seen", "line_seen",
-                 "hdr_dates", "amounts", "summary_amounts", "line_charges", "doc_charges", "terms", "itd_due",
-                 "tax_summary", "tax_lines", "line_tt", "version", "old_dtm", "checks", "fast_checks", "__dict__")
-
-    def __init__(self, ts: TransactionSet, mapping: MessageMapping | None):
+    def __init__(self, ts: TransactionSet, mapping: MessageMapping | None, kind: str, line_tag: str,
+                 header_dates: tuple[str, ...], codes: dict[str, int]):
+        self.kind = kind
+        self.line_tag = line_tag
+        self.header_dates = header_dates
+        self.codes = codes
         self.ts = ts
-        self.segs = ts.segments
+        self.segs: list[list[str]] = ts.segments
         self.plan = plan_for(mapping)
-        self.first = ts.first_segment_index
-        self.doc = new_document(self.KIND, "x12")
+        self.first: int = ts.first_segment_index
+        self.doc: dict[str, Any] = new_document(kind, "x12")
         self.findings: list[Finding] = []
-        self._controls = (
+        self._controls: tuple[str | None, str | None, str | None] = (
             ts.interchange.control_number if ts.interchange else None,
             ts.group.control_number if ts.group else None,
             ts.control_number,
         )
-        self.party: dict | None = None  # the N1 loop being read
+        self.party: dict[str, Any] | None = None  # the N1 loop being read
         self.party_tax_rank = 99
-        self.parties: list[tuple[str, dict]] = []  # header N1 parties: (qualifier, party)
-        self.line: dict | None = None
+        self.parties: list[tuple[str, dict[str, Any]]] = []  # header N1 parties: (qualifier, party)
+        self.line: dict[str, Any] | None = None
         self.line_date_rank = 1 << 30
         self.line_desc08 = False
         self.line_parts: dict[str, int] = {}
@@ -324,17 +344,18 @@ class X12Mapper:
         self.hdr_dates: dict[str, tuple[int, str]] = {}
         self.amounts: dict[str, str] = {}  # header and summary AMT: qualifier → amount
         self.summary_amounts: dict[str, str] = {}
-        self.line_charges: list[dict] = []
-        self.doc_charges: list[dict] = []
+        self.line_charges: list[dict[str, Any]] = []
+        self.doc_charges: list[dict[str, Any]] = []
         self.terms: list[str] = []
         self.itd_due: str | None = None
         self.tax_summary: Decimal | None = None
         self.tax_lines: Decimal | None = None
         self.line_tt: str | None = None  # AMT*TT seen inside a line loop
         # Version: GS08 (its first 6 characters) when it is a plain X12 version, else ST03.
-        st = self.segs[0] if self.segs and self.segs[0][0] == "ST" else []
+        st: list[str] = self.segs[0] if self.segs and self.segs[0][0] == "ST" else []
         gs08 = (ts.group.version or "").strip() if ts.group else ""
         st03 = raw(st, 3)
+        version: str | None
         if gs08.startswith("00"):
             version = gs08[:6]
         elif st03:
@@ -343,9 +364,8 @@ class X12Mapper:
             version = ts.version or gs08 or None
         self.version = version
         # Before 004010 DTM05 is the century and the period format/value are DTM06/DTM07.
-        self.old_dtm = bool(version) and version[:6].isdecimal() and version[:6] < "004010"
-        self.checks = CHECKS if self.old_dtm else CHECKS_4010
-        self.fast_checks = _FAST_CHECKS if self.old_dtm else _FAST_CHECKS_4010
+        self.old_dtm = bool(version) and version is not None and version[:6].isdecimal() and version[:6] < "004010"
+        self.checks: dict[str, Spec] = CHECKS if self.old_dtm else CHECKS_4010
 
     # -- findings ----------------------------------------------------------------------------
     def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
@@ -375,11 +395,11 @@ class X12Mapper:
         name = ELEMENT_NAMES.get((tag, n))
         return f"{tag}{n:02d} ({name})" if name else f"{tag}{n:02d}"
 
-    def _problem(self, p: ValueProblem, seg: list, i: int, n: int) -> None:
+    def _problem(self, p: ValueProblem, seg: list[str], i: int, n: int) -> None:
         self.add(p.code, f"{self._name(seg[0], n)}: {p}", i, n, value=raw(seg, n))
 
     # -- value conversions -------------------------------------------------------------------
-    def num(self, seg: list, i: int, n: int, implied: int = 0) -> str | None:
+    def num(self, seg: list[str], i: int, n: int, implied: int = 0) -> str | None:
         """Element *n* as a canonical decimal string (``implied`` decimals for Nn); a finding
         and None when it is not a number."""
         if n >= len(seg):
@@ -403,7 +423,7 @@ class X12Mapper:
             self._problem(p, seg, i, n)
             return None
 
-    def date(self, seg: list, i: int, n: int, century: str = "") -> str | None:
+    def date(self, seg: list[str], i: int, n: int, century: str = "") -> str | None:
         if n >= len(seg):
             return None
         v = seg[n].strip()
@@ -418,34 +438,73 @@ class X12Mapper:
             return None
 
     # -- the walk ----------------------------------------------------------------------------
-    def run(self) -> tuple[dict, list[Finding]]:
-        dispatch = self.DISPATCH
-        checks = self.fast_checks
+    def run(self) -> tuple[dict[str, Any], list[Finding]]:
+        codes = self.codes
+        checks = self.checks
         n1_loop = N1_LOOP
-        for i, seg in enumerate(self.segs):
+        segs = self.segs
+        for i in range(len(segs)):
+            seg = segs[i]
             tag = seg[0]
-            h = dispatch.get(tag, _UNKNOWN)
-            if h is _UNKNOWN:
+            code = codes.get(tag, -1)
+            if code < 0:
                 self._unrecognized(seg, i)
                 continue
             if self.party is not None and tag not in n1_loop:
                 self.party = None
-            c = checks.get(tag)
-            if c is not None and not c(seg, len(seg)):
-                self._check(seg, i, self.checks[tag])
-            if h is not None:
-                h(self, seg, i)
+            spec = checks.get(tag)
+            if spec is not None and not passes(seg, spec):
+                self._check(seg, i, spec)
+            # The common segments first: one line item is a PO1 / IT1 and a PID or two.
+            if code == IGNORE:
+                continue
+            if code == LINE:
+                self.line_item(seg, i)
+            elif code == PID:
+                self._pid(seg, i)
+            elif code == N1:
+                self._n1(seg, i)
+            elif code == N3:
+                self._n3(seg, i)
+            elif code == N4:
+                self._n4(seg, i)
+            elif code == REF:
+                self._ref(seg, i)
+            elif code == DTM:
+                self._dtm(seg, i)
+            elif code == AMT:
+                self._amt(seg, i)
+            elif code == CUR:
+                self._cur(seg, i)
+            elif code == SAC:
+                self._sac(seg, i)
+            elif code == TXI:
+                self._txi(seg, i)
+            elif code == ITD:
+                self._itd(seg, i)
+            elif code == LIN:
+                self._lin(seg, i)
+            elif code == SCH:
+                self._sch(seg, i)
+            else:
+                self.special(code, seg, i)
         self.finish()
         return self.doc, self.findings
 
-    def _unrecognized(self, seg: list, i: int) -> None:
+    def line_item(self, seg: list[str], i: int) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def special(self, code: int, seg: list[str], i: int) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def _unrecognized(self, seg: list[str], i: int) -> None:
         tag = seg[0]
         shown = tag if len(tag) <= 10 else tag[:10] + "…"
         self.add("segment.unrecognized",
-                 f"Segment {shown!r} does not belong to an X12 {self.ts.type or self.LINE_TAG} and was ignored",
+                 f"Segment {shown!r} does not belong to an X12 {self.ts.type or self.line_tag} and was ignored",
                  i, severity=WARNING)
 
-    def _check(self, seg: list, i: int, spec) -> None:
+    def _check(self, seg: list[str], i: int, spec) -> None:
         """The explaining check of a segment that failed its fast predicate."""
         mandatory, notes = spec
         n = len(seg)
@@ -485,7 +544,7 @@ class X12Mapper:
                     missing(second, f"Only one of {names} may be present", "element.exclusion_violated")
 
     # -- generic handlers --------------------------------------------------------------------
-    def _n1(self, seg: list, i: int) -> None:
+    def _n1(self, seg: list[str], i: int) -> None:
         q = raw(seg, 1)
         q = self.plan.party_q.get(q, q)
         id_q = text(seg, 3)
@@ -499,7 +558,7 @@ class X12Mapper:
         if self.line is None and not self.summary:
             self.parties.append((q, p))
 
-    def _n3(self, seg: list, i: int) -> None:
+    def _n3(self, seg: list[str], i: int) -> None:
         p = self.party
         if p is None:
             return
@@ -509,7 +568,7 @@ class X12Mapper:
             if v:
                 lines.append(v)
 
-    def _n4(self, seg: list, i: int) -> None:
+    def _n4(self, seg: list[str], i: int) -> None:
         p = self.party
         if p is None:
             return
@@ -519,7 +578,7 @@ class X12Mapper:
         a["postal_code"] = text(seg, 3)
         a["country"] = text(seg, 4)
 
-    def _ref(self, seg: list, i: int) -> None:
+    def _ref(self, seg: list[str], i: int) -> None:
         q = raw(seg, 1)
         v = text(seg, 2) or text(seg, 3)
         if not q or not v:
@@ -540,14 +599,14 @@ class X12Mapper:
         if q not in refs:
             refs[q] = v
 
-    def _cur(self, seg: list, i: int) -> None:
+    def _cur(self, seg: list[str], i: int) -> None:
         if self.line is not None or self.doc["currency"] is not None:
             return
         c = text(seg, 2)
         if c:
             self.doc["currency"] = self.plan.currency.get(c, c)
 
-    def _dtm_value(self, seg: list, i: int) -> str | None:
+    def _dtm_value(self, seg: list[str], i: int) -> str | None:
         fn, pn = (6, 7) if self.old_dtm else (5, 6)
         v = raw(seg, 2)
         fmt = raw(seg, fn)
@@ -573,7 +632,7 @@ class X12Mapper:
                      severity=WARNING)
         return None
 
-    def _dtm(self, seg: list, i: int) -> None:
+    def _dtm(self, seg: list[str], i: int) -> None:
         iso = self._dtm_value(seg, i)
         if iso is None:
             return
@@ -588,14 +647,14 @@ class X12Mapper:
             return
         dates = self.plan.dates
         best = self.hdr_dates
-        for field in self.HEADER_DATES:
+        for field in self.header_dates:
             rank = dates[field].get(q)
             if rank is not None:
                 cur = best.get(field)
                 if cur is None or rank < cur[0]:
                     best[field] = (rank, iso)
 
-    def _sch(self, seg: list, i: int) -> None:
+    def _sch(self, seg: list[str], i: int) -> None:
         line = self.line
         if line is None:
             return
@@ -610,7 +669,7 @@ class X12Mapper:
                 line["requested_delivery"] = iso
                 self.line_date_rank = rank + offset
 
-    def _pid(self, seg: list, i: int) -> None:
+    def _pid(self, seg: list[str], i: int) -> None:
         line = self.line
         if line is None:
             return
@@ -622,7 +681,7 @@ class X12Mapper:
             line["description"] = d
             self.line_desc08 = is08
 
-    def _amt(self, seg: list, i: int) -> None:
+    def _amt(self, seg: list[str], i: int) -> None:
         v = self.num(seg, i, 2)
         if v is None:
             return
@@ -637,7 +696,7 @@ class X12Mapper:
         if q not in target:
             target[q] = v
 
-    def _sac(self, seg: list, i: int) -> None:
+    def _sac(self, seg: list[str], i: int) -> None:
         amount = self.num(seg, i, 5, implied=2)
         sign = CHARGE_SIGN.get(raw(seg, 1))
         if sign is None:
@@ -647,7 +706,7 @@ class X12Mapper:
         charge = {"code": text(seg, 2), "description": text(seg, 15), "amount": amount}
         (self.line_charges if self.line is not None else self.doc_charges).append(charge)
 
-    def _txi(self, seg: list, i: int) -> None:
+    def _txi(self, seg: list[str], i: int) -> None:
         v = self.num(seg, i, 2)
         if v is None:
             return
@@ -657,7 +716,7 @@ class X12Mapper:
         else:
             self.tax_summary = d if self.tax_summary is None else self.tax_summary + d
 
-    def _itd(self, seg: list, i: int) -> None:
+    def _itd(self, seg: list[str], i: int) -> None:
         if self.line is not None:
             return
         disc_date = self.date(seg, i, 4)
@@ -686,7 +745,7 @@ class X12Mapper:
         if parts:
             self.terms.append(", ".join(parts))
 
-    def _lin(self, seg: list, i: int) -> None:
+    def _lin(self, seg: list[str], i: int) -> None:
         """LIN inside a line loop: product ids the PO1 / IT1 did not carry (pairs 02/03, 04/05 ...)."""
         line = self.line
         if line is None:
@@ -694,9 +753,13 @@ class X12Mapper:
         self._parts(seg, i, 2, check=False)
 
     # -- lines -------------------------------------------------------------------------------
-    def _parts(self, seg: list, i: int, start: int, check: bool = True) -> None:
+    def _parts(self, seg: list[str], i: int, start: int, check: bool = True) -> None:
         """Part numbers from the qualifier/value pairs from element ``start`` on."""
         plan_parts = self.plan.parts
+        line = self.line
+        if line is None:
+            return
+        best = self.line_parts
         n = len(seg)
         for k in range(start, min(n, start + 20), 2):
             q = seg[k]
@@ -711,13 +774,12 @@ class X12Mapper:
                 if hit is None:
                     continue
             field, rank = hit
-            best = self.line_parts
             cur = best.get(field)
             if cur is None or rank < cur:
-                self.line[field] = v.strip()
+                line[field] = v.strip()
                 best[field] = rank
 
-    def _unpaired(self, seg: list, i: int, k: int) -> None:
+    def _unpaired(self, seg: list[str], i: int, k: int) -> None:
         tag = seg[0]
         q = seg[k].strip()
         missing, given = (k + 1, k) if q else (k, k + 1)
@@ -727,7 +789,7 @@ class X12Mapper:
                  f"({tag}{given:02d} is {seg[given].strip()!r})",
                  i, missing, severity=WARNING)
 
-    def _item(self, seg: list, i: int) -> None:
+    def _item(self, seg: list[str], i: int) -> dict[str, Any]:
         """PO1 / IT1: a new line."""
         self.summary = False
         if self.line_seen < 0:
@@ -757,17 +819,18 @@ class X12Mapper:
         if n <= 6:
             if n == 6 and seg[5].strip() in plan.parts:
                 self._shifted(seg, i)
-            return
+            return line
         # Some senders leave out the empty basis-of-price element 05, so the pairs start at 05:
         # "PO1*1*10*EA*25.00*BP*SKU-A". Read them from there, and say so.
         if n % 2 == 1 and seg[5] and seg[5].strip() in plan.parts and seg[6].strip() \
                 and seg[6].strip() not in plan.parts:
             self._shifted(seg, i)
             self._parts(seg, i, 5, check=False)
-            return
+            return line
         self._parts(seg, i, 6)
+        return line
 
-    def _shifted(self, seg: list, i: int) -> None:
+    def _shifted(self, seg: list[str], i: int) -> None:
         q = seg[5].strip()
         self.add("element.invalid_code",
                  f"{seg[0]}05 holds the product id qualifier {q!r}: the qualifier/value pairs start one element "
@@ -788,15 +851,15 @@ class X12Mapper:
         # Parties: each role takes the first party whose qualifier ranks best in its list.
         parties = doc["parties"]
         if self.parties:
-            by_q: dict[str, dict] = {}
+            by_q: dict[str, dict[str, Any]] = {}
             for q, p in self.parties:
                 by_q.setdefault(q, p)
             for role, quals in self.plan.roles:
                 for q in quals:
-                    p = by_q.get(q)
-                    if p is not None:
-                        a = p["address"]
-                        parties[role] = {**p, "address": {**a, "lines": list(a["lines"])} if a else None}
+                    hit = by_q.get(q)
+                    if hit is not None:
+                        a = hit["address"]
+                        parties[role] = {**hit, "address": {**a, "lines": list(a["lines"])} if a else None}
                         break
 
     def missing_segment(self, tag: str, what: str, i: int) -> None:
@@ -823,69 +886,68 @@ class X12Mapper:
 
 
 
-def base_dispatch() -> dict:
-    """Handlers every X12 mapper shares; None marks a known segment the canonical ignores."""
-    M = X12Mapper
+def base_codes() -> dict[str, int]:
+    """Handler codes every X12 mapper shares; IGNORE marks a known segment the canonical ignores."""
     return {
-        "ST": None,
-        "SE": None,
-        "N1": M._n1,
-        "N2": None,
-        "N3": M._n3,
-        "N4": M._n4,
-        "NX2": None,
-        "REF": M._ref,
-        "N9": M._ref,
-        "PER": None,
-        "CUR": M._cur,
-        "DTM": M._dtm,
-        "PID": M._pid,
-        "AMT": M._amt,
-        "SAC": M._sac,
-        "TXI": M._txi,
-        "ITD": M._itd,
-        "MSG": None,
-        "MTX": None,
-        "NTE": None,
-        "FOB": None,
-        "MEA": None,
-        "PWK": None,
-        "PKG": None,
-        "TD1": None,
-        "TD3": None,
-        "TD4": None,
-        "TD5": None,
-        "SI": None,
-        "YNQ": None,
-        "PAM": None,
-        "LM": None,
-        "LQ": None,
-        "LIN": M._lin,
-        "CTP": None,
-        "PO4": None,
-        "SDQ": None,
-        "QTY": None,
-        "IT3": None,
-        "IT8": None,
-        "SLN": None,
-        "TC2": None,
-        "INC": None,
-        "DIS": None,
-        "TAX": None,
-        "CSH": None,
-        "MAN": None,
-        "PCT": None,
-        "SPI": None,
-        "CB1": None,
-        "G61": None,
-        "DMG": None,
-        "III": None,
-        "CTB": None,
-        "LDT": None,
-        "LS": None,
-        "LE": None,
-        "SCH": M._sch,
-        "SR": None,
-        "CAD": None,
-        "ISS": None,
+        "ST": IGNORE,
+        "SE": IGNORE,
+        "N1": N1,
+        "N2": IGNORE,
+        "N3": N3,
+        "N4": N4,
+        "NX2": IGNORE,
+        "REF": REF,
+        "N9": REF,
+        "PER": IGNORE,
+        "CUR": CUR,
+        "DTM": DTM,
+        "PID": PID,
+        "AMT": AMT,
+        "SAC": SAC,
+        "TXI": TXI,
+        "ITD": ITD,
+        "MSG": IGNORE,
+        "MTX": IGNORE,
+        "NTE": IGNORE,
+        "FOB": IGNORE,
+        "MEA": IGNORE,
+        "PWK": IGNORE,
+        "PKG": IGNORE,
+        "TD1": IGNORE,
+        "TD3": IGNORE,
+        "TD4": IGNORE,
+        "TD5": IGNORE,
+        "SI": IGNORE,
+        "YNQ": IGNORE,
+        "PAM": IGNORE,
+        "LM": IGNORE,
+        "LQ": IGNORE,
+        "LIN": LIN,
+        "CTP": IGNORE,
+        "PO4": IGNORE,
+        "SDQ": IGNORE,
+        "QTY": IGNORE,
+        "IT3": IGNORE,
+        "IT8": IGNORE,
+        "SLN": IGNORE,
+        "TC2": IGNORE,
+        "INC": IGNORE,
+        "DIS": IGNORE,
+        "TAX": IGNORE,
+        "CSH": IGNORE,
+        "MAN": IGNORE,
+        "PCT": IGNORE,
+        "SPI": IGNORE,
+        "CB1": IGNORE,
+        "G61": IGNORE,
+        "DMG": IGNORE,
+        "III": IGNORE,
+        "CTB": IGNORE,
+        "LDT": IGNORE,
+        "LS": IGNORE,
+        "LE": IGNORE,
+        "SCH": SCH,
+        "SR": IGNORE,
+        "CAD": IGNORE,
+        "ISS": IGNORE,
     }
