@@ -39,7 +39,7 @@ WAIT = 15
 def _require_browser() -> None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (Path(p).is_file() or shutil.which(p))]
     try:
-        import selenium  # noqa: F401
+        import selenium.webdriver  # noqa: F401
     except ImportError:
         missing.append("the selenium package")
     if not missing:
@@ -128,9 +128,12 @@ def browser(chrome, panel):
 
 
 def _wait(driver, condition, timeout: float = WAIT):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    # The document page reloads itself while it follows a document: an element can go stale mid-check.
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(condition)
 
 
 def _by_id(driver, element_id):
