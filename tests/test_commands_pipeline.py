@@ -258,3 +258,47 @@ def test_logs_never_carry_secrets():
     assert first["password"] == "***" and first["url"] == "postgresql://gw:***@db/gw"
     assert first["headers"] == {"Authorization": "***"}
     configure_logging(json=False, stream=io.StringIO())
+
+
+def test_gateway_poll_once_takes_a_dropped_file_then_a_worker_splits_it(tmp_path):
+    drop, archive = tmp_path / "drop", tmp_path / "archive"
+    drop.mkdir()
+    data = x12_850(720, ["PO-1", "PO-2"])
+    (drop / "po.x12").write_bytes(data)
+    old = time.time() - 60
+    os.utime(drop / "po.x12", (old, old))
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    cfg = _config(tmp_path, url, f'[[local]]\nname = "drop"\npath = "{drop}"\narchive_path = "{archive}"\n')
+    r = _invoke("poll", "--once", "-c", str(cfg))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == "local:drop: 1 taken"
+    assert not (drop / "po.x12").exists() and [p.read_bytes() for p in archive.iterdir()] == [data]
+    engine = make_engine(url)
+    rt = make_runtime(url, tmp_path)
+    Worker(rt, stages={}).run_until_idle()
+    with Session(engine) as s:
+        assert [d.po_number for d in s.exec(select(Document).order_by(Document.id))] == ["PO-1", "PO-2"]
+    engine.dispose()
+    rt.engine.dispose()
+
+
+@pytest.mark.slow
+def test_gateway_web_exits_non_zero_when_its_port_is_taken(tmp_path):
+    pytest.importorskip("gateway.web", reason="the panel is not in this build")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = _config(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", f'[web]\nhost = "127.0.0.1"\nport = {port}\n')
+        proc = subprocess.run([*GATEWAY, "web", "-c", str(cfg)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 1
+    assert "part_stopped_unexpectedly" in proc.stderr
+
+
+def test_gateway_poll_without_sources_says_so(tmp_path):
+    cfg = _config(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}")
+    r = _invoke("poll", "-c", str(cfg))
+    assert r.exit_code == 2
+    assert r.stderr.strip() == ("gateway poll: no sources configured (add [[sterling]], [[sftp]] or [[local]] to "
+                                "the settings)")

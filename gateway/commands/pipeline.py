@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         poll: Annotated[bool, typer.Option("--poll/--no-poll", help="Poll the sources.")] = True,
     ) -> None:
         """Run the gateway in one process: pollers, workers and the panel's web server."""
-        guard(lambda: serve(config, poll=poll, workers=workers, web=web, what="gateway"))
+        guard(lambda: serve(config, poll=poll, workers=workers, web=web, what="run"))
 
     @app.command()
     def worker(
@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
             if once:
                 _poll_once(config)
                 return
-            serve(config, poll=True, workers=0, web=False, what="poller")
+            serve(config, poll=True, workers=0, web=False, what="poll")
 
         guard(body)
 
@@ -251,7 +251,7 @@ def serve(config: Path | None, *, poll: bool, workers: int | None, web: bool, wh
     from gateway.runtime import instance_id
 
     rt = runtime(config)
-    rt.instance = instance_id(what)
+    rt.instance = instance_id("gateway" if what == "run" else what)
     configure_logging(rt.settings)
     log = get_logger("gateway.run").bind(instance=rt.instance)
     stop = threading.Event()
@@ -274,6 +274,10 @@ def serve(config: Path | None, *, poll: bool, workers: int | None, web: bool, wh
             log.warning("pollers_unavailable", error=str(exc))
         else:
             if not rt.settings.source_names():
+                if not workers and not web:
+                    rt.engine.dispose()
+                    _fail(f"gateway {what}: no sources configured (add [[sterling]], [[sftp]] or [[local]] "
+                          "to the settings)")
                 log.warning("no_sources_configured")
             t = threading.Thread(target=_logged(run_pollers, log, "pollers"), args=(rt, stop), name="pollers",
                                  daemon=True)
@@ -285,10 +289,15 @@ def serve(config: Path | None, *, poll: bool, workers: int | None, web: bool, wh
         rt.engine.dispose()
         _fail(f"gateway {what}: nothing to run (no workers, no pollers, no web server)")
     log.info("started", parts=sorted({name for name, _ in parts}), workers=workers, store=rt.engine.dialect.name)
+    failed = False
     try:
-        while not stop.wait(1.0):
-            if not any(t.is_alive() for _, t in parts):
-                log.error("all_parts_stopped")
+        while not stop.wait(0.5):
+            dead = [name for name, t in parts if not t.is_alive()]
+            if dead:
+                # A part that ends on its own (the port taken, a crash) stops the process: a supervisor
+                # restarting it is better than a gateway quietly running without its panel or workers.
+                log.error("part_stopped_unexpectedly", parts=sorted(set(dead)))
+                failed = True
                 stop.set()
     finally:
         stop.set()
@@ -309,7 +318,9 @@ def serve(config: Path | None, *, poll: bool, workers: int | None, web: bool, wh
         except Exception:  # noqa: BLE001 - they expire anyway
             log.exception("lease_release_failed")
         rt.engine.dispose()
-        log.info("stopped")
+        log.info("stopped", clean=not failed)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _owners(rt) -> list[str]:
@@ -329,7 +340,7 @@ def _logged(fn, log, part: str):
     def target(*args):
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - one part failing is logged; the others go on
+        except BaseException:  # noqa: BLE001 - uvicorn ends with SystemExit when it cannot bind
             log.exception("part_crashed", part=part)
 
     return target
