@@ -44,64 +44,62 @@ def _free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
-def _toml(value) -> str:
+def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, dict):
-        return "{ " + ", ".join(f'"{k}" = {_toml(v)}' for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + " }"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 
 
-def _table(name: str, values: dict) -> str:
-    return f"[{name}]\n" + "".join(f"{_toml(str(k))} = {_toml(v)}\n" for k, v in values.items()) + "\n"
+def to_toml(values: dict, prefix: str = "") -> str:
+    """Settings as TOML: scalars first, then tables, then arrays of tables (enough for gateway.toml)."""
+    scalars = {k: v for k, v in values.items()
+               if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+    text = "".join(f"{toml_value(str(k))} = {toml_value(v)}\n" for k, v in scalars.items())
+    for key, value in values.items():
+        name = f"{prefix}.{toml_value(str(key))}" if prefix else toml_value(str(key))
+        if isinstance(value, dict):
+            text += f"\n[{name}]\n" + to_toml(value, name)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                text += f"\n[[{name}]]\n" + to_toml(item, name)
+    return text
 
 
-def write_config(path: Path, *, data: Path, partners: Path, port: int, sandbox, drop: Path) -> None:
-    """The demo's gateway.toml: every credential is a ``secret:`` reference into the vault."""
+def demo_settings(*, data: Path, partners: Path, port: int, sandbox, drop: Path) -> dict:
+    """The demo's settings: every credential a ``secret:`` reference into the vault."""
     plex = sandbox.plex_settings(api_key="secret:plex-api-key")
     plex["soap"] = {**plex["soap"], "password": "secret:plex-soap-password"}
-    anaplan = sandbox.anaplan_settings(poll_interval=1.0, max_age=3.0, password="secret:anaplan-password")
-    imports = anaplan.pop("imports")
-    batch = anaplan.pop("batch")
-    sterling = sandbox.sterling_source("van-mailbox", [STERLING_MAILBOX], password="secret:sterling-password",
-                                       interval_seconds=2.0)
-    text = (
-        "# Written by `gateway demo`: the simulators on loopback, the example partners.\n"
-        + "".join(f"{k} = {_toml(v)}\n" for k, v in {
-            "data_dir": str(data), "partners_dir": str(partners), "log_level": "WARNING"}.items()) + "\n"
-        + _table("workers", {"count": 2, "batch_size": 100, "idle_seconds": 0.2, "backoff_initial": 1.0,
-                             "backoff_max": 10.0})
-        + _table("web", {"host": "127.0.0.1", "port": port})
-        + "[[local]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in {
-            "name": "demo-drop", "path": str(drop), "archive_path": str(data / "archive"),
-            "outbound_path": str(data / "outbound" / "{partner}"), "interval_seconds": 1.0}.items()) + "\n"
-        + "[[sterling]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in sterling.items()) + "\n"
-        + _table("plex", {k: v for k, v in plex.items() if not isinstance(v, dict)})
-        + "".join(_table(f"plex.{k}", v) for k, v in plex.items() if isinstance(v, dict))
-        + _table("anaplan", anaplan)
-        + _table("anaplan.batch", batch)
-        + "".join(_table(f"anaplan.imports.{kind}", {k: v for k, v in cfg.items() if k != "columns"})
-                  + _table(f"anaplan.imports.{kind}.columns", cfg["columns"]) for kind, cfg in imports.items())
-    )
-    path.write_text(text, encoding="utf-8")
+    return {
+        "data_dir": str(data), "partners_dir": str(partners), "log_level": "WARNING",
+        "workers": {"count": 2, "batch_size": 100, "idle_seconds": 0.2, "backoff_initial": 1.0, "backoff_max": 10.0},
+        "web": {"host": "127.0.0.1", "port": port},
+        "local": [{"name": "demo-drop", "path": str(drop), "archive_path": str(data / "archive"),
+                   "outbound_path": str(data / "outbound" / "{partner}"), "interval_seconds": 1.0}],
+        "sterling": [sandbox.sterling_source("van-mailbox", [STERLING_MAILBOX], password="secret:sterling-password",
+                                             interval_seconds=2.0)],
+        "plex": plex,
+        "anaplan": sandbox.anaplan_settings(poll_interval=1.0, max_age=3.0, password="secret:anaplan-password"),
+    }
 
 
-def _store_secrets(settings_data: Path) -> None:
+def store_secrets(url: str, key_file: Path) -> None:
+    """The simulators' (published, fake) credentials into the vault, as ``gateway secrets set`` would."""
     from gateway.sandbox.anaplan_sim import DEFAULT_PASSWORD
     from gateway.sandbox.environment import STERLING_PASSWORD
     from gateway.sandbox.plex_sim import SIM_API_KEY, SIM_SOAP_PASSWORD
     from gateway.secrets import Vault, load_key
-    from gateway.store.db import make_engine, sqlite_url, upgrade
+    from gateway.store.db import make_engine, upgrade
 
-    url = sqlite_url(settings_data)
     upgrade(url)
     engine = make_engine(url)
-    vault = Vault(engine, load_key(settings_data / "secret.key"))
+    vault = Vault(engine, load_key(key_file))
     for name, value in (("plex-api-key", SIM_API_KEY), ("plex-soap-password", SIM_SOAP_PASSWORD),
                         ("anaplan-password", DEFAULT_PASSWORD), ("sterling-password", STERLING_PASSWORD)):
         vault.set(name, value)
@@ -235,9 +233,14 @@ def register(app: typer.Typer) -> None:
             sandbox = start_sandbox(plex_rate_limit=200, sterling_mailboxes=(STERLING_MAILBOX,))
             progress = None
             try:
-                _store_secrets(data)
+                from gateway.store.db import sqlite_url
+
+                store_secrets(sqlite_url(data), data / "secret.key")
                 config = data / "gateway.toml"
-                write_config(config, data=data, partners=partners.resolve(), port=web_port, sandbox=sandbox, drop=drop)
+                settings = demo_settings(data=data, partners=partners.resolve(), port=web_port, sandbox=sandbox,
+                                         drop=drop)
+                config.write_text("# Written by `gateway demo`: the simulators on loopback, the example partners.\n"
+                                  + to_toml(settings), encoding="utf-8")
                 password = _create_login(data)
                 typer.echo(f"  Plex      {sandbox.plex.base_url}  (REST, SOAP at {sandbox.plex.soap_url})")
                 typer.echo(f"  Anaplan   {sandbox.anaplan_url}")

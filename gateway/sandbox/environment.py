@@ -26,7 +26,7 @@ from gateway.sandbox.server import RunningServer, serve_app
 from gateway.sandbox.sterling_sim import SterlingSim
 
 __all__ = ["ANAPLAN_COLUMNS", "DEMO_CUSTOMERS", "DEMO_SUPPLIERS", "STERLING_PASSWORD", "STERLING_USER", "Sandbox",
-           "numbered_documents", "seed_partners", "start_sandbox"]
+           "batched_interchanges", "numbered_documents", "seed_partners", "start_sandbox"]
 
 #: (code, name, tax id) of the example partners' Plex suppliers.
 DEMO_SUPPLIERS = (("ACME01", "Acme Fasteners Inc.", "34-1234567"),
@@ -186,4 +186,62 @@ def numbered_documents(folder: str | Path, count: int, *, start: int = 1) -> lis
         text = text.replace(number, f"{number}-{i}")
         text = _x12_controls(text, 100_000 + i) if std == "x12" else _edifact_controls(text, 100_000 + i)
         out.append((f"{i:06d}-{name.replace(number, f'{number}-{i}')}", text.encode("latin-1")))
+    return out
+
+
+_TEMPLATES = (
+    ("acme-fasteners-810-INV-10234.x12", "INV-10234", "x12"),
+    ("europa-components-INVOIC-EC-INV-5521.edi", "EC-INV-5521", "edifact"),
+    ("europa-components-ORDERS-EC-7781.edi", "EC-7781", "edifact"),
+    ("northwind-retail-850-NW-4471.x12", "NW-4471", "x12"),
+)
+
+
+def _repeat_sets(text: str, std: str, number: str, numbers: list[str], control: int) -> str:
+    """One interchange holding the template's transaction set once per number (fresh set controls)."""
+    term, sep = ("~", "*") if std == "x12" else ("'", "+")
+    segs = [s.strip("\r\n") for s in text.split(term) if s.strip("\r\n")]
+    first = next(i for i, s in enumerate(segs) if s.split(sep)[0] in ("ST", "UNH"))
+    last = next(i for i, s in enumerate(segs) if s.split(sep)[0] in ("SE", "UNT"))
+    head, body, tail = segs[:first], segs[first:last + 1], segs[last + 1:]
+    sets = []
+    for j, n in enumerate(numbers, 1):
+        block = [s.replace(number, n) for s in body]
+        opening, closing = block[0].split(sep), block[-1].split(sep)
+        ref = f"{j:04d}" if std == "x12" else str(j)
+        opening[2 if std == "x12" else 1] = ref
+        closing[2] = ref
+        block[0], block[-1] = sep.join(opening), sep.join(closing)
+        sets += block
+    out = []
+    for seg in head + sets + tail:
+        el = seg.split(sep)
+        if el[0] in ("ISA", "IEA"):
+            el[13 if el[0] == "ISA" else 2] = f"{control % 1_000_000_000:09d}"
+        elif el[0] == "GS":
+            el[6] = str(control % 1_000_000_000)
+        elif el[0] == "GE":
+            el[1], el[2] = str(len(numbers)), str(control % 1_000_000_000)
+        elif el[0] == "UNB":
+            el[5] = str(control)
+        elif el[0] == "UNZ":
+            el[1], el[2] = str(len(numbers)), str(control)
+        out.append(sep.join(el))
+    return term.join(out) + term
+
+
+def batched_interchanges(folder: str | Path, documents: int, *, per_file: int = 100,
+                         start: int = 1) -> list[tuple[str, bytes]]:
+    """``documents`` distinct documents from the good demo files, ``per_file`` transaction sets to an
+    interchange (partners send many orders or invoices in one file). Returns (name, bytes)."""
+    out = []
+    i, n = 0, start
+    while i < documents:
+        name, number, std = _TEMPLATES[len(out) % len(_TEMPLATES)]
+        count = min(per_file, documents - i)
+        numbers = [f"{number}-{k}" for k in range(n, n + count)]
+        text = Path(folder, name).read_text("latin-1")
+        data = _repeat_sets(text, std, number, numbers, 200_000 + len(out) + start).encode("latin-1")
+        out.append((f"{len(out) + 1:05d}-{name}", data))
+        i, n = i + count, n + count
     return out
