@@ -155,7 +155,7 @@ def job(request: Request, job_id: str, user: ReadUser) -> Any:
     j = request.app.state.jobs.get(job_id)
     if j is None:
         raise NotFound(f"job {job_id}: no such job in this panel process")
-    return j.as_dict()
+    return _redacted(request, j.as_dict())
 
 
 @router.get("/sources", summary="Every source: last poll, last success, last error")

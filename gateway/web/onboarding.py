@@ -101,11 +101,12 @@ def _event(outcome: str, actor: str, detail: dict) -> Event:
 
 def save_draft(engine, text: str, filename: str, *, actor: str) -> tuple[str, Validation]:
     """Store a valid mapping file as a draft; an invalid one is refused (nothing stored)."""
-    filename = check_filename(filename)
-    v = validate(text, filename)
+    given = check_filename(filename) if (filename or "").strip() else None
+    v = validate(text, given or "mapping file")
     if not v.ok:
         return "", v
     pid = v.mapping.id
+    filename = given or f"{pid}.yaml"
     with transaction(engine) as s:
         live = s.get(PartnerFile, pid)
         key = draft_key(pid) if live is not None and live.active else pid

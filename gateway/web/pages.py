@@ -340,7 +340,7 @@ def partner_save(request: Request, user: Actor, text: Annotated[str, Form()] = "
             text = onboarding.decode_upload(file.filename, file.file.read(onboarding.MAX_MAPPING_BYTES + 1),
                                             onboarding.MAX_MAPPING_BYTES)
             filename = file.filename
-        filename = onboarding.check_filename(filename)
+        filename = onboarding.check_filename(filename) if filename.strip() else ""
     except BadRequest as exc:
         return _editor(request, partner=None, text=text, filename=filename, status=400, error=str(exc))
     pid, v = onboarding.save_draft(views.runtime(request).engine, text, filename, actor=user.username)
