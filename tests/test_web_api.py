@@ -434,6 +434,7 @@ def test_overview_sources_budgets_metrics_and_secrets_masked(store_url, tmp_path
     })
     add_user(rt.engine, "olga", "operator")
     ingest(rt, x12_850(601, ["O-1", "O-2", "O-3"], broken=(2,)))
+    assert ingest(rt, b"this is not EDI at all\n", "junk.txt") == []
     now = utcnow()
     with transaction(rt.engine) as s:
         s.add(SourceStatus(source="local:drop", last_poll_at=now, last_error="login as edi:hunter2-very-secret failed",
@@ -448,6 +449,8 @@ def test_overview_sources_budgets_metrics_and_secrets_masked(store_url, tmp_path
     assert o["by_partner"]["northwind-retail"] == {"failed": 1, "translated": 2}
     assert sum(h["count"] for h in o["per_hour"]) == 3 and len(o["per_hour"]) == 24
     assert [d["po_number"] for d in o["recent_failures"]] == ["O-2"]
+    held = o["interchanges_held"]
+    assert [(i["remote_name"], i["state"]) for i in held] == [("junk.txt", "failed")] and held[0]["error"]
     src = {s["source"]: s for s in o["sources"]}["local:drop"]
     assert src["failing"] and "hunter2" not in json.dumps(o) and "***" in src["last_error"]
     budgets = {b["budget"]: b for b in o["budgets"]}

@@ -441,6 +441,15 @@ def overview(session: Session, *, now: datetime | None = None) -> dict:
         "needs_attention": [_row(r) for r in attention],
         "interchanges_failed": int(session.execute(
             sa_select(func.count()).select_from(Interchange).where(Interchange.state == "failed")).scalar_one()),
+        # Files that yielded no documents (unreadable, broken envelope) or were held back as duplicates.
+        "interchanges_held": [
+            {"id": r.id, "source": r.source, "remote_name": r.remote_name, "received_at": as_utc(r.received_at),
+             "state": r.state, "error": r.error, "duplicate_of": r.duplicate_of}
+            for r in session.execute(
+                sa_select(Interchange.id, Interchange.source, Interchange.remote_name, Interchange.received_at,
+                          Interchange.state, Interchange.error, Interchange.duplicate_of)
+                .where(Interchange.state.in_(("failed", "duplicate"))).order_by(Interchange.id.desc()).limit(10))
+        ],
     }
 
 
