@@ -415,6 +415,8 @@ def test_partner_onboarding_validate_draft_dry_run_activate(rt, api, viewer_api)
     assert [(r.partner_id, r.active) for r in rows] == [("zenith-tools", True)]
     assert trail[0] == "zenith-tools:draft" and trail[-1] == "zenith-tools:activate"
     assert api.post("/api/partners/zenith-tools/activate").status_code == 404  # no draft left
+    assert api.post("/api/partners/zenith-tools%23draft/activate").status_code == 404  # a draft key is no id
+    assert api.get("/api/partners/zenith-tools%23draft").status_code == 404
 
 
 # --------------------------------------------------------------------------------------------- overview

@@ -176,6 +176,9 @@ class Throttle:
     def failed(self, username: str, address: str) -> None:
         now = time.monotonic()
         with self._lock:
+            if len(self._fails) > 10_000:  # made-up user names must not grow this without bound
+                for key in [k for k, q in self._fails.items() if not q or q[-1] <= now - self.window]:
+                    del self._fails[key]
             for key in (f"u:{username.lower()}", f"a:{address}"):
                 self._recent(key, now).append(now)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +29,17 @@ MAX_SAMPLE_BYTES = 10_000_000
 STAGE = "onboard"
 
 
+PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # what translators.mapping accepts as an id
+
+
 def draft_key(partner_id: str) -> str:
     return partner_id + DRAFT_SUFFIX
+
+
+def check_partner_id(partner_id: str) -> None:
+    """A partner id from a URL: anything else than a real id (e.g. a draft key) names no partner."""
+    if not PARTNER_ID.match(partner_id or ""):
+        raise LookupError(f"partner {partner_id!r}: no such partner (ids are lower-case letters, digits, - and _)")
 
 
 def text_sha(text: str) -> str:
@@ -123,6 +133,7 @@ def save_draft(engine, text: str, filename: str, *, actor: str) -> tuple[str, Va
 
 def current_draft(session: Session, partner_id: str) -> PartnerFile | None:
     """The draft awaiting activation for a partner, if any."""
+    check_partner_id(partner_id)
     row = session.get(PartnerFile, draft_key(partner_id))
     if row is not None:
         return row
@@ -235,6 +246,8 @@ def activate(runtime, partner_id: str, *, actor: str) -> PartnerFile:
                                   "then activate it")
         live = s.get(PartnerFile, partner_id)
         if draft.partner_id != partner_id:  # an edit of a live file: it replaces the live row
+            if live is None:
+                live = PartnerFile(partner_id=partner_id, filename=draft.filename, text=draft.text, updated_by=actor)
             live.filename, live.text = draft.filename, draft.text
             s.delete(draft)
             row = live

@@ -78,6 +78,10 @@ def partners(request: Request) -> list[dict]:
 
 def partner(request: Request, partner_id: str) -> dict | None:
     """One partner: what is in force, the draft if any, and the text to edit."""
+    from gateway.web.onboarding import PARTNER_ID
+
+    if not PARTNER_ID.match(partner_id or ""):
+        return None
     rt = runtime(request)
     in_force = rt.partners().get(partner_id)
     with Session(rt.engine) as s:
