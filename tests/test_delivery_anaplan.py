@@ -84,9 +84,10 @@ def test_documents_wait_for_the_batch_to_fill_then_go_in_one_import(sandbox, sto
             return [s.get(Document, i) for i in chosen]
 
     first = forward(docs(ids[:4]), rt)
-    # Four of six: nobody sends yet; they wait (no attempt used) about as long as the age limit.
+    # Four of six, and more on their way (posted, not yet in a batch): nobody sends yet. They wait
+    # (no attempt used) and look again shortly, in case nothing more comes.
     assert {o.kind for o in first.values()} == {OutcomeKind.WAIT}
-    assert all(50 < o.after <= 60 for o in first.values())
+    assert all(0 < o.after <= 1.0 for o in first.values())
     assert sandbox.anaplan.snapshot()["requests"] == {}
     second = forward(docs(ids[4:8]), rt)
     # The batch is full: sent with all eight documents it holds; these four are forwarded at once.
@@ -122,6 +123,18 @@ def test_an_old_batch_goes_although_it_is_not_full(sandbox, store_url, tmp_path)
     with Session(rt.engine) as s:
         batches = s.exec(select(AnaplanBatch)).all()
     assert [(b.state, b.document_count) for b in batches] == [("done", 3)]
+    delivery.close()
+
+
+def test_a_batch_goes_early_when_nothing_more_is_coming(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=1000, max_age=3600)
+    posted_documents(rt.engine, 3, kinds=("invoice",))
+    delivery = Delivery(rt)
+    started = time.monotonic()
+    docs = settle([Worker(rt, stages=delivery.stages())], rt.engine)
+    assert [d.state for d in docs] == ["done"] * 3 and time.monotonic() - started < 30
+    with Session(rt.engine) as s:
+        assert [(b.state, b.document_count) for b in s.exec(select(AnaplanBatch)).all()] == [("done", 3)]
     delivery.close()
 
 

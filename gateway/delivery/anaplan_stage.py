@@ -269,8 +269,11 @@ class AnaplanStages:
         if row["document_count"] >= self.settings.batch.max_documents:
             return max(0.05, cfg.poll_interval_s)  # full, but the file is busy with the previous batch
         created = _aware(row["created_at"]) or now
-        left = self.settings.batch.max_age_seconds - (now - created).total_seconds()
-        return max(0.05, min(left, self.settings.batch.max_age_seconds))
+        age = (now - created).total_seconds()
+        left = self.settings.batch.max_age_seconds - age
+        # Come back when it may go early (nothing more coming) or, at the latest, when it is old.
+        early = self.settings.batch.min_age_seconds - age
+        return max(0.05, min(left, max(early, 0.5), self.settings.batch.max_age_seconds))
 
     # ------------------------------------------------------------------ sending
     def _maybe_send(self, row: Mapping[str, Any], cfg: AnaplanImportConfig) -> _Problem | None:
@@ -278,9 +281,13 @@ class AnaplanStages:
         batching = self.settings.batch
         not_before = _aware(row["lease_until"])
         full = row["document_count"] >= batching.max_documents
-        old = (now - (_aware(row["created_at"]) or now)).total_seconds() >= batching.max_age_seconds
-        if not (full or old) or (not_before is not None and not_before > now):
+        age = (now - (_aware(row["created_at"]) or now)).total_seconds()
+        if not_before is not None and not_before > now:
             return None
+        if not (full or age >= batching.max_age_seconds):
+            # Not full, not old: still worth sending when nothing more of its kind is on its way.
+            if age < min(batching.min_age_seconds, batching.max_age_seconds) or self._coming(row["import_name"]):
+                return None
         batch_id = row["id"]
         if not self._set(batch_id, OPEN, state=SENDING, lease_owner=self.owner,
                          lease_until=now + timedelta(seconds=batching.send_timeout_seconds)):
@@ -324,6 +331,13 @@ class AnaplanStages:
         log.info("anaplan.batch_sent", batch_id=batch_id, task_id=sub.task_id, documents=len(ids),
                  rows=len(sub.row_map), requests=usage.requests)
         return None
+
+    def _coming(self, kind: str) -> bool:
+        """Whether documents of ``kind`` are still being matched or posted, or posted but not in a batch."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(_D.c.id).where(_D.c.kind == kind, or_(
+                _D.c.state.in_((State.TRANSLATED.value, State.MATCHED.value)),
+                and_(_D.c.state == State.POSTED.value, _D.c.anaplan_batch_id.is_(None)))).limit(1)).first() is not None
 
     # ------------------------------------------------------------------ polling
     def _maybe_poll(self, row: Mapping[str, Any], cfg: AnaplanImportConfig) -> _Problem | None:

@@ -1302,6 +1302,8 @@ class AnaplanBatching(BaseModel):
 
     max_documents: int = Field(2000, ge=1)
     max_age_seconds: float = Field(30.0, ge=0)
+    min_age_seconds: float = Field(1.0, ge=0, description=(
+        "a batch this old goes early when no document of its kind is on its way (matching, posting)"))
     send_timeout_seconds: float = Field(300.0, gt=0, description="a batch stuck 'sending' this long is sent again")
     retry_seconds: float = Field(30.0, gt=0, description="wait after a transient fault when Anaplan gave no Retry-After")
 

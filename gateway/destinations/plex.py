@@ -1396,7 +1396,7 @@ class PlexClient:
 
         with self._trail() as trail:
             record, created, recovered = self._post_once("purchase_order", lookup, lambda: self._header(po))
-            added = 0
+            added: list[int] = []
             if self.config.purchase_orders.add_line is None and po.lines:
                 log.warning("plex.purchase_order.lines_not_sent", po_number=po.po_number, lines=len(po.lines),
                             reason="no add_line data source configured")
@@ -1414,12 +1414,12 @@ class PlexClient:
                         return record
                     # The lookup above already showed the line missing, so go straight to the create.
                     self._post_once("purchase_order_line", lambda: None, add, recheck=line_present)
-                    added += 1
-            final = lookup() if added else record
+                    added.append(line.line_number)
+            # Every line add either succeeded or was found on re-check: no need to read the PO back.
             summary = {"PO_Key": record.po_key, "poNumber": po.po_number, "supplierCode": po.supplier_code,
-                       "lines": sorted(final.line_numbers) if final else [], "linesAdded": added}
+                       "lines": sorted(record.line_numbers | set(added)), "linesAdded": len(added)}
         return PostingOutcome("purchase_order", po.po_number, None, record.po_key, created, recovered,
-                              summary, tuple(trail), lines_added=added)
+                              summary, tuple(trail), lines_added=len(added))
 
     def _header(self, po: PurchaseOrderDraft) -> PurchaseOrderRecord:
         key = self.create_purchase_order_header(po)

@@ -74,6 +74,7 @@ class Sandbox:
             "connect_url": self.plex.base_url, "api_key": SIM_API_KEY,
             "soap": {"url": self.plex.soap_url, "username": SIM_SOAP_USER, "password": SIM_SOAP_PASSWORD},
             "requests_per_minute": 200, "burst": 20, "timeout_seconds": 10.0,
+            "trust_env": False,  # loopback: never through a proxy (and no environment scan per request)
             "retry": {"max_attempts": 3, "backoff_initial": 0.2, "backoff_max": 2.0, "max_retry_after": 5.0,
                       "ambiguous_recheck_delay": 0.2},
             "matching": {"refresh_seconds": 60.0},

@@ -404,6 +404,9 @@ class PlexSim:
             self.purchase_orders: dict[str, dict[str, Any]] = {}
             self.ap_invoices: dict[str, dict[str, Any]] = {}
             self.sales_orders: dict[str, dict[str, Any]] = {}
+            # Number -> ids, so a look-up by PO or invoice number costs the same with 10 or 10,000 records.
+            self._numbers: dict[str, dict[str, list[str]]] = {
+                "ap_invoices": {}, "purchase_orders": {}, "sales_orders": {}}
             for tenant in s.tenants:
                 if tenant.id is None:
                     tenant.id = self._uuid()
@@ -658,6 +661,7 @@ class PlexSim:
               "_tenant": tenant.pcn, "_poKey": next(self._key_seq), "_supplierCode": supplier["code"],
               "_lines": []}
         self.purchase_orders[pid] = po
+        self._numbers["purchase_orders"].setdefault(po_number, []).append(pid)
         return po
 
     def _store_ap_invoice(self, tenant: SimTenant, supplier: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -679,6 +683,7 @@ class PlexSim:
             "modifiedDate": stamp(now), "lines": lines, "_tenant": tenant.pcn,
         }
         self.ap_invoices[iid] = record
+        self._numbers["ap_invoices"].setdefault(record["invoiceNumber"], []).append(iid)
         return record
 
     # ---------------------------------------------------------------- data sources
@@ -792,7 +797,8 @@ class PlexSim:
 
     def _ds_po_get(self, tenant: SimTenant, v: dict[str, str | None]) -> _DsResult:
         rows: list[dict[str, str | None]] = []
-        for po in sorted(self.purchase_orders.values(), key=lambda p: p["_poKey"]):
+        same_number = [self.purchase_orders[i] for i in self._numbers["purchase_orders"].get(v["PO_No"] or "", ())]
+        for po in sorted(same_number, key=lambda p: p["_poKey"]):
             if po["_tenant"] != tenant.pcn or po["poNumber"] != v["PO_No"]:
                 continue
             if v.get("Supplier_Code") and po["_supplierCode"] != v["Supplier_Code"]:
@@ -806,6 +812,19 @@ class PlexSim:
             if not po["_lines"]:
                 rows.append({**head, **empty})  # a SQL left join: the header row even without lines
         return _DsResult(rows=rows)
+
+    def by_number(self, records: dict[str, dict[str, Any]], query: Any) -> list[dict[str, Any]] | None:
+        """Records with the queried invoice or PO number (None: no such filter, or filters may be ignored).
+
+        Only narrows what the list handler then filters as usual; never used while an ``ignore_filter``
+        fault is armed, because an ignored filter must return everything."""
+        if any(f.kind == "ignore_filter" for f in self.faults):
+            return None
+        for name, field in (("ap_invoices", "invoiceNumber"), ("sales_orders", "poNumber"),
+                            ("purchase_orders", "poNumber"), ("purchase_orders", "pONumber")):
+            if records is getattr(self, name) and query.get(field) is not None:
+                return [records[i] for i in self._numbers[name].get(query.get(field), ())]
+        return None
 
     # ---------------------------------------------------------------- seeding (tests and the demo)
     def add_supplier(self, code: str, name: str, *, tax_id: str | None = None, status: str = "Active",
@@ -1167,7 +1186,9 @@ def create_app(sim: PlexSim) -> FastAPI:
         """Filter a collection like Connect: exact-match and date-range filters, unknown params ignored."""
         path, q = request.url.path, request.query_params
         with sim._lock:  # tests may reset or seed from their own thread
-            rows = [r for r in records.values() if r["_tenant"] == caller.tenant.pcn]
+            candidates = sim.by_number(records, q)
+            rows = [r for r in (records.values() if candidates is None else candidates)
+                    if r["_tenant"] == caller.tenant.pcn]
         ids = q.getlist("id")
         if ids and not sim.ignored_filter("GET", path, "id"):
             rows = [r for r in rows if r["id"] in {check_uuid(i) for i in ids}]
@@ -1418,6 +1439,7 @@ def create_app(sim: PlexSim) -> FastAPI:
                       "lines": [{**ln, "id": sim._uuid()} for ln in body.get("lines") or [] if isinstance(ln, dict)],
                       "createdDate": now, "modifiedDate": now, "_tenant": caller.tenant.pcn}
             sim.sales_orders[oid] = record
+            sim._numbers["sales_orders"].setdefault(record["poNumber"], []).append(oid)
         return JSONResponse(_public(record), status_code=201)
 
     # ------------------------------------------------------------ SOAP
