@@ -120,33 +120,31 @@ def empty_line() -> dict:
     return dict.fromkeys(LINE_FIELDS)
 
 
+def _flat_template(kind: str) -> dict:
+    """Every contract key of a document, in contract order, all None (containers filled per copy)."""
+    keys = ["kind", "standard", "version", "partner", "sender_id", "receiver_id", "control", "purpose", "currency",
+            "parties", "lines", "references", "total_amount"]
+    if kind == "purchase_order":
+        keys += ["po_number", "po_date", "requested_delivery"]
+    else:
+        keys += ["invoice_number", "invoice_date", "po_number", "due_date", "tax_amount", "charges", "terms"]
+    doc = dict.fromkeys(keys)
+    doc["kind"] = kind
+    return doc
+
+
+# A copy of a template is several times cheaper than building the dict key by key (one per set).
+_TEMPLATES = {kind: _flat_template(kind) for kind in ("purchase_order", "invoice")}
+
+
 def new_document(kind: str, standard: str) -> dict:
     """A canonical dict with every contract key present and empty."""
-    doc = {
-        "kind": kind,
-        "standard": standard,
-        "version": None,
-        "partner": None,
-        "sender_id": None,
-        "receiver_id": None,
-        "control": {"interchange": None, "group": None, "message": None},
-        "purpose": None,
-        "currency": None,
-        "parties": dict.fromkeys(PARTY_ROLES),
-        "lines": [],
-        "references": {},
-        "total_amount": None,
-    }
-    if kind == "purchase_order":
-        doc.update(po_number=None, po_date=None, requested_delivery=None)
-    else:
-        doc.update(
-            invoice_number=None,
-            invoice_date=None,
-            po_number=None,
-            due_date=None,
-            tax_amount=None,
-            charges=[],
-            terms=None,
-        )
+    doc = _TEMPLATES[kind].copy() if kind in _TEMPLATES else _flat_template(kind)
+    doc["standard"] = standard
+    doc["control"] = {"interchange": None, "group": None, "message": None}
+    doc["parties"] = dict.fromkeys(PARTY_ROLES)
+    doc["lines"] = []
+    doc["references"] = {}
+    if kind != "purchase_order":
+        doc["charges"] = []
     return doc

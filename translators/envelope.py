@@ -29,6 +29,7 @@ from translators.model import (
 )
 
 CHUNK = 1 << 20
+SLICE = 1 << 14  # text handed to the tokenizer at a time (see _Envelope.run)
 # White space around segments. U+0085 is EBCDIC NL (0x15) as cp037 decodes it.
 _WS = " \t\r\n\x00\x1a\x0b\x0c\x85"
 
@@ -138,6 +139,30 @@ class _Envelope:
         self.events: list[Event] = []
         self.set_controls: set[str] = set()
         self._junk: str | None = None  # head of the junk read so far while waiting for more input
+
+    def run(self, text_chunks: Iterator[str]) -> Iterator[Event]:
+        carry = ""
+        for chunk in text_chunks:
+            # A slice at a time, each event handed on (and let go) as soon as its slice is read:
+            # sets then die young, which keeps the cyclic garbage collector's work small.
+            for start in range(0, len(chunk), SLICE):
+                carry = self._consume(carry + chunk[start : start + SLICE], final=False)
+                if self.events:
+                    yield from self._drain()
+        self._consume(carry, final=True)
+        if self.ich is not None:
+            self._close_interchange(complete=False, at_eof=True)
+        yield from self._drain()
+
+    def _drain(self) -> Iterator[Event]:
+        events = self.events
+        self.events = []
+        events.reverse()
+        while events:
+            yield events.pop()
+
+    def _consume(self, buf: str, final: bool) -> str:  # pragma: no cover - each standard has its own
+        raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------------------
     def _f(self, code, message, seg=None, element=None, severity=Severity.ERROR, position=None, value=None):
@@ -305,18 +330,6 @@ class _X12Reader(_Envelope):
         self._interchange_finding_pending: Finding | None = None
 
     # -- tokenizing ------------------------------------------------------------------------
-    def run(self, text_chunks: Iterator[str]) -> Iterator[Event]:
-        carry = ""
-        for chunk in text_chunks:
-            carry = self._consume(carry + chunk, final=False)
-            if self.events:
-                yield from self.events
-                self.events.clear()
-        self._consume(carry, final=True)
-        self._close_interchange(complete=False) if self.ich is not None else None
-        yield from self.events
-        self.events.clear()
-
     def _consume(self, buf: str, final: bool) -> str:
         """Split complete segments off ``buf``; return the unfinished tail."""
         while True:
@@ -384,14 +397,21 @@ class _X12Reader(_Envelope):
                     piece = piece.strip(_WS)
                     if not piece:
                         continue
+                    lead = 0
                 else:
-                    if piece[0] in _WS:
-                        piece = piece.lstrip(_WS)
+                    lead = _leading_blanks(piece)
+                    if lead == len(piece):
+                        continue
+                    if piece.find("\n", lead) >= 0 or (cr and piece.find("\r", lead) >= 0):
+                        piece = piece.replace("\r", "").replace("\n", "").lstrip(_WS)
+                        lead = 0
                         if not piece:
                             continue
-                    if "\n" in piece or (cr and "\r" in piece):
-                        piece = piece.replace("\r", "").replace("\n", "")
                 seg = piece.split(el)
+                if lead:
+                    # Blanks after the terminator (most often its line break): only the tag holds
+                    # them, which costs less than a stripped copy of the whole segment.
+                    seg[0] = seg[0][lead:]
                 tag = seg[0]
                 if out is not None and len(tag) < 4 and tag not in envelope:
                     out.append(seg)
@@ -729,19 +749,6 @@ class _EdifactReader(_Envelope):
         self._restore: dict[int, str] = {}
         self.ung_count = 0
 
-    def run(self, text_chunks: Iterator[str]) -> Iterator[Event]:
-        carry = ""
-        for chunk in text_chunks:
-            carry = self._consume(carry + chunk, final=False)
-            if self.events:
-                yield from self.events
-                self.events.clear()
-        self._consume(carry, final=True)
-        if self.ich is not None:
-            self._close_interchange(complete=False, at_eof=True)
-        yield from self.events
-        self.events.clear()
-
     def _set_delimiters(self, d: Delimiters):
         self.delims = d
         if d.release:
@@ -841,16 +848,16 @@ class _EdifactReader(_Envelope):
                 n += 1
                 if not piece:
                     continue
-                if piece[0] in _WS:
-                    piece = piece.lstrip(_WS)
-                    if not piece:
-                        continue
-                if "\n" in piece or (cr and "\r" in piece):
+                lead = _leading_blanks(piece)
+                if lead == len(piece):
+                    continue
+                if piece.find("\n", lead) >= 0 or (cr and piece.find("\r", lead) >= 0):
                     # A hard-wrapped segment (or, newline-terminated, the CR of a CRLF).
-                    piece = piece.replace("\r", "").replace("\n", "")
+                    piece = piece.replace("\r", "").replace("\n", "").lstrip(_WS)
+                    lead = 0
                     if not piece:
                         continue
-                if skip_una and piece.startswith("UNA"):
+                if skip_una and piece.startswith("UNA", lead):
                     # The next interchange's UNA repeats the service characters in force.
                     skip_una = False
                     self.index += 1
@@ -859,8 +866,16 @@ class _EdifactReader(_Envelope):
                     seg = self._split_released(piece, el, comp)
                 else:
                     seg = [e.split(comp) if comp in e else e for e in piece.split(el)]
-                # piece[:3], not seg[0]: a garbled tag may itself split into components.
-                head = piece[:3]
+                tag = seg[0]
+                if lead:
+                    # Blanks after the terminator: only the tag holds them (see the X12 reader).
+                    if isinstance(tag, list):
+                        tag[0] = tag[0][lead:]
+                    else:
+                        tag = seg[0] = tag[lead:]
+                # The first three characters, not seg[0] alone: a garbled tag may itself split
+                # into components.
+                head = tag if isinstance(tag, str) and len(tag) == 3 else piece[lead : lead + 3]
                 if out is not None and head not in envelope and head != "UNA":
                     out.append(seg)
                     continue
@@ -1075,6 +1090,14 @@ class _EdifactReader(_Envelope):
             self.ich.findings.append(self._f("interchange.sender_invalid", "UNB sender (S002 0004) is empty", unb, 2, Severity.WARNING))
         if not info.receiver_id:
             self.ich.findings.append(self._f("interchange.receiver_invalid", "UNB recipient (S003 0010) is empty", unb, 3, Severity.WARNING))
+
+
+def _leading_blanks(piece: str) -> int:
+    """How many white-space characters ``piece`` starts with."""
+    n = 0
+    while n < len(piece) and piece[n] in _WS:
+        n += 1
+    return n
 
 
 def _read_una(buf: str, final: bool) -> tuple[str, int] | None:

@@ -264,7 +264,7 @@ def comp(seg: list, n: int, c: int = 1) -> str:
     if n >= len(seg):
         return ""
     v = seg[n]
-    if v.__class__ is list:
+    if isinstance(v, list):
         return v[c - 1].strip() if c <= len(v) else ""
     return v.strip() if c == 1 else ""
 
@@ -274,7 +274,7 @@ def parts(seg: list, n: int) -> list[str]:
     if n >= len(seg):
         return []
     v = seg[n]
-    return v if v.__class__ is list else [v]
+    return v if isinstance(v, list) else [v]
 
 
 def join_text(values) -> str | None:
@@ -441,6 +441,8 @@ class Scan:
                 return value.lstrip("0") or "0"
             a, sep, b = value.partition(self.dm)
             if sep and a.isdecimal() and b.isdecimal():
+                if sep == "." and a[0] != "0":
+                    return value  # already canonical: "12.34"
                 return (a.lstrip("0") or "0") + "." + b
         try:
             return decimal_text(value, decimal_mark=self.dm)
@@ -800,10 +802,10 @@ def _lin(s: Scan, seg: list, i: int) -> None:
         s.close_line()
     s.section = DETAIL
     s.ctx = "line"
-    line = empty_line()
+    line = _EMPTY_LINE.copy()  # a copy: several times cheaper than building it key by key
     n = len(seg)
     num = seg[1] if n > 1 else ""
-    if num.__class__ is list:
+    if isinstance(num, list):
         num = num[0] if num else ""
     line["line_number"] = num.strip() or None
     s.line = line
@@ -819,11 +821,12 @@ def _lin(s: Scan, seg: list, i: int) -> None:
 
 
 _NO_RANK = 1 << 20
+_EMPTY_LINE: dict[str, Any] = empty_line()
 
 
 def _part(s: Scan, c212) -> None:
     """One C212 item number: into the line field its 7143 type code names."""
-    if c212.__class__ is list:
+    if isinstance(c212, list):
         if not c212:
             return
         value = c212[0].strip()
@@ -851,7 +854,7 @@ def _pia(s: Scan, seg: list, i: int) -> None:
     if s.line is None:
         return
     fn = seg[1] if len(seg) > 1 else ""
-    if fn.__class__ is list:
+    if isinstance(fn, list):
         fn = fn[0] if fn else ""
     if fn in ("2", "3", "4"):  # substitutes, not this line's identification
         return
@@ -874,7 +877,7 @@ def _imd(s: Scan, seg: list, i: int) -> None:
 def _c1(seg: list) -> list:
     """Element 1 as a component list (QTY C186, PRI C509, MOA C516, DTM C507)."""
     el = seg[1] if len(seg) > 1 else ""
-    if el.__class__ is list:
+    if isinstance(el, list):
         return el or [""]
     return [el]
 
@@ -982,15 +985,33 @@ def scan(ts: TransactionSet, mapping: MessageMapping, kind: str) -> Scan:
     """One pass over the message: the collected values and findings."""
     s = Scan(ts, mapping, kind)
     get = HANDLERS.get
-    segs = ts.segments
+    segs: list[list] = ts.segments
     for i in range(1, len(segs)):
         seg = segs[i]
-        tag = seg[0] if seg else None
-        if tag.__class__ is not str:
+        if not seg:
             continue
-        h = get(tag)
-        if h is not None:
-            h(s, seg, i)
+        tag = seg[0]
+        if not isinstance(tag, str):
+            continue
+        # The segments of a line item first, called directly; the rest through the table.
+        if tag == "QTY":
+            _qty(s, seg, i)
+        elif tag == "PRI":
+            _pri(s, seg, i)
+        elif tag == "LIN":
+            _lin(s, seg, i)
+        elif tag == "PIA":
+            _pia(s, seg, i)
+        elif tag == "IMD":
+            _imd(s, seg, i)
+        elif tag == "MOA":
+            _moa(s, seg, i)
+        elif tag == "DTM":
+            _dtm(s, seg, i)
+        else:
+            h = get(tag)
+            if h is not None:
+                h(s, seg, i)
     s.close_line()
     return s
 

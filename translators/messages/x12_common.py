@@ -18,7 +18,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from translators.canonical import new_document
+from translators.canonical import LINE_FIELDS, new_document
 from translators.findings import Finding, Severity, finding
 from translators.mapping import STANDARD, MessageMapping
 from translators.messages.common import ValueProblem, decimal_text, x12_date
@@ -306,6 +306,19 @@ IGNORE, N1, N3, N4, REF, CUR, DTM, PID, AMT, SAC, TXI, ITD, LIN, SCH = range(14)
 HEADER, LINE, CTT, TDS = range(20, 24)
 
 
+_EMPTY_LINE: dict[str, Any] = dict.fromkeys(LINE_FIELDS)
+_TABLES: dict[tuple[int, int], dict[str, tuple[int, Spec | None]]] = {}
+
+
+def _table(codes: dict[str, int], checks: dict[str, Spec]) -> dict[str, tuple[int, Spec | None]]:
+    """Tag → (handler code, checks): one lookup per segment (the tables are module constants)."""
+    key = (id(codes), id(checks))
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = {tag: (code, checks.get(tag)) for tag, code in codes.items()}
+    return table
+
+
 class X12Mapper:
     """One pass over an X12 transaction set into a canonical dict plus findings.
 
@@ -366,6 +379,8 @@ class X12Mapper:
         # Before 004010 DTM05 is the century and the period format/value are DTM06/DTM07.
         self.old_dtm = bool(version) and version is not None and version[:6].isdecimal() and version[:6] < "004010"
         self.checks: dict[str, Spec] = CHECKS if self.old_dtm else CHECKS_4010
+        self.table = _table(codes, self.checks)
+        self.lines_out: list[dict[str, Any]] = self.doc["lines"]
 
     # -- findings ----------------------------------------------------------------------------
     def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
@@ -416,6 +431,8 @@ class X12Mapper:
         if not implied:
             a, dot, b = v.partition(".")
             if dot and b.isdecimal() and b.isascii() and (not a or (a.isdecimal() and a.isascii())):
+                if a and a[0] != "0":
+                    return v  # already canonical: "12.34"
                 return (a.lstrip("0") or "0") + "." + b
         try:
             return decimal_text(v, implied)
@@ -439,20 +456,19 @@ class X12Mapper:
 
     # -- the walk ----------------------------------------------------------------------------
     def run(self) -> tuple[dict[str, Any], list[Finding]]:
-        codes = self.codes
-        checks = self.checks
+        table = self.table
         n1_loop = N1_LOOP
         segs = self.segs
         for i in range(len(segs)):
             seg = segs[i]
             tag = seg[0]
-            code = codes.get(tag, -1)
-            if code < 0:
+            entry = table.get(tag)
+            if entry is None:
                 self._unrecognized(seg, i)
                 continue
+            code, spec = entry
             if self.party is not None and tag not in n1_loop:
                 self.party = None
-            spec = checks.get(tag)
             if spec is not None and not passes(seg, spec):
                 self._check(seg, i, spec)
             # The common segments first: one line item is a PO1 / IT1 and a PID or two.
@@ -764,6 +780,16 @@ class X12Mapper:
         for k in range(start, min(n, start + 20), 2):
             q = seg[k]
             v = seg[k + 1] if k + 1 < n else ""
+            if q and v:
+                # The common case first: a known qualifier as sent, a value.
+                hit = plan_parts.get(q)
+                if hit is not None and not v.isspace():
+                    field, rank = hit
+                    cur = best.get(field)
+                    if cur is None or rank < cur:
+                        line[field] = v.strip()
+                        best[field] = rank
+                    continue
             if not q or not v or q.isspace() or v.isspace():
                 if check and (q.strip() or v.strip()):
                     self._unpaired(seg, i, k)
@@ -799,23 +825,20 @@ class X12Mapper:
         uom = seg[3].strip() if n > 3 else ""
         if uom:
             uom = plan.uom.get(uom, uom)
-        line = {
-            "line_number": (seg[1].strip() or None) if n > 1 else None,
-            "quantity": self.num(seg, i, 2) if n > 2 else None,
-            "uom": uom or None,
-            "unit_price": self.num(seg, i, 4) if n > 4 else None,
-            "amount": None,
-            "buyer_part": None,
-            "supplier_part": None,
-            "gtin": None,
-            "description": None,
-            "requested_delivery": None,
-        }
+        line = _EMPTY_LINE.copy()  # cheaper than a dict display of ten keys
+        if n > 1:
+            line["line_number"] = seg[1].strip() or None
+        if n > 2:
+            line["quantity"] = self.num(seg, i, 2)
+        if uom:
+            line["uom"] = uom
+        if n > 4:
+            line["unit_price"] = self.num(seg, i, 4)
         self.line = line
         self.line_date_rank = 1 << 30
         self.line_desc08 = False
         self.line_parts = {}
-        self.doc["lines"].append(line)
+        self.lines_out.append(line)
         if n <= 6:
             if n == 6 and seg[5].strip() in plan.parts:
                 self._shifted(seg, i)
