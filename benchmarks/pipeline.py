@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="worker threads per process")
     parser.add_argument("--claim", type=int, default=200, help="documents a worker claims at once")
     parser.add_argument("--plex-concurrency", type=int, default=16, help="documents posted to Plex at once")
-    parser.add_argument("--batch-age", type=float, default=5.0, help="Anaplan batch max age, seconds")
+    parser.add_argument("--batch-age", type=float, default=60.0, help="Anaplan batch max age, seconds")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--keep", action="store_true", help="keep the data folders (logs, store)")
     args = parser.parse_args()

@@ -207,3 +207,15 @@ def test_invoice_mapping_refuses_what_plex_cannot_take():
     draft = invoice_draft(d, canonical, APInvoiceAccounts(charge_account="6100-000-00"))
     assert [ln.account_number for ln in draft.lines] == ["5000-100-00"] * 3 + ["6100-000-00", "2300-000-00"]
     assert draft.lines[-1].is_tax_line and draft.currency_code == "USD" and draft.po_number == "PO-88121"
+
+
+def test_a_claim_too_big_for_the_budget_is_posted_in_part_and_the_rest_waits(sim):
+    c = client(sim)
+    s = PostStage(c, SupplierMaster(None, c, SupplierMatching(), owner="test"),  # type: ignore[arg-type]
+                  accounts=APInvoiceAccounts(), partners=lambda: PARTNERS, concurrency=1, time_budget=0.0)
+    first, second = document(*INVOICE, doc_id=1), document(*ORDER, doc_id=2)
+    out = s([first, second])
+    s.close()
+    # With no time left, nothing was started: both wait (no attempt used) for the next claim.
+    assert {o.kind for o in out.values()} == {OutcomeKind.WAIT}
+    assert invoices(sim) == [] and sim.state(log=False)["counters"]["requests"] == {}

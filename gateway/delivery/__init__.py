@@ -50,7 +50,8 @@ class Delivery:
         self.master = SupplierMaster(engine, self.plex, settings.plex.matching, owner=runtime.instance)
         self.match = MatchStage(engine, self.master, settings.plex.matching, runtime.partners)
         self.post = PostStage(self.plex, self.master, accounts=settings.plex.ap_invoice_accounts,
-                              partners=runtime.partners, concurrency=settings.plex.concurrency)
+                              partners=runtime.partners, concurrency=settings.plex.concurrency,
+                              time_budget=settings.workers.lease_seconds / 2)
         self.anaplan = None
         if settings.anaplan is not None:
             self.anaplan = self._anaplan(runtime)

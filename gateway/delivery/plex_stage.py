@@ -172,19 +172,26 @@ class PostStage:
     batch = True
 
     def __init__(self, client: PlexClient, master: SupplierMaster, *, accounts: APInvoiceAccounts,
-                 partners: Callable[[], PartnerDirectory], concurrency: int = 8) -> None:
+                 partners: Callable[[], PartnerDirectory], concurrency: int = 8,
+                 time_budget: float | None = None) -> None:
         self.client, self.master, self.accounts, self.partners = client, master, accounts, partners
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="plex-post")
+        # At 200 requests a minute a large claim cannot all be posted before the worker's lease
+        # runs out: documents not started within this many seconds wait for the next claim.
+        self.time_budget = time_budget
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __call__(self, docs: list[Document], runtime: Any = None) -> dict[int, Outcome]:
         directory = self.partners()
-        futures = {d.id: self._pool.submit(self.post_one, d, directory) for d in docs}
+        deadline = None if self.time_budget is None else time.monotonic() + self.time_budget
+        futures = {d.id: self._pool.submit(self.post_one, d, directory, deadline) for d in docs}
         return {doc_id: f.result() for doc_id, f in futures.items()}
 
-    def post_one(self, doc: Document, directory: PartnerDirectory) -> Outcome:
+    def post_one(self, doc: Document, directory: PartnerDirectory, deadline: float | None = None) -> Outcome:
+        if deadline is not None and time.monotonic() > deadline:
+            return Outcome.wait(0.05, {"plex": "not started: the Plex budget of this claim was spent"})
         started = time.perf_counter()
         with self.client.recording() as trail:
             try:

@@ -147,26 +147,14 @@ class SupplierMaster:
         started = utcnow()
         try:
             changes = self.client.poll_suppliers(cursor, overlap=timedelta(seconds=self.settings.overlap_seconds))
-            rows = []
-            for sup in changes.suppliers:
-                tax_id = None
-                if self.settings.fetch_tax_ids:
-                    try:
-                        fin = self.client.get_supplier_financials(sup.id) or {}
-                        tax_id = fin.get("taxId") or None
-                    except PlexError as exc:  # a supplier without financials, or no access: match without it
-                        log.info("plex.suppliers.no_financials", code=sup.code, error=type(exc).__name__)
-                rows.append(Supplier(
-                    code=sup.code, plex_id=sup.id, name=sup.name or sup.code,
-                    normalized_name=normalize_name(sup.name or sup.code)[:300], tax_id=tax_id,
-                    status=sup.status, modified_at=sup.modified_date,
-                    record=sup.model_dump_json(by_alias=True), refreshed_at=started))
         except PlexError as exc:
-            with transaction(self.engine) as s:
-                status = s.get(SourceStatus, STATUS_ROW) or SourceStatus(source=STATUS_ROW)
-                status.last_poll_at, status.last_error, status.last_error_at = started, str(exc), utcnow()
-                s.add(status)
+            self._failed(started, exc)
             raise
+        # A changed supplier's tax id is unknown again (None) until its financials are read.
+        rows = [Supplier(code=sup.code, plex_id=sup.id, name=sup.name or sup.code,
+                         normalized_name=normalize_name(sup.name or sup.code)[:300], tax_id=None, status=sup.status,
+                         modified_at=sup.modified_date, record=sup.model_dump_json(by_alias=True), refreshed_at=started)
+                 for sup in changes.suppliers]
         with transaction(self.engine) as s:
             for row in rows:
                 s.merge(row)
@@ -176,10 +164,45 @@ class SupplierMaster:
             status.last_error = None
             status.files_taken = (status.files_taken or 0) + len(rows)
             s.add(status)
+        if self.settings.fetch_tax_ids:
+            self._tax_ids(started)
         log.info("plex.suppliers.refreshed", changed=len(rows))
         with self._lock:
             self._snapshot_stamp = None  # re-read now
         return len(rows)
+
+    def _tax_ids(self, started) -> None:
+        """Read financials for suppliers whose tax id is unknown, a bounded number per refresh
+        (one request each); '' records "Plex has none" so it is not asked again."""
+        with Session(self.engine) as s:
+            todo = s.exec(select(Supplier).where(Supplier.tax_id.is_(None)).order_by(Supplier.code)
+                          .limit(self.settings.tax_ids_per_refresh)).all()
+        found: dict[str, str] = {}
+        for sup in todo:
+            if not sup.plex_id:
+                found[sup.code] = ""
+                continue
+            try:
+                fin = self.client.get_supplier_financials(sup.plex_id) or {}
+            except PlexError as exc:  # no access to financials, or a blip: match without it, try next time
+                log.info("plex.suppliers.no_financials", code=sup.code, error=type(exc).__name__)
+                if not exc.transient:
+                    found[sup.code] = ""
+                continue
+            found[sup.code] = str(fin.get("taxId") or "")[:100]
+        if found:
+            with transaction(self.engine) as s:
+                for code, tax_id in found.items():
+                    row = s.get(Supplier, code)
+                    if row is not None:
+                        row.tax_id, row.refreshed_at = tax_id, started
+                        s.add(row)
+
+    def _failed(self, started, exc: Exception) -> None:
+        with transaction(self.engine) as s:
+            status = s.get(SourceStatus, STATUS_ROW) or SourceStatus(source=STATUS_ROW)
+            status.last_poll_at, status.last_error, status.last_error_at = started, str(exc), utcnow()
+            s.add(status)
 
     def snapshot(self) -> Snapshot:
         """Active suppliers from the store, re-read when the table changed (checked every few seconds)."""
@@ -212,7 +235,7 @@ class SupplierMaster:
             except ValueError:
                 old_code = None
         return Counterparty(code=row.code, name=row.name, normalized=row.normalized_name, plex_id=row.plex_id,
-                            old_code=old_code, tax_id=row.tax_id, status=row.status)
+                            old_code=old_code, tax_id=row.tax_id or None, status=row.status)
 
     # ---------------------------------------------------------------- customers
     def customers(self) -> Snapshot:

@@ -245,7 +245,9 @@ class SupplierMatching(BaseModel):
     ambiguity_margin: float = Field(5.0, ge=0, description="the best name must beat the next by this much")
     active_statuses: list[str] = Field(default_factory=lambda: ["Active"],
                                        description="supplier statuses that may be matched (no status counts)")
-    fetch_tax_ids: bool = Field(True, description="read each changed supplier's financials for its tax id")
+    fetch_tax_ids: bool = Field(True, description="read suppliers' financials for their tax ids")
+    tax_ids_per_refresh: int = Field(50, ge=0, description=(
+        "financials read per refresh at most (one request each): a big master fills in over a few refreshes"))
 
 
 class APInvoiceAccounts(BaseModel):
