@@ -236,6 +236,10 @@ def main() -> None:
         ours, floor, theirs = mb / t_tr, mb / t_sp, len(small) / 1e6 / t_ref
         rows.append((name, mb, docs, ours, floor, ref_name, theirs, goal))
 
+    import translators.envelope
+
+    build = "pure Python" if translators.envelope.__file__.endswith(".py") else "compiled with mypyc"
+    print(f"translation core: {build}")
     print(f"{'file':16} {'MB':>6} {'docs':>6} {'translate MB/s':>15} {'str.split MB/s':>15} {'ratio':>6}  reference")
     for name, mb, docs, ours, floor, ref_name, theirs, goal in rows:
         print(

@@ -29,7 +29,7 @@ from translators.model import (
 )
 
 CHUNK = 1 << 20
-SLICE = 1 << 14  # text handed to the tokenizer at a time (see _Envelope.run)
+SLICE = 1 << 12  # text handed to the tokenizer at a time (see _Envelope.run)
 # White space around segments. U+0085 is EBCDIC NL (0x15) as cp037 decodes it.
 _WS = " \t\r\n\x00\x1a\x0b\x0c\x85"
 
@@ -141,14 +141,31 @@ class _Envelope:
         self._junk: str | None = None  # head of the junk read so far while waiting for more input
 
     def run(self, text_chunks: Iterator[str]) -> Iterator[Event]:
-        carry = ""
+        carry = ""  # the unfinished segment the tokenizer handed back
+        held: list[str] = []  # text waiting while the carry is long
+        held_size = 0
         for chunk in text_chunks:
+            if len(carry) > SLICE:
+                # A long unfinished segment (or no terminator in sight): hand text on only once
+                # there is as much again as the carry, so that re-reading it stays linear.
+                held.append(chunk)
+                held_size += len(chunk)
+                if held_size < len(carry):
+                    continue
+                chunk = "".join(held)
+                held = []
+                held_size = 0
             # A slice at a time, each event handed on (and let go) as soon as its slice is read:
             # sets then die young, which keeps the cyclic garbage collector's work small.
-            for start in range(0, len(chunk), SLICE):
-                carry = self._consume(carry + chunk[start : start + SLICE], final=False)
+            start = 0
+            while start < len(chunk):
+                size = max(SLICE, len(carry))
+                carry = self._consume(carry + chunk[start : start + size], final=False)
+                start += size
                 if self.events:
                     yield from self._drain()
+        if held:
+            carry += "".join(held)
         self._consume(carry, final=True)
         if self.ich is not None:
             self._close_interchange(complete=False, at_eof=True)
