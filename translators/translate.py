@@ -174,15 +174,7 @@ def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> Documen
     }
     findings = ts.findings  # shared with the envelope's SetSummary, so acknowledgments see mapping findings
     spec = MESSAGES.get(key)
-    base = dict(
-        standard=ts.standard,
-        type=ts.type,
-        control=control,
-        partner=partner.id if partner else None,
-        first_segment_index=ts.first_segment_index,
-        segment_count=len(ts.segments),
-        transaction_set=ts,
-    )
+    partner_id = partner.id if partner else None
     if spec is None:
         findings.append(
             _at_header(
@@ -194,15 +186,19 @@ def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> Documen
                 value=ts.type,
             )
         )
-        return DocumentResult(kind=None, document=None, findings=findings, status="ignored", **base)
+        return DocumentResult(ts.standard, ts.type, None, control, partner_id, None, findings,
+                              ts.first_segment_index, len(ts.segments), ts, "ignored")
     mapping: MessageMapping = partner.mapping if partner else STANDARD
     doc, mapped = _mapper(key)(ts, mapping)
-    findings.extend(mapped)
-    doc["partner"] = partner.id if partner else None
+    if mapped:
+        findings.extend(mapped)
+    doc["partner"] = partner_id
     if partner is not None:
         _apply_partner_rules(doc, ts, partner, findings)
-    status = "failed" if any(f.is_error for f in findings) else "translated"
-    return DocumentResult(kind=spec[0], document=doc, findings=findings, status=status, **base)
+    status = "failed" if findings and any(f.is_error for f in findings) else "translated"
+    # Positional: this runs once per document (see the field order of DocumentResult).
+    return DocumentResult(ts.standard, ts.type, spec[0], control, partner_id, doc, findings,
+                          ts.first_segment_index, len(ts.segments), ts, status)
 
 
 def _apply_partner_rules(doc: dict, ts: TransactionSet, partner: PartnerMapping, findings: list[Finding]) -> None:
