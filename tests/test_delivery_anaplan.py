@@ -85,9 +85,9 @@ def test_documents_wait_for_the_batch_to_fill_then_go_in_one_import(sandbox, sto
 
     first = forward(docs(ids[:4]), rt)
     # Four of six, and more on their way (posted, not yet in a batch): nobody sends yet. They wait
-    # (no attempt used) and look again shortly, in case nothing more comes.
+    # (no attempt used) until the batch wakes them, ten seconds at most.
     assert {o.kind for o in first.values()} == {OutcomeKind.WAIT}
-    assert all(0 < o.after <= 1.0 for o in first.values())
+    assert all(0 < o.after <= 10.0 for o in first.values())
     assert sandbox.anaplan.snapshot()["requests"] == {}
     second = forward(docs(ids[4:8]), rt)
     # The batch is full: sent with all eight documents it holds; these four are forwarded at once.
@@ -96,6 +96,9 @@ def test_documents_wait_for_the_batch_to_fill_then_go_in_one_import(sandbox, sto
         [batch] = s.exec(select(AnaplanBatch)).all()
     assert batch.state == "running" and batch.document_count == 8 and batch.task_id
     assert json.loads(batch.result)["members"] == ids[:8]
+    # Sending woke every member: they are due now, not when they set out to look again.
+    assert all(d.next_attempt_at is not None and d.next_attempt_at.replace(tzinfo=None) <= utcnow().replace(tzinfo=None)
+               for d in docs(ids[:8]))
     # The first four come back: their batch is running, so they are forwarded too.
     again = forward(docs(ids[:4]), rt)
     assert {o.kind for o in again.values()} == {OutcomeKind.OK}

@@ -23,6 +23,7 @@ while running; its ``result`` JSON keeps the members, the counts and every faile
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -88,6 +89,9 @@ class AnaplanStages:
                  owner: str, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine, self.settings, self.destination, self.owner = engine, settings, destination, owner
         self._now = clock
+        # Documents waiting on a batch that will wake them sleep this long at most (a woken document's
+        # wake-up can be lost to a worker applying an older outcome: this bounds the delay).
+        self.idle_seconds = 10.0
 
         def forward(docs: list[Document], runtime: Any = None) -> dict[int, Outcome]:
             return self.run(docs, StageName.FORWARD)
@@ -218,10 +222,11 @@ class AnaplanStages:
         if row["state"] == RUNNING and phase is StageName.CONFIRM:
             problem = self._maybe_poll(row, cfg) or problem
             row = self._one(batch_id)
-        return {d.id: self._verdict(row, d, phase, problem, cfg) for d in docs}
+        coming = self._coming(row["import_name"]) if row["state"] == OPEN else False
+        return {d.id: self._verdict(row, d, phase, problem, cfg, coming) for d in docs}
 
     def _verdict(self, row: Mapping[str, Any], doc: Document, phase: StageName, problem: _Problem | None,
-                 cfg: AnaplanImportConfig) -> Outcome:
+                 cfg: AnaplanImportConfig, coming: bool = False) -> Outcome:
         state, batch_id = row["state"], row["id"]
         result = json.loads(row["result"] or "{}")
         info = {"batch": batch_id, "task": row["task_id"]}
@@ -230,7 +235,7 @@ class AnaplanStages:
             if problem is not None and problem.retryable:
                 return Outcome.retry(problem.reason, code="anaplan.retry", after=problem.after,
                                      detail={"anaplan": info}, anaplan_batch_id=batch_id)
-            return Outcome.wait(self._due_in(row, cfg, now), {"anaplan": {**info, "waiting": "batch filling"}},
+            return Outcome.wait(self._due_in(row, cfg, now, coming), {"anaplan": {**info, "waiting": "batch filling"}},
                                 anaplan_batch_id=batch_id)
         if state == SENDING:
             return Outcome.wait(0.2, {"anaplan": {**info, "waiting": "batch being sent"}}, anaplan_batch_id=batch_id)
@@ -248,12 +253,10 @@ class AnaplanStages:
         if phase is StageName.FORWARD:
             return Outcome.ok({"anaplan": sent}, anaplan_batch_id=batch_id)
         if state == RUNNING:
-            if problem is not None and not problem.retryable:
-                return Outcome.fail(problem.reason, code="anaplan.poll_failed", detail={"anaplan": info},
-                                    anaplan_batch_id=None)
-            next_poll = _aware(row["lease_until"]) or now
-            return Outcome.wait(max(0.05, (next_poll - now).total_seconds()),
-                                {"anaplan": {**info, "waiting": "import running"}}, anaplan_batch_id=batch_id)
+            # One member (the first) comes back to poll; the others sleep until the batch wakes them.
+            next_poll = max(0.05, ((_aware(row["lease_until"]) or now) - now).total_seconds())
+            wait = next_poll if doc.id == min(result["members"]) else max(next_poll, self.idle_seconds)
+            return Outcome.wait(wait, {"anaplan": {**info, "waiting": "import running"}}, anaplan_batch_id=batch_id)
         # DONE
         failed = result.get("failed") or {}
         detail = {"anaplan": {**sent, "counts": result.get("counts"), "status": result.get("status")}}
@@ -262,18 +265,20 @@ class AnaplanStages:
             return Outcome.fail(reason, code="anaplan.rejected", detail=detail, anaplan_batch_id=None)
         return Outcome.ok(detail, anaplan_batch_id=batch_id)
 
-    def _due_in(self, row: Mapping[str, Any], cfg: AnaplanImportConfig, now: datetime) -> float:
+    def _due_in(self, row: Mapping[str, Any], cfg: AnaplanImportConfig, now: datetime, coming: bool) -> float:
+        """How long a document waits in an open batch. Sending the batch wakes its members, so while
+        more documents are on their way (they will fill it) they sleep; when nothing more is coming,
+        they come back when the batch may go early."""
         not_before = _aware(row["lease_until"])
         if not_before is not None and not_before > now:
             return max(0.05, (not_before - now).total_seconds())
         if row["document_count"] >= self.settings.batch.max_documents:
             return max(0.05, cfg.poll_interval_s)  # full, but the file is busy with the previous batch
-        created = _aware(row["created_at"]) or now
-        age = (now - created).total_seconds()
-        left = self.settings.batch.max_age_seconds - age
-        # Come back when it may go early (nothing more coming) or, at the latest, when it is old.
-        early = self.settings.batch.min_age_seconds - age
-        return max(0.05, min(left, max(early, 0.5), self.settings.batch.max_age_seconds))
+        batching = self.settings.batch
+        age = (now - (_aware(row["created_at"]) or now)).total_seconds()
+        if coming:
+            return max(0.05, min(batching.max_age_seconds - age, self.idle_seconds))
+        return max(0.05, min(batching.min_age_seconds, batching.max_age_seconds) - age)
 
     # ------------------------------------------------------------------ sending
     def _maybe_send(self, row: Mapping[str, Any], cfg: AnaplanImportConfig) -> _Problem | None:
@@ -318,6 +323,7 @@ class AnaplanStages:
             else:
                 self._set(batch_id, SENDING, state=FAILED, lease_owner=None, lease_until=None, error=problem.reason,
                           document_count=len(ids), result={"members": ids, "requests": usage.requests})
+                self._wake(batch_id)
             return problem
         result = {"members": ids, "rows": len(sub.row_map), "chunks": sub.chunks, "bytes": sub.size,
                   "sha256": sub.sha256, "requests": usage.requests, "sent_at": now.isoformat()}
@@ -325,12 +331,21 @@ class AnaplanStages:
             result.update(failed={str(k): v for k, v in sub.row_map.rejected.items()}, status="failed")
             self._set(batch_id, SENDING, state=DONE, document_count=len(ids), result=result)
             leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+            self._wake(batch_id)
             return None
         self._set(batch_id, SENDING, state=RUNNING, task_id=sub.task_id, document_count=len(ids), result=result,
                   error=None, lease_owner=None, lease_until=now + timedelta(seconds=cfg.poll_interval_s))
+        self._wake(batch_id)
         log.info("anaplan.batch_sent", batch_id=batch_id, task_id=sub.task_id, documents=len(ids),
                  rows=len(sub.row_map), requests=usage.requests)
         return None
+
+    def _wake(self, batch_id: int) -> None:
+        """The batch moved on (sent, finished): its waiting members are due now, not when they set out to look."""
+        with self.engine.begin() as conn:
+            conn.execute(update(_D).where(
+                _D.c.anaplan_batch_id == batch_id,
+                _D.c.state.in_((State.POSTED.value, State.FORWARDED.value))).values(next_attempt_at=self._now()))
 
     def _coming(self, kind: str) -> bool:
         """Whether documents of ``kind`` are still being matched or posted, or posted but not in a batch."""
@@ -371,10 +386,15 @@ class AnaplanStages:
                           error=f"Anaplan import task {task_id} did not finish within {cfg.task_timeout_s:.0f} s "
                                 "(cancelled; sending again)")
                 leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+                self._wake(batch_id)
                 return None
             members = self._documents(result.get("members") or [])
             batch = ImportBatch(batch_id=str(batch_id), config=cfg, documents=members)
             data, row_map, fmt = self.destination.rows(batch, usage)
+            if result.get("sha256") and hashlib.sha256(data).hexdigest() != result["sha256"]:
+                # Rows that no longer match what was uploaded are not pinned on a document by mistake:
+                # the dump is matched by content, and what cannot be traced fails the batch for review.
+                log.warning("anaplan.batch_csv_changed", batch_id=batch_id)
             outcome = self.destination.conclude(batch, row_map, fmt, task_id, task, usage)
         except (AnaplanError, httpx.HTTPError) as exc:
             problem = _classify(exc, self.settings.batch.retry_seconds)
@@ -385,6 +405,7 @@ class AnaplanStages:
             result.update(requests=result.get("requests", 0) + usage.requests)
             self._set(batch_id, RUNNING, state=FAILED, error=problem.reason, result=result)
             leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+            self._wake(batch_id)
             return problem
         failed = {str(r.document_id): r.reason or "rejected by Anaplan" for r in outcome.documents if not r.ok}
         present = {d["id"] for d in members}
@@ -400,6 +421,7 @@ class AnaplanStages:
             self._set(batch_id, RUNNING, state=DONE, error=outcome.reason if outcome.status == "failed" else None,
                       result=result)
         leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+        self._wake(batch_id)
         log.info("anaplan.batch_done", batch_id=batch_id, task_id=task_id, status=outcome.status,
                  failed=len(failed), requests=result["requests"])
         return None
