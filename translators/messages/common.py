@@ -43,11 +43,26 @@ def decimal_text(value: str, implied: int = 0, decimal_mark: str = ".") -> str |
     return format(d, "f")
 
 
+# Valid dates already converted (a file repeats the same few dates; a calendar check is dear).
+_X12_DATES: dict[str, str] = {}
+
+
 def x12_date(value: str) -> str | None:
     """CCYYMMDD, or YYMMDD as 3040 and older send it, to ISO; '' gives None."""
+    hit = _X12_DATES.get(value)
+    if hit is not None:
+        return hit
     v = value.strip()
     if not v:
         return None
+    iso = _x12_date(v, value)
+    if len(_X12_DATES) >= 4096:
+        _X12_DATES.clear()
+    _X12_DATES[value] = iso
+    return iso
+
+
+def _x12_date(v: str, value: str) -> str:
     if len(v) == 6 and v.isdecimal():
         yy = int(v[:2])
         # The X12 convention for 2-digit years: 00-49 are 20xx, 50-99 are 19xx.
