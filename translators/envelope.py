@@ -481,6 +481,8 @@ class _X12Reader(_Envelope):
             cand = piece.lstrip(_WS)
             if not cand:
                 continue
+            if "\n" in cand or "\r" in cand:
+                return False  # a wrapped ISA: read afresh from the text, as the first one was
             if not cand.startswith("ISA") or cand[3:4] != d.element:
                 return False
             isa = cand.split(d.element)
