@@ -187,16 +187,16 @@ class AnaplanStages:
     def _documents(self, ids: Sequence[int] | None = None, *, batch_id: int | None = None) -> list[dict[str, Any]]:
         """Members as the CSV mapping sees them: ``{"id", **canonical, "gateway": {...}}``, by id."""
         cols = [_D.c.id, _D.c.canonical, _D.c.supplier_code, _D.c.plex_key, _D.c.partner, _D.c.kind]
-        query = select(*cols)
         if ids is not None:
-            query = query.where(_D.c.id.in_(list(ids)))
+            wanted = sorted(ids)
+            queries = [select(*cols).where(_D.c.id.in_(wanted[i:i + 1000])) for i in range(0, len(wanted), 1000)]
         else:
             # Waiting to be forwarded, or sent back to Anaplan from confirm (reprocessed after a rejection).
-            query = query.where(_D.c.anaplan_batch_id == batch_id, or_(
+            queries = [select(*cols).where(_D.c.anaplan_batch_id == batch_id, or_(
                 and_(_D.c.state == State.POSTED.value, _D.c.stage == StageName.FORWARD.value),
-                and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value)))
+                and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value)))]
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(_D.c.id)).mappings().all()
+            rows = [r for q in queries for r in conn.execute(q.order_by(_D.c.id)).mappings().all()]
         docs = []
         for r in rows:
             canonical = json.loads(r["canonical"] or "{}")
