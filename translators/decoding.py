@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Iterable, Iterator
+from typing import Final
 
 _BOMS = (codecs.BOM_UTF8,)
 _EBCDIC_ISA = "ISA".encode("cp037")
@@ -79,7 +80,7 @@ def edifact_syntax_identifier(head_text: str) -> str | None:
 # The unit of the UTF-8 decision: fixed 64 KiB blocks of the byte stream, so that how the stream was
 # chunked cannot change the text (a Latin-1 pair that looks like UTF-8 decodes the same way
 # whether or not the byte that gives the file away came in the same chunk).
-BLOCK = 1 << 16
+BLOCK: Final = 1 << 16
 
 
 class AdaptiveDecoder:

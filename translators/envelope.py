@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import Final
 
 from translators import decoding
 from translators.findings import Finding, Severity, finding
@@ -28,10 +29,10 @@ from translators.model import (
     TransactionSet,
 )
 
-CHUNK = 1 << 20
-SLICE = 1 << 12  # text handed to the tokenizer at a time (see _Envelope.run)
+CHUNK: Final = 1 << 20
+SLICE: Final = 1 << 12  # text handed to the tokenizer at a time (see _Envelope.run)
 # White space around segments. U+0085 is EBCDIC NL (0x15) as cp037 decodes it.
-_WS = " \t\r\n\x00\x1a\x0b\x0c\x85"
+_WS: Final = " \t\r\n\x00\x1a\x0b\x0c\x85"
 
 Event = TransactionSet | InterchangeSummary | Finding
 
@@ -747,15 +748,15 @@ class _X12Reader(_Envelope):
             self.ich.findings.append(self._f("interchange.version_unsupported", f"ISA12 {v!r} is not an X12 control version the gateway reads", isa, 12, severity=Severity.WARNING, value=v))
 
 
-_X12_ENVELOPE = frozenset({"ST", "GS", "GE", "ISA", "IEA"})
-_DEFAULT_X12 = Delimiters("*", ":", "~")
-_X12_TRIGGERS = _X12_ENVELOPE | {"SE"}  # segments the envelope reader must see
+_X12_ENVELOPE: Final = frozenset({"ST", "GS", "GE", "ISA", "IEA"})
+_DEFAULT_X12: Final = Delimiters("*", ":", "~")
+_X12_TRIGGERS: Final = _X12_ENVELOPE | {"SE"}  # segments the envelope reader must see
 
 
 # --------------------------------------------------------------------------------------------
 # EDIFACT
 
-_PLACEHOLDER_BASE = 0xE000
+_PLACEHOLDER_BASE: Final = 0xE000
 
 
 class _EdifactReader(_Envelope):
@@ -1154,7 +1155,7 @@ def _tail_of(buf: str, n: int, term: str) -> str:
     return buf[p + 1 :]
 
 
-_PLACEHOLDERS = re.compile("[\ue000-\uf8ff]")
+_PLACEHOLDERS: Final = re.compile("[\ue000-\uf8ff]")
 
 
 def _scan_released(piece: str, el: str, comp: str, rel: str) -> list:
@@ -1215,5 +1216,5 @@ def _comp(seg: list, n: int, c: int = 1) -> str:
     return v.strip() if c == 1 else ""
 
 
-_EDIFACT_ENVELOPE = frozenset({"UNT", "UNH", "UNG", "UNE", "UNB", "UNZ"})
-_DEFAULT_EDIFACT = Delimiters(element="+", component=":", segment="'", release="?")
+_EDIFACT_ENVELOPE: Final = frozenset({"UNT", "UNH", "UNG", "UNE", "UNB", "UNZ"})
+_DEFAULT_EDIFACT: Final = Delimiters(element="+", component=":", segment="'", release="?")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from typing import Final
 
 from translators.findings import Finding, finding
 
@@ -44,7 +45,7 @@ def decimal_text(value: str, implied: int = 0, decimal_mark: str = ".") -> str |
 
 
 # Valid dates already converted (a file repeats the same few dates; a calendar check is dear).
-_X12_DATES: dict[str, str] = {}
+_X12_DATES: Final[dict[str, str]] = {}
 
 
 def x12_date(value: str) -> str | None:
@@ -74,7 +75,7 @@ def _x12_date(v: str, value: str) -> str:
 
 # Format code (2379) → length of the value. 718 is CCYYMMDD-CCYYMMDD, 719 CCYYMMDDHHMM-CCYYMMDDHHMM:
 # for a period the gateway keeps its first date.
-_EDIFACT_FORMATS = {"102": 8, "101": 6, "203": 12, "204": 14, "201": 10, "718": 17, "719": 25}
+_EDIFACT_FORMATS: Final = {"102": 8, "101": 6, "203": 12, "204": 14, "201": 10, "718": 17, "719": 25}
 
 
 def edifact_date(value: str, fmt: str | None) -> str | None:

@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Final
 
 from translators.canonical import empty_line
 from translators.findings import Finding, Severity, finding
@@ -54,15 +54,17 @@ from translators.mapping import MessageMapping
 from translators.messages.common import ValueProblem, decimal_text, edifact_date, problem_finding
 from translators.model import TransactionSet
 
-WARNING = Severity.WARNING
+WARNING: Final = Severity.WARNING
 
 # Sections of a message.
-HEADER, DETAIL, SUMMARY = 0, 1, 2
+HEADER: Final = 0
+DETAIL: Final = 1
+SUMMARY: Final = 2
 
 # --------------------------------------------------------------------------------------------
 # Code lists
 
-PURPOSES = {
+PURPOSES: Final = {
     "9": "original",
     "5": "replace",
     "1": "cancel",
@@ -77,7 +79,7 @@ PURPOSES = {
 
 # NAD 3035 codes the gateway recognises (beyond those named in the mapping's lists): an
 # unknown code only earns a warning.
-KNOWN_PARTY_CODES = frozenset(
+KNOWN_PARTY_CODES: Final = frozenset(
     "AA AB AE AF AG AH AI AJ AK AM AO AP AQ AR AS AT AU AV AW BA BB BC BD BE BF BG BH BI BJ BK "
     "BL BM BN BO BP BQ BR BS BT BU BV BW BX BY BZ CA CB CC CD CE CF CG CH CI CJ CK CL CM CN CO "
     "CP CQ CR CS CT CU CV CW CX CY CZ DA DB DC DD DE DF DG DH DI DJ DK DL DM DN DO DP DQ DR DS "
@@ -93,38 +95,38 @@ KNOWN_PARTY_CODES = frozenset(
 )
 
 # LIN/PIA 7143 codes the EDIFACT directories (and EANCOM) use, per canonical part field.
-_EDIFACT_PARTS = {
+_EDIFACT_PARTS: Final = {
     "buyer_part": ["IN", "BP"],
     "supplier_part": ["SA", "VP", "SN", "MF", "IB"],
     "gtin": ["EN", "SRV", "UP"],
 }
-_PART_FIELDS = ("buyer_part", "supplier_part", "gtin")
-_PART_MODEL_FIELDS = {"buyer_part": "buyer", "supplier_part": "supplier", "gtin": "gtin"}
+_PART_FIELDS: Final = ("buyer_part", "supplier_part", "gtin")
+_PART_MODEL_FIELDS: Final = {"buyer_part": "buyer", "supplier_part": "supplier", "gtin": "gtin"}
 
-_SHIP_TO_EXTRA = ["CN", "UC"]
+_SHIP_TO_EXTRA: Final = ["CN", "UC"]
 
 # QTY 6063 per message kind, in order of preference.
-QTY_ORDERS = {"21": 0, "1": 1, "12": 2, "47": 3}
-QTY_INVOIC = {"47": 0, "12": 1, "46": 2, "21": 3, "1": 4}
+QTY_ORDERS: Final = {"21": 0, "1": 1, "12": 2, "47": 3}
+QTY_INVOIC: Final = {"47": 0, "12": 1, "46": 2, "21": 3, "1": 4}
 
 # PRI 5125: net before gross, anything else last.
-_PRI_RANK = {"AAA": 0, "AAB": 1}
+_PRI_RANK: Final = {"AAA": 0, "AAB": 1}
 
 # Contexts inside a line item where QTY, MOA and RFF belong to the line itself (not to a
 # sub-group such as a delivery schedule, a tax or an allowance).
-_LINE_CTX = frozenset({"line", "pri", "lrff"})
+_LINE_CTX: Final = frozenset({"line", "pri", "lrff"})
 
 # Line MOA 5025: line item amount, invoice item amount, goods item total.
-_LINE_AMOUNT = {"203": 0, "38": 1, "66": 2}
+_LINE_AMOUNT: Final = {"203": 0, "38": 1, "66": 2}
 
 # ALC group MOA 5025: allowance/charge amount, charge amount, allowance amount, total.
-_ALC_AMOUNT = {"8": 0, "23": 1, "204": 1, "131": 2}
+_ALC_AMOUNT: Final = {"8": 0, "23": 1, "204": 1, "131": 2}
 
 # RFF qualifiers that carry a party's tax registration (NAD group), best first.
-_TAX_REFS = {"VA": 0, "FC": 1, "AHP": 2, "XA": 3}
+_TAX_REFS: Final = {"VA": 0, "FC": 1, "AHP": 2, "XA": 3}
 
 # PAT terms wording.
-_TERMS_TYPE = {
+_TERMS_TYPE: Final = {
     "1": "net",
     "2": "end of month",
     "3": "fixed date",
@@ -136,7 +138,7 @@ _TERMS_TYPE = {
     "21": "instalments",
     "22": "discount",
 }
-_TERMS_REF = {
+_TERMS_REF: Final = {
     "1": "order date",
     "2": "confirmation date",
     "5": "invoice date",
@@ -144,26 +146,26 @@ _TERMS_REF = {
     "9": "invoice receipt",
     "21": "goods receipt",
 }
-_TERMS_REL = {"1": "from", "2": "before", "3": "after", "13": "from"}
-_PERIODS = {"D": "days", "CD": "days", "WD": "working days", "W": "weeks", "M": "months", "Y": "years"}
+_TERMS_REL: Final = {"1": "from", "2": "before", "3": "after", "13": "from"}
+_PERIODS: Final = {"D": "days", "CD": "days", "WD": "working days", "W": "weeks", "M": "months", "Y": "years"}
 
 # DTM 2379 formats: those that start with CCYYMMDD, those that start with YYMMDD.
-_CCYY_FORMATS = frozenset({"102", "203", "204", "205", "303", "304", "718", "719"})
-_YY_FORMATS = frozenset({"101", "201", "202", "301", "302", "717"})
-_GUESS_FORMAT = {6: "101", 8: "102", 10: "201", 12: "203", 14: "204"}
-_DATE_CACHE: dict[tuple[str, str], str] = {}  # (value, format) → ISO date, for valid dates only
+_CCYY_FORMATS: Final = frozenset({"102", "203", "204", "205", "303", "304", "718", "719"})
+_YY_FORMATS: Final = frozenset({"101", "201", "202", "301", "302", "717"})
+_GUESS_FORMAT: Final = {6: "101", 8: "102", 10: "201", 12: "203", 14: "204"}
+_DATE_CACHE: Final[dict[tuple[str, str], str]] = {}  # (value, format) → ISO date, for valid dates only
 
 # Summary MOA 5025 the mappers read, per message kind.
-ORDER_TOTALS = ("86", "128", "77", "39", "79", "9")
-INVOICE_TOTALS = ("77", "86", "39", "9", "128")
-_USED_SUMMARY = {
+ORDER_TOTALS: Final = ("86", "128", "77", "39", "79", "9")
+INVOICE_TOTALS: Final = ("77", "86", "39", "9", "128")
+_USED_SUMMARY: Final = {
     "purchase_order": frozenset(ORDER_TOTALS),
     "invoice": frozenset(INVOICE_TOTALS + ("124", "150", "176")),
 }
 
 # Maximum use of message-level segments (UNTDID ORDERS/INVOIC, D93A-D01B).
-MAX_HEADER_DTM = 35
-MAX_LINE_DTM = 35
+MAX_HEADER_DTM: Final = 35
+MAX_LINE_DTM: Final = 35
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +242,7 @@ def _date_codes(codes) -> list[str]:
     return _dedupe(out)
 
 
-_LOOKUPS: dict[int, tuple[MessageMapping, Lookups]] = {}
+_LOOKUPS: Final[dict[int, tuple[MessageMapping, Lookups]]] = {}
 
 
 def lookups(mapping: MessageMapping) -> Lookups:
@@ -820,8 +822,8 @@ def _lin(s: Scan, seg: list, i: int) -> None:
         _part(s, seg[3])
 
 
-_NO_RANK = 1 << 20
-_EMPTY_LINE: dict[str, Any] = empty_line()
+_NO_RANK: Final = 1 << 20
+_EMPTY_LINE: Final[dict[str, Any]] = empty_line()
 
 
 def _part(s: Scan, c212) -> None:
@@ -948,7 +950,7 @@ def _group(name: str):
 
 _other = _group("other")
 
-HANDLERS = {
+HANDLERS: Final = {
     "BGM": _bgm,
     "DTM": _dtm,
     "RFF": _rff,

@@ -14,14 +14,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
 from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, TDS, X12Mapper, base_codes, purpose_name, raw, text
 from translators.model import TransactionSet
 
-_CODES = {**base_codes(), "BIG": HEADER, "IT1": LINE, "TDS": TDS, "CTT": CTT,
+_CODES: Final = {**base_codes(), "BIG": HEADER, "IT1": LINE, "TDS": TDS, "CTT": CTT,
           "CRC": IGNORE, "BAL": IGNORE, "L7": IGNORE, "V1": IGNORE, "R4": IGNORE, "FA1": IGNORE, "FA2": IGNORE,
           "ITA": IGNORE, "L5": IGNORE, "L1": IGNORE, "IT2": IGNORE}
 

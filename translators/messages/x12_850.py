@@ -11,14 +11,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
 from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, X12Mapper, base_codes, purpose_name, raw, text
 from translators.model import TransactionSet
 
-_CODES = {**base_codes(), "BEG": HEADER, "PO1": LINE, "CTT": CTT,
+_CODES: Final = {**base_codes(), "BEG": HEADER, "PO1": LINE, "CTT": CTT,
           "CN1": IGNORE, "PO3": IGNORE, "ADV": IGNORE, "PRS": IGNORE, "CID": IGNORE, "FST": IGNORE, "LX": IGNORE}
 
 

@@ -16,7 +16,7 @@ syntax notes, findings) is here.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from translators.canonical import LINE_FIELDS, new_document
 from translators.findings import Finding, Severity, finding
@@ -24,11 +24,11 @@ from translators.mapping import STANDARD, MessageMapping
 from translators.messages.common import ValueProblem, decimal_text, x12_date
 from translators.model import TransactionSet
 
-ERROR = Severity.ERROR
-WARNING = Severity.WARNING
+ERROR: Final = Severity.ERROR
+WARNING: Final = Severity.WARNING
 
 # X12 353 (transaction set purpose code) → canonical purpose; other codes pass through raw.
-PURPOSES = {
+PURPOSES: Final = {
     "00": "original",
     "01": "cancel",
     "02": "add",
@@ -45,19 +45,19 @@ PURPOSES = {
 
 # REF01 qualifiers inside an N1 loop that carry the party's tax identifier, best first:
 # TJ federal taxpayer id, EI employer id, VX VAT registration number, GT GST registration.
-TAX_REF_QUALIFIERS = {"TJ": 0, "EI": 1, "VX": 2, "GT": 3}
+TAX_REF_QUALIFIERS: Final = {"TJ": 0, "EI": 1, "VX": 2, "GT": 3}
 # N103 identification qualifiers whose N104 is itself a tax id: 24 EIN, FI federal taxpayer id, 34 SSN.
-TAX_ID_QUALIFIERS = frozenset({"24", "FI", "34"})
+TAX_ID_QUALIFIERS: Final = frozenset({"24", "FI", "34"})
 # Segments that may follow N1 inside its loop (header or line); anything else ends the loop.
-N1_LOOP = frozenset({"N1", "N2", "N3", "N4", "NX2", "REF", "PER", "SI", "FOB", "TD1", "TD3", "TD4", "TD5",
+N1_LOOP: Final = frozenset({"N1", "N2", "N3", "N4", "NX2", "REF", "PER", "SI", "FOB", "TD1", "TD3", "TD4", "TD5",
                      "PKG", "DMG", "QTY", "DTM", "SCH", "YNQ"})
 # AMT01 qualifiers that give a line's amount inside a PO1 / IT1 loop.
-LINE_AMOUNT_QUALIFIERS = frozenset({"1", "LI", "GV"})
+LINE_AMOUNT_QUALIFIERS: Final = frozenset({"1", "LI", "GV"})
 # SAC01: A allowance (negative), C charge; N (no allowance or charge) and requests are not charges.
-CHARGE_SIGN = {"A": "-", "C": ""}
+CHARGE_SIGN: Final = {"A": "-", "C": ""}
 
 # Element names for messages a person can read.
-ELEMENT_NAMES = {
+ELEMENT_NAMES: Final = {
     ("BEG", 1): "transaction set purpose code",
     ("BEG", 2): "purchase order type code",
     ("BEG", 3): "purchase order number",
@@ -130,7 +130,7 @@ ELEMENT_NAMES = {
 # Per-segment checks: (mandatory elements, syntax notes). Syntax notes as in the X12 standard:
 # P paired (all or none), R required (at least one), C conditional (if the first, then the rest),
 # E exclusion (at most one). Mandatory elements missing are errors; syntax notes are warnings.
-CHECKS: dict[str, tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]] = {
+CHECKS: Final[dict[str, tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]]] = {
     "BEG": ((1, 2, 3, 5), ()),
     "BIG": ((1, 2), ()),
     "N1": ((1,), (("R", (2, 3)), ("P", (3, 4)))),
@@ -150,7 +150,7 @@ CHECKS: dict[str, tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]
     "IT1": ((), (("C", (5, 4)),)),  # IT102/03/04: checked by the 810 mapper
 }
 # 004010 and later; older versions number some of these elements differently.
-CHECKS_4010 = {
+CHECKS_4010: Final = {
     **CHECKS,
     "PO4": ((), (("P", (2, 3)), ("C", (5, 6)), ("P", (6, 7)), ("P", (8, 9)))),
 }
@@ -272,7 +272,7 @@ class Plan:
         }
 
 
-_PLANS: dict[int, Plan] = {}
+_PLANS: Final[dict[int, Plan]] = {}
 
 
 def plan_for(mapping: MessageMapping | None) -> Plan:
@@ -302,12 +302,28 @@ def _address(party: dict[str, Any]) -> dict[str, Any]:
 
 # What the walk does with a segment, by tag: IGNORE a known segment the canonical does not use;
 # the others name a handler (message-specific ones from HEADER on).
-IGNORE, N1, N3, N4, REF, CUR, DTM, PID, AMT, SAC, TXI, ITD, LIN, SCH = range(14)
-HEADER, LINE, CTT, TDS = range(20, 24)
+IGNORE: Final = 0
+N1: Final = 1
+N3: Final = 2
+N4: Final = 3
+REF: Final = 4
+CUR: Final = 5
+DTM: Final = 6
+PID: Final = 7
+AMT: Final = 8
+SAC: Final = 9
+TXI: Final = 10
+ITD: Final = 11
+LIN: Final = 12
+SCH: Final = 13
+HEADER: Final = 20
+LINE: Final = 21
+CTT: Final = 22
+TDS: Final = 23
 
 
-_EMPTY_LINE: dict[str, Any] = dict.fromkeys(LINE_FIELDS)
-_TABLES: dict[tuple[int, int], dict[str, tuple[int, Spec | None]]] = {}
+_EMPTY_LINE: Final[dict[str, Any]] = dict.fromkeys(LINE_FIELDS)
+_TABLES: Final[dict[tuple[int, int], dict[str, tuple[int, Spec | None]]]] = {}
 
 
 def _table(codes: dict[str, int], checks: dict[str, Spec]) -> dict[str, tuple[int, Spec | None]]:
