@@ -99,6 +99,29 @@ class _StdlibRedactFilter(logging.Filter):
         return True
 
 
+class _StandardError:
+    """``sys.stderr`` looked up at every write, so a swapped or closed stream (test runners, CLI
+    runners that capture output) never breaks logging; a log line must never crash the gateway."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except (ValueError, OSError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            sys.stderr.flush()
+        except (ValueError, OSError):
+            pass
+
+    def isatty(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (ValueError, OSError):
+            return False
+
+
 def configure_logging(settings: Any = None, *, json: bool | None = None, level: str | None = None,
                       stream=None) -> None:
     """Set up structlog and the standard library's root logger from the settings (``log_json``, ``log_level``)."""
@@ -107,7 +130,7 @@ def configure_logging(settings: Any = None, *, json: bool | None = None, level: 
     numeric = logging.getLevelName(level_name)
     if not isinstance(numeric, int):
         numeric = logging.INFO
-    stream = stream or sys.stderr
+    stream = stream or _StandardError()
 
     shared = [
         structlog.contextvars.merge_contextvars,
