@@ -78,3 +78,14 @@ def test_secret_references_resolved_and_stored_encrypted(tmp_path, engine, caplo
     with pytest.raises(SecretError, match="is not set"):
         vault.get("nope")
     assert vault.names() == ["sterling-password"] and vault.delete("sterling-password")
+
+
+def test_the_example_settings_file_loads_and_names_its_secrets():
+    path = Path(__file__).resolve().parent.parent / "gateway.example.toml"
+    s = load_settings(path)
+    assert s.source_names() == ["sterling:b2bi", "sftp:partners-sftp"]
+    assert s.sftp[0].folders[1].after_intake == "delete"
+    assert s.anaplan is not None and s.plex is not None
+    assert s.secret_references() == {
+        "sterling-password", "sftp-key-passphrase", "plex-api-key", "plex-soap-password", "anaplan-password",
+    }
