@@ -57,13 +57,17 @@ class TTLCache:
         self._data: dict[str, tuple[float, float, object]] = {}  # key -> (computed at, seconds it took, value)
         self._refreshing: set[str] = set()
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by clear()/drop(): a refresh begun before must not store old figures
 
     def _compute(self, key: str, make):
+        with self._lock:
+            generation = self._generation
         t0 = time.monotonic()
         value = make()
         t1 = time.monotonic()
         with self._lock:
-            self._data[key] = (t1, t1 - t0, value)
+            if generation == self._generation:
+                self._data[key] = (t1, t1 - t0, value)
         return value
 
     def get(self, key: str, ttl: float, make):
@@ -90,7 +94,14 @@ class TTLCache:
     def clear(self) -> None:
         """Expire everything (after an action, so the next page shows its effect as soon as it can)."""
         with self._lock:
+            self._generation += 1
             self._data = {k: (0.0, took, v) for k, (_, took, v) in self._data.items()}
+
+    def drop(self) -> None:
+        """Forget everything: the next page computes afresh, however long it takes."""
+        with self._lock:
+            self._generation += 1
+            self._data = {}
 
 
 def _is_api(request: Request) -> bool:
