@@ -13,6 +13,9 @@ from typing import Annotated
 
 import typer
 
+from gateway.commands.common import err as _err
+from gateway.commands.common import guard as _guard
+
 app = typer.Typer(
     help="EDI translation gateway: X12 and EDIFACT purchase orders and invoices into Plex and Anaplan.",
     no_args_is_help=True,
@@ -27,10 +30,6 @@ PartnersOption = Annotated[
     typer.Option("--partners", "-p", help="Folder of partner mapping files (YAML).", envvar="GATEWAY_PARTNERS"),
 ]
 Files = Annotated[list[Path], typer.Argument(help="EDI files to read.", show_default=False)]
-
-
-def _err(line: str) -> None:
-    typer.echo(line, err=True)
 
 
 def _load_partners(folder: Path | None):
@@ -61,19 +60,6 @@ def _read(path: Path) -> bytes | None:
     except OSError as exc:
         _err(f"{path}: cannot be read: {exc.strerror or exc}")
     return None
-
-
-def _guard(fn):
-    """Run a command body; an unexpected fault becomes one line on stderr and exit 2."""
-    try:
-        return fn()
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
-        _err(f"gateway: internal error: {type(exc).__name__}: {exc}")
-        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -70,6 +70,12 @@ def store_url(request, tmp_path: Path) -> Iterator[str]:
         upgrade(url)
         yield url
         return
+    yield from _migrated_postgres()
+
+
+def _migrated_postgres() -> Iterator[str]:
+    from gateway.store.db import upgrade
+
     require_postgres()
     schema, url = new_pg_schema()
     try:
@@ -82,15 +88,7 @@ def store_url(request, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A migrated, empty PostgreSQL schema (for tests that need several processes on one store)."""
-    from gateway.store.db import upgrade
-
-    require_postgres()
-    schema, url = new_pg_schema()
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop_pg_schema(schema)
+    yield from _migrated_postgres()
 
 
 @pytest.fixture

@@ -19,14 +19,21 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'gateway.db'}"
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine tuned for many short transactions from several threads or processes."""
+def _prepare(url: str) -> str:
+    """psycopg 3 for plain ``postgresql://`` URLs; the SQLite file's folder created."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine tuned for many short transactions from several threads or processes."""
+    url = _prepare(url)
+    if url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -78,13 +85,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Bring the store's schema up to date (``gateway db upgrade``)."""
     from alembic import command
 
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(alembic_config(_prepare(url)), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
