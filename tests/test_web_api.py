@@ -468,3 +468,65 @@ def test_overview_sources_budgets_metrics_and_secrets_masked(store_url, tmp_path
     assert "gateway_http_requests_total" in metrics
     assert c.get("/api/openapi.json").json()["paths"]["/api/documents/{doc_id}/reprocess"]
     rt.engine.dispose()
+
+
+# --------------------------------------------------------------------------------------- files held back
+
+
+def _interchanges(engine):
+    from gateway.store import Interchange
+
+    with Session(engine) as s:
+        return {i.id: (i.state, i.forced) for i in s.exec(select(Interchange).order_by(Interchange.id))}
+
+
+def test_files_held_back_are_forced_through_or_split_again_by_operators_only(rt, api, viewer_api):
+    from gateway.store import Interchange
+
+    data = x12_850(601, ["DUP-1"])
+    assert len(ingest(rt, data, "first.x12")) == 1
+    assert ingest(rt, data, "again.x12") == []  # same sender, receiver and control number: held back
+    assert ingest(rt, b"this is not EDI\n", "junk.txt") == []
+    held = _interchanges(rt.engine)
+    dup = next(i for i, (state, _) in held.items() if state == "duplicate")
+    junk = next(i for i, (state, _) in held.items() if state == "failed")
+    before = (held, _snapshot(rt.engine))
+    cases = [
+        (viewer_api, f"/api/interchanges/{dup}/force", {"reason": "resent on purpose"}, 403, "only operators"),
+        (api, f"/api/interchanges/{dup}/force", {"reason": "  "}, 400, "reason"),
+        (api, "/api/interchanges/424242/force", {"reason": "x"}, 404, "interchange 424242"),
+        (api, f"/api/interchanges/{dup}/retry", {"reason": "x"}, 409, "has not failed"),
+        (api, f"/api/interchanges/{junk}/force", {"reason": "x"}, 409, "not a duplicate"),
+    ]
+    for client, url, body, status, words in cases:
+        r = client.post(url, json=body)
+        assert r.status_code == status and words in r.json()["detail"], (url, r.text)
+    assert (_interchanges(rt.engine), _snapshot(rt.engine)) == before
+
+    r = api.post(f"/api/interchanges/{dup}/force", json={"reason": "resent on purpose"})
+    assert r.status_code == 200 and r.json()["state"] == "received" and r.json()["forced"] is True
+    from gateway.pipeline.worker import Worker
+
+    Worker(rt, stages={}, name="test-worker").run_until_idle()  # the forced duplicate is split after all
+    assert [d.po_number for d in docs_where(rt.engine, interchange_id=dup)] == ["DUP-1"]
+    with Session(rt.engine) as s:
+        trail = [(e.stage, e.outcome, e.actor) for e in s.exec(select(Event).where(Event.interchange_id == dup))]
+    assert any(actor == "olga" for _, _, actor in trail)
+
+    # The overview offers the action to operators (with the CSRF token), not to viewers.
+    op = client_for(rt)
+    sign_in(op, "olga")
+    page = op.get("/")
+    assert f'action="/interchanges/{junk}/retry"' in page.text and "Split again" in page.text
+    viewer = client_for(rt)
+    sign_in(viewer, "victor")
+    assert f"/interchanges/{junk}/retry" not in viewer.get("/").text
+    from tests.test_web_support import csrf_of
+
+    r = op.post(f"/interchanges/{junk}/retry", data={"reason": "translator fixed", "csrf_token": csrf_of(page.text)},
+                follow_redirects=False)
+    assert r.status_code == 303
+    with Session(rt.engine) as s:
+        assert s.get(Interchange, junk).state == "received"
+    r = op.post(f"/interchanges/{junk}/retry", data={"reason": "again", "csrf_token": "forged"})
+    assert r.status_code == 403

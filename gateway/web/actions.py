@@ -65,6 +65,27 @@ def reprocess_one(engine: Engine, doc_id: int, *, actor: str, reason: str, from_
         raise Conflict(str(exc)) from None
 
 
+INTERCHANGE_ACTIONS = ("force", "retry")
+
+
+def interchange_action(engine: Engine, interchange_id: int, action: str, *, actor: str, reason: str) -> None:
+    """A file held back: ``force`` a duplicate through, or ``retry`` (split again) one that failed."""
+    from gateway import operations
+    from gateway.store.models import Interchange
+
+    if action not in INTERCHANGE_ACTIONS:
+        raise NotFound(f"no interchange action {action!r} (force or retry)")
+    reason = check_reason(reason)
+    with Session(engine) as s:
+        if s.get(Interchange, interchange_id) is None:
+            raise NotFound(f"interchange {interchange_id}: no such interchange")
+    run = operations.force_duplicate if action == "force" else operations.retry_interchange
+    try:
+        run(engine, interchange_id, actor=actor, reason=reason)
+    except ValueError as exc:  # not a duplicate / not failed / has documents: nothing changed
+        raise Conflict(str(exc)) from None
+
+
 def choose_supplier(engine: Engine, doc_id: int, supplier_code: str, *, actor: str) -> None:
     """An operator's pick of the Plex supplier for a needs-attention document."""
     supplier_code = (supplier_code or "").strip()

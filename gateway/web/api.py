@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from gateway.web import onboarding, queries, views
-from gateway.web.actions import NotFound, choose_supplier, reprocess_one
+from gateway.web.actions import NotFound, choose_supplier, interchange_action, reprocess_one
 from gateway.web.auth import Principal, acting_operator, principal
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -134,6 +134,32 @@ def reprocess(request: Request, doc_id: int, body: ReprocessIn, user: Operator) 
                   from_stage=body.from_stage)
     request.app.state.cache.clear()
     return document_status(request, doc_id, user)
+
+
+class InterchangeActionIn(_In):
+    reason: str = Field(description="Why; kept in the audit trail", max_length=500)
+
+
+@router.post("/interchanges/{interchange_id}/force", summary="Push a duplicate interchange through after all")
+def force_interchange(request: Request, interchange_id: int, body: InterchangeActionIn, user: Operator) -> Any:
+    interchange_action(views.runtime(request).engine, interchange_id, "force", actor=user.username, reason=body.reason)
+    request.app.state.cache.clear()
+    return _interchange_status(request, interchange_id)
+
+
+@router.post("/interchanges/{interchange_id}/retry", summary="Split a failed interchange (no documents) again")
+def retry_interchange(request: Request, interchange_id: int, body: InterchangeActionIn, user: Operator) -> Any:
+    interchange_action(views.runtime(request).engine, interchange_id, "retry", actor=user.username, reason=body.reason)
+    request.app.state.cache.clear()
+    return _interchange_status(request, interchange_id)
+
+
+def _interchange_status(request: Request, interchange_id: int) -> dict:
+    from gateway.store.models import Interchange
+
+    with Session(views.runtime(request).engine) as s:
+        ich = s.get(Interchange, interchange_id)
+        return {"id": ich.id, "state": ich.state, "forced": ich.forced, "error": ich.error}
 
 
 @router.post("/documents/{doc_id}/supplier", summary="Choose the Plex supplier of a needs-attention document")

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from gateway.pipeline.machine import RESTING, STATES, StageName
 from gateway.web import onboarding, queries, views
-from gateway.web.actions import Conflict, NotFound, choose_supplier, reprocess_one
+from gateway.web.actions import Conflict, NotFound, choose_supplier, interchange_action, reprocess_one
 from gateway.web.auth import (
     Principal,
     acting_operator,
@@ -237,6 +237,17 @@ def document_reprocess(request: Request, doc_id: int, user: Actor, reason: Annot
     flash(request, "ok", f"Document {doc_id} sent back for processing" + (f" from {from_stage}" if from_stage else "")
           + ".")
     return _back(f"/documents/{doc_id}")
+
+
+@router.post("/interchanges/{interchange_id}/{action}")
+def interchange_post(request: Request, interchange_id: int, action: str, user: Actor,
+                     reason: Annotated[str, Form()] = "") -> Response:
+    """Force a duplicate file through, or split a failed one again (errors render as 4xx pages)."""
+    interchange_action(views.runtime(request).engine, interchange_id, action, actor=user.username, reason=reason)
+    request.app.state.cache.clear()
+    done = "forced through" if action == "force" else "sent back to be split again"
+    flash(request, "ok", f"Interchange {interchange_id} {done}.")
+    return _back("/")
 
 
 @router.post("/documents/{doc_id}/supplier")
