@@ -50,6 +50,15 @@ def _load_partners(folder: Path | None):
         raise typer.Exit(2) from None
 
 
+def _translations(files: list[Path], directory):
+    """(path, translation) per file; the translation is None for a file that cannot be read (already said)."""
+    from translators import translate as run
+
+    for path in files:
+        data = _read(path)
+        yield path, (None if data is None else run(data, directory, source=str(path)))
+
+
 def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -71,19 +80,15 @@ def translate(files: Files, partners: PartnersOption = None) -> None:
     """
 
     def body():
-        from translators import translate as run
-
         directory = _load_partners(partners)
         ok = True
         out = sys.stdout
         out.write("[")
         first = True
-        for path in files:
-            data = _read(path)
-            if data is None:
+        for path, result in _translations(files, directory):
+            if result is None:
                 ok = False
                 continue
-            result = run(data, directory, source=str(path))
             for doc in result.canonical:
                 out.write(("\n" if first else ",\n") + json.dumps(doc, ensure_ascii=False, indent=2))
                 first = False
@@ -112,19 +117,16 @@ def validate(
     """Check EDI files: print every finding and the acknowledgment that would be sent."""
 
     def body():
-        from translators import translate as run
         from translators.acks import build_acknowledgment
 
         directory = _load_partners(partners)
         now = datetime.now(timezone.utc)
         ok = True
         reports = []
-        for path in files:
-            data = _read(path)
-            if data is None:
+        for path, result in _translations(files, directory):
+            if result is None:
                 ok = False
                 continue
-            result = run(data, directory, source=str(path))
             ok = ok and result.ok
             findings = list(result.file_findings)
             for i in result.interchanges:

@@ -19,9 +19,18 @@ def _engine(config):
 
 
 def _read_password(from_stdin: bool) -> str:
+    """A new password (stdin, or asked twice without echo); exit 2 with the reason when too weak."""
+    from gateway.web.security import check_password
+
     if from_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    problem = check_password(password)
+    if problem:
+        err(f"gateway: {problem}")
+        raise typer.Exit(2)
+    return password
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +53,7 @@ def register(app: typer.Typer) -> None:
 
             from gateway.store import transaction
             from gateway.store.models import User
-            from gateway.web.security import ROLES, check_password, check_username, hash_password
+            from gateway.web.security import ROLES, check_username, hash_password
 
             problem = check_username(name)
             if problem:
@@ -59,10 +68,6 @@ def register(app: typer.Typer) -> None:
                     err(f"gateway: a user named {name} already exists")
                     raise typer.Exit(1)
             password = _read_password(password_stdin)
-            problem = check_password(password)
-            if problem:
-                err(f"gateway: {problem}")
-                raise typer.Exit(2)
             with transaction(engine) as s:
                 s.add(User(username=name, password_hash=hash_password(password), role=role))
             typer.echo(f"user {name} added ({role})")
@@ -122,7 +127,7 @@ def register(app: typer.Typer) -> None:
 
             from gateway.store import transaction
             from gateway.store.models import User
-            from gateway.web.security import check_password, hash_password
+            from gateway.web.security import hash_password
 
             engine = _engine(config)
             with transaction(engine) as s:
@@ -130,10 +135,6 @@ def register(app: typer.Typer) -> None:
                     err(f"gateway: no user named {name}")
                     raise typer.Exit(1)
             password = _read_password(password_stdin)
-            problem = check_password(password)
-            if problem:
-                err(f"gateway: {problem}")
-                raise typer.Exit(2)
             with transaction(engine) as s:
                 user = s.exec(select(User).where(User.username == name)).one()
                 user.password_hash = hash_password(password)

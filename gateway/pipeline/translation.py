@@ -160,6 +160,16 @@ def translation_event(doc: Document, *, actor: str, now: datetime, duration_ms: 
     )
 
 
+def same_envelope(ich: Interchange) -> tuple:
+    """Conditions selecting the other interchanges with ``ich``'s sender, receiver and control number."""
+    return (
+        Interchange.sender_id == ich.sender_id,
+        Interchange.receiver_id == ich.receiver_id,
+        Interchange.control_number == ich.control_number,
+        Interchange.id != ich.id,
+    )
+
+
 def envelope_duplicate(session: Session, ich: Interchange) -> Interchange | None:
     """An earlier interchange with the same sender, receiver and control number, if any."""
     if not (ich.sender_id and ich.control_number):
@@ -167,10 +177,7 @@ def envelope_duplicate(session: Session, ich: Interchange) -> Interchange | None
     stmt = (
         select(Interchange)
         .where(
-            Interchange.sender_id == ich.sender_id,
-            Interchange.receiver_id == ich.receiver_id,
-            Interchange.control_number == ich.control_number,
-            Interchange.id != ich.id,
+            *same_envelope(ich),
             Interchange.state.in_(("split", "received")),
             Interchange.id < ich.id,
         )

@@ -48,7 +48,14 @@ from gateway.pipeline.machine import (
     apply_outcome,
     is_batch,
 )
-from gateway.pipeline.translation import Split, envelope_duplicate, retranslate, split_interchange, translation_event
+from gateway.pipeline.translation import (
+    Split,
+    envelope_duplicate,
+    retranslate,
+    same_envelope,
+    split_interchange,
+    translation_event,
+)
 from gateway.store.db import is_postgres, transaction
 from gateway.store.models import Document, Event, Interchange, RawPayload, utcnow
 
@@ -436,13 +443,7 @@ class Worker:
         # A later copy may have been split first (the earlier one's envelope was not known yet).
         return s.exec(
             select(Interchange)
-            .where(
-                Interchange.sender_id == row.sender_id,
-                Interchange.receiver_id == row.receiver_id,
-                Interchange.control_number == row.control_number,
-                Interchange.id != row.id,
-                Interchange.state == "split",
-            )
+            .where(*same_envelope(row), Interchange.state == "split")
             .order_by(Interchange.id)
             .limit(1)
         ).first()
