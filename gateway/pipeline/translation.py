@@ -8,8 +8,11 @@ Splitting happens once per interchange, in one transaction with the documents it
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
+from typing import Any
 
 from sqlmodel import Session, select
 
@@ -23,13 +26,20 @@ from translators.translate import DocumentResult, Translation, translate
 
 @dataclass
 class Split:
-    """What splitting one interchange produced; the caller adds it all in one transaction."""
+    """What splitting one interchange produced; the caller adds it all in one transaction.
 
-    documents: list[Document] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    ``rows`` are the documents' column values (what the worker inserts in bulk); ``documents``
+    the same as :class:`Document` objects, built when first asked for.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
     acknowledgments: list[Acknowledgment] = field(default_factory=list)
     failed: bool = False
     error: str | None = None
+
+    @cached_property
+    def documents(self) -> list[Document]:
+        return [Document(**r) for r in self.rows]
 
 
 def findings_json(findings: list[Finding]) -> str | None:
@@ -46,6 +56,11 @@ def describe(f: Finding, source: str | None) -> str:
 
 
 def _document_row(ich: Interchange, position: int, d: DocumentResult, rejected_by: str | None, now: datetime) -> Document:
+    return Document(**_document_values(ich, position, d, rejected_by, now))
+
+
+def _document_values(ich: Interchange, position: int, d: DocumentResult, rejected_by: str | None,
+                     now: datetime) -> dict[str, Any]:
     doc = d.document or {}
     errors = d.errors
     status = d.status
@@ -59,32 +74,33 @@ def _document_row(ich: Interchange, position: int, d: DocumentResult, rejected_b
         code = "interchange.rejected"
     state, stage = initial_state(status == "translated", status == "ignored")
     ts = d.transaction_set
-    return Document(
-        interchange_id=ich.id,
-        position=position,
-        partner=d.partner,
-        kind=d.kind,
-        standard=d.standard,
-        message_type=d.type,
-        version=ts.version,
-        po_number=doc.get("po_number"),
-        invoice_number=doc.get("invoice_number"),
-        sender_id=ts.interchange.sender_id,
-        receiver_id=ts.interchange.receiver_id,
-        interchange_control=d.control.get("interchange"),
-        group_control=d.control.get("group"),
-        message_control=d.control.get("message"),
-        state=state.value,
-        stage=stage.value if stage else None,
-        error=error if state is State.FAILED else (d.findings[0].message if state is State.IGNORED and d.findings else None),
-        error_code=code if state is State.FAILED else None,
-        canonical=json.dumps(d.document, ensure_ascii=False) if d.document is not None else None,
-        edi=d.edi,
-        first_segment_index=d.first_segment_index,
-        findings=findings_json(d.findings),
-        created_at=now,
-        updated_at=now,
-    )
+    return {
+        "interchange_id": ich.id,
+        "position": position,
+        "partner": d.partner,
+        "kind": d.kind,
+        "standard": d.standard,
+        "message_type": d.type,
+        "version": ts.version,
+        "po_number": doc.get("po_number"),
+        "invoice_number": doc.get("invoice_number"),
+        "sender_id": ts.interchange.sender_id,
+        "receiver_id": ts.interchange.receiver_id,
+        "interchange_control": d.control.get("interchange"),
+        "group_control": d.control.get("group"),
+        "message_control": d.control.get("message"),
+        "state": state.value,
+        "stage": stage.value if stage else None,
+        "error": error if state is State.FAILED else (
+            d.findings[0].message if state is State.IGNORED and d.findings else None),
+        "error_code": code if state is State.FAILED else None,
+        "canonical": json.dumps(d.document, ensure_ascii=False) if d.document is not None else None,
+        "edi": d.edi,
+        "first_segment_index": d.first_segment_index,
+        "findings": findings_json(d.findings),
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def split_interchange(
@@ -115,9 +131,7 @@ def split_interchange(
     elif result.documents:
         ich.standard = result.documents[0].standard
     ich.findings = findings_json(envelope)
-    for n, d in enumerate(result.documents, 1):
-        row = _document_row(ich, n, d, rejected_by, now)
-        out.documents.append(row)
+    out.rows = [_document_values(ich, n, d, rejected_by, now) for n, d in enumerate(result.documents, 1)]
     file_error = _first_error(envelope, ich.remote_name)
     if file_error is not None or not result.documents:
         out.failed = True
@@ -135,29 +149,37 @@ def split_interchange(
         )
         if ack is not None:
             out.acknowledgments.append(ack)
-    ich.document_count = len(out.documents)
+    ich.document_count = len(out.rows)
     return out
 
 
 def translation_event(doc: Document, *, actor: str, now: datetime, duration_ms: float | None) -> Event:
     """The audit event a freshly split document starts its trail with."""
-    outcome = {"translated": "ok", "failed": "fail", "ignored": "ignore"}[doc.state]
-    detail: dict = {"message_type": doc.message_type, "control": doc.message_control}
-    if doc.error:
-        detail["error"] = doc.error
-    if doc.error_code:
-        detail["code"] = doc.error_code
-    return Event(
-        document_id=doc.id,
-        interchange_id=doc.interchange_id,
-        stage=StageName.TRANSLATE.value,
-        outcome=outcome,
-        detail=json.dumps(detail, ensure_ascii=False),
-        actor=actor,
-        at=now,
-        duration_ms=duration_ms,
-        attempt=1,
-    )
+    values = {c: getattr(doc, c) for c in ("interchange_id", "state", "message_type", "message_control",
+                                           "error", "error_code")}
+    return Event(**translation_event_values(doc.id, values, actor=actor, now=now, duration_ms=duration_ms))
+
+
+def translation_event_values(document_id: int | None, doc: Mapping[str, Any], *, actor: str, now: datetime,
+                             duration_ms: float | None) -> dict[str, Any]:
+    """:func:`translation_event` as column values, from the document's values (for bulk inserts)."""
+    outcome = {"translated": "ok", "failed": "fail", "ignored": "ignore"}[doc["state"]]
+    detail: dict = {"message_type": doc["message_type"], "control": doc["message_control"]}
+    if doc["error"]:
+        detail["error"] = doc["error"]
+    if doc["error_code"]:
+        detail["code"] = doc["error_code"]
+    return {
+        "document_id": document_id,
+        "interchange_id": doc["interchange_id"],
+        "stage": StageName.TRANSLATE.value,
+        "outcome": outcome,
+        "detail": json.dumps(detail, ensure_ascii=False),
+        "actor": actor,
+        "at": now,
+        "duration_ms": duration_ms,
+        "attempt": 1,
+    }
 
 
 def same_envelope(ich: Interchange) -> tuple:

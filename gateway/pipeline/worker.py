@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -45,8 +46,8 @@ from gateway.pipeline.machine import (
     RetryPolicy,
     StageName,
     State,
-    apply_outcome,
     is_batch,
+    transition,
 )
 from gateway.pipeline.translation import (
     Split,
@@ -54,12 +55,12 @@ from gateway.pipeline.translation import (
     retranslate,
     same_envelope,
     split_interchange,
-    translation_event,
+    translation_event_values,
 )
 from gateway.store.db import is_postgres, transaction
 from gateway.store.models import Document, Event, Interchange, RawPayload, utcnow
 
-__all__ = ["StageResult", "TranslateStage", "Worker", "describe_exception", "is_transient", "release_leases"]
+__all__ = ["ClaimedDocument", "StageResult", "TranslateStage", "Worker", "describe_exception", "is_transient", "release_leases"]
 
 log = get_logger("gateway.worker")
 
@@ -109,12 +110,10 @@ def _fit_values(values: dict[str, Any], limits: Iterable[tuple[str, int]]) -> No
 
 
 _DOC_COLUMNS = frozenset(c.name for c in Document.__table__.columns) - {"id"}
-_DOC_INSERT_COLUMNS = tuple(c.name for c in Document.__table__.columns if c.name != "id")
-_EVENT_COLUMNS = tuple(c.name for c in Event.__table__.columns if c.name != "id")
 
 
 class _Target:
-    """What :func:`apply_outcome` moves when the worker applies outcomes in bulk: the document's
+    """What :func:`transition` moves when the worker applies outcomes in bulk: the document's
     id and attempts, and every field the outcome sets, written back with one UPDATE per batch."""
 
     def __init__(self, id: int, interchange_id: int, attempts: int) -> None:
@@ -124,6 +123,11 @@ class _Target:
 
     def values(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k not in ("id", "interchange_id")}
+
+
+class ClaimedDocument(SimpleNamespace):
+    """A claimed document: its columns as attributes, bound to no session. Stages read it; only
+    :func:`~gateway.pipeline.machine.transition` decides what is written back."""
 
 
 @dataclass(slots=True)
@@ -393,24 +397,21 @@ class Worker:
                                               now, r.duration_ms))
                 return True
         split = r.split
-        if split.documents:
+        if split.rows:
             # Core inserts (ids returned in order): a file may hold thousands of sets.
             conn = s.connection()
             table = Document.__table__
             rows = []
-            for d in split.documents:
-                values = {c: getattr(d, c) for c in _DOC_INSERT_COLUMNS}
+            for d in split.rows:  # columns left out take their defaults
+                values = dict(d)
                 _fit_values(values, _DOC_LIMITS)
                 rows.append(values)
             ids = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows).scalars().all()
-            per_doc = r.duration_ms / len(split.documents)
-            events = []
-            for d, doc_id in zip(split.documents, ids, strict=True):
-                d.id = doc_id
-                ev = translation_event(d, actor=self.name, now=now, duration_ms=per_doc)
-                events.append({c: getattr(ev, c) for c in _EVENT_COLUMNS})
+            per_doc = r.duration_ms / len(split.rows)
+            events = [translation_event_values(doc_id, d, actor=self.name, now=now, duration_ms=per_doc)
+                      for d, doc_id in zip(split.rows, ids, strict=True)]
             conn.execute(insert(Event.__table__), events)
-        row.document_count = len(split.documents)
+        row.document_count = len(split.rows)
         row.state = "failed" if split.failed else "split"
         row.error = split.error
         row.attempts += 1
@@ -418,9 +419,9 @@ class Worker:
         row.ack = "\n".join(a.text for a in acks) or None
         row.ack_kind = "+".join(dict.fromkeys(a.kind for a in acks))[:10] or None
         counts: dict[str, int] = {}
-        for d in split.documents:
-            counts[d.state] = counts.get(d.state, 0) + 1
-        detail: dict[str, Any] = {"documents": len(split.documents), "states": counts}
+        for d in split.rows:
+            counts[d["state"]] = counts.get(d["state"], 0) + 1
+        detail: dict[str, Any] = {"documents": len(split.rows), "states": counts}
         if split.error:
             detail["error"] = split.error
         if row.ack_kind:
@@ -581,8 +582,8 @@ class Worker:
                                  outcome=r.outcome.kind.value)
                 continue
             target = _Target(row.id, row.interchange_id, row.attempts)
-            event = apply_outcome(target, r.stage, r.outcome, actor=self.name,
-                                  duration_ms=round(r.duration_ms, 3), now=now, retry=self.retry)
+            event = transition(target, r.stage, r.outcome, actor=self.name,
+                               duration_ms=round(r.duration_ms, 3), now=now, retry=self.retry)
             values = target.values()
             unknown = set(values) - _DOC_COLUMNS
             if unknown:
@@ -597,7 +598,7 @@ class Worker:
                 key = (("_row", row.id),)
             group = updates.setdefault(key, {"values": values, "ids": []})
             group["ids"].append(row.id)
-            events.append({c: getattr(event, c) for c in _EVENT_COLUMNS})
+            events.append(event)
         for group in updates.values():
             s.connection().execute(update(table).where(table.c.id.in_(group["ids"])).values(group["values"]))
         if events:
@@ -615,14 +616,17 @@ class Worker:
         pick = select(model.id).where(*where, free, due).order_by(model.id).limit(limit)
         if self.postgres:
             pick = pick.with_for_update(skip_locked=True)
-        stmt = (
-            update(model)
-            .where(model.id.in_(pick))
-            .values(lease_owner=self.name, lease_until=until)
-            .returning(model)
-        )
+        claim = update(model).where(model.id.in_(pick)).values(lease_owner=self.name, lease_until=until)
+        if model is Document:
+            # Documents are claimed by the hundred at every stage: plain column values, no ORM objects.
+            table = Document.__table__
+            with transaction(self.engine) as s:
+                found = s.connection().execute(claim.returning(*table.c)).mappings().all()
+            docs = [ClaimedDocument(**row) for row in found]
+            docs.sort(key=lambda d: d.id)
+            return docs
         with transaction(self.engine) as s:
-            rows = list(s.execute(stmt, execution_options={"synchronize_session": False}).scalars())
+            rows = list(s.execute(claim.returning(model), execution_options={"synchronize_session": False}).scalars())
             for r in rows:
                 s.expunge(r)
         rows.sort(key=lambda r: r.id)
