@@ -88,9 +88,10 @@ def test_no_duplicate_is_created_under_timeouts_5xx_and_429(store_url, tmp_path)
                        delay=1.5, times=1)
         plex.add_fault(kind="server_error", surface="rest", method="GET", path="/accounting/v1/ap-invoices",
                        status=503, skip=2, times=3)
-        # SOAP PO create: committed, then a 502; the line adds answer soap:Server faults once.
+        # SOAP PO (lines sent with the header): the look-up answers a soap:Server fault once; the create
+        # is committed, then answers 502.
+        plex.add_fault(kind="server_error", surface="soap", operation="90002", times=1)
         plex.add_fault(kind="error_after_commit", surface="soap", operation="90001", status=502, times=1)
-        plex.add_fault(kind="server_error", surface="soap", operation="90003", times=1)
         # Sales order: 500 before anything is written, then a dropped connection after the commit.
         plex.add_fault(kind="server_error", surface="rest", method="POST", path="/sales/v1/orders", times=1)
         plex.add_fault(kind="drop_after_commit", surface="rest", method="POST", path="/sales/v1/orders", times=1)

@@ -29,6 +29,7 @@ from gateway.destinations.plex import (
     PlexDataSourceError,
     PlexPermissionError,
     PlexThrottledError,
+    PurchaseOrderDataSources,
     PurchaseOrderDraft,
     PurchaseOrderLine,
     RateBudget,
@@ -465,6 +466,14 @@ def test_secrets_never_reach_logs_or_errors(sim: PlexSim, clock: FakeClock) -> N
 # --------------------------------------------------------------------------------------------- purchase orders (SOAP)
 
 
+def header_only() -> PurchaseOrderDataSources:
+    """A tenant whose create data source takes the header alone: the lines follow one call each."""
+    sources = PurchaseOrderDataSources()
+    create = sources.create.model_copy(update={"inputs": {k: v for k, v in sources.create.inputs.items()
+                                                          if k != "lines"}})
+    return sources.model_copy(update={"create": create})
+
+
 def test_purchase_order_via_soap_data_source_with_the_simulators_wsdl(sim: PlexSim, client: PlexClient) -> None:
     supplier = suppliers_of_main(state(sim))[2]
     draft = po_draft(supplier["code"])
@@ -474,8 +483,9 @@ def test_purchase_order_via_soap_data_source_with_the_simulators_wsdl(sim: PlexS
 
     st = state(sim)
     assert len(requests_to(st, "GET", SOAP_PATH)) == 1  # zeep read the simulator's WSDL once
-    # WSDL, lookup, header create, two line adds (not read back); nothing on the REST surface.
-    assert st["counters"]["requests"] == {"soap": 5}
+    # WSDL, lookup, one create carrying the lines; nothing on the REST surface.
+    assert st["counters"]["requests"] == {"soap": 3}
+    assert not requests_to(st, "POST", SOAP_PATH, str(DS_PO_LINE_ADD))
     pos = [p for p in st["purchase_orders"] if p["poNumber"] == draft.po_number]
     assert len(pos) == 1 and pos[0]["_poKey"] == outcome.record_key and len(pos[0]["_lines"]) == 2
     assert pos[0]["_tenant"] == PCN_MAIN  # the web-service account selects the company
@@ -489,6 +499,31 @@ def test_purchase_order_via_soap_data_source_with_the_simulators_wsdl(sim: PlexS
     assert len(requests_to(state(sim), "POST", SOAP_PATH, str(DS_PO_ADD))) == 1
 
 
+def test_purchase_order_lines_one_call_each_where_the_create_takes_only_the_header(sim: PlexSim,
+                                                                                  clock: FakeClock) -> None:
+    supplier = suppliers_of_main(state(sim))[2]
+    draft = po_draft(supplier["code"])
+    with make_client(sim, clock, purchase_orders=header_only()) as client:
+        outcome = client.post_purchase_order(draft)
+    assert (outcome.created, outcome.lines_added, outcome.response["lines"]) == (True, 2, [1, 2])
+    st = state(sim)
+    # WSDL, lookup, header create, two line adds (not read back).
+    assert st["counters"]["requests"] == {"soap": 5}
+    assert len(requests_to(st, "POST", SOAP_PATH, str(DS_PO_LINE_ADD))) == 2
+    pos = [p for p in st["purchase_orders"] if p["poNumber"] == draft.po_number]
+    assert len(pos) == 1 and sorted(ln["lineItemNumber"] for ln in pos[0]["_lines"]) == [1, 2]
+
+
+def test_a_bad_line_sent_with_the_header_stores_no_purchase_order(sim: PlexSim, client: PlexClient) -> None:
+    supplier = suppliers_of_main(state(sim))[2]
+    body = {"Supplier_Code": supplier["code"], "PO_No": "PO-BAD-LINE",
+            "Lines": '[{"Line_No": "1", "Quantity": "2"}, {"Line_No": "2", "Quantity": "many"}]'}
+    with pytest.raises(PlexDataSourceError) as err:
+        client.execute_data_source(DS_PO_ADD, body, retry=False)
+    assert "Line 2" in str(err.value)
+    assert not [p for p in state(sim)["purchase_orders"] if p["poNumber"] == "PO-BAD-LINE"]
+
+
 def test_purchase_order_create_response_lost_posts_exactly_once(sim: PlexSim, client: PlexClient) -> None:
     add_fault(sim, kind="timeout_after_commit", surface="soap", operation=str(DS_PO_ADD), delay=1.5)
     supplier = suppliers_of_main(state(sim))[2]
@@ -500,10 +535,12 @@ def test_purchase_order_create_response_lost_posts_exactly_once(sim: PlexSim, cl
     assert len(requests_to(st, "POST", SOAP_PATH, str(DS_PO_ADD))) == 1
 
 
-def test_purchase_order_line_5xx_and_resume_of_a_half_posted_order(sim: PlexSim, client: PlexClient) -> None:
+def test_purchase_order_line_5xx_and_resume_of_a_half_posted_order(sim: PlexSim, client: PlexClient,
+                                                                    clock: FakeClock) -> None:
     supplier = suppliers_of_main(state(sim))[2]
     draft = po_draft(supplier["code"])
-    client.create_purchase_order_header(draft)  # an earlier run died after the header
+    with make_client(sim, clock, purchase_orders=header_only()) as earlier:
+        earlier.create_purchase_order_header(draft)  # an earlier run died after the header
     add_fault(sim, kind="server_error", surface="soap", operation=str(DS_PO_LINE_ADD))  # soap:Server fault
     outcome = client.post_purchase_order(draft)
     assert (outcome.created, outcome.lines_added) == (False, 2)

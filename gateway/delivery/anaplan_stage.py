@@ -126,12 +126,13 @@ class AnaplanStages:
     def _run_group(self, kind: str, cfg: AnaplanImportConfig, docs: list[Document],
                    phase: StageName) -> dict[int, Outcome]:
         batches = self._load({d.anaplan_batch_id for d in docs if d.anaplan_batch_id})
+        members = {batch_id: _members(row) for batch_id, row in batches.items()}  # parsed once per batch
         by_batch: dict[int, list[Document]] = {}
         fresh: list[Document] = []
         for doc in docs:
             row = batches.get(doc.anaplan_batch_id) if doc.anaplan_batch_id else None
             # While a batch is being sent its members are not written yet: wait for the answer.
-            if row is None or (row["state"] not in (OPEN, SENDING) and doc.id not in _members(row)):
+            if row is None or (row["state"] not in (OPEN, SENDING) and doc.id not in members[row["id"]]):
                 fresh.append(doc)  # new, reprocessed, or assigned too late for the batch it names
             else:
                 by_batch.setdefault(row["id"], []).append(doc)
@@ -223,12 +224,15 @@ class AnaplanStages:
             problem = self._maybe_poll(row, cfg) or problem
             row = self._one(batch_id)
         coming = self._coming(row["import_name"]) if row["state"] == OPEN else False
-        return {d.id: self._verdict(row, d, phase, problem, cfg, coming) for d in docs}
+        result = _result(row)  # a batch's result names every member: read once, not once per member
+        members = set(result.get("members") or [])
+        poller = min(members, default=None)
+        return {d.id: self._verdict(row, result, members, d, phase, problem, cfg, coming, poller) for d in docs}
 
-    def _verdict(self, row: Mapping[str, Any], doc: Document, phase: StageName, problem: _Problem | None,
-                 cfg: AnaplanImportConfig, coming: bool = False) -> Outcome:
+    def _verdict(self, row: Mapping[str, Any], result: Mapping[str, Any], members: set[int], doc: Document,
+                 phase: StageName, problem: _Problem | None, cfg: AnaplanImportConfig,
+                 coming: bool = False, poller: int | None = None) -> Outcome:
         state, batch_id = row["state"], row["id"]
-        result = json.loads(row["result"] or "{}")
         info = {"batch": batch_id, "task": row["task_id"]}
         now = self._now()
         if state == OPEN:
@@ -239,7 +243,7 @@ class AnaplanStages:
                                 anaplan_batch_id=batch_id)
         if state == SENDING:
             return Outcome.wait(0.2, {"anaplan": {**info, "waiting": "batch being sent"}}, anaplan_batch_id=batch_id)
-        if doc.id not in set(result.get("members") or []):
+        if doc.id not in members:
             # It joined after the batch closed (or left the states a batch takes): the next batch takes it.
             return Outcome.wait(0.05, {"anaplan": {**info, "waiting": "next batch"}}, anaplan_batch_id=None)
         if state == FAILED:
@@ -249,13 +253,13 @@ class AnaplanStages:
             after = result.get("retry_after") or self.settings.batch.retry_seconds
             return Outcome.retry(row["error"] or "Anaplan failed the import; sending again",
                                  code="anaplan.retry", after=after, detail={"anaplan": info}, anaplan_batch_id=None)
-        sent = {**info, "rows": result.get("rows"), "documents": len(result.get("members") or [])}
+        sent = {**info, "rows": result.get("rows"), "documents": len(members)}
         if phase is StageName.FORWARD:
             return Outcome.ok({"anaplan": sent}, anaplan_batch_id=batch_id)
         if state == RUNNING:
             # One member (the first) comes back to poll; the others sleep until the batch wakes them.
             next_poll = max(0.05, ((_aware(row["lease_until"]) or now) - now).total_seconds())
-            wait = next_poll if doc.id == min(result["members"]) else max(next_poll, self.idle_seconds)
+            wait = next_poll if doc.id == poller else max(next_poll, self.idle_seconds)
             return Outcome.wait(wait, {"anaplan": {**info, "waiting": "import running"}}, anaplan_batch_id=batch_id)
         # DONE
         failed = result.get("failed") or {}
@@ -431,11 +435,15 @@ class AnaplanStages:
         self._set(batch_id, RUNNING, result=result)
 
 
-def _members(row: Mapping[str, Any]) -> set[int]:
+def _result(row: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return set(json.loads(row["result"] or "{}").get("members") or [])
+        return json.loads(row["result"] or "{}")
     except ValueError:
-        return set()
+        return {}
+
+
+def _members(row: Mapping[str, Any]) -> set[int]:
+    return set(_result(row).get("members") or [])
 
 
 __all__ = ["AnaplanStages", "file_lease", "OPEN", "SENDING", "RUNNING", "DONE", "FAILED", "RETRY"]

@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -166,8 +166,26 @@ def _calls(trail: Sequence[Any]) -> list[dict[str, Any]]:
     return [{k: v for k, v in asdict(c).items() if v is not None} for c in trail]
 
 
+@dataclass(slots=True)
+class _Posting:
+    """What one document becomes in Plex, before it is sent."""
+
+    kind: str  # "ap_invoice" | "sales_order" | "purchase_order"
+    draft: Any
+
+    @property
+    def key(self) -> Any:
+        d = self.draft
+        if self.kind == "ap_invoice":
+            return (d.invoice_number, d.supplier_code)
+        if self.kind == "sales_order":
+            return (d.customer_id, d.po_number)
+        return d.po_number
+
+
 class PostStage:
-    """``post``: a batch stage that posts the claimed documents a few at a time."""
+    """``post``: a batch stage that looks the claimed documents up in Plex many at a time, then posts
+    those Plex does not hold a few at a time."""
 
     batch = True
 
@@ -186,41 +204,69 @@ class PostStage:
     def __call__(self, docs: list[Document], runtime: Any = None) -> dict[int, Outcome]:
         directory = self.partners()
         deadline = None if self.time_budget is None else time.monotonic() + self.time_budget
-        futures = {d.id: self._pool.submit(self.post_one, d, directory, deadline) for d in docs}
-        return {doc_id: f.result() for doc_id, f in futures.items()}
+        out: dict[int, Outcome] = {}
+        postings: dict[int, _Posting] = {}
+        for d in docs:
+            try:
+                prepared = self._prepare(d, directory)
+            except Exception as exc:  # noqa: BLE001 - only the faults _refusal knows become outcomes
+                prepared = _refusal(exc)
+            if isinstance(prepared, Outcome):
+                out[d.id] = prepared
+            else:
+                postings[d.id] = prepared
+        absent, lookups = self._absent(list(postings.values()))
+        futures = {d.id: self._pool.submit(self.post_one, d, directory, deadline, postings[d.id],
+                                           postings[d.id].key in absent.get(postings[d.id].kind, ()),
+                                           lookups.get(postings[d.id].kind, []))
+                   for d in docs if d.id in postings}
+        out.update({doc_id: f.result() for doc_id, f in futures.items()})
+        return out
 
-    def post_one(self, doc: Document, directory: PartnerDirectory, deadline: float | None = None) -> Outcome:
+    def _absent(self, postings: list[_Posting]) -> tuple[dict[str, set], dict[str, list]]:
+        """Per kind, the records Plex certainly does not hold (one look-up per many documents), and the
+        calls that showed it. A look-up that cannot be made or trusted leaves each document to its own."""
+        absent: dict[str, set] = {}
+        calls: dict[str, list] = {}
+        finders = {"ap_invoice": self.client.absent_ap_invoices, "sales_order": self.client.absent_sales_orders,
+                   "purchase_order": self.client.absent_purchase_orders}
+        for kind, find in finders.items():
+            drafts = [p.draft for p in postings if p.kind == kind]
+            if len(drafts) < 2:
+                continue
+            with self.client.recording() as trail:
+                try:
+                    found = find(drafts)
+                except PlexError as exc:
+                    log.warning("plex.batch_lookup_failed", kind=kind, error=str(exc))
+                    found = None
+            if found is not None:
+                absent[kind], calls[kind] = found, list(trail)
+        return absent, calls
+
+    def post_one(self, doc: Document, directory: PartnerDirectory, deadline: float | None = None,
+                 posting: _Posting | None = None, absent: bool = False, lookups: Sequence[Any] = ()) -> Outcome:
+        """Post one document (``posting``: its draft, already made; ``absent``: a look-up of many found
+        no such record, whose ``lookups`` calls go into this document's trail)."""
         if deadline is not None and time.monotonic() > deadline:
             return Outcome.wait(0.05, {"plex": "not started: the Plex budget of this claim was spent"})
         started = time.perf_counter()
         with self.client.recording() as trail:
             try:
-                outcome = self._post(doc, directory)
-            except (MappingProblem, ValidationError) as exc:
-                outcome = Outcome.fail(f"cannot be sent to Plex: {_plain(exc)}", code="plex.mapping")
-            except PlexPermissionError as exc:
-                outcome = Outcome.fail(f"Plex refused permission (HTTP {exc.status or 'n/a'}): {exc}",
-                                       code="plex.permission")
-            except PlexAuthError as exc:
-                outcome = Outcome.fail(f"Plex rejected the gateway's credentials: {exc}", code="plex.auth")
-            except PlexConfigError as exc:
-                outcome = Outcome.fail(f"Plex is not configured for this: {exc}", code="plex.config")
-            except PlexThrottledError as exc:
-                outcome = Outcome.retry(f"Plex is throttling: {exc}", code="plex.throttled", after=exc.retry_after)
-            except PlexTransientError as exc:
-                outcome = Outcome.retry(f"Plex did not answer cleanly: {exc}", code="plex.transient")
-            except PlexValidationError as exc:
-                errors = "; ".join(e.get("message", "") for e in exc.errors if e.get("message"))
-                outcome = Outcome.fail(f"Plex rejected it: {exc}" + (f" ({errors})" if errors else ""),
-                                       code=f"plex.rejected{'.duplicate' if exc.is_duplicate else ''}")
-            except PlexError as exc:
-                outcome = Outcome.fail(f"Plex: {exc}", code="plex.error")
+                if posting is None:
+                    prepared = self._prepare(doc, directory)
+                    if isinstance(prepared, Outcome):
+                        return prepared
+                    posting = prepared
+                outcome = self._send(posting, absent)
+            except Exception as exc:  # noqa: BLE001 - only the faults _refusal knows become outcomes
+                outcome = _refusal(exc)
         detail = dict(outcome.detail)
-        detail["calls"] = _calls(trail)
+        detail["calls"] = _calls([*lookups, *trail]) if absent else _calls(trail)
         detail["plex_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return Outcome(outcome.kind, detail, outcome.error, outcome.code, outcome.changes, outcome.after)
 
-    def _post(self, doc: Document, directory: PartnerDirectory) -> Outcome:
+    def _prepare(self, doc: Document, directory: PartnerDirectory) -> _Posting | Outcome:
         if not doc.canonical:
             raise MappingProblem("the document has no canonical form")
         if not doc.supplier_code:
@@ -228,18 +274,46 @@ class PostStage:
         canonical = json.loads(doc.canonical)
         partner = directory.get(doc.partner) if doc.partner else None
         if doc.kind == "invoice":
-            posting = self.client.post_invoice(invoice_draft(doc, canonical, self.accounts))
-        elif doc.kind == "purchase_order" and role_of(doc.kind, partner) == CUSTOMER:
+            return _Posting("ap_invoice", invoice_draft(doc, canonical, self.accounts))
+        if doc.kind == "purchase_order" and role_of(doc.kind, partner) == CUSTOMER:
             customer_id = self.master.customer_id(doc.supplier_code)
             if customer_id is None:
                 return Outcome.fail(f"Plex has no customer {doc.supplier_code}", code="plex.customer_missing")
-            posting = self.client.post_sales_order(sales_order_draft(doc, canonical, customer_id))
-        elif doc.kind == "purchase_order":
+            return _Posting("sales_order", sales_order_draft(doc, canonical, customer_id))
+        if doc.kind == "purchase_order":
             today = datetime.now(timezone.utc).date()
-            posting = self.client.post_purchase_order(purchase_order_draft(doc, canonical, today=today))
-        else:
-            return Outcome.ignore(f"{doc.kind or 'this document'} is not posted to Plex")
-        return _posted(posting)
+            return _Posting("purchase_order", purchase_order_draft(doc, canonical, today=today))
+        return Outcome.ignore(f"{doc.kind or 'this document'} is not posted to Plex")
+
+    def _send(self, posting: _Posting, absent: bool) -> Outcome:
+        if posting.kind == "ap_invoice":
+            return _posted(self.client.post_invoice(posting.draft, absent=absent))
+        if posting.kind == "sales_order":
+            return _posted(self.client.post_sales_order(posting.draft, absent=absent))
+        return _posted(self.client.post_purchase_order(posting.draft, absent=absent))
+
+
+def _refusal(exc: Exception) -> Outcome:
+    """The outcome of a document Plex did not take (or that cannot be sent); other faults propagate."""
+    if isinstance(exc, (MappingProblem, ValidationError)):
+        return Outcome.fail(f"cannot be sent to Plex: {_plain(exc)}", code="plex.mapping")
+    if isinstance(exc, PlexPermissionError):
+        return Outcome.fail(f"Plex refused permission (HTTP {exc.status or 'n/a'}): {exc}", code="plex.permission")
+    if isinstance(exc, PlexAuthError):
+        return Outcome.fail(f"Plex rejected the gateway's credentials: {exc}", code="plex.auth")
+    if isinstance(exc, PlexConfigError):
+        return Outcome.fail(f"Plex is not configured for this: {exc}", code="plex.config")
+    if isinstance(exc, PlexThrottledError):
+        return Outcome.retry(f"Plex is throttling: {exc}", code="plex.throttled", after=exc.retry_after)
+    if isinstance(exc, PlexTransientError):
+        return Outcome.retry(f"Plex did not answer cleanly: {exc}", code="plex.transient")
+    if isinstance(exc, PlexValidationError):
+        errors = "; ".join(e.get("message", "") for e in exc.errors if e.get("message"))
+        return Outcome.fail(f"Plex rejected it: {exc}" + (f" ({errors})" if errors else ""),
+                            code=f"plex.rejected{'.duplicate' if exc.is_duplicate else ''}")
+    if isinstance(exc, PlexError):
+        return Outcome.fail(f"Plex: {exc}", code="plex.error")
+    raise exc
 
 
 def _posted(posting: PostingOutcome) -> Outcome:

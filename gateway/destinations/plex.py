@@ -34,7 +34,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -202,8 +203,15 @@ class PurchaseOrderDataSources(BaseModel):
     create: DataSourceBinding = DataSourceBinding(
         key=90001, inputs={"supplier_code": "Supplier_Code", "po_number": "PO_No", "po_date": "PO_Date",
                            "due_date": "Due_Date", "currency_code": "Currency_Code", "terms": "Terms",
-                           "note": "Note"},
+                           "note": "Note", "lines": "Lines"},
         outputs={"po_key": "@PO_Key"})
+    # When ``create`` maps ``inputs.lines``, the lines go with the header in that one call, as a JSON array
+    # of objects named by this table (PO and lines created together or not at all); ``add_line`` then only
+    # completes a PO found half-made.
+    line_fields: dict[str, str] = Field(default_factory=lambda: {
+        "line_number": "Line_No", "part_number": "Part_No", "supplier_part_number": "Supplier_Part_No",
+        "description": "Description", "quantity": "Quantity", "unit": "Unit", "unit_price": "Unit_Price",
+        "due_date": "Due_Date"})
     add_line: DataSourceBinding | None = DataSourceBinding(
         key=90003, inputs={"po_key": "PO_Key", "line_number": "Line_No", "part_number": "Part_No",
                            "supplier_part_number": "Supplier_Part_No", "description": "Description",
@@ -281,6 +289,10 @@ class PlexConfig(BaseModel):
     matching: SupplierMatching = Field(default_factory=SupplierMatching)
     ap_invoice_accounts: APInvoiceAccounts = Field(default_factory=APInvoiceAccounts)
     concurrency: int = Field(8, ge=1, le=64, description="documents posted at once by one process")
+    batch_lookups: bool = Field(True, description=(
+        "look up many records in one list request (the filter repeated, spec 2.4); each such answer is "
+        "trusted only when two records known to exist, placed first and last in the query, come back"))
+    lookup_batch_size: int = Field(50, ge=1, le=200, description="numbers per batched look-up request")
 
     @model_validator(mode="after")
     def _check(self) -> PlexConfig:
@@ -726,6 +738,14 @@ def _error_body(resp: httpx.Response) -> tuple[str | None, str | None, tuple[dic
 _TRAIL: contextvars.ContextVar[list[PlexCall] | None] = contextvars.ContextVar("plex_trail", default=None)
 _T = TypeVar("_T")
 
+# Plex caps some lists at 1,000 rows (AP invoices, spec 2.4): an answer that long may be cut short.
+_LIST_CAP = 1000
+
+
+def _same_ap_invoice(row: Mapping[str, Any], number: str, supplier_code: str, supplier_id: str | None) -> bool:
+    return row.get("invoiceNumber") == number and (
+        row.get("supplierCode") == supplier_code or bool(supplier_id and row.get("supplierId") == supplier_id))
+
 
 # --------------------------------------------------------------------------------------------- client
 
@@ -768,6 +788,10 @@ class PlexClient:
         self._soap_lock = threading.Lock()
         self._soap_service: Any = None
         self._soap_local = threading.local()
+        # Numbers of records seen to exist, per kind: the witnesses that prove a batched look-up honoured
+        # every value of its repeated filter.
+        self._known: dict[str, deque[str]] = {}
+        self._known_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -814,7 +838,8 @@ class PlexClient:
         log.info("plex.call", operation=operation, method=method, target=target, status=status,
                  outcome=outcome, duration_ms=duration_ms)
 
-    def _send(self, operation: str, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+    def _send(self, operation: str, method: str, path: str, *,
+              params: Mapping[str, Any] | Sequence[tuple[str, str]] | None = None,
               body: dict[str, Any] | None = None, timeout: httpx.Timeout | None = None) -> Any:
         """One logical REST request: budget, auth (one re-authentication on 401), status -> exception.
 
@@ -911,7 +936,8 @@ class PlexClient:
                                                 wait=rs.next_action.sleep if rs.next_action else None))
         return retrying(fn)
 
-    def _get_list(self, operation: str, path: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _get_list(self, operation: str, path: str,
+                  params: Mapping[str, Any] | Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         def once() -> list[dict[str, Any]]:
             try:
                 rows = self._send(operation, "GET", path, params=params, timeout=self._list_timeout)
@@ -1031,13 +1057,25 @@ class PlexClient:
         rows = self._get_list("ap_invoice.find", "/accounting/v1/ap-invoices",
                               {"invoiceNumber": invoice_number, "supplierCode": supplier_code})
         matches = [APInvoice.model_validate(r) for r in rows
-                   if r.get("invoiceNumber") == invoice_number
-                   and (r.get("supplierCode") == supplier_code or (supplier_id and r.get("supplierId") == supplier_id))]
+                   if _same_ap_invoice(r, invoice_number, supplier_code, supplier_id)]
+        if matches:
+            self._remember("ap_invoice", invoice_number)
         if len(matches) > 1:
             log.warning("plex.ap_invoice.ambiguous", invoice_number=invoice_number, supplier_code=supplier_code,
                         count=len(matches))
         matches.sort(key=lambda m: (m.created_date or datetime.min.replace(tzinfo=UTC), m.id))
         return matches[0] if matches else None
+
+    def absent_ap_invoices(self, invoices: Sequence[APInvoiceDraft]) -> set[tuple[str, str]] | None:
+        """(invoice number, supplier code) of ``invoices`` that Plex certainly does not hold, from one list
+        request per ``lookup_batch_size`` numbers; None when a batched look-up cannot be trusted now."""
+        rows = self._rows_by_number("ap_invoice", "/accounting/v1/ap-invoices", ("invoiceNumber",),
+                                    "invoiceNumber", [i.invoice_number for i in invoices])
+        if rows is None:
+            return None
+        return {(i.invoice_number, i.supplier_code) for i in invoices
+                if not any(_same_ap_invoice(r, i.invoice_number, i.supplier_code, i.supplier_id)
+                           for r in rows.get(i.invoice_number, ()))}
 
     def create_ap_invoice(self, invoice: APInvoiceDraft) -> APInvoice:
         """``POST accounting/v1/ap-invoices``, exactly once (no retry: use :meth:`post_invoice`)."""
@@ -1055,15 +1093,19 @@ class PlexClient:
         return APInvoice.model_validate(self._send("ap_invoice.create", "POST", "/accounting/v1/ap-invoices",
                                                    body=body))
 
-    def post_invoice(self, invoice: APInvoiceDraft) -> PostingOutcome:
+    def post_invoice(self, invoice: APInvoiceDraft, *, absent: bool = False) -> PostingOutcome:
         """Post an AP invoice exactly once: existing -> ``already_existed``; else create, re-checking after
-        any ambiguous failure so a lost response never turns into a second invoice."""
+        any ambiguous failure so a lost response never turns into a second invoice.
+
+        ``absent``: a look-up made just before (:meth:`absent_ap_invoices`) found none; go straight to the create."""
         def lookup() -> APInvoice | None:
             return self.find_ap_invoice(invoice.invoice_number, supplier_code=invoice.supplier_code,
                                         supplier_id=invoice.supplier_id)
 
         with self._trail() as trail:
-            record, created, recovered = self._post_once("ap_invoice", lookup, lambda: self.create_ap_invoice(invoice))
+            record, created, recovered = self._post_once("ap_invoice", lookup, lambda: self.create_ap_invoice(invoice),
+                                                         absent=absent)
+            self._remember("ap_invoice", record.invoice_number)
             summary = {"id": record.id, "invoiceNumber": record.invoice_number, "supplierCode": record.supplier_code,
                        "voucherNumber": record.voucher_number, "status": record.status,
                        "amount": str(record.amount) if record.amount is not None else None}
@@ -1081,8 +1123,20 @@ class PlexClient:
                               {"customerId": customer_id, "poNumber": po_number})
         matches = [SalesOrder.model_validate(r) for r in rows
                    if r.get("customerId") == customer_id and r.get("poNumber") == po_number]
+        if matches:
+            self._remember("sales_order", po_number)
         matches.sort(key=lambda m: (m.created_date or datetime.min.replace(tzinfo=UTC), m.id))
         return matches[0] if matches else None
+
+    def absent_sales_orders(self, orders: Sequence[SalesOrderDraft]) -> set[tuple[str, str]] | None:
+        """(customer id, PO number) of ``orders`` Plex certainly does not hold; None when a batched look-up
+        cannot be trusted now (see :meth:`absent_ap_invoices`)."""
+        rows = self._rows_by_number("sales_order", "/sales/v1/orders", ("poNumber",), "poNumber",
+                                    [o.po_number for o in orders])
+        if rows is None:
+            return None
+        return {(o.customer_id, o.po_number) for o in orders
+                if not any(r.get("customerId") == o.customer_id for r in rows.get(o.po_number, ()))}
 
     def get_sales_order(self, order_id: str) -> SalesOrder | None:
         row = self._get_one("sales_order.get", f"/sales/v1/orders/{order_id}")
@@ -1103,8 +1157,10 @@ class PlexClient:
         })
         return SalesOrder.model_validate(self._send("sales_order.create", "POST", "/sales/v1/orders", body=body))
 
-    def post_sales_order(self, order: SalesOrderDraft) -> PostingOutcome:
-        """Create a customer PO as a sales order exactly once (lookup by customer + PO number, then by id)."""
+    def post_sales_order(self, order: SalesOrderDraft, *, absent: bool = False) -> PostingOutcome:
+        """Create a customer PO as a sales order exactly once (lookup by customer + PO number, then by id).
+
+        ``absent``: a look-up made just before (:meth:`absent_sales_orders`) found none."""
         order_id = self.sales_order_id(order)
 
         def lookup() -> SalesOrder | None:
@@ -1113,11 +1169,71 @@ class PlexClient:
         with self._trail() as trail:
             record, created, recovered = self._post_once(
                 "sales_order", lambda: self.find_sales_order(order.customer_id, order.po_number),
-                lambda: self.create_sales_order(order, order_id=order_id), recheck=lookup)
+                lambda: self.create_sales_order(order, order_id=order_id), recheck=lookup, absent=absent)
+            self._remember("sales_order", order.po_number)
             summary = {"id": record.id, "orderNumber": record.order_number, "poNumber": record.po_number,
                        "status": record.status}
         return PostingOutcome("sales_order", order.po_number, record.id, None, created, recovered,
                               summary, tuple(trail))
+
+    # ------------------------------------------------------------ many look-ups in one request
+    def _remember(self, kind: str, number: str | None) -> None:
+        if not number:
+            return
+        with self._known_lock:
+            known = self._known.setdefault(kind, deque(maxlen=8))
+            if number in known:
+                known.remove(number)
+            known.appendleft(number)
+
+    def _forget(self, kind: str, numbers: Sequence[str]) -> None:
+        with self._known_lock:
+            known = self._known.get(kind)
+            for n in numbers:
+                if known is not None and n in known:
+                    known.remove(n)
+
+    def _rows_by_number(self, kind: str, path: str, params: tuple[str, ...], field: str,
+                        numbers: Sequence[str]) -> dict[str, list[dict[str, Any]]] | None:
+        """The rows Plex holds for ``numbers``, by number, from list requests with the filter repeated.
+
+        Plex documents repeated parameters as multi-value filters (spec 2.4) but also ignores filters it
+        does not know, and a server that read only one value would make every other record look absent —
+        the one mistake that doubles a document. So each request carries two numbers known to exist,
+        first and last; the answer counts only if both come back and nothing unasked for does (an
+        ignored filter returns everything), and it is not the length of a capped list. Otherwise: None,
+        and the caller looks each record up alone. Known numbers come from this client's own creates
+        and look-ups; until it has two, every look-up is single.
+        """
+        numbers = list(dict.fromkeys(n for n in numbers if n))
+        if not self.config.batch_lookups or len(numbers) < 2:
+            return None
+        with self._known_lock:
+            witnesses = [n for n in self._known.get(kind, ()) if n not in numbers][:2]
+        if len(witnesses) < 2:
+            return None
+        first, last = witnesses
+        found: dict[str, list[dict[str, Any]]] = {}
+        size = self.config.lookup_batch_size
+        for start in range(0, len(numbers), size):
+            asked = [first, *numbers[start:start + size], last]
+            query = [(p, n) for p in params for n in asked]
+            rows = self._get_list(f"{kind}.find_many", path, query)
+            seen = {r.get(field) for r in rows}
+            missing = [w for w in witnesses if w not in seen]
+            if missing:
+                log.warning("plex.batch_lookup.untrusted", kind=kind, reason="a known record did not come back")
+                self._forget(kind, missing)
+                return None
+            if not seen <= set(asked) or len(rows) >= _LIST_CAP:
+                log.warning("plex.batch_lookup.untrusted", kind=kind,
+                            reason="the filter was ignored" if not seen <= set(asked) else "the list may be capped")
+                return None
+            for r in rows:
+                if r.get(field) in witnesses:
+                    continue
+                found.setdefault(r.get(field), []).append(r)
+        return found
 
     # ------------------------------------------------------------ idempotent create core
     @contextmanager
@@ -1144,16 +1260,17 @@ class PlexClient:
             _TRAIL.reset(token)
 
     def _post_once(self, kind: str, lookup: Callable[[], _T | None], create: Callable[[], _T], *,
-                   recheck: Callable[[], _T | None] | None = None) -> tuple[_T, bool, bool]:
+                   recheck: Callable[[], _T | None] | None = None, absent: bool = False) -> tuple[_T, bool, bool]:
         """(record, created, recovered): look up; create if absent; never create twice.
 
         A create that times out, answers 5xx or breaks the connection may have been committed, so the record is
         looked up again (after ``ambiguous_recheck_delay``) before the next create. A 429 was not processed and is
         simply retried after its Retry-After. A rejected create (400 / data-source error) is looked up once more:
-        it is usually "already exists" from a race or from our own lost attempt.
+        it is usually "already exists" from a race or from our own lost attempt. ``absent``: the caller has
+        just looked (many records at once) and found none, so the first look-up is skipped.
         """
         recheck = recheck or lookup
-        existing = lookup()
+        existing = None if absent else lookup()
         if existing is not None:
             log.info("plex.post.exists", kind=kind)
             return existing, False, False
@@ -1316,16 +1433,15 @@ class PlexClient:
                                 tuple(rows), outputs)
 
     # ------------------------------------------------------------ purchase orders (data sources)
-    def _ds_inputs(self, binding: DataSourceBinding, values: Mapping[str, Any]) -> dict[str, Any]:
-        fmt = self.config.purchase_orders.date_format
+    def _ds_text(self, v: Any) -> Any:
+        if isinstance(v, (date, datetime)):
+            return v.strftime(self.config.purchase_orders.date_format)
+        if isinstance(v, Decimal):
+            return format(v, "f")
+        return v
 
-        def text(v: Any) -> Any:
-            if isinstance(v, (date, datetime)):
-                return v.strftime(fmt)
-            if isinstance(v, Decimal):
-                return format(v, "f")
-            return v
-        return {binding.inputs[k]: text(v) for k, v in values.items() if k in binding.inputs and v is not None}
+    def _ds_inputs(self, binding: DataSourceBinding, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {binding.inputs[k]: self._ds_text(v) for k, v in values.items() if k in binding.inputs and v is not None}
 
     def find_purchase_order(self, po_number: str, supplier_code: str | None = None) -> PurchaseOrderRecord | None:
         """The PO with this number (and supplier) from the lookup data source, or None."""
@@ -1349,6 +1465,7 @@ class PlexClient:
                                         operation="purchase_order.find") from None
         if not grouped:
             return None
+        self._remember("purchase_order", po_number)
         if len(grouped) > 1:
             log.warning("plex.purchase_order.ambiguous", po_number=po_number, keys=sorted(grouped))
         po_key = min(grouped)
@@ -1359,12 +1476,33 @@ class PlexClient:
         return PurchaseOrderRecord(po_key, po_number, first.get(col.get("supplier_code", "")),
                                    first.get(col.get("status", "")), first.get(col.get("po_date", "")), lines)
 
+    def absent_purchase_orders(self, orders: Sequence[PurchaseOrderDraft]) -> set[str] | None:
+        """PO numbers of ``orders`` no Plex PO carries at all, read from Connect's PO list (spec 6.4: both
+        spellings of the number filter, repeated); None when that cannot be trusted now or there are no
+        Connect credentials. A number some PO has, whatever its supplier, is left to the look-up data source."""
+        if self.config.api_key is None and self.config.oauth is None and not self._api_key_auth.can_refresh:
+            return None
+        rows = self._rows_by_number("purchase_order", "/purchasing/v1/purchase-orders", ("pONumber", "poNumber"),
+                                    "poNumber", [o.po_number for o in orders])
+        if rows is None:
+            return None
+        return {o.po_number for o in orders if not rows.get(o.po_number)}
+
+    def lines_go_with_header(self) -> bool:
+        """Whether the create data source takes the lines too (``create.inputs.lines``)."""
+        return "lines" in self.config.purchase_orders.create.inputs
+
     def create_purchase_order_header(self, po: PurchaseOrderDraft) -> int:
-        """Run the create data source once; returns the new PO key."""
+        """Run the create data source once (with the lines, when it takes them); returns the new PO key."""
         cfg = self.config.purchase_orders
         b = cfg.create
         values = {"po_number": po.po_number, "supplier_code": po.supplier_code, "po_date": po.po_date,
                   "due_date": po.due_date, "currency_code": po.currency_code, "terms": po.terms, "note": po.note}
+        if self.lines_go_with_header():
+            names = cfg.line_fields
+            values["lines"] = json.dumps([
+                {names[k]: self._ds_text(v) for k, v in line.model_dump().items() if k in names and v is not None}
+                for line in po.lines])
         result = self.execute_data_source(b.key, self._ds_inputs(b, values), operation="purchase_order.create",
                                           result_error=cfg.result_error, result_message=cfg.result_message,
                                           retry=False)
@@ -1387,25 +1525,28 @@ class PlexClient:
         self.execute_data_source(b.key, self._ds_inputs(b, values), operation="purchase_order.add_line",
                                  result_error=cfg.result_error, result_message=cfg.result_message, retry=False)
 
-    def post_purchase_order(self, po: PurchaseOrderDraft) -> PostingOutcome:
+    def post_purchase_order(self, po: PurchaseOrderDraft, *, absent: bool = False) -> PostingOutcome:
         """Create a buyer-side PO exactly once, then add the lines Plex does not have yet.
 
         Resumable: a PO whose header exists but whose lines are incomplete (an earlier run died half-way) gets
         only its missing lines. Each header and line create follows the look-up-before-retry rule.
+        ``absent``: a look-up made just before (:meth:`absent_purchase_orders`) found no PO with this number.
         """
         def lookup() -> PurchaseOrderRecord | None:
             return self.find_purchase_order(po.po_number, po.supplier_code)
 
         with self._trail() as trail:
-            record, created, recovered = self._post_once("purchase_order", lookup, lambda: self._header(po))
-            added: list[int] = []
-            if self.config.purchase_orders.add_line is None and po.lines:
-                log.warning("plex.purchase_order.lines_not_sent", po_number=po.po_number, lines=len(po.lines),
+            record, created, recovered = self._post_once("purchase_order", lookup, lambda: self._header(po),
+                                                         absent=absent)
+            self._remember("purchase_order", po.po_number)
+            # Lines sent with the header were created by the create (or are on the PO the re-check found).
+            added = sorted(record.line_numbers) if created and self.lines_go_with_header() else []
+            missing = [line for line in po.lines if line.line_number not in record.line_numbers]
+            if self.config.purchase_orders.add_line is None and missing:
+                log.warning("plex.purchase_order.lines_not_sent", po_number=po.po_number, lines=len(missing),
                             reason="no add_line data source configured")
             if self.config.purchase_orders.add_line is not None:
-                for line in po.lines:
-                    if line.line_number in record.line_numbers:
-                        continue
+                for line in missing:
 
                     def line_present(n: int = line.line_number) -> PurchaseOrderRecord | None:
                         current = lookup()
@@ -1425,4 +1566,5 @@ class PlexClient:
 
     def _header(self, po: PurchaseOrderDraft) -> PurchaseOrderRecord:
         key = self.create_purchase_order_header(po)
-        return PurchaseOrderRecord(key, po.po_number, po.supplier_code, None, po.po_date.isoformat(), frozenset())
+        lines = frozenset(ln.line_number for ln in po.lines) if self.lines_go_with_header() else frozenset()
+        return PurchaseOrderRecord(key, po.po_number, po.supplier_code, None, po.po_date.isoformat(), lines)

@@ -15,7 +15,7 @@ Faithful to ``specs/plex.md`` section 11, in one FastAPI app:
 * A 200 requests/min sliding window per key (429, with or without ``Retry-After``).
 
 Simulated data sources (keys are :class:`SimSettings` fields): ``PO_Add_Sim`` (90001) creates a buyer-side PO
-header, ``PO_Get_Sim`` (90002) returns one row per PO line, ``PO_Line_Add_Sim`` (90003) adds a line. They write
+header (and its lines, given as JSON in ``@Lines``, all or nothing), ``PO_Get_Sim`` (90002) returns one row per PO line, ``PO_Line_Add_Sim`` (90003) adds a line. They write
 to the same store the REST ``purchasing/v1/purchase-orders`` reads.
 
 Test/demo hooks (not part of Plex, no auth, loopback only): ``/_sim/faults`` (GET/POST/DELETE fault rules),
@@ -197,11 +197,11 @@ FaultKind = Literal[
     # the real handler commits, then the client loses the answer
     "timeout_after_commit", "error_after_commit", "drop_after_commit", "malformed",
     # change how list handlers filter
-    "ignore_filter", "empty_list_404",
+    "ignore_filter", "single_value_filter", "empty_list_404",
 ]
 _PRE = {"server_error", "throttle_retry_after", "throttle_no_header", "throttle_bare", "forbidden", "unauthorized"}
 _POST = {"timeout_after_commit", "error_after_commit", "drop_after_commit", "malformed"}
-_MODIFIERS = {"ignore_filter", "empty_list_404"}
+_MODIFIERS = {"ignore_filter", "single_value_filter", "empty_list_404"}
 
 
 class FaultRule(BaseModel):
@@ -221,7 +221,7 @@ class FaultRule(BaseModel):
     status: int | None = None  # server_error (500/502/503/504), error_after_commit, SOAP throttle (429/503)
     retry_after: int = 5  # seconds, for throttle_* (header and/or message)
     delay: float = 1.0  # seconds, for slow and timeout_after_commit
-    param: str | None = None  # ignore_filter: the query parameter to ignore
+    param: str | None = None  # ignore_filter / single_value_filter: the query parameter it changes
     times: int | None = 1
     skip: int = 0
     probability: float = 1.0
@@ -596,6 +596,13 @@ class PlexSim:
     def ignored_filter(self, method: str, path: str, param: str) -> bool:
         return self._take({"ignore_filter"}, "rest", method, path, set(), param) is not None
 
+    def filter_values(self, method: str, path: str, param: str, values: list[str]) -> list[str]:
+        """The values of a repeated filter the list honours: all of them (``?a=1&a=2``, spec 2.4), or
+        only the last under a ``single_value_filter`` fault (how a tenant reading one value would act)."""
+        if len(values) > 1 and self._take({"single_value_filter"}, "rest", method, path, set(), param) is not None:
+            return values[-1:]
+        return values
+
     def empty_list_404(self, method: str, path: str) -> bool:
         return self._take({"empty_list_404"}, "rest", method, path, set()) is not None
 
@@ -693,7 +700,8 @@ class PlexSim:
             s.po_add_key: _DsDef(s.po_add_key, "PO_Add_Sim", [
                 ("Supplier_Code", True, "string"), ("PO_No", True, "string"), ("PO_Date", False, "date"),
                 ("Due_Date", False, "date"), ("Currency_Code", False, "string"), ("Terms", False, "string"),
-                ("Note", False, "string")], ["PO_Key", "Result_Error", "Result_Message"], [], True),
+                ("Note", False, "string"), ("Lines", False, "string")],
+                ["PO_Key", "Result_Error", "Result_Message"], [], True),
             s.po_get_key: _DsDef(s.po_get_key, "PO_Get_Sim", [
                 ("PO_No", True, "string"), ("Supplier_Code", False, "string")], [],
                 ["PO_Key", "PO_No", "Supplier_Code", "PO_Date", "Status", "PO_Line_Key", "Line_No", "Part_No",
@@ -754,15 +762,60 @@ class PlexSim:
             return self._result_error(f"Supplier '{v['Supplier_Code']}' was not found.", "PO_Key")
         if self.settings.unique_purchase_order and any(
                 p["_tenant"] == tenant.pcn and p["supplierId"] == supplier["id"] and p["poNumber"] == v["PO_No"]
-                for p in self.purchase_orders.values()):
+                for p in (self.purchase_orders[i] for i in self._numbers["purchase_orders"].get(v["PO_No"] or "", ()))):
             return self._result_error(f"PO {v['PO_No']} already exists for supplier {supplier['code']}.", "PO_Key")
         ok_po, po_date = self._parse_ds_date(v.get("PO_Date"))
         ok_due, due = self._parse_ds_date(v.get("Due_Date"))
         if not (ok_po and ok_due):
             return self._result_error("PO_Date/Due_Date must be YYYY-MM-DD.", "PO_Key")
+        # @Lines: the PO's lines in the same call, a JSON array of objects named like PO_Line_Add_Sim's
+        # inputs. All or nothing: one bad line and no PO is stored.
+        lines: list[dict[str, Any]] = []
+        if v.get("Lines") is not None:
+            try:
+                given = json.loads(v["Lines"] or "")
+            except ValueError:
+                given = None
+            if not isinstance(given, list) or not all(isinstance(x, dict) for x in given):
+                return self._result_error("@Lines must be a JSON array of line objects.", "PO_Key")
+            for n, item in enumerate(given, 1):
+                values = {str(k).lstrip("@"): None if x is None or x == "" else str(x) for k, x in item.items()}
+                line = self._new_line(values, {ln["lineItemNumber"] for ln in lines})
+                if isinstance(line, str):
+                    return self._result_error(f"Line {n}: {line}", "PO_Key")
+                lines.append(line)
         po = self._store_po(tenant, supplier, v["PO_No"] or "", po_date or self.now(), due,
                             v.get("Currency_Code") or "USD", v.get("Terms") or "", v.get("Note") or "")
+        for line in lines:
+            self._attach_line(po, line)
         return _DsResult(outputs={"PO_Key": str(po["_poKey"]), "Result_Error": "0", "Result_Message": None})
+
+    def _new_line(self, v: dict[str, str | None], taken: set[int]) -> dict[str, Any] | str:
+        """A PO line from data-source inputs, or why not (a message for ``@Result_Message``)."""
+        try:
+            line_no = int(v.get("Line_No") or "")
+        except ValueError:
+            return "Line_No must be an integer."
+        if line_no in taken:
+            return f"Line {line_no} already exists."
+        qty, price = _decimal(v.get("Quantity") or ""), _decimal(v.get("Unit_Price") or "0")
+        ok_due, due = self._parse_ds_date(v.get("Due_Date"))
+        if qty is None or price is None or not ok_due:
+            return "Quantity/Unit_Price must be numbers, Due_Date YYYY-MM-DD."
+        now = self.now()
+        return {"id": self._uuid(), "lineItemNumber": line_no, "status": "Open", "unit": v.get("Unit") or "ea",
+                "orderUnit": v.get("Unit") or "ea", "description": v.get("Description") or "",
+                "unitPrice": _number(price), "supplierPartNumber": v.get("Supplier_Part_No"), "partId": None,
+                "createdDate": stamp(now), "modifiedDate": stamp(now),
+                "_lineKey": next(self._line_key_seq), "_partNo": v.get("Part_No"), "_quantity": _number(qty),
+                "_dueDate": stamp(due) if due else None}
+
+    def _attach_line(self, po: dict[str, Any], line: dict[str, Any]) -> None:
+        po["_lines"].append(line)
+        po["lineItemCount"] = len(po["_lines"])
+        po["lineItemTotal"] = _number(sum((Decimal(str(x["unitPrice"])) * Decimal(str(x["_quantity"]))
+                                           for x in po["_lines"]), Decimal(0)))
+        po["modifiedDate"] = line["modifiedDate"]
 
     def _ds_po_line_add(self, tenant: SimTenant, v: dict[str, str | None]) -> _DsResult:
         try:
@@ -776,22 +829,10 @@ class PlexSim:
             return self._result_error(f"PO key {po_key} was not found.", "PO_Line_Key")
         if any(line["lineItemNumber"] == line_no for line in po["_lines"]):
             return self._result_error(f"Line {line_no} already exists on PO {po['poNumber']}.", "PO_Line_Key")
-        qty, price = _decimal(v["Quantity"]), _decimal(v.get("Unit_Price") or "0")
-        ok_due, due = self._parse_ds_date(v.get("Due_Date"))
-        if qty is None or price is None or not ok_due:
-            return self._result_error("Quantity/Unit_Price must be numbers, Due_Date YYYY-MM-DD.", "PO_Line_Key")
-        now = self.now()
-        line = {"id": self._uuid(), "lineItemNumber": line_no, "status": "Open", "unit": v.get("Unit") or "ea",
-                "orderUnit": v.get("Unit") or "ea", "description": v.get("Description") or "",
-                "unitPrice": _number(price), "supplierPartNumber": v.get("Supplier_Part_No"), "partId": None,
-                "createdDate": stamp(now), "modifiedDate": stamp(now),
-                "_lineKey": next(self._line_key_seq), "_partNo": v.get("Part_No"), "_quantity": _number(qty),
-                "_dueDate": stamp(due) if due else None}
-        po["_lines"].append(line)
-        po["lineItemCount"] = len(po["_lines"])
-        po["lineItemTotal"] = _number(sum((Decimal(str(x["unitPrice"])) * Decimal(str(x["_quantity"]))
-                                           for x in po["_lines"]), Decimal(0)))
-        po["modifiedDate"] = stamp(now)
+        line = self._new_line(v, set())
+        if isinstance(line, str):
+            return self._result_error(line, "PO_Line_Key")
+        self._attach_line(po, line)
         return _DsResult(outputs={"PO_Line_Key": str(line["_lineKey"]), "Result_Error": "0",
                                   "Result_Message": None})
 
@@ -813,8 +854,8 @@ class PlexSim:
                 rows.append({**head, **empty})  # a SQL left join: the header row even without lines
         return _DsResult(rows=rows)
 
-    def by_number(self, records: dict[str, dict[str, Any]], query: Any) -> list[dict[str, Any]] | None:
-        """Records with the queried invoice or PO number (None: no such filter, or filters may be ignored).
+    def by_number(self, records: dict[str, dict[str, Any]], filters: dict[str, list[str]]) -> list[dict[str, Any]] | None:
+        """Records with the queried invoice or PO numbers (None: no such filter, or filters may be ignored).
 
         Only narrows what the list handler then filters as usual; never used while an ``ignore_filter``
         fault is armed, because an ignored filter must return everything."""
@@ -822,8 +863,9 @@ class PlexSim:
             return None
         for name, field in (("ap_invoices", "invoiceNumber"), ("sales_orders", "poNumber"),
                             ("purchase_orders", "poNumber"), ("purchase_orders", "pONumber")):
-            if records is getattr(self, name) and query.get(field) is not None:
-                return [records[i] for i in self._numbers[name].get(query.get(field), ())]
+            if records is getattr(self, name) and filters.get(field):
+                index = self._numbers[name]
+                return [records[i] for n in dict.fromkeys(filters[field]) for i in index.get(n, ())]
         return None
 
     # ---------------------------------------------------------------- seeding (tests and the demo)
@@ -1185,17 +1227,20 @@ def create_app(sim: PlexSim) -> FastAPI:
                 cap: int | None = None) -> JSONResponse:
         """Filter a collection like Connect: exact-match and date-range filters, unknown params ignored."""
         path, q = request.url.path, request.query_params
+        honoured = {param: sim.filter_values("GET", path, param, q.getlist(param))
+                    for param in ("id", *exact) if param in q}
         with sim._lock:  # tests may reset or seed from their own thread
-            candidates = sim.by_number(records, q)
+            candidates = sim.by_number(records, honoured)
             rows = [r for r in (records.values() if candidates is None else candidates)
                     if r["_tenant"] == caller.tenant.pcn]
-        ids = q.getlist("id")
+        ids = honoured.get("id")
         if ids and not sim.ignored_filter("GET", path, "id"):
             rows = [r for r in rows if r["id"] in {check_uuid(i) for i in ids}]
         for param, fld in exact.items():
-            value = q.get(param)
-            if value is not None and not sim.ignored_filter("GET", path, param):
-                rows = [r for r in rows if str(r.get(fld)) == value]
+            values = honoured.get(param)
+            if values and not sim.ignored_filter("GET", path, param):
+                wanted = set(values)
+                rows = [r for r in rows if str(r.get(fld)) in wanted]
         for fld, (begin_param, end_param) in ranges.items():
             for param, is_begin in ((begin_param, True), (end_param, False)):
                 value = q.get(param)
@@ -1392,7 +1437,8 @@ def create_app(sim: PlexSim) -> FastAPI:
                 raise _invalid(*problems)
             if sim.settings.unique_ap_invoice and any(
                     r["_tenant"] == caller.tenant.pcn and r["supplierId"] == supplier["id"]
-                    and r["invoiceNumber"] == body["invoiceNumber"] for r in sim.ap_invoices.values()):
+                    and r["invoiceNumber"] == body["invoiceNumber"]
+                    for r in (sim.ap_invoices[i] for i in sim._numbers["ap_invoices"].get(body["invoiceNumber"], ()))):
                 raise _invalid(("DUPLICATE_VALUE",
                                 f"Invoice {body['invoiceNumber']} already exists for supplier {supplier['code']}."))
             record = sim._store_ap_invoice(caller.tenant, supplier, body)
