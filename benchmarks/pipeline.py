@@ -100,20 +100,36 @@ def drop_files(files: list[tuple[str, bytes]], staging: Path, drop: Path) -> Non
 
 
 def wait_for(engine, above: int, total: int, timeout: float, label: str) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     last = ""
     while True:
         c = counts(engine, above)
         resting = sum(c.get(s, 0) for s in RESTING)
         line = ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
         if line != last:
-            print(f"    {label}: {line}", file=sys.stderr, flush=True)
+            print(f"    {label} {time.monotonic() - started:6.1f} s: {line}", file=sys.stderr, flush=True)
             last = line
         if resting >= total:
             return c
         if time.monotonic() > deadline:
             raise SystemExit(f"{label}: not done after {timeout:.0f} s ({line})")
         time.sleep(0.2)
+
+
+def cpu_seconds(procs: list[subprocess.Popen]) -> tuple[float, float]:
+    """CPU time so far of the gateway processes, and of this one (the simulators and the counting)."""
+    import psutil
+
+    gateway = 0.0
+    for p in procs:
+        try:
+            t = psutil.Process(p.pid).cpu_times()
+            gateway += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    here = psutil.Process().cpu_times()
+    return gateway, here.user + here.system
 
 
 def plex_requests(sandbox) -> int:
@@ -153,16 +169,19 @@ def run(store: str, args) -> dict:
             above = s.execute(select(func.max(Document.id))).scalar() or 0
         plex0, anaplan0 = plex_requests(sandbox), anaplan_requests(sandbox)
         files = batched_interchanges(DEMO, args.documents, per_file=args.per_file)
+        cpu0 = cpu_seconds(procs)
         t0 = time.monotonic()
         drop_files(files, staging, drop)
         final = wait_for(engine, above, args.documents, args.timeout, store)
         seconds = time.monotonic() - t0
+        gateway_cpu, here_cpu = (b - a for a, b in zip(cpu0, cpu_seconds(procs), strict=True))
         result = {
             "store": store, "documents": args.documents, "files": len(files), "seconds": seconds,
             "rate": args.documents / seconds,
             "anaplan": (anaplan_requests(sandbox) - anaplan0) / args.documents,
             "plex": (plex_requests(sandbox) - plex0) / args.documents,
             "done": final.get("done", 0), "other": args.documents - final.get("done", 0),
+            "gateway_ms": gateway_cpu * 1000 / args.documents, "sim_ms": here_cpu * 1000 / args.documents,
         }
         engine.dispose()
         return result
@@ -200,10 +219,12 @@ def main() -> None:
         print(f"  running {store} ...", file=sys.stderr, flush=True)
         results.append(run(store, args))
     print(f"\n{'store':10} {'documents':>9} {'files':>6} {'seconds':>8} {'docs/s':>8} "
-          f"{'Anaplan req/doc':>16} {'Plex req/doc':>13} {'done':>6} {'not done':>9}")
+          f"{'Anaplan req/doc':>16} {'Plex req/doc':>13} {'done':>6} {'not done':>9} "
+          f"{'gateway CPU ms/doc':>19} {'simulators CPU ms/doc':>22}")
     for r in results:
         print(f"{r['store']:10} {r['documents']:9d} {r['files']:6d} {r['seconds']:8.1f} {r['rate']:8.1f} "
-              f"{r['anaplan']:16.4f} {r['plex']:13.2f} {r['done']:6d} {r['other']:9d}")
+              f"{r['anaplan']:16.4f} {r['plex']:13.2f} {r['done']:6d} {r['other']:9d} "
+              f"{r['gateway_ms']:19.2f} {r['sim_ms']:22.2f}")
     print(f"targets: >= 500 documents/s, <= 0.01 Anaplan requests per document ({os.cpu_count()} cores, "
           f"{args.processes} gateway process(es) x {args.threads} worker threads)")
     print(f"note: the Plex simulator's 200 requests/min limit was off and the gateway's Plex budget raised to "

@@ -131,6 +131,53 @@ def test_stages_run_in_order_and_outcomes_are_applied_with_one_event_each(runtim
         assert all(e.duration_ms is not None for e in trail)
 
 
+def test_a_claim_runs_match_post_and_forward_in_turn_then_stops_before_confirm(runtime):
+    store_payload(runtime.engine, x12_850(405, ["PO-1", "PO-2", "PO-3"]), "three.x12")
+    seen: dict[str, list] = {"post": [], "forward": [], "confirm": []}
+
+    def post(docs, rt):
+        seen["post"] += [(d.state, d.supplier_code) for d in docs]  # the match's changes are visible
+        return {d.id: Outcome.ok(plex_key=f"PK-{d.id}") for d in docs}
+
+    def forward(docs, rt):
+        seen["forward"] += [(d.state, d.plex_key == f"PK-{d.id}") for d in docs]
+        return {d.id: Outcome.ok() for d in docs}
+
+    def confirm(docs, rt):
+        seen["confirm"] += [d.id for d in docs]
+        return {d.id: Outcome.ok() for d in docs}
+
+    post.batch = forward.batch = confirm.batch = True
+    w = Worker(runtime, stages={StageName.MATCH: lambda d, rt: Outcome.ok(supplier_code="S-1"),
+                                StageName.POST: post, StageName.FORWARD: forward, StageName.CONFIRM: confirm})
+    w.split_interchanges()
+    report = w.run_once()
+    assert (report.processed, report.applied) == (3, 9)  # one claim of three documents, three stages each
+    assert seen == {"post": [("matched", "S-1")] * 3, "forward": [("posted", True)] * 3, "confirm": []}
+    docs = _docs(runtime.engine)
+    assert [(d.state, d.stage, d.lease_owner) for d in docs] == [("forwarded", "confirm", None)] * 3
+    for d in docs:
+        assert [e.stage for e in _events(runtime.engine, document_id=d.id)] == [
+            "translate", "match", "post", "forward"]
+    w.run_until_idle()
+    assert len(seen["confirm"]) == 3 and {d.state for d in _docs(runtime.engine)} == {"done"}
+
+
+def test_a_chain_that_cannot_be_stored_keeps_its_first_stage(runtime):
+    store_payload(runtime.engine, x12_850(406, ["PO-1", "PO-2"]))
+    w = Worker(runtime, stages={StageName.MATCH: lambda d, rt: Outcome.ok(supplier_code="S-1"),
+                                StageName.POST: lambda d, rt: Outcome.ok(no_such_column="x")})
+    w.split_interchanges()
+    w.run_once()
+    docs = _docs(runtime.engine)
+    assert [(d.state, d.supplier_code, d.lease_owner) for d in docs] == [("matched", "S-1", None)] * 2
+    assert [e.stage for e in _events(runtime.engine, document_id=docs[0].id)] == ["translate", "match"]
+    w.run_once()  # post alone now: its outcome cannot be stored, so the document fails at post saying why
+    docs = _docs(runtime.engine)
+    assert [(d.state, d.stage) for d in docs] == [("failed", "post")] * 2
+    assert "could not be stored" in docs[0].error and "no_such_column" in docs[0].error
+
+
 class Flaky(Exception):
     transient = True
 

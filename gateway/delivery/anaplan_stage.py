@@ -254,13 +254,18 @@ class AnaplanStages:
             return Outcome.retry(row["error"] or "Anaplan failed the import; sending again",
                                  code="anaplan.retry", after=after, detail={"anaplan": info}, anaplan_batch_id=None)
         sent = {**info, "rows": result.get("rows"), "documents": len(members)}
-        if phase is StageName.FORWARD:
-            return Outcome.ok({"anaplan": sent}, anaplan_batch_id=batch_id)
+        # While the import runs one member (the first) comes back to poll; the others sleep until the
+        # batch wakes them.
+        running_wait = None
         if state == RUNNING:
-            # One member (the first) comes back to poll; the others sleep until the batch wakes them.
             next_poll = max(0.05, ((_aware(row["lease_until"]) or now) - now).total_seconds())
-            wait = next_poll if doc.id == poller else max(next_poll, self.idle_seconds)
-            return Outcome.wait(wait, {"anaplan": {**info, "waiting": "import running"}}, anaplan_batch_id=batch_id)
+            running_wait = next_poll if doc.id == poller else max(next_poll, self.idle_seconds)
+        if phase is StageName.FORWARD:
+            # Confirm is not due before then either: no claim just to hear "still running".
+            return Outcome.ok({"anaplan": sent}, after=running_wait, anaplan_batch_id=batch_id)
+        if running_wait is not None:
+            return Outcome.wait(running_wait, {"anaplan": {**info, "waiting": "import running"}},
+                                anaplan_batch_id=batch_id)
         # DONE
         failed = result.get("failed") or {}
         detail = {"anaplan": {**sent, "counts": result.get("counts"), "status": result.get("status")}}

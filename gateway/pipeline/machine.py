@@ -56,6 +56,10 @@ STAGE_TO: dict[StageName, State] = {stage: t for _, stage, t in PATH}
 STATE_BEFORE: dict[StageName, State] = {stage: s for s, stage, _ in PATH}
 STAGE_ORDER: tuple[StageName, ...] = tuple(stage for _, stage, _ in PATH)
 
+# Stages a worker runs straight after the one before succeeded, on the same claim (one claim and one
+# commit instead of two). Not confirm: an import just started is not over yet.
+CHAINED: frozenset[StageName] = frozenset({StageName.MATCH, StageName.POST, StageName.FORWARD})
+
 WORKING = frozenset(STAGE_FROM)  # states a worker picks up
 RESTING = frozenset({State.DONE, State.FAILED, State.NEEDS_ATTENTION, State.DUPLICATE, State.IGNORED})
 STATES: tuple[str, ...] = tuple(s.value for s in State)
@@ -81,11 +85,12 @@ class Outcome:
     error: str | None = None
     code: str | None = None
     changes: Mapping[str, Any] = field(default_factory=dict)
-    after: float | None = None  # seconds until the next try (RETRY, WAIT); None: the default backoff
+    after: float | None = None  # seconds until the next try (RETRY, WAIT) or next stage (OK); None: default
 
     @classmethod
-    def ok(cls, detail: Mapping[str, Any] | None = None, **changes: Any) -> Outcome:
-        return cls(OutcomeKind.OK, detail or {}, changes=changes)
+    def ok(cls, detail: Mapping[str, Any] | None = None, *, after: float | None = None, **changes: Any) -> Outcome:
+        """Done; ``after``: the next stage is not due for that many seconds (e.g. an import still running)."""
+        return cls(OutcomeKind.OK, detail or {}, changes=changes, after=after)
 
     @classmethod
     def retry(cls, error: str, *, code: str | None = None, after: float | None = None,
@@ -200,7 +205,7 @@ def transition(
         doc.stage = STAGE_FROM[target].value if target in STAGE_FROM else None
         doc.error = doc.error_code = None
         doc.attempts = 0
-        doc.next_attempt_at = None
+        doc.next_attempt_at = now + timedelta(seconds=outcome.after) if outcome.after else None
     elif kind is OutcomeKind.RETRY:
         if attempt >= retry.max_attempts:
             kind = OutcomeKind.FAIL

@@ -33,16 +33,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-from sqlalchemy import String, insert, or_, text, update
+from sqlalchemy import String, bindparam, insert, or_, text, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, select
 
 from gateway.logging import get_logger, scrub_text
 from gateway.pipeline.machine import (
+    CHAINED,
     PATH,
     STAGE_FROM,
+    STAGE_TO,
     STATE_BEFORE,
     Outcome,
+    OutcomeKind,
     RetryPolicy,
     StageName,
     State,
@@ -127,7 +130,11 @@ class _Target:
 
 class ClaimedDocument(SimpleNamespace):
     """A claimed document: its columns as attributes, bound to no session. Stages read it; only
-    :func:`~gateway.pipeline.machine.transition` decides what is written back."""
+    :func:`~gateway.pipeline.machine.transition` decides what is written back. The set's EDI text
+    and its findings are for people (the panel), not stages: they are not read with the claim."""
+
+
+_CLAIMED_COLUMNS = tuple(c for c in Document.__table__.columns if c.name not in ("edi", "findings"))
 
 
 @dataclass(slots=True)
@@ -199,6 +206,14 @@ class TranslateStage:
                 for d in group:
                     out[d.id] = retranslate(d, raw, partners, source=ich.remote_name, result=result)
         return out
+
+
+def _advanced(result: StageResult, state: State, stage: StageName) -> ClaimedDocument:
+    """The claimed document as its successful stage left it, for the next stage on the same claim."""
+    values = dict(vars(result.document))
+    values.update(result.outcome.changes)
+    values.update(state=state.value, stage=stage.value, error=None, error_code=None, attempts=0)
+    return ClaimedDocument(**values)
 
 
 def _raw_bytes(session: Session, ich: Interchange) -> bytes | None:
@@ -475,24 +490,34 @@ class Worker:
         results: list[StageResult] = []
         pending = list(docs)
         renewed_at = time.monotonic()
-        for stage in (s for _, s, _ in PATH if s in groups):
+        for _, stage, _ in PATH:
+            group = groups.get(stage)
+            if not group:
+                continue
             fn = self.stages[stage]
-            group = groups[stage]
             if self.stop_event.is_set():
                 break
             if is_batch(fn):
-                results += self._run_batch(stage, fn, group)
+                ran = self._run_batch(stage, fn, group)
+                results += ran
                 done = {d.id for d in group}
                 pending = [d for d in pending if d.id not in done]
-                continue
-            for d in group:
-                if self.stop_event.is_set():
-                    break
-                if time.monotonic() - renewed_at > self.lease.total_seconds() / 2:
-                    self._renew([p.id for p in pending])
-                    renewed_at = time.monotonic()
-                results.append(self._run_one(stage, fn, d))
-                pending.remove(d)
+            else:
+                ran = []
+                for d in group:
+                    if self.stop_event.is_set():
+                        break
+                    if time.monotonic() - renewed_at > self.lease.total_seconds() / 2:
+                        self._renew([p.id for p in pending])
+                        renewed_at = time.monotonic()
+                    ran.append(self._run_one(stage, fn, d))
+                    pending = [p for p in pending if p.id != d.id]
+                results += ran
+            following = STAGE_TO[stage]
+            nxt = STAGE_FROM.get(following)
+            if nxt in CHAINED and nxt in self.stages:
+                groups.setdefault(nxt, []).extend(_advanced(r, following, nxt) for r in ran
+                                                  if r.outcome.kind is OutcomeKind.OK)
         return results, pending
 
     def _run_one(self, stage: StageName, fn: Callable, doc: Document) -> StageResult:
@@ -538,24 +563,36 @@ class Worker:
         except Exception:  # noqa: BLE001 - find the outcome that cannot be stored; the others go on
             self.log.exception("apply_batch_failed", documents=len(results))
         applied = lost = 0
+        per_document: dict[int, list[StageResult]] = {}
         for r in results:
-            try:
-                with transaction(self.engine) as s:
-                    a, lo = self._apply(s, [r])
-            except _STORE_DOWN:
-                self.log.exception("apply_store_unavailable", document=r.document.id)
-                continue  # still leased: tried again once the lease expires
-            except Exception as exc:  # noqa: BLE001
-                self.log.exception("apply_failed", document=r.document.id, stage=r.stage.value)
-                fallback = StageResult(r.document, r.stage, Outcome.fail(
-                    f"the outcome of {r.stage.value} could not be stored: {describe_exception(exc)}",
-                    code="stage.store_failed"), r.duration_ms)
+            per_document.setdefault(r.document.id, []).append(r)
+        for doc_id, chain in per_document.items():
+            # A document's results go together (the first releases the lease the next needs); failing
+            # that, the first stage's alone (a later stage's work is found again when it reruns).
+            first = chain[0]
+            attempts = [chain, chain[:1]] if len(chain) > 1 else [chain]
+            for n, attempt in enumerate(attempts):
                 try:
                     with transaction(self.engine) as s:
-                        a, lo = self._apply(s, [fallback])
-                except Exception:  # noqa: BLE001 - leave it leased: it is tried again after expiry
-                    self.log.exception("apply_fallback_failed", document=r.document.id)
-                    continue
+                        a, lo = self._apply(s, attempt)
+                    break
+                except _STORE_DOWN:
+                    self.log.exception("apply_store_unavailable", document=doc_id)
+                    a = lo = 0
+                    break  # still leased: tried again once the lease expires
+                except Exception as exc:  # noqa: BLE001
+                    self.log.exception("apply_failed", document=doc_id, stage=attempt[-1].stage.value)
+                    if n + 1 < len(attempts):
+                        continue
+                    fallback = StageResult(first.document, first.stage, Outcome.fail(
+                        f"the outcome of {first.stage.value} could not be stored: {describe_exception(exc)}",
+                        code="stage.store_failed"), first.duration_ms)
+                    try:
+                        with transaction(self.engine) as s:
+                            a, lo = self._apply(s, [fallback])
+                    except Exception:  # noqa: BLE001 - leave it leased: it is tried again after expiry
+                        self.log.exception("apply_fallback_failed", document=doc_id)
+                        a = lo = 0
             applied += a
             lost += lo
         return applied, lost
@@ -574,20 +611,24 @@ class Worker:
         updates: dict[Any, dict[str, Any]] = {}
         events: list[dict[str, Any]] = []
         lost = 0
-        for r in results:
+        targets: dict[int, _Target] = {}
+        for r in results:  # a document run through chained stages has a result for each, in order
             row = held.get(r.document.id)
             if row is None:
                 lost += 1
                 self.log.warning("outcome_dropped_lease_lost", document=r.document.id, stage=r.stage.value,
                                  outcome=r.outcome.kind.value)
                 continue
-            target = _Target(row.id, row.interchange_id, row.attempts)
-            event = transition(target, r.stage, r.outcome, actor=self.name,
-                               duration_ms=round(r.duration_ms, 3), now=now, retry=self.retry)
-            values = target.values()
-            unknown = set(values) - _DOC_COLUMNS
+            target = targets.get(row.id)
+            if target is None:
+                target = targets[row.id] = _Target(row.id, row.interchange_id, row.attempts)
+            events.append(transition(target, r.stage, r.outcome, actor=self.name,
+                                     duration_ms=round(r.duration_ms, 3), now=now, retry=self.retry))
+            unknown = set(target.values()) - _DOC_COLUMNS
             if unknown:
                 raise ValueError(f"the {r.stage.value} stage set unknown document fields: {', '.join(sorted(unknown))}")
+        for target in targets.values():
+            values = target.values()
             _fit_values(values, _DOC_LIMITS)
             try:
                 # Most outcomes of a batch write the same values (ok: next state, no error, no lease):
@@ -595,12 +636,26 @@ class Worker:
                 key: Any = tuple(sorted(values.items()))
                 hash(key)
             except TypeError:
-                key = (("_row", row.id),)
+                key = (("_row", target.id),)
             group = updates.setdefault(key, {"values": values, "ids": []})
-            group["ids"].append(row.id)
-            events.append(event)
+            group["ids"].append(target.id)
+        # Groups that differ only in their values (a Plex key per document, say) but set the same
+        # columns share one executemany UPDATE; a group of one value set is one UPDATE ... IN.
+        conn = s.connection()
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for group in updates.values():
-            s.connection().execute(update(table).where(table.c.id.in_(group["ids"])).values(group["values"]))
+            if len(group["ids"]) > 1:
+                conn.execute(update(table).where(table.c.id.in_(group["ids"])).values(group["values"]))
+            else:
+                by_columns.setdefault(tuple(sorted(group["values"])), []).append(group)
+        for columns, groups in by_columns.items():
+            if len(groups) == 1:
+                conn.execute(update(table).where(table.c.id.in_(groups[0]["ids"])).values(groups[0]["values"]))
+                continue
+            stmt = update(table).where(table.c.id == bindparam("_doc_id")).values(
+                {c: bindparam(f"_v_{c}") for c in columns})
+            conn.execute(stmt, [{"_doc_id": g["ids"][0], **{f"_v_{c}": g["values"][c] for c in columns}}
+                                for g in groups])
         if events:
             s.connection().execute(insert(Event.__table__), events)
         return len(events), lost
@@ -619,9 +674,8 @@ class Worker:
         claim = update(model).where(model.id.in_(pick)).values(lease_owner=self.name, lease_until=until)
         if model is Document:
             # Documents are claimed by the hundred at every stage: plain column values, no ORM objects.
-            table = Document.__table__
             with transaction(self.engine) as s:
-                found = s.connection().execute(claim.returning(*table.c)).mappings().all()
+                found = s.connection().execute(claim.returning(*_CLAIMED_COLUMNS)).mappings().all()
             docs = [ClaimedDocument(**row) for row in found]
             docs.sort(key=lambda d: d.id)
             return docs
