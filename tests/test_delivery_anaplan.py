@@ -117,6 +117,41 @@ def test_documents_wait_for_the_batch_to_fill_then_go_in_one_import(sandbox, sto
     delivery.close()
 
 
+def test_forwarded_documents_sleep_through_the_import_and_a_late_sleep_is_settled(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=4, max_age=60)
+    ids = posted_documents(rt.engine, 4, kinds=("invoice",))
+    delivery = Delivery(rt)
+    forward = delivery.stages()[StageName.FORWARD]
+    with Session(rt.engine, expire_on_commit=False) as s:
+        docs = [s.get(Document, i) for i in ids]
+    out = forward(docs, rt)
+    # Sent and running: forwarded, and confirm not due before the first poll (the first member) or
+    # before the batch wakes them (the others): no claim just to hear "still running".
+    assert {o.kind for o in out.values()} == {OutcomeKind.OK}
+    assert 0 < out[ids[0]].after <= 1.0 and all(out[i].after == 10.0 for i in ids[1:])
+    later = utcnow() + timedelta(seconds=10)
+    with transaction(rt.engine) as s:
+        for d in s.exec(select(Document).where(Document.id.in_(ids))).all():
+            d.state, d.stage, d.next_attempt_at = "forwarded", "confirm", later  # as the worker stores them
+
+    def due() -> list[bool]:
+        with Session(rt.engine) as s:
+            return [d.next_attempt_at.replace(tzinfo=None) <= utcnow().replace(tzinfo=None)
+                    for d in s.exec(select(Document).where(Document.id.in_(ids)).order_by(Document.id)).all()]
+
+    with rt.engine.begin() as conn:
+        forward.settle(conn, ids, utcnow())
+    assert due() == [False] * 4  # still running: they sleep on
+    # Another process read the finished import and woke the members before these sleeps were stored.
+    with transaction(rt.engine) as s:
+        [batch] = s.exec(select(AnaplanBatch)).all()
+        batch.state = "done"
+    with rt.engine.begin() as conn:
+        forward.settle(conn, ids, utcnow())
+    assert due() == [True] * 4
+    delivery.close()
+
+
 def test_an_old_batch_goes_although_it_is_not_full(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=1000, max_age=0.2)
     posted_documents(rt.engine, 3, kinds=("invoice",))

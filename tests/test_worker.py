@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlmodel import Session, func, select
 
 from gateway.operations import force_duplicate, reprocess_documents
@@ -161,6 +162,27 @@ def test_a_claim_runs_match_post_and_forward_in_turn_then_stops_before_confirm(r
             "translate", "match", "post", "forward"]
     w.run_until_idle()
     assert len(seen["confirm"]) == 3 and {d.state for d in _docs(runtime.engine)} == {"done"}
+
+
+def test_a_stage_settles_in_the_transaction_that_stores_its_outcomes(runtime):
+    store_payload(runtime.engine, x12_850(407, ["PO-1", "PO-2"]))
+    settled = []
+
+    def match(docs, rt):
+        return {d.id: Outcome.wait(60) for d in docs}
+
+    def settle(conn, ids, now):  # sees its own outcomes, not yet committed, and may correct them
+        rows = conn.execute(text("SELECT id, state FROM documents ORDER BY id")).all()
+        settled.append((sorted(ids), [r.state for r in rows]))
+        conn.execute(text("UPDATE documents SET next_attempt_at = NULL"))
+
+    match.batch, match.settle = True, settle
+    w = Worker(runtime, stages={StageName.MATCH: match})
+    w.split_interchanges()
+    w.run_once()
+    assert settled == [([d.id for d in _docs(runtime.engine)], ["translated", "translated"])]
+    assert [d.next_attempt_at for d in _docs(runtime.engine)] == [None, None]
+    assert w.run_once().processed == 2  # due at once, as the settle said
 
 
 def test_a_chain_that_cannot_be_stored_keeps_its_first_stage(runtime):

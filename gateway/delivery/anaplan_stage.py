@@ -101,6 +101,7 @@ class AnaplanStages:
 
         forward.batch = True  # type: ignore[attr-defined]
         confirm.batch = True  # type: ignore[attr-defined]
+        forward.settle = confirm.settle = self.settle  # type: ignore[attr-defined]
         self.forward, self.confirm = forward, confirm
 
     # ------------------------------------------------------------------ entry
@@ -348,6 +349,19 @@ class AnaplanStages:
         log.info("anaplan.batch_sent", batch_id=batch_id, task_id=sub.task_id, documents=len(ids),
                  rows=len(sub.row_map), requests=usage.requests)
         return None
+
+    def settle(self, conn: Any, doc_ids: list[int], now: datetime) -> None:
+        """In the transaction storing these documents' outcomes: any whose batch moved on while they were
+        being decided (sent, or finished) is due now — the batch's wake-up came before their sleep."""
+        moved = select(_B.c.id).where(_B.c.id == _D.c.anaplan_batch_id)
+        for i in range(0, len(doc_ids), 1000):
+            conn.execute(update(_D).where(
+                _D.c.id.in_(doc_ids[i:i + 1000]), _D.c.next_attempt_at > now,
+                or_(and_(_D.c.state == State.POSTED.value,
+                         moved.where(_B.c.state.in_((RUNNING, DONE, FAILED, RETRY))).exists()),
+                    and_(_D.c.state == State.FORWARDED.value,
+                         moved.where(_B.c.state.in_((DONE, FAILED, RETRY))).exists())),
+            ).values(next_attempt_at=now))
 
     def _wake(self, batch_id: int) -> None:
         """The batch moved on (sent, finished): its waiting members are due now, not when they set out to look."""

@@ -138,6 +138,13 @@ def is_batch(stage: Any) -> bool:
     return bool(getattr(stage, "batch", False))
 
 
+def settler(stage: Any) -> Callable[[Any, list[int], datetime], None] | None:
+    """A stage's ``settle(connection, document_ids, now)``, if it has one: run in the transaction that
+    stores its outcomes, after them, to correct what the world changed meanwhile (an Anaplan batch
+    that finished while its members' "wait" outcomes were on their way to the store)."""
+    return getattr(stage, "settle", None)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Backoff for transient faults; after ``max_attempts`` at one stage the document fails."""

@@ -50,6 +50,7 @@ from gateway.pipeline.machine import (
     StageName,
     State,
     is_batch,
+    settler,
     transition,
 )
 from gateway.pipeline.translation import (
@@ -657,7 +658,15 @@ class Worker:
             conn.execute(stmt, [{"_doc_id": g["ids"][0], **{f"_v_{c}": g["values"][c] for c in columns}}
                                 for g in groups])
         if events:
-            s.connection().execute(insert(Event.__table__), events)
+            conn.execute(insert(Event.__table__), events)
+        settled: dict[StageName, list[int]] = {}
+        for r in results:
+            if r.document.id in targets:
+                settled.setdefault(r.stage, []).append(r.document.id)
+        for stage, doc_ids in settled.items():
+            settle = settler(self.stages.get(stage))
+            if settle is not None:
+                settle(conn, doc_ids, now)
         return len(events), lost
 
     # -- leases -------------------------------------------------------------------------------------
