@@ -152,6 +152,45 @@ def test_forwarded_documents_sleep_through_the_import_and_a_late_sleep_is_settle
     delivery.close()
 
 
+def _claimed_in_a_chain(engine, ids: list[int]) -> list:
+    """These documents as a claim that matched and posted them sees them, while the store still holds
+    them as translated (the claim stores its outcomes when it ends)."""
+    from gateway.pipeline.worker import ClaimedDocument
+
+    with Session(engine, expire_on_commit=False) as s:
+        docs = [s.get(Document, i) for i in ids]
+    claimed = [ClaimedDocument(**{c.name: getattr(d, c.name) for c in Document.__table__.columns}) for d in docs]
+    with transaction(engine) as s:
+        for d in s.exec(select(Document).where(Document.id.in_(ids))).all():
+            d.state, d.stage, d.supplier_code = "translated", "match", None
+    return claimed
+
+
+@pytest.mark.parametrize("fills", [True, False], ids=["full", "nothing-more-coming"])
+def test_the_claim_that_completes_a_batch_sends_it_with_its_own_documents(sandbox, store_url, tmp_path, fills):
+    rt = runtime_for(sandbox, store_url, tmp_path, batch={"max_documents": 4 if fills else 1000,
+                                                          "max_age_seconds": 60, "min_age_seconds": 0.0})
+    ids = posted_documents(rt.engine, 4, kinds=("invoice",))
+    delivery = Delivery(rt)
+    forward = delivery.stages()[StageName.FORWARD]
+    chained = _claimed_in_a_chain(rt.engine, ids[2:])
+    with Session(rt.engine, expire_on_commit=False) as s:
+        waiting = [s.get(Document, i) for i in ids[:2]]
+    first = forward(waiting, rt)
+    # The other two are still being posted: the first two wait for them.
+    assert {o.kind for o in first.values()} == {OutcomeKind.WAIT}
+    assert sandbox.anaplan.snapshot()["imported_rows"] == {}
+    second = forward(chained, rt)
+    # The claim that posted the last two sends at once, with them in it as that claim sees them.
+    assert {o.kind for o in second.values()} == {OutcomeKind.OK}
+    with Session(rt.engine) as s:
+        [batch] = s.exec(select(AnaplanBatch)).all()
+    assert json.loads(batch.result)["members"] == ids
+    [rows] = sandbox.anaplan.snapshot()["imported_rows"].values()
+    assert len(rows) == 4 and all("ACME01" in json.dumps(r) for r in rows), rows
+    delivery.close()
+
+
 def test_an_old_batch_goes_although_it_is_not_full(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=1000, max_age=0.2)
     posted_documents(rt.engine, 3, kinds=("invoice",))

@@ -186,8 +186,12 @@ class AnaplanStages:
         with self.engine.begin() as conn:
             return bool(conn.execute(update(_B).where(and_(*cond)).values(**values)).rowcount)
 
-    def _documents(self, ids: Sequence[int] | None = None, *, batch_id: int | None = None) -> list[dict[str, Any]]:
-        """Members as the CSV mapping sees them: ``{"id", **canonical, "gateway": {...}}``, by id."""
+    def _documents(self, ids: Sequence[int] | None = None, *, batch_id: int | None = None,
+                   deciding: Sequence[Document] = ()) -> list[dict[str, Any]]:
+        """Members as the CSV mapping sees them: ``{"id", **canonical, "gateway": {...}}``, by id.
+
+        ``deciding`` are documents of this claim: as their stage sees them, not as the store does —
+        in a claim that matched and posted them, their posting is not stored until the claim ends."""
         cols = [_D.c.id, _D.c.canonical, _D.c.supplier_code, _D.c.plex_key, _D.c.partner, _D.c.kind]
         if ids is not None:
             wanted = sorted(ids)
@@ -198,12 +202,16 @@ class AnaplanStages:
                 and_(_D.c.state == State.POSTED.value, _D.c.stage == StageName.FORWARD.value),
                 and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value)))]
         with self.engine.connect() as conn:
-            rows = [r for q in queries for r in conn.execute(q.order_by(_D.c.id)).mappings().all()]
+            rows = {r["id"]: r for q in queries for r in conn.execute(q).mappings().all()}
+        for d in deciding:
+            rows[d.id] = {"canonical": d.canonical, "supplier_code": d.supplier_code, "plex_key": d.plex_key,
+                          "partner": d.partner}
         docs = []
-        for r in rows:
+        for doc_id in sorted(rows):
+            r = rows[doc_id]
             canonical = json.loads(r["canonical"] or "{}")
-            docs.append({**canonical, "id": r["id"],
-                         "gateway": {"document_id": r["id"], "supplier_code": r["supplier_code"],
+            docs.append({**canonical, "id": doc_id,
+                         "gateway": {"document_id": doc_id, "supplier_code": r["supplier_code"],
                                      "plex_key": r["plex_key"], "partner": r["partner"]}})
         return docs
 
@@ -219,12 +227,12 @@ class AnaplanStages:
             leases.release(self.engine, file_lease(cfg), _owner(batch_id))
             row = self._one(batch_id)
         if row["state"] == OPEN:
-            problem = self._maybe_send(row, cfg)
+            problem = self._maybe_send(row, cfg, docs)
             row = self._one(batch_id)
         if row["state"] == RUNNING and phase is StageName.CONFIRM:
             problem = self._maybe_poll(row, cfg) or problem
             row = self._one(batch_id)
-        coming = self._coming(row["import_name"]) if row["state"] == OPEN else False
+        coming = self._coming(row["import_name"], docs) if row["state"] == OPEN else False
         result = _result(row)  # a batch's result names every member: read once, not once per member
         members = set(result.get("members") or [])
         poller = min(members, default=None)
@@ -291,7 +299,8 @@ class AnaplanStages:
         return max(0.05, min(batching.min_age_seconds, batching.max_age_seconds) - age)
 
     # ------------------------------------------------------------------ sending
-    def _maybe_send(self, row: Mapping[str, Any], cfg: AnaplanImportConfig) -> _Problem | None:
+    def _maybe_send(self, row: Mapping[str, Any], cfg: AnaplanImportConfig,
+                    deciding: Sequence[Document] = ()) -> _Problem | None:
         now = self._now()
         batching = self.settings.batch
         not_before = _aware(row["lease_until"])
@@ -301,7 +310,7 @@ class AnaplanStages:
             return None
         if not (full or age >= batching.max_age_seconds):
             # Not full, not old: still worth sending when nothing more of its kind is on its way.
-            if age < min(batching.min_age_seconds, batching.max_age_seconds) or self._coming(row["import_name"]):
+            if age < min(batching.min_age_seconds, batching.max_age_seconds) or self._coming(row["import_name"], deciding):
                 return None
         batch_id = row["id"]
         if not self._set(batch_id, OPEN, state=SENDING, lease_owner=self.owner,
@@ -313,7 +322,7 @@ class AnaplanStages:
             self._set(batch_id, SENDING, state=OPEN, lease_owner=None,
                       lease_until=now + timedelta(seconds=cfg.poll_interval_s))
             return None
-        members = self._documents(batch_id=batch_id)
+        members = self._documents(batch_id=batch_id, deciding=deciding)
         ids = [d["id"] for d in members]
         if not members:
             self._set(batch_id, SENDING, state=DONE, result={"members": [], "failed": {}, "status": "empty"})
@@ -370,10 +379,13 @@ class AnaplanStages:
                 _D.c.anaplan_batch_id == batch_id,
                 _D.c.state.in_((State.POSTED.value, State.FORWARDED.value))).values(next_attempt_at=self._now()))
 
-    def _coming(self, kind: str) -> bool:
-        """Whether documents of ``kind`` are still being matched or posted, or posted but not in a batch."""
+    def _coming(self, kind: str, deciding: Sequence[Document] = ()) -> bool:
+        """Whether documents of ``kind`` are still being matched or posted, or posted but not in a batch —
+        other than ``deciding``, the documents being forwarded now (the store may still show them
+        as translated: a claim that matched and posted them stores that when it ends)."""
+        ids = [d.id for d in deciding]
         with self.engine.connect() as conn:
-            return conn.execute(select(_D.c.id).where(_D.c.kind == kind, or_(
+            return conn.execute(select(_D.c.id).where(_D.c.kind == kind, _D.c.id.not_in(ids), or_(
                 _D.c.state.in_((State.TRANSLATED.value, State.MATCHED.value)),
                 and_(_D.c.state == State.POSTED.value, _D.c.anaplan_batch_id.is_(None)))).limit(1)).first() is not None
 
