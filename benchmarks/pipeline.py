@@ -11,6 +11,11 @@ Plex allows about 200 requests a minute; at that rate 5,000 documents take over 
 the gateway does. So this run turns the Plex simulator's limit off and raises the gateway's Plex
 budget (it says so in its output); Anaplan keeps its real 600/min tenant limit.
 
+By default it runs the deployment the README describes for a machine with several cores: one
+gateway process per core (at most two: ``gateway run`` and one ``gateway worker``). Python runs
+one thread at a time per process, so one process tops out near 1 / (gateway CPU ms per
+document); ``--processes 1`` shows that figure.
+
     .venv/bin/python benchmarks/pipeline.py                  # 5000 documents, SQLite and PostgreSQL
     .venv/bin/python benchmarks/pipeline.py --documents 1000 --stores sqlite
 """
@@ -69,7 +74,7 @@ def settings(data: Path, url: str, drop: Path, sandbox, args) -> dict:
     plex = sandbox.plex_settings(api_key="secret:plex-api-key", requests_per_minute=PLEX_BUDGET,
                                  burst=PLEX_BUDGET // 10, concurrency=args.plex_concurrency, timeout_seconds=30.0)
     plex["soap"] = {**plex["soap"], "password": "secret:plex-soap-password"}
-    anaplan = sandbox.anaplan_settings(poll_interval=1.0, max_age=args.batch_age, max_documents=args.documents,
+    anaplan = sandbox.anaplan_settings(poll_interval=1.0, max_age=args.batch_age, max_documents=args.batch_documents,
                                        password="secret:anaplan-password")
     return {
         "data_dir": str(data), "database_url": url, "partners_dir": str(ROOT / "partners"), "log_level": "WARNING",
@@ -206,11 +211,15 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=5000)
     parser.add_argument("--per-file", type=int, default=100, help="transaction sets per interchange")
     parser.add_argument("--stores", default="sqlite,postgres")
-    parser.add_argument("--processes", type=int, default=1, help="gateway processes (the first also polls)")
+    parser.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1),
+                        help="gateway processes (the first also polls); default: one per core, at most two")
     parser.add_argument("--threads", type=int, default=2, help="worker threads per process")
     parser.add_argument("--claim", type=int, default=200, help="documents a worker claims at once")
-    parser.add_argument("--plex-concurrency", type=int, default=16, help="documents posted to Plex at once")
+    parser.add_argument("--plex-concurrency", type=int, default=8,
+                        help="documents one process posts to Plex at once (the gateway's default)")
     parser.add_argument("--batch-age", type=float, default=60.0, help="Anaplan batch max age, seconds")
+    parser.add_argument("--batch-documents", type=int, default=2000,
+                        help="Anaplan batch max documents (the gateway's default)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--keep", action="store_true", help="keep the data folders (logs, store)")
     args = parser.parse_args()

@@ -191,6 +191,36 @@ def test_the_claim_that_completes_a_batch_sends_it_with_its_own_documents(sandbo
     delivery.close()
 
 
+def test_a_document_that_made_no_row_fails_and_the_rest_of_a_clean_import_is_done(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=3, max_age=60)
+    ids = posted_documents(rt.engine, 3, kinds=("purchase_order",))
+    with transaction(rt.engine) as s:
+        bare = s.get(Document, ids[1])
+        bare.canonical = json.dumps({**json.loads(bare.canonical), "lines": []})
+    delivery = Delivery(rt)
+    stages = delivery.stages()
+
+    def docs():
+        with Session(rt.engine, expire_on_commit=False) as s:
+            return [s.get(Document, i) for i in ids]
+
+    assert {o.kind for o in stages[StageName.FORWARD](docs(), rt).values()} == {OutcomeKind.OK}
+    deadline = time.monotonic() + 10
+    while True:
+        out = stages[StageName.CONFIRM](docs(), rt)
+        if OutcomeKind.WAIT not in {o.kind for o in out.values()} or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [out[i].kind for i in ids] == [OutcomeKind.OK, OutcomeKind.FAIL, OutcomeKind.OK]
+    assert "no lines to import" in out[ids[1]].error and out[ids[1]].code == "anaplan.rejected"
+    with Session(rt.engine) as s:
+        [batch] = s.exec(select(AnaplanBatch)).all()
+    result = json.loads(batch.result)
+    assert batch.state == "done" and result["status"] == "partial" and list(result["failed"]) == [str(ids[1])]
+    assert len(sandbox.anaplan.snapshot()["imported_rows"]["112000000001"]) == 4  # two orders, two lines each
+    delivery.close()
+
+
 def test_an_old_batch_goes_although_it_is_not_full(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=1000, max_age=0.2)
     posted_documents(rt.engine, 3, kinds=("invoice",))

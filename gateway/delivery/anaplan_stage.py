@@ -344,8 +344,10 @@ class AnaplanStages:
                           document_count=len(ids), result={"members": ids, "requests": usage.requests})
                 self._wake(batch_id)
             return problem
+        # Documents that made no row are known now: a clean import is then concluded without rebuilding rows.
         result = {"members": ids, "rows": len(sub.row_map), "chunks": sub.chunks, "bytes": sub.size,
-                  "sha256": sub.sha256, "requests": usage.requests, "sent_at": now.isoformat()}
+                  "sha256": sub.sha256, "requests": usage.requests, "sent_at": now.isoformat(),
+                  "rejected": {str(k): v for k, v in sub.row_map.rejected.items()}}
         if sub.task_id is None:  # no document produced a row: nothing to wait for
             result.update(failed={str(k): v for k, v in sub.row_map.rejected.items()}, status="failed")
             self._set(batch_id, SENDING, state=DONE, document_count=len(ids), result=result)
@@ -423,14 +425,26 @@ class AnaplanStages:
                 leases.release(self.engine, file_lease(cfg), _owner(batch_id))
                 self._wake(batch_id)
                 return None
-            members = self._documents(result.get("members") or [])
-            batch = ImportBatch(batch_id=str(batch_id), config=cfg, documents=members)
-            data, row_map, fmt = self.destination.rows(batch, usage)
-            if result.get("sha256") and hashlib.sha256(data).hexdigest() != result["sha256"]:
-                # Rows that no longer match what was uploaded are not pinned on a document by mistake:
-                # the dump is matched by content, and what cannot be traced fails the batch for review.
-                log.warning("anaplan.batch_csv_changed", batch_id=batch_id)
-            outcome = self.destination.conclude(batch, row_map, fmt, task_id, task, usage)
+            ids = result.get("members") or []
+            counts = self.destination.clean_counts(task) if "rejected" in result else None
+            if counts is not None:
+                # Every row went in: what failed is what made no row at send; no rows to trace.
+                failed = dict(result["rejected"])
+                present = self._present(ids)
+                status = "failed" if ids and len(failed) >= len(ids) else "partial" if failed else "succeeded"
+                reason = None
+            else:
+                members = self._documents(ids)
+                batch = ImportBatch(batch_id=str(batch_id), config=cfg, documents=members)
+                data, row_map, fmt = self.destination.rows(batch, usage)
+                if result.get("sha256") and hashlib.sha256(data).hexdigest() != result["sha256"]:
+                    # Rows that no longer match what was uploaded are not pinned on a document by mistake:
+                    # the dump is matched by content, and what cannot be traced fails the batch for review.
+                    log.warning("anaplan.batch_csv_changed", batch_id=batch_id)
+                outcome = self.destination.conclude(batch, row_map, fmt, task_id, task, usage)
+                failed = {str(r.document_id): r.reason or "rejected by Anaplan" for r in outcome.documents if not r.ok}
+                present = {d["id"] for d in members}
+                counts, status, reason = outcome.counts, outcome.status, outcome.reason
         except (AnaplanError, httpx.HTTPError) as exc:
             problem = _classify(exc, self.settings.batch.retry_seconds)
             if problem.retryable:
@@ -442,24 +456,28 @@ class AnaplanStages:
             leases.release(self.engine, file_lease(cfg), _owner(batch_id))
             self._wake(batch_id)
             return problem
-        failed = {str(r.document_id): r.reason or "rejected by Anaplan" for r in outcome.documents if not r.ok}
-        present = {d["id"] for d in members}
-        for missing in set(result.get("members") or []) - present:
+        for missing in set(ids) - present:
             failed.setdefault(str(missing), "the document left the batch before Anaplan answered")
-        counts = outcome.counts.model_dump(exclude={"details"}) if outcome.counts else None
-        result.update(failed=failed, counts=counts, status=outcome.status, task_id=task_id,
-                      requests=result.get("requests", 0) + usage.requests, finished_at=now.isoformat())
-        if outcome.status == "retry":
+        result.update(failed=failed, counts=counts.model_dump(exclude={"details"}) if counts else None,
+                      status=status, task_id=task_id, requests=result.get("requests", 0) + usage.requests,
+                      finished_at=now.isoformat())
+        if status == "retry":
             result["retry_after"] = self.settings.batch.retry_seconds
-            self._set(batch_id, RUNNING, state=RETRY, error=outcome.reason, result=result)
+            self._set(batch_id, RUNNING, state=RETRY, error=reason, result=result)
         else:
-            self._set(batch_id, RUNNING, state=DONE, error=outcome.reason if outcome.status == "failed" else None,
-                      result=result)
+            self._set(batch_id, RUNNING, state=DONE, error=reason if status == "failed" else None, result=result)
         leases.release(self.engine, file_lease(cfg), _owner(batch_id))
         self._wake(batch_id)
-        log.info("anaplan.batch_done", batch_id=batch_id, task_id=task_id, status=outcome.status,
+        log.info("anaplan.batch_done", batch_id=batch_id, task_id=task_id, status=status,
                  failed=len(failed), requests=result["requests"])
         return None
+
+    def _present(self, ids: Sequence[int]) -> set[int]:
+        """Which of these documents the store still holds."""
+        wanted = sorted(ids)
+        with self.engine.connect() as conn:
+            return {i for k in range(0, len(wanted), 1000)
+                    for i in conn.execute(select(_D.c.id).where(_D.c.id.in_(wanted[k:k + 1000]))).scalars()}
 
     def _count(self, batch_id: int, result: dict[str, Any], usage: RequestCounter) -> None:
         result["requests"] = result.get("requests", 0) + usage.requests

@@ -1167,6 +1167,17 @@ class AnaplanDestination:
         task = self.client.get_task(cfg, task_id, usage)
         return task if task.get("taskState") in ("COMPLETE", "CANCELLED") else None
 
+    @staticmethod
+    def clean_counts(task: Mapping[str, Any]) -> ImportCounts | None:
+        """A terminal task's counts when every row went in (complete, successful, no row failed, no
+        failure dump); None when the rows must be traced (:meth:`conclude`)."""
+        result = task.get("result") or {}
+        if task.get("taskState") != "COMPLETE" or not result.get("successful", False) \
+                or result.get("failureDumpAvailable"):
+            return None
+        counts = _counts(result)
+        return counts if counts.failed == 0 else None
+
     def conclude(self, batch: AnaplanBatch, row_map: RowMap, fmt: CsvFormat, task_id: str,
                  task: Mapping[str, Any], usage: RequestCounter) -> ImportOutcome:
         """Read a terminal task: counts, failure dump (fetched now: the next run replaces it), and
