@@ -150,17 +150,30 @@ def render_segment(segment: Segment, standard: str, d: Delimiters) -> str:
     """Write one segment back as EDI text (escaping EDIFACT service characters)."""
     if standard == "x12":
         return d.element.join(segment) + d.segment
-    out = []
+    table = _release_table(d)
+    out = [segment[0]]
     for el in segment[1:]:
-        parts = el if isinstance(el, list) else [el]
-        out.append(d.component.join(_escape(p, d) for p in parts))
-    return d.element.join([segment[0], *out]) + d.segment
+        if isinstance(el, list):
+            out.append(d.component.join([p.translate(table) for p in el]) if table else d.component.join(el))
+        else:
+            out.append(el.translate(table) if table else el)
+    return d.element.join(out) + d.segment
 
 
-def _escape(text: str, d: Delimiters) -> str:
-    if not d.release:
-        return text
-    for ch in (d.release, d.element, d.component, d.segment, d.repetition):
-        if ch and ch != " " and ch in text:
-            text = text.replace(ch, d.release + ch) if ch != d.release else text.replace(ch, ch + ch)
-    return text
+_RELEASE_TABLES: dict[tuple[str | None, ...], dict[int, str]] = {}
+
+
+def _release_table(d: Delimiters) -> dict[int, str]:
+    """``str.translate`` table putting the release character before each service character (the
+    release character itself doubled; a space separator is never escaped). Empty: no release character."""
+    key = (d.release, d.element, d.component, d.segment, d.repetition)
+    table = _RELEASE_TABLES.get(key)
+    if table is None:
+        table = {}
+        if d.release:
+            for ch in (d.element, d.component, d.segment, d.repetition):
+                if ch and ch != " ":
+                    table[ord(ch)] = d.release + ch
+            table[ord(d.release)] = d.release + d.release
+        _RELEASE_TABLES[key] = table
+    return table
