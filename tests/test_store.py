@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
 from gateway.partners import load_partner_directory
@@ -22,7 +24,7 @@ from gateway.pipeline.machine import (
 )
 from gateway.pipeline.translation import envelope_duplicate, retranslate, split_interchange, translation_event
 from gateway.store import Document, Event, Interchange, RawPayload, transaction, utcnow
-from gateway.store.db import current_revision
+from gateway.store.db import current_revision, is_conflict, is_postgres, retry_conflicts
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fixtures" / "edi" / "demo"
@@ -198,3 +200,49 @@ def test_retranslate_picks_up_a_fixed_partner_file(engine, partners):
         d.position = 5
         gone = retranslate(d, data, partners, source="nw.x12")
         assert gone.kind == "fail" and "set 5 is gone" in gone.error
+
+
+def test_a_transaction_that_loses_a_deadlock_runs_again(engine):
+    if not is_postgres(engine):
+        pytest.skip("SQLite runs one writer at a time: no deadlock to lose")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE race (id int PRIMARY KEY, v int NOT NULL)"))
+        conn.execute(text("INSERT INTO race VALUES (1, 0), (2, 0)"))
+    both_hold_one = threading.Barrier(2)
+    runs: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def update_both(first: int, second: int) -> None:
+        def once() -> None:
+            runs.append((first, second))
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE race SET v = v + 1 WHERE id = :i"), {"i": first})
+                if len(runs) <= 2:  # the first two runs each hold one row and want the other's
+                    both_hold_one.wait(timeout=10)
+                conn.execute(text("UPDATE race SET v = v + 1 WHERE id = :i"), {"i": second})
+        try:
+            retry_conflicts(once)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=update_both, args=pair) for pair in ((1, 2), (2, 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # PostgreSQL broke the deadlock by rolling one back; that one ran again and both went through once.
+    assert errors == [] and len(runs) == 3
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, v FROM race ORDER BY id")).all() == [(1, 2), (2, 2)]
+
+
+def test_only_lost_races_are_run_again():
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("the store is down"))
+
+    with pytest.raises(OperationalError):
+        retry_conflicts(broken)
+    assert len(calls) == 1 and not is_conflict(OperationalError("SELECT 1", {}, ConnectionRefusedError()))

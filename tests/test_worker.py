@@ -185,6 +185,28 @@ def test_a_stage_settles_in_the_transaction_that_stores_its_outcomes(runtime):
     assert w.run_once().processed == 2  # due at once, as the settle said
 
 
+def test_outcomes_whose_transaction_lost_a_race_are_stored_on_the_next_try(runtime, monkeypatch):
+    import psycopg.errors
+    from sqlalchemy.exc import OperationalError
+
+    store_payload(runtime.engine, x12_850(408, ["PO-1", "PO-2"]))
+    w = Worker(runtime, stages={StageName.MATCH: lambda d, rt: Outcome.ok(supplier_code="S-1")})
+    w.split_interchanges()
+    store_them, lost_races = Worker._apply_all, []
+
+    def lose_the_first_race(self, results):
+        if not lost_races:
+            lost_races.append(len(results))
+            raise OperationalError("UPDATE documents ...", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+        return store_them(self, results)
+
+    monkeypatch.setattr(Worker, "_apply_all", lose_the_first_race)
+    report = w.run_once()
+    # Run again at once — not left leased as if the store were down.
+    assert lost_races == [2] and report.applied == 2
+    assert {(d.state, d.supplier_code, d.lease_owner) for d in _docs(runtime.engine)} == {("matched", "S-1", None)}
+
+
 def test_a_chain_that_cannot_be_stored_keeps_its_first_stage(runtime):
     store_payload(runtime.engine, x12_850(406, ["PO-1", "PO-2"]))
     w = Worker(runtime, stages={StageName.MATCH: lambda d, rt: Outcome.ok(supplier_code="S-1"),

@@ -40,6 +40,7 @@ from gateway.destinations.anaplan import (
     AnaplanHTTPError, AnaplanImportConfig, AnaplanRetryLater, AnaplanSettings, RequestCounter,
 )
 from gateway.pipeline.machine import Outcome, State, StageName
+from gateway.store.db import locked_in_order, retry_conflicts
 from gateway.store.models import AnaplanBatch, Document, utcnow
 
 log = structlog.get_logger("gateway.delivery.anaplan")
@@ -158,6 +159,9 @@ class AnaplanStages:
 
     def _assign(self, kind: str, cfg: AnaplanImportConfig, doc_ids: list[int]) -> int:
         """Put documents into the import's open batch (opening one if needed); returns its id."""
+        return retry_conflicts(lambda: self._join_open_batch(kind, cfg, doc_ids))
+
+    def _join_open_batch(self, kind: str, cfg: AnaplanImportConfig, doc_ids: list[int]) -> int:
         now = self._now()
         with self.engine.begin() as conn:
             for _ in range(5):
@@ -173,7 +177,7 @@ class AnaplanStages:
                     break
             else:  # pragma: no cover - five batches closed under us in one transaction
                 raise RuntimeError("no open Anaplan batch could be joined")
-            conn.execute(update(_D).where(_D.c.id.in_(doc_ids)).values(anaplan_batch_id=batch_id))
+            conn.execute(update(_D).where(locked_in_order(_D, _D.c.id.in_(doc_ids))).values(anaplan_batch_id=batch_id))
         return int(batch_id)
 
     def _set(self, batch_id: int, where_state: str | None = None, **values: Any) -> bool:
@@ -376,10 +380,13 @@ class AnaplanStages:
 
     def _wake(self, batch_id: int) -> None:
         """The batch moved on (sent, finished): its waiting members are due now, not when they set out to look."""
-        with self.engine.begin() as conn:
-            conn.execute(update(_D).where(
-                _D.c.anaplan_batch_id == batch_id,
-                _D.c.state.in_((State.POSTED.value, State.FORWARDED.value))).values(next_attempt_at=self._now()))
+        def wake() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(update(_D).where(locked_in_order(
+                    _D, _D.c.anaplan_batch_id == batch_id,
+                    _D.c.state.in_((State.POSTED.value, State.FORWARDED.value)))).values(next_attempt_at=self._now()))
+
+        retry_conflicts(wake)
 
     def _coming(self, kind: str, deciding: Sequence[Document] = ()) -> bool:
         """Whether documents of ``kind`` are still being matched or posted, or posted but not in a batch —

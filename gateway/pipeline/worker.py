@@ -61,7 +61,7 @@ from gateway.pipeline.translation import (
     split_interchange,
     translation_event_values,
 )
-from gateway.store.db import is_postgres, transaction
+from gateway.store.db import is_conflict, is_postgres, locked_in_order, retry_conflicts, transaction
 from gateway.store.models import Document, Event, Interchange, RawPayload, utcnow
 
 __all__ = ["ClaimedDocument", "StageResult", "TranslateStage", "Worker", "describe_exception", "is_transient", "release_leases"]
@@ -556,11 +556,12 @@ class Worker:
         if not results:
             return 0, 0
         try:
-            with transaction(self.engine) as s:
-                return self._apply(s, results)
-        except _STORE_DOWN:
-            self.log.exception("apply_store_unavailable", documents=len(results))
-            return 0, 0
+            return retry_conflicts(lambda: self._apply_all(results))
+        except _STORE_DOWN as exc:
+            if not is_conflict(exc):
+                self.log.exception("apply_store_unavailable", documents=len(results))
+                return 0, 0
+            self.log.exception("apply_batch_failed", documents=len(results))
         except Exception:  # noqa: BLE001 - find the outcome that cannot be stored; the others go on
             self.log.exception("apply_batch_failed", documents=len(results))
         applied = lost = 0
@@ -574,8 +575,7 @@ class Worker:
             attempts = [chain, chain[:1]] if len(chain) > 1 else [chain]
             for n, attempt in enumerate(attempts):
                 try:
-                    with transaction(self.engine) as s:
-                        a, lo = self._apply(s, attempt)
+                    a, lo = retry_conflicts(lambda: self._apply_all(attempt))  # noqa: B023 - called at once
                     break
                 except _STORE_DOWN:
                     self.log.exception("apply_store_unavailable", document=doc_id)
@@ -598,6 +598,10 @@ class Worker:
             lost += lo
         return applied, lost
 
+    def _apply_all(self, results: Sequence[StageResult]) -> tuple[int, int]:
+        with transaction(self.engine) as s:
+            return self._apply(s, results)
+
     def _apply(self, s: Session, results: Sequence[StageResult]) -> tuple[int, int]:
         # Core statements, not the ORM: this runs for every document at every stage (the budget is
         # hundreds of documents a second). apply_outcome still decides every value written.
@@ -607,7 +611,8 @@ class Worker:
         q = select(table.c.id, table.c.interchange_id, table.c.attempts).where(
             table.c.id.in_(ids), table.c.lease_owner == self.name)
         if self.postgres:
-            q = q.with_for_update()
+            # In id order, as every statement updating many documents locks them (store.locked_in_order).
+            q = q.order_by(table.c.id).with_for_update()
         held = {row.id: row for row in s.execute(q)}
         updates: dict[Any, dict[str, Any]] = {}
         events: list[dict[str, Any]] = []
@@ -695,13 +700,17 @@ class Worker:
         rows.sort(key=lambda r: r.id)
         return rows
 
+    def _mine(self, ids: list[int]) -> Any:
+        table = Document.__table__
+        return locked_in_order(table, table.c.id.in_(ids), table.c.lease_owner == self.name)
+
     def _renew(self, ids: list[int]) -> None:
         if not ids:
             return
         until = self.clock() + self.lease
         with transaction(self.engine) as s:
-            s.execute(update(Document).where(Document.id.in_(ids), Document.lease_owner == self.name)
-                      .values(lease_until=until), execution_options={"synchronize_session": False})
+            s.execute(update(Document).where(self._mine(ids)).values(lease_until=until),
+                      execution_options={"synchronize_session": False})
 
     def release(self, docs: Sequence[Document]) -> int:
         """Give claimed documents back unprocessed (shutting down)."""
@@ -709,8 +718,7 @@ class Worker:
         if not ids:
             return 0
         with transaction(self.engine) as s:
-            res = s.execute(update(Document).where(Document.id.in_(ids), Document.lease_owner == self.name)
-                            .values(lease_owner=None, lease_until=None),
+            res = s.execute(update(Document).where(self._mine(ids)).values(lease_owner=None, lease_until=None),
                             execution_options={"synchronize_session": False})
             return res.rowcount or 0
 

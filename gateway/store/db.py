@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -58,6 +62,32 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+# PostgreSQL's "deadlock detected" and "could not serialize access": the transaction lost a race with
+# another and was rolled back; run again, it succeeds. Not the store being down.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether a store error is a transaction that lost a race with another (worth running again)."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONFLICT_SQLSTATES
+
+
+def retry_conflicts(fn: Callable[[], T], attempts: int = 4) -> T:
+    """Run ``fn`` (one whole transaction) again when it loses a race with another transaction."""
+    for attempt in Retrying(retry=retry_if_exception(is_conflict), stop=stop_after_attempt(attempts),
+                            wait=wait_random(0.005, 0.05), reraise=True):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable")  # pragma: no cover - Retrying either returns or re-raises
+
+
+def locked_in_order(table: Any, *where: Any) -> Any:
+    """``id IN (the rows matching where, locked in id order)``: statements that update many rows lock
+    them in one order, so two of them never each hold a row the other waits for (on SQLite, where
+    one writer runs at a time, the lock clause is not rendered)."""
+    return table.c.id.in_(select(table.c.id).where(*where).order_by(table.c.id).with_for_update())
 
 
 def session_factory(engine: Engine) -> sessionmaker:
