@@ -200,8 +200,10 @@ def run(store: str, args) -> dict:
             except subprocess.TimeoutExpired:
                 p.kill()
         sandbox.close()
-        if schema:
+        if schema and not args.keep:
             drop_pg_schema(schema)
+        elif schema:
+            print(f"    kept PostgreSQL schema {schema} and {data}", file=sys.stderr)
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
 
@@ -221,7 +223,7 @@ def main() -> None:
     parser.add_argument("--batch-documents", type=int, default=2000,
                         help="Anaplan batch max documents (the gateway's default)")
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--keep", action="store_true", help="keep the data folders (logs, store)")
+    parser.add_argument("--keep", action="store_true", help="keep the data folders (logs, store) and schemas")
     args = parser.parse_args()
     results = []
     for store in [s.strip() for s in args.stores.split(",") if s.strip()]:

@@ -191,6 +191,33 @@ def test_the_claim_that_completes_a_batch_sends_it_with_its_own_documents(sandbo
     delivery.close()
 
 
+def test_two_claims_finishing_together_send_one_batch_without_sleeping(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, batch={"max_documents": 1000, "max_age_seconds": 60,
+                                                          "min_age_seconds": 0.0})
+    ids = posted_documents(rt.engine, 4, kinds=("invoice",))
+    delivery = Delivery(rt)
+    forward = delivery.stages()[StageName.FORWARD]
+    first, second = _claimed_in_a_chain(rt.engine, ids[:2]), _claimed_in_a_chain(rt.engine, ids[2:])
+    # The first claim forwards while the second is still posting: more is coming, it sleeps.
+    early = forward(first, rt)
+    assert {o.kind for o in early.values()} == {OutcomeKind.WAIT} and all(o.after > 1 for o in early.values())
+    # The second forwards before the first claim's postings are stored: they are joining this batch,
+    # so it waits a moment instead of sending without them (or sleeping like the first).
+    late = forward(second, rt)
+    assert {o.kind for o in late.values()} == {OutcomeKind.WAIT} and all(o.after <= 0.1 for o in late.values())
+    assert sandbox.anaplan.snapshot()["imported_rows"] == {}
+    with transaction(rt.engine) as s:  # the first claim ends
+        for d in s.exec(select(Document).where(Document.id.in_(ids[:2]))).all():
+            d.state, d.stage, d.supplier_code = "posted", "forward", "ACME01"
+    assert {o.kind for o in forward(second, rt).values()} == {OutcomeKind.OK}
+    with Session(rt.engine) as s:
+        [batch] = s.exec(select(AnaplanBatch)).all()
+        woken = [s.get(Document, i).next_attempt_at for i in ids[:2]]
+    assert json.loads(batch.result)["members"] == ids
+    assert all(w is not None and w.replace(tzinfo=None) <= utcnow().replace(tzinfo=None) for w in woken)
+    delivery.close()
+
+
 def test_a_document_that_made_no_row_fails_and_the_rest_of_a_clean_import_is_done(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=3, max_age=60)
     ids = posted_documents(rt.engine, 3, kinds=("purchase_order",))

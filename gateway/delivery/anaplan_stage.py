@@ -236,7 +236,7 @@ class AnaplanStages:
         if row["state"] == RUNNING and phase is StageName.CONFIRM:
             problem = self._maybe_poll(row, cfg) or problem
             row = self._one(batch_id)
-        coming = self._coming(row["import_name"], docs) if row["state"] == OPEN else False
+        coming = self._coming(row, docs) if row["state"] == OPEN else None
         result = _result(row)  # a batch's result names every member: read once, not once per member
         members = set(result.get("members") or [])
         poller = min(members, default=None)
@@ -244,7 +244,7 @@ class AnaplanStages:
 
     def _verdict(self, row: Mapping[str, Any], result: Mapping[str, Any], members: set[int], doc: Document,
                  phase: StageName, problem: _Problem | None, cfg: AnaplanImportConfig,
-                 coming: bool = False, poller: int | None = None) -> Outcome:
+                 coming: str | None = None, poller: int | None = None) -> Outcome:
         state, batch_id = row["state"], row["id"]
         info = {"batch": batch_id, "task": row["task_id"]}
         now = self._now()
@@ -287,10 +287,10 @@ class AnaplanStages:
             return Outcome.fail(reason, code="anaplan.rejected", detail=detail, anaplan_batch_id=None)
         return Outcome.ok(detail, anaplan_batch_id=batch_id)
 
-    def _due_in(self, row: Mapping[str, Any], cfg: AnaplanImportConfig, now: datetime, coming: bool) -> float:
+    def _due_in(self, row: Mapping[str, Any], cfg: AnaplanImportConfig, now: datetime, coming: str | None) -> float:
         """How long a document waits in an open batch. Sending the batch wakes its members, so while
-        more documents are on their way (they will fill it) they sleep; when nothing more is coming,
-        they come back when the batch may go early."""
+        more documents are on their way (they will fill it) they sleep; while members that joined are
+        still being stored, a moment; when nothing more is coming, until the batch may go early."""
         not_before = _aware(row["lease_until"])
         if not_before is not None and not_before > now:
             return max(0.05, (not_before - now).total_seconds())
@@ -298,8 +298,10 @@ class AnaplanStages:
             return max(0.05, cfg.poll_interval_s)  # full, but the file is busy with the previous batch
         batching = self.settings.batch
         age = (now - (_aware(row["created_at"]) or now)).total_seconds()
-        if coming:
+        if coming == "more":
             return max(0.05, min(batching.max_age_seconds - age, self.idle_seconds))
+        if coming == "joining":
+            return 0.1
         return max(0.05, min(batching.min_age_seconds, batching.max_age_seconds) - age)
 
     # ------------------------------------------------------------------ sending
@@ -314,7 +316,7 @@ class AnaplanStages:
             return None
         if not (full or age >= batching.max_age_seconds):
             # Not full, not old: still worth sending when nothing more of its kind is on its way.
-            if age < min(batching.min_age_seconds, batching.max_age_seconds) or self._coming(row["import_name"], deciding):
+            if age < min(batching.min_age_seconds, batching.max_age_seconds) or self._coming(row, deciding):
                 return None
         batch_id = row["id"]
         if not self._set(batch_id, OPEN, state=SENDING, lease_owner=self.owner,
@@ -388,15 +390,26 @@ class AnaplanStages:
 
         retry_conflicts(wake)
 
-    def _coming(self, kind: str, deciding: Sequence[Document] = ()) -> bool:
-        """Whether documents of ``kind`` are still being matched or posted, or posted but not in a batch —
-        other than ``deciding``, the documents being forwarded now (the store may still show them
-        as translated: a claim that matched and posted them stores that when it ends)."""
+    def _coming(self, row: Mapping[str, Any], deciding: Sequence[Document] = ()) -> str | None:
+        """What an open batch may still get, other than ``deciding`` (the documents being forwarded now):
+
+        * ``"more"`` — documents of its kind being matched or posted that no batch holds yet (they
+          will fill it: worth sleeping for);
+        * ``"joining"`` — documents that joined it but whose posting is not stored yet (another
+          claim, about to end: worth a moment, so they go in this batch, not the next);
+        * None — nothing: the batch may go early.
+        """
         ids = [d.id for d in deciding]
+        moving = (State.TRANSLATED.value, State.MATCHED.value)
         with self.engine.connect() as conn:
-            return conn.execute(select(_D.c.id).where(_D.c.kind == kind, _D.c.id.not_in(ids), or_(
-                _D.c.state.in_((State.TRANSLATED.value, State.MATCHED.value)),
-                and_(_D.c.state == State.POSTED.value, _D.c.anaplan_batch_id.is_(None)))).limit(1)).first() is not None
+            more = conn.execute(select(_D.c.id).where(
+                _D.c.kind == row["import_name"], _D.c.id.not_in(ids), _D.c.anaplan_batch_id.is_(None),
+                _D.c.state.in_((*moving, State.POSTED.value))).limit(1)).first()
+            if more is not None:
+                return "more"
+            joining = conn.execute(select(_D.c.id).where(
+                _D.c.anaplan_batch_id == row["id"], _D.c.id.not_in(ids), _D.c.state.in_(moving)).limit(1)).first()
+        return "joining" if joining is not None else None
 
     # ------------------------------------------------------------------ polling
     def _maybe_poll(self, row: Mapping[str, Any], cfg: AnaplanImportConfig) -> _Problem | None:
