@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import timedelta
 
 import httpx
@@ -132,9 +133,10 @@ def test_stages_run_in_order_and_outcomes_are_applied_with_one_event_each(runtim
         assert all(e.duration_ms is not None for e in trail)
 
 
-def test_a_claim_runs_match_post_and_forward_in_turn_then_stops_before_confirm(runtime):
+def test_a_claim_runs_match_post_forward_and_confirm_in_turn_and_stops_at_a_wait(runtime):
     store_payload(runtime.engine, x12_850(405, ["PO-1", "PO-2", "PO-3"]), "three.x12")
     seen: dict[str, list] = {"post": [], "forward": [], "confirm": []}
+    running = {"import": True}
 
     def post(docs, rt):
         seen["post"] += [(d.state, d.supplier_code) for d in docs]  # the match's changes are visible
@@ -145,23 +147,27 @@ def test_a_claim_runs_match_post_and_forward_in_turn_then_stops_before_confirm(r
         return {d.id: Outcome.ok() for d in docs}
 
     def confirm(docs, rt):
-        seen["confirm"] += [d.id for d in docs]
-        return {d.id: Outcome.ok() for d in docs}
+        seen["confirm"] += [d.state for d in docs]
+        return {d.id: Outcome.wait(0.01) if running["import"] else Outcome.ok() for d in docs}
 
     post.batch = forward.batch = confirm.batch = True
     w = Worker(runtime, stages={StageName.MATCH: lambda d, rt: Outcome.ok(supplier_code="S-1"),
                                 StageName.POST: post, StageName.FORWARD: forward, StageName.CONFIRM: confirm})
     w.split_interchanges()
     report = w.run_once()
-    assert (report.processed, report.applied) == (3, 9)  # one claim of three documents, three stages each
-    assert seen == {"post": [("matched", "S-1")] * 3, "forward": [("posted", True)] * 3, "confirm": []}
+    # One claim of three documents, four stages each; confirm's "still running" ends the chain.
+    assert (report.processed, report.applied) == (3, 12)
+    assert seen == {"post": [("matched", "S-1")] * 3, "forward": [("posted", True)] * 3,
+                    "confirm": ["forwarded"] * 3}
     docs = _docs(runtime.engine)
     assert [(d.state, d.stage, d.lease_owner) for d in docs] == [("forwarded", "confirm", None)] * 3
     for d in docs:
         assert [e.stage for e in _events(runtime.engine, document_id=d.id)] == [
-            "translate", "match", "post", "forward"]
+            "translate", "match", "post", "forward", "confirm"]
+    running["import"] = False
+    time.sleep(0.05)
     w.run_until_idle()
-    assert len(seen["confirm"]) == 3 and {d.state for d in _docs(runtime.engine)} == {"done"}
+    assert len(seen["confirm"]) == 6 and {d.state for d in _docs(runtime.engine)} == {"done"}
 
 
 def test_a_stage_settles_in_the_transaction_that_stores_its_outcomes(runtime):

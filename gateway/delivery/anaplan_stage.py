@@ -7,7 +7,9 @@ person must fix the configuration; or ``retry``: Anaplan failed the run in a way
   written at once, so whoever sends the batch sees it) and sends the batch when it holds
   ``batch.max_documents`` or has waited ``batch.max_age_seconds``: CSV built from the import's
   ``headerNames``, uploaded in chunks, import task started. Until then the documents *wait* (no
-  attempt used). Once their batch is running they are ``forwarded``.
+  attempt used). Once their batch is running they are ``forwarded``: those of the claim that sent
+  it at once, the others when they next come back (after their own sleep, or when the import is
+  over and the batch wakes them), going straight on to ``confirm`` in the same claim.
 * ``confirm`` polls the batch's task — one process per batch per poll interval — and when it is
   over reads the counts and the failure dump: documents whose rows Anaplan rejected fail with
   Anaplan's reason, the others are ``done``.
@@ -239,7 +241,7 @@ class AnaplanStages:
         coming = self._coming(row, docs) if row["state"] == OPEN else None
         result = _result(row)  # a batch's result names every member: read once, not once per member
         members = set(result.get("members") or [])
-        poller = min(members, default=None)
+        poller = result.get("poller", min(members, default=None))
         return {d.id: self._verdict(row, result, members, d, phase, problem, cfg, coming, poller) for d in docs}
 
     def _verdict(self, row: Mapping[str, Any], result: Mapping[str, Any], members: set[int], doc: Document,
@@ -360,28 +362,28 @@ class AnaplanStages:
             leases.release(self.engine, file_lease(cfg), _owner(batch_id))
             self._wake(batch_id)
             return None
+        # One member of this claim polls the import; the others come back when it is over (the batch
+        # wakes them) or after their own sleep, whichever is first — not all at once to hear "running".
+        result["poller"] = min((d.id for d in deciding), default=min(ids))
         self._set(batch_id, SENDING, state=RUNNING, task_id=sub.task_id, document_count=len(ids), result=result,
                   error=None, lease_owner=None, lease_until=now + timedelta(seconds=cfg.poll_interval_s))
-        self._wake(batch_id)
         log.info("anaplan.batch_sent", batch_id=batch_id, task_id=sub.task_id, documents=len(ids),
                  rows=len(sub.row_map), requests=usage.requests)
         return None
 
     def settle(self, conn: Any, doc_ids: list[int], now: datetime) -> None:
-        """In the transaction storing these documents' outcomes: any whose batch moved on while they were
-        being decided (sent, or finished) is due now — the batch's wake-up came before their sleep."""
-        moved = select(_B.c.id).where(_B.c.id == _D.c.anaplan_batch_id)
+        """In the transaction storing these documents' outcomes: any whose batch finished while they were
+        being decided is due now — the batch's wake-up came before their sleep."""
+        finished = select(_B.c.id).where(_B.c.id == _D.c.anaplan_batch_id, _B.c.state.in_((DONE, FAILED, RETRY)))
         for i in range(0, len(doc_ids), 1000):
             conn.execute(update(_D).where(
                 _D.c.id.in_(doc_ids[i:i + 1000]), _D.c.next_attempt_at > now,
-                or_(and_(_D.c.state == State.POSTED.value,
-                         moved.where(_B.c.state.in_((RUNNING, DONE, FAILED, RETRY))).exists()),
-                    and_(_D.c.state == State.FORWARDED.value,
-                         moved.where(_B.c.state.in_((DONE, FAILED, RETRY))).exists())),
+                _D.c.state.in_((State.POSTED.value, State.FORWARDED.value)), finished.exists(),
             ).values(next_attempt_at=now))
 
     def _wake(self, batch_id: int) -> None:
-        """The batch moved on (sent, finished): its waiting members are due now, not when they set out to look."""
+        """The batch is over (finished, failed, to be sent again): its waiting members are due now, not
+        when they set out to look."""
         def wake() -> None:
             with self.engine.begin() as conn:
                 conn.execute(update(_D).where(locked_in_order(

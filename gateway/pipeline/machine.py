@@ -57,8 +57,9 @@ STATE_BEFORE: dict[StageName, State] = {stage: s for s, stage, _ in PATH}
 STAGE_ORDER: tuple[StageName, ...] = tuple(stage for _, stage, _ in PATH)
 
 # Stages a worker runs straight after the one before succeeded, on the same claim (one claim and one
-# commit instead of two). Not confirm: an import just started is not over yet.
-CHAINED: frozenset[StageName] = frozenset({StageName.MATCH, StageName.POST, StageName.FORWARD})
+# commit instead of two). Confirm too: a document forwarded into an import that is already over is
+# confirmed at once; one whose import still runs waits for it there.
+CHAINED: frozenset[StageName] = frozenset({StageName.MATCH, StageName.POST, StageName.FORWARD, StageName.CONFIRM})
 
 WORKING = frozenset(STAGE_FROM)  # states a worker picks up
 RESTING = frozenset({State.DONE, State.FAILED, State.NEEDS_ATTENTION, State.DUPLICATE, State.IGNORED})
