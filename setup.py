@@ -1,9 +1,11 @@
-"""Build step: the translation core's hot modules compiled to C with mypyc.
+"""Build step: the translation core's hot modules compiled to C with mypyc, and the X12
+reader's hand-written C loop (translators/_x12.c).
 
 The compiled modules are the same source as the pure-Python ones, so the package works either
 way; compiled, translation runs several times faster (benchmarks/translate.py). Whatever goes
 wrong here — no C compiler, no Python headers, mypyc refusing the code — the install carries on
-as pure Python with a warning, never fails. ``EDI_GATEWAY_PURE=1`` skips compiling on purpose.
+as pure Python with a warning, never fails (the C loop failing alone leaves the mypyc build in
+place). ``EDI_GATEWAY_PURE=1`` skips compiling on purpose.
 
 Everything else about the package is in pyproject.toml.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # The modules the translation of every segment runs through (their imports stay pure Python).
@@ -28,6 +30,8 @@ HOT_MODULES = [
     "translators/messages/edifact_orders.py",
     "translators/messages/edifact_invoic.py",
 ]
+# Hand-written C, used by translators/envelope.py when it imports (see translators/native.py).
+NATIVE_X12 = Extension("translators._x12", ["translators/_x12.c"])
 
 
 def _warn(message: str) -> None:
@@ -35,11 +39,12 @@ def _warn(message: str) -> None:
     _remove_compiled()
 
 
-def _remove_compiled() -> None:
+def _remove_compiled(stems: list[str] | None = None) -> None:
     """Delete modules compiled by an earlier install (pip install -e builds them in place):
     left there, they would shadow the pure-Python source they no longer match."""
     here = os.path.dirname(os.path.abspath(__file__))
-    stems = [m[: -len(".py")] for m in HOT_MODULES] + ["translators/_native__mypyc"]
+    if stems is None:
+        stems = [m[: -len(".py")] for m in HOT_MODULES] + ["translators/_native__mypyc", "translators/_x12"]
     for stem in stems:
         folder, name = os.path.split(os.path.join(here, stem))
         if not os.path.isdir(folder):
@@ -58,6 +63,22 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: no extension
             self._remove_partial_outputs()
             _warn(f"compiling failed ({exc.__class__.__name__}: {exc})")
+
+    def build_extension(self, ext) -> None:  # noqa: ANN001 - setuptools' signature
+        if ext is not NATIVE_X12:
+            return super().build_extension(ext)
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001 - the C loop is optional on its own
+            print(f"edi-gateway: the X12 C loop did not compile ({exc.__class__.__name__}: {exc}); "
+                  "the reader runs without it", file=sys.stderr)
+            _remove_compiled(["translators/_x12"])
+            path = self.get_ext_fullpath(ext.name)
+            if os.path.exists(path):
+                os.remove(path)
+            # A new list, not a removal: the build loop goes on over the old one, and the copy
+            # into the source tree (pip install -e) no longer looks for this module.
+            self.extensions = [e for e in self.extensions if e is not NATIVE_X12]
 
     def copy_file(self, infile, outfile, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - setuptools' signature
         # In place (pip install -e): unlink, never overwrite, a module a running process may
@@ -85,7 +106,7 @@ def _extensions() -> list:
         # Third-party packages (pydantic ...) are read as Any, whether or not the build
         # environment has them, so the build type-checks the same everywhere.
         options = ["--no-site-packages", "--follow-imports=silent", "--ignore-missing-imports"]
-        return mypycify(options + HOT_MODULES, opt_level="3", group_name="translators._native")
+        return mypycify(options + HOT_MODULES, opt_level="3", group_name="translators._native") + [NATIVE_X12]
     except BaseException as exc:  # noqa: BLE001 - mypyc missing or refusing the code (it may sys.exit)
         _warn(f"mypyc is unavailable or rejected the code ({exc.__class__.__name__}: {exc})")
         return []

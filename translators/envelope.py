@@ -14,10 +14,10 @@ and each set is handed on as soon as its trailer arrives.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from typing import Final
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Final, cast
 
-from translators import decoding
+from translators import decoding, native
 from translators.findings import Finding, Severity, finding
 from translators.model import (
     Delimiters,
@@ -35,6 +35,9 @@ SLICE: Final = 1 << 12  # text handed to the tokenizer at a time (see _Envelope.
 _WS: Final = " \t\r\n\x00\x1a\x0b\x0c\x85"
 
 Event = TransactionSet | InterchangeSummary | Finding
+# The X12 reader's pieces of text between terminators; the C loop hands ordinary segments
+# back already split into their elements.
+Pieces = list[list[str] | str]
 
 
 def read(chunks: Iterable[bytes], trace: list | None = None) -> Iterator[Event]:
@@ -328,7 +331,7 @@ def _x12_date(v: str) -> str | None:
     return None
 
 
-def _text_from(buf: str, lines: str | None, pieces: list[str], k: int, tail: str, term: str) -> str:
+def _text_from(buf: str, lines: str | None, pieces: Sequence[object], k: int, tail: str, term: str) -> str:
     """The text of ``buf`` from the start of ``pieces[k]``, exactly as it was (line breaks kept):
     the next interchange may be newline-terminated, or end its lines otherwise."""
     if lines is not None:  # newline mode: the pieces are the lines of ``lines``
@@ -345,6 +348,7 @@ class _X12Reader(_Envelope):
     def __init__(self, trace: list | None = None):
         super().__init__("x12", ("SE", "GE", "IEA"), trace)
         self.newline_mode = False
+        self.native = native.x12  # the C loop, or None: the pure-Python path
         self._interchange_finding_pending: Finding | None = None
 
     # -- tokenizing ------------------------------------------------------------------------
@@ -380,6 +384,7 @@ class _X12Reader(_Envelope):
             assert d is not None
             term = d.segment
             lines: str | None = None
+            pieces: Pieces
             newline_mode = self.newline_mode
             if newline_mode:
                 if final:
@@ -387,13 +392,17 @@ class _X12Reader(_Envelope):
                 else:
                     p = max(buf.rfind("\n"), buf.rfind("\r"))
                     lines, tail = buf[: p + 1], buf[p + 1 :]
-                pieces = lines.splitlines()
+                pieces = cast(Pieces, lines.splitlines())
             else:
                 # Split on the terminator as the text stands: line breaks after terminators are
                 # stripped per segment and those inside one (hard-wrapped files) taken out of
-                # that segment, so every piece keeps its place in ``buf``.
-                pieces = buf.split(term)
-                tail = pieces.pop()
+                # that segment, so every piece keeps its place in ``buf``. The C loop, where
+                # built, hands ordinary segments back already split (see translators/_x12.c).
+                split = self.native.split(buf, d.element, term) if self.native is not None else None
+                pieces = split if split is not None else cast(Pieces, buf.split(term))
+                last = pieces.pop()
+                assert isinstance(last, str)  # the text after the last terminator stays text
+                tail = last
                 if final:
                     if tail.strip(_WS):
                         pieces.append(tail)
@@ -409,27 +418,30 @@ class _X12Reader(_Envelope):
             n = -1
             for piece in pieces:
                 n += 1
-                if not piece:
-                    continue
-                if newline_mode:
-                    piece = piece.strip(_WS)
+                if isinstance(piece, list):
+                    seg = piece  # an ordinary segment the C loop split
+                else:
                     if not piece:
                         continue
-                    lead = 0
-                else:
-                    lead = _leading_blanks(piece)
-                    if lead == len(piece):
-                        continue
-                    if piece.find("\n", lead) >= 0 or (cr and piece.find("\r", lead) >= 0):
-                        piece = piece.replace("\r", "").replace("\n", "").lstrip(_WS)
-                        lead = 0
+                    if newline_mode:
+                        piece = piece.strip(_WS)
                         if not piece:
                             continue
-                seg = piece.split(el)
-                if lead:
-                    # Blanks after the terminator (most often its line break): only the tag holds
-                    # them, which costs less than a stripped copy of the whole segment.
-                    seg[0] = seg[0][lead:]
+                        lead = 0
+                    else:
+                        lead = _leading_blanks(piece)
+                        if lead == len(piece):
+                            continue
+                        if piece.find("\n", lead) >= 0 or (cr and piece.find("\r", lead) >= 0):
+                            piece = piece.replace("\r", "").replace("\n", "").lstrip(_WS)
+                            lead = 0
+                            if not piece:
+                                continue
+                    seg = piece.split(el)
+                    if lead:
+                        # Blanks after the terminator (most often its line break): only the tag
+                        # holds them, which costs less than a stripped copy of the whole segment.
+                        seg[0] = seg[0][lead:]
                 tag = seg[0]
                 if out is not None and len(tag) < 4 and tag not in envelope:
                     out.append(seg)
@@ -472,13 +484,15 @@ class _X12Reader(_Envelope):
                 return tail
             buf = next_interchange
 
-    def _same_delimiters_next(self, pieces: list[str], start: int, d: Delimiters) -> bool:
+    def _same_delimiters_next(self, pieces: Pieces, start: int, d: Delimiters) -> bool:
         """After an IEA: when the next ISA splits cleanly with the same element separator and
         terminator, take its component separator and go on over the pieces already split
         (re-joining and re-splitting the rest of the buffer per interchange is quadratic)."""
         if self.newline_mode:
             return False
         for piece in pieces[start : start + 4]:
+            if isinstance(piece, list):
+                return False  # an ordinary segment the C loop split: not an ISA
             cand = piece.lstrip(_WS)
             if not cand:
                 continue

@@ -1,0 +1,191 @@
+"""The C fast path (translators/_x12.c) against the pure-Python path, input by input.
+
+Every corpus file, every fixture under fixtures/edi and mutated versions of both are read
+twice — with the C loop and with ``translators.native.x12`` set to None — and everything the
+translation core hands on must be equal: the segments (``envelope.segments``), the events of
+``envelope.read_bytes`` (transaction sets, interchange summaries, file findings), the
+translation (canonical documents, statuses, findings with codes, positions and messages) and
+the acknowledgments. Where the C loop was built, the tests also make sure it is in use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sysconfig
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from tests import corpus
+from tests.test_properties import MUTATION, _mutate, _sample_bytes, mutations
+from translators import native, translate
+from translators.acks import build_acknowledgment
+from translators.envelope import read_bytes, segments
+from translators.findings import TranslationError
+from translators.partners import check_directory_texts
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = sorted(p for p in (REPO / "fixtures" / "edi").rglob("*") if p.is_file())
+PARTNERS, _ = check_directory_texts(
+    [(p.read_text(encoding="utf-8"), str(p)) for p in sorted((REPO / "partners").glob("*.yaml"))]
+)
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+BUILT = native.x12
+
+
+def _plain(value):
+    """Dataclasses as dicts (nested), so a difference shows where it is."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__name__, **{f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _everything(data: bytes):
+    """All that the translation core makes of ``data``, as plain values."""
+    try:
+        result = translate(data, PARTNERS, source="differential")
+    except TranslationError as exc:
+        return ("TranslationError", str(exc))
+    acks = []
+    for n, i in enumerate(result.interchanges, 1):
+        try:
+            ack = build_acknowledgment(i.summary, now=NOW, interchange_control=f"{n:09d}", group_control=str(n))
+        except ValueError as exc:  # an envelope no acknowledgment can answer (e.g. a 3-character qualifier)
+            acks.append(("ValueError", str(exc)))
+            continue
+        acks.append(None if ack is None else (ack.kind, ack.text))
+    return {
+        "segments": segments(data),
+        "events": [_plain(ev) for ev in read_bytes(data)],
+        "documents": [(d.status, d.kind, d.partner, d.document, _plain(d.findings), d.first_segment_index,
+                       d.segment_count) for d in result.documents],
+        "interchanges": [(_plain(i.summary), i.partner, i.rejected) for i in result.interchanges],
+        "file_findings": _plain(result.file_findings),
+        "errors": [f.describe("differential") for f in result.errors()],
+        "acknowledgments": acks,
+    }
+
+
+def assert_paths_agree(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _everything(data)
+    with monkeypatch.context() as m:
+        m.setattr(native, "x12", None)
+        pure = _everything(data)
+    assert fast == pure
+
+
+needs_native = pytest.mark.skipif(BUILT is None, reason="the C loop is not built: nothing to compare")
+
+
+@needs_native
+@pytest.mark.parametrize("path", FIXTURES, ids=[str(p.relative_to(REPO / "fixtures" / "edi")) for p in FIXTURES])
+def test_fixture_reads_the_same_both_ways(path, monkeypatch):
+    assert_paths_agree(path.read_bytes(), monkeypatch)
+
+
+@needs_native
+@pytest.mark.parametrize("sample", corpus.params())
+def test_corpus_file_reads_the_same_both_ways(sample, monkeypatch):
+    assert_paths_agree(sample.path.read_bytes(), monkeypatch)
+
+
+@needs_native
+@pytest.mark.parametrize("sample", corpus.params(folder_prefix="x12"))
+@MUTATION
+@given(ops=mutations)
+def test_mutated_corpus_file_reads_the_same_both_ways(sample, ops, monkeypatch):
+    data = _sample_bytes(str(sample.path))
+    for op in ops:
+        data = _mutate(data, op)
+    note(f"mutated bytes: {data!r}")
+    assert_paths_agree(data, monkeypatch)
+
+
+@needs_native
+@MUTATION
+@given(path=st.sampled_from([p for p in FIXTURES if p.suffix == ".x12"]), ops=mutations)
+def test_mutated_fixture_reads_the_same_both_ways(path, ops, monkeypatch):
+    data = _sample_bytes(str(path))
+    for op in ops:
+        data = _mutate(data, op)
+    note(f"mutated bytes: {data!r}")
+    assert_paths_agree(data, monkeypatch)
+
+
+# Shapes the C loop hands back to Python, each beside ordinary segments.
+_ISA = b"ISA*00*          *00*          *ZZ*SENDER         *ZZ*RECEIVER       *261122*1200*U*00401*000000001*0*P*>~"
+_SET = (b"GS*PO*SENDER*RECEIVER*20261122*1200*1*X*004010~ST*850*0001~BEG*00*SA*PO-1**20261101~"
+        b"PO1*1*10*EA*2.50**BP*A-1*VP*V-1~PID*F****BOLT~CTT*1~SE*6*0001~GE*1*1~IEA*1*000000001~")
+EDGE_CASES = {
+    "plain": _ISA + _SET,
+    "crlf-after-terminators": (_ISA + _SET).replace(b"~", b"~\r\n"),
+    "blank-pieces": (_ISA + _SET).replace(b"~PID", b"~ \n ~~PID"),
+    "hard-wrapped-segment": (_ISA + _SET).replace(b"PO1*1*10*EA", b"PO1*1*1\r\n0*EA"),
+    "long-tag": (_ISA + _SET).replace(b"~PID*", b"~PIDX*"),
+    "ta1-in-set": (_ISA + _SET).replace(b"~CTT*", b"~TA1*1*261122*1200*A*000~CTT*"),
+    "latin-1": (_ISA + _SET).replace(b"BOLT", b"BOLZEN \xc4\xd6 M\xfcller \xa0X"),
+    "utf-8": (_ISA + _SET).replace(b"BOLT", "Łódź 東京".encode()),
+    "no-final-terminator": (_ISA + _SET)[:-1],
+    "second-interchange": _ISA + _SET + b"\n" + _ISA.replace(b"*>~", b"*:~") + _SET,
+    "other-delimiters-next": _ISA + _SET + (_ISA + _SET).replace(b"*", b"|").replace(b"~", b"!"),
+    "element-equals-terminator-junk": _ISA + _SET.replace(b"*", b"~", 3),
+    "nul-and-ebcdic-blanks": (_ISA + _SET).replace(b"~PO1", b"~\x00\x0b\x0cPO1"),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("data", list(EDGE_CASES.values()), ids=list(EDGE_CASES))
+def test_edge_case_reads_the_same_both_ways(data, monkeypatch):
+    assert_paths_agree(data, monkeypatch)
+
+
+@needs_native
+def test_large_interchange_reads_the_same_both_ways(monkeypatch):
+    # Several 1 MB chunks and reader slices, so segments cross every boundary.
+    from benchmarks.translate import x12_850
+
+    assert_paths_agree(x12_850(2_500_000), monkeypatch)
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path is in use wherever it was built.
+
+
+def test_c_loop_is_built_where_a_compiler_is():
+    include = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if os.environ.get("EDI_GATEWAY_PURE") or not shutil.which(os.environ.get("CC", "cc")) or not include.exists():
+        pytest.skip("no C compiler or Python headers (or EDI_GATEWAY_PURE): the pure-Python path is expected")
+    assert BUILT is not None, "pip install -e . did not build translators/_x12.c (see its build log)"
+
+
+def test_c_loop_is_not_older_than_its_source():
+    if BUILT is None:
+        pytest.skip("the C loop is not built")
+    source = REPO / "translators" / "_x12.c"
+    built = source.with_name(Path(BUILT.__file__).name)
+    assert source.stat().st_mtime <= built.stat().st_mtime + 1, "rebuild with `.venv/bin/pip install -e .`"
+
+
+@needs_native
+def test_reader_uses_the_c_loop(monkeypatch):
+    calls = []
+
+    class Counting:
+        @staticmethod
+        def split(*args):
+            result = BUILT.split(*args)
+            calls.append(result is not None)
+            return result
+
+    monkeypatch.setattr(native, "x12", Counting)
+    assert translate(EDGE_CASES["plain"]).ok
+    assert calls and all(calls), "the X12 reader did not go through the C loop"
