@@ -124,7 +124,7 @@ def test_mutated_fixture_reads_the_same_both_ways(path, ops, monkeypatch):
 # Shapes the C loop hands back to Python, each beside ordinary segments.
 _ISA = b"ISA*00*          *00*          *ZZ*SENDER         *ZZ*RECEIVER       *261122*1200*U*00401*000000001*0*P*>~"
 _SET = (b"GS*PO*SENDER*RECEIVER*20261122*1200*1*X*004010~ST*850*0001~BEG*00*SA*PO-1**20261101~"
-        b"PO1*1*10*EA*2.50**BP*A-1*VP*V-1~PID*F****BOLT~CTT*1~SE*6*0001~GE*1*1~IEA*1*000000001~")
+        b"PO1*1*10*EA*2.50**BP*A-1*VP*V-1~PID*F****BOLT~CTT*1~AMT*TT*25~SE*7*0001~GE*1*1~IEA*1*000000001~")
 EDGE_CASES = {
     "plain": _ISA + _SET,
     "crlf-after-terminators": (_ISA + _SET).replace(b"~", b"~\r\n"),
@@ -176,16 +176,23 @@ def test_c_loop_is_not_older_than_its_source():
 
 
 @needs_native
-def test_reader_uses_the_c_loop(monkeypatch):
-    calls = []
+def test_translation_goes_through_the_c_path(monkeypatch):
+    calls: dict[str, list] = {}
 
     class Counting:
-        @staticmethod
-        def split(*args):
-            result = BUILT.split(*args)
-            calls.append(result is not None)
-            return result
+        """The built module, counting each function's calls and whether it did the work."""
 
-    monkeypatch.setattr(native, "x12", Counting)
+        def __getattr__(self, name):
+            fn = getattr(BUILT, name)
+
+            def counted(*args):
+                result = fn(*args)
+                calls.setdefault(name, []).append(result is not None)
+                return result
+
+            return counted
+
+    monkeypatch.setattr(native, "x12", Counting())
     assert translate(EDGE_CASES["plain"]).ok
-    assert calls and all(calls), "the X12 reader did not go through the C loop"
+    assert set(calls) >= {"split", "decimal", "item", "passes"}, "translation did not use the C path"
+    assert all(calls["split"]) and all(calls["item"]), "the C path handed a plain file back to Python"

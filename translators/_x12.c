@@ -1,6 +1,6 @@
-/* The X12 reader's hot loop in C (optional: setup.py builds it when it can).
+/* The X12 hot path in C (optional: setup.py builds it when it can; translators/native.py).
 
-   split(text, element, terminator) does what envelope._X12Reader does with
+   The reader's loop. split(text, element, terminator) does what envelope._X12Reader does with
    text.split(terminator) and then piece.split(element), in one pass and without a string per
    segment: each ordinary segment comes back already split into its elements, the blanks
    after the previous terminator (most often its line break) taken off its tag. Everything
@@ -12,7 +12,12 @@
 
    It returns None (the Python path) unless the text is one byte per character (ASCII or
    Latin-1, what nearly every file decodes to) and both separators are single such
-   characters. */
+   characters.
+
+   The mappers' value work (translators/messages/x12_common.py): decimal(), item() and
+   passes() do the common case of X12Mapper.num, X12Mapper._item and passes(). The first two
+   return None for anything else (a value that needs a finding, a shape they do not know),
+   and the Python code then runs as it always did, so they change no result, only its cost. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -176,9 +181,345 @@ split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 }
 
+/* ------------------------------------------------------------------------------------------
+   The mappers' value work. Every function takes exact str elements (what the reader makes). */
+
+static int
+is_space_at(PyObject *s, Py_ssize_t i)
+{
+    return Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(s, i));
+}
+
+/* s.strip() as a new reference (s itself when there is nothing to strip). */
+static PyObject *
+strip(PyObject *s)
+{
+    Py_ssize_t a = 0, b = PyUnicode_GET_LENGTH(s);
+    while (a < b && is_space_at(s, a))
+        a++;
+    while (b > a && is_space_at(s, b - 1))
+        b--;
+    return PyUnicode_Substring(s, a, b);
+}
+
+/* not s.strip() */
+static int
+is_blank_str(PyObject *s)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!is_space_at(s, i))
+            return 0;
+    return 1;
+}
+
+static int
+all_digits(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+    return n > 0;
+}
+
+/* X12Mapper.num's fast paths for a non-empty value: ASCII digits (with ``implied`` decimals,
+   X12 Nn), or digits with one decimal point. A new reference, or NULL without an error set
+   when the value needs the Python path. */
+static PyObject *
+canonical_decimal(PyObject *v, long implied)
+{
+    if (!PyUnicode_IS_ASCII(v))
+        return NULL;
+    const char *p = (const char *)PyUnicode_1BYTE_DATA(v);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v), z = 0;
+    if (all_digits(p, n)) {
+        while (z < n && p[z] == '0')
+            z++;
+        if (implied == 0)
+            return z == n ? PyUnicode_FromString("0") : PyUnicode_Substring(v, z, n); /* v.lstrip("0") or "0" */
+        if (implied < 0 || implied > 64)
+            return NULL;
+        /* divmod(int(v), 10**implied) written "q.r": the digits split before the last
+           ``implied`` ones, the quotient without leading zeros, the remainder zero-padded. */
+        Py_ssize_t digits = n - z, q = digits > implied ? digits - implied : 0;
+        PyObject *out = PyUnicode_New((q ? q : 1) + 1 + implied, 127);
+        if (out == NULL)
+            return NULL;
+        char *o = (char *)PyUnicode_1BYTE_DATA(out);
+        if (q) {
+            memcpy(o, p + z, q);
+            o += q;
+        }
+        else
+            *o++ = '0';
+        *o++ = '.';
+        Py_ssize_t pad = implied - (digits - q);
+        memset(o, '0', pad);
+        memcpy(o + pad, p + z + q, digits - q);
+        return out;
+    }
+    if (implied)
+        return NULL;
+    const char *dot = memchr(p, '.', n);
+    if (dot == NULL)
+        return NULL;
+    Py_ssize_t a = dot - p;
+    if (!all_digits(dot + 1, n - a - 1) || (a && !all_digits(p, a)))
+        return NULL;
+    if (a && p[0] != '0') {
+        Py_INCREF(v); /* already canonical: "12.34" */
+        return v;
+    }
+    while (z < a && p[z] == '0')
+        z++;
+    if (z < a) /* "012.5" -> "12.5" */
+        return PyUnicode_Substring(v, z, n);
+    /* "0.5", ".5", "00.5" -> "0.5" */
+    PyObject *out = PyUnicode_New(n - a + 1, 127);
+    if (out == NULL)
+        return NULL;
+    char *o = (char *)PyUnicode_1BYTE_DATA(out);
+    o[0] = '0';
+    memcpy(o + 1, dot, n - a);
+    return out;
+}
+
+static PyObject *
+decimal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_CheckExact(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "decimal(value: str, implied: int)");
+        return NULL;
+    }
+    long implied = PyLong_AsLong(args[1]);
+    if (implied == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyUnicode_GET_LENGTH(args[0]) == 0)
+        Py_RETURN_NONE;
+    PyObject *out = canonical_decimal(args[0], implied);
+    if (out == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
+/* The line keys item() sets, and "" (made once, at import). */
+static PyObject *key_line_number, *key_quantity, *key_uom, *key_unit_price, *empty;
+
+/* Element k of seg as a borrowed str, or NULL (no error set) when it is not an exact str. */
+static PyObject *
+element_at(PyObject *seg, Py_ssize_t k)
+{
+    PyObject *v = PyList_GET_ITEM(seg, k);
+    return PyUnicode_CheckExact(v) ? v : NULL;
+}
+
+#define GIVE_UP 1 /* a return value of the helpers below: the Python path decides */
+
+/* line[key] = num(seg, k) for an element that is there. 0, GIVE_UP, or -1 on an error. */
+static int
+set_number(PyObject *line, PyObject *key, PyObject *seg, Py_ssize_t k)
+{
+    PyObject *v = element_at(seg, k);
+    if (v == NULL)
+        return GIVE_UP;
+    if (PyUnicode_GET_LENGTH(v) == 0)
+        return PyDict_SetItem(line, key, Py_None);
+    PyObject *d = canonical_decimal(v, 0);
+    if (d == NULL)
+        return PyErr_Occurred() ? -1 : GIVE_UP;
+    int rc = PyDict_SetItem(line, key, d);
+    Py_DECREF(d);
+    return rc;
+}
+
+/* X12Mapper._parts(seg, i, 6) for pairs that need no finding: a known qualifier (as sent)
+   with a value, or both empty. The best rank per field so far is in ``best``. */
+static int
+read_parts(PyObject *seg, PyObject *parts, PyObject *line, PyObject *best)
+{
+    Py_ssize_t n = PyList_GET_SIZE(seg), stop = n < 26 ? n : 26;
+    for (Py_ssize_t k = 6; k < stop; k += 2) {
+        PyObject *q = element_at(seg, k);
+        PyObject *v = k + 1 < n ? element_at(seg, k + 1) : empty;
+        if (q == NULL || v == NULL)
+            return GIVE_UP;
+        Py_ssize_t qn = PyUnicode_GET_LENGTH(q), vn = PyUnicode_GET_LENGTH(v);
+        if (qn == 0 && vn == 0)
+            continue;
+        if (qn == 0 || vn == 0 || is_blank_str(v))
+            return GIVE_UP; /* half a pair: a finding */
+        PyObject *hit = PyDict_GetItemWithError(parts, q); /* borrowed: (field, rank) */
+        if (hit == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            if (is_space_at(q, 0) || is_space_at(q, qn - 1))
+                return GIVE_UP; /* looked up again stripped */
+            continue; /* a qualifier the mapping does not use */
+        }
+        if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 2)
+            return GIVE_UP;
+        PyObject *field = PyTuple_GET_ITEM(hit, 0), *rank = PyTuple_GET_ITEM(hit, 1);
+        PyObject *cur = PyDict_GetItemWithError(best, field);
+        if (cur == NULL && PyErr_Occurred())
+            return -1;
+        int better = 1;
+        if (cur != NULL && (better = PyObject_RichCompareBool(rank, cur, Py_LT)) < 0)
+            return -1;
+        if (!better)
+            continue;
+        PyObject *value = strip(v);
+        if (value == NULL)
+            return -1;
+        int rc = PyDict_SetItem(line, field, value);
+        Py_DECREF(value);
+        if (rc < 0 || PyDict_SetItem(best, field, rank) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The line of a PO1 / IT1 whose every value is plain: X12Mapper._item without its loop
+   state. 0, GIVE_UP, or -1 on an error. */
+static int
+fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, PyObject *best)
+{
+    Py_ssize_t n = PyList_GET_SIZE(seg);
+    PyObject *v5 = n > 5 ? element_at(seg, 5) : NULL;
+    if (n > 5 && (v5 == NULL || (PyUnicode_GET_LENGTH(v5) && (n == 6 || n % 2 == 1))))
+        return GIVE_UP; /* PO105 may hold a qualifier: the pairs may start one early */
+    if (n > 1) {
+        PyObject *v = element_at(seg, 1);
+        if (v == NULL)
+            return GIVE_UP;
+        PyObject *number = strip(v);
+        if (number == NULL)
+            return -1;
+        int rc = PyDict_SetItem(line, key_line_number, PyUnicode_GET_LENGTH(number) ? number : Py_None);
+        Py_DECREF(number);
+        if (rc < 0)
+            return -1;
+    }
+    int rc;
+    if (n > 2 && (rc = set_number(line, key_quantity, seg, 2)) != 0)
+        return rc;
+    if (n > 3) {
+        PyObject *v = element_at(seg, 3);
+        if (v == NULL)
+            return GIVE_UP;
+        PyObject *uom = strip(v);
+        if (uom == NULL)
+            return -1;
+        if (PyUnicode_GET_LENGTH(uom)) {
+            PyObject *mapped = PyDict_GetItemWithError(uoms, uom); /* borrowed */
+            if (mapped == NULL && PyErr_Occurred()) {
+                Py_DECREF(uom);
+                return -1;
+            }
+            /* uom = plan.uom.get(uom, uom); if uom: line["uom"] = uom */
+            rc = mapped ? PyObject_IsTrue(mapped) : 1;
+            if (rc > 0)
+                rc = PyDict_SetItem(line, key_uom, mapped ? mapped : uom);
+            if (rc < 0) {
+                Py_DECREF(uom);
+                return -1;
+            }
+        }
+        Py_DECREF(uom);
+    }
+    if (n > 4 && (rc = set_number(line, key_unit_price, seg, 4)) != 0)
+        return rc;
+    return read_parts(seg, parts, line, best);
+}
+
+static PyObject *
+item(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])
+            || !PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "item(segment: list, uoms: dict, parts: dict, empty_line: dict)");
+        return NULL;
+    }
+    PyObject *line = PyDict_Copy(args[3]);
+    PyObject *best = PyDict_New();
+    if (line == NULL || best == NULL) {
+        Py_XDECREF(line);
+        Py_XDECREF(best);
+        return NULL;
+    }
+    int rc = fill_item(args[0], args[1], args[2], line, best);
+    if (rc != 0) {
+        Py_DECREF(line);
+        Py_DECREF(best);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyTuple_Pack(2, line, best);
+    Py_DECREF(line);
+    Py_DECREF(best);
+    return out;
+}
+
+/* passes(seg, (mandatory, notes)) of x12_common: whether a segment passes its syntax checks. */
+static int
+present(PyObject *seg, Py_ssize_t n, PyObject *index)
+{
+    Py_ssize_t k = PyLong_AsSsize_t(index);
+    if (k == -1 && PyErr_Occurred())
+        return -1;
+    return k >= 0 && k < n && PyUnicode_GET_LENGTH(PyList_GET_ITEM(seg, k)) != 0;
+}
+
+static PyObject *
+passes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != 2) {
+        PyErr_SetString(PyExc_TypeError, "passes(segment: list, spec: tuple)");
+        return NULL;
+    }
+    PyObject *seg = args[0], *mandatory = PyTuple_GET_ITEM(args[1], 0), *notes = PyTuple_GET_ITEM(args[1], 1);
+    Py_ssize_t n = PyList_GET_SIZE(seg);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyUnicode_CheckExact(PyList_GET_ITEM(seg, i))) {
+            PyErr_SetString(PyExc_TypeError, "passes(): an X12 segment holds str elements");
+            return NULL;
+        }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mandatory); i++) {
+        Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(mandatory, i));
+        if (k == -1 && PyErr_Occurred())
+            return NULL;
+        if (k < 0 || k >= n || is_blank_str(PyList_GET_ITEM(seg, k)))
+            Py_RETURN_FALSE;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(notes); i++) {
+        PyObject *note = PyTuple_GET_ITEM(notes, i);
+        PyObject *kind = PyTuple_GET_ITEM(note, 0), *els = PyTuple_GET_ITEM(note, 1);
+        Py_UCS4 c = PyUnicode_READ_CHAR(kind, 0);
+        Py_ssize_t count = 0, m = PyTuple_GET_SIZE(els);
+        for (Py_ssize_t j = 0; j < m; j++) {
+            int has = present(seg, n, PyTuple_GET_ITEM(els, j));
+            if (has < 0)
+                return NULL;
+            if (c == 'C' && j == 0 && !has)
+                break; /* C: nothing required when the first is absent */
+            count += has;
+        }
+        if ((c == 'C' && count && count != m) || (c == 'P' && count && count != m) || (c == 'R' && !count)
+                || (c == 'E' && count > 1))
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(text, element, terminator) -> list | None: the X12 pieces of text, ordinary segments split."},
+    {"decimal", (PyCFunction)(void (*)(void))decimal, METH_FASTCALL,
+     "decimal(value, implied) -> str | None: X12Mapper.num's common case, None for the rest."},
+    {"item", (PyCFunction)(void (*)(void))item, METH_FASTCALL,
+     "item(segment, uoms, parts, empty_line) -> (line, ranks) | None: a plain PO1 / IT1 line."},
+    {"passes", (PyCFunction)(void (*)(void))passes, METH_FASTCALL,
+     "passes(segment, spec) -> bool: x12_common.passes."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -189,5 +530,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__x12(void)
 {
+    key_line_number = PyUnicode_InternFromString("line_number");
+    key_quantity = PyUnicode_InternFromString("quantity");
+    key_uom = PyUnicode_InternFromString("uom");
+    key_unit_price = PyUnicode_InternFromString("unit_price");
+    empty = PyUnicode_New(0, 0);
+    if (!key_line_number || !key_quantity || !key_uom || !key_unit_price || !empty)
+        return NULL; /* the import fails: the pure path */
     return PyModule_Create(&module);
 }

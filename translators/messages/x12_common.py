@@ -15,9 +15,11 @@ syntax notes, findings) is here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
+from translators import native
 from translators.canonical import LINE_FIELDS, new_document
 from translators.findings import Finding, Severity, finding
 from translators.mapping import STANDARD, MessageMapping
@@ -157,6 +159,11 @@ CHECKS_4010: Final = {
 
 
 Spec = tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]
+# The C primitives (translators/_x12.c) behind num, _item and passes, where built.
+FastDecimal = Callable[[str, int], "str | None"]
+FastItem = Callable[[list[str], dict[str, str], dict[str, tuple[str, int]], dict[str, Any]],
+                    "tuple[dict[str, Any], dict[str, int]] | None"]
+FastPasses = Callable[[list[str], Spec], bool]
 
 
 def _has(seg: list[str], n: int, k: int) -> bool:
@@ -397,6 +404,10 @@ class X12Mapper:
         self.checks: dict[str, Spec] = CHECKS if self.old_dtm else CHECKS_4010
         self.table = _table(codes, self.checks)
         self.lines_out: list[dict[str, Any]] = self.doc["lines"]
+        c = native.x12
+        self.fast_decimal: FastDecimal | None = c.decimal if c is not None else None
+        self.fast_item: FastItem | None = c.item if c is not None else None
+        self.fast_passes: FastPasses | None = c.passes if c is not None else None
 
     # -- findings ----------------------------------------------------------------------------
     def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
@@ -438,6 +449,11 @@ class X12Mapper:
         v = seg[n]
         if not v:
             return None
+        fast = self.fast_decimal
+        if fast is not None:
+            d = fast(v, implied)
+            if d is not None:
+                return d
         # Fast paths for the common shapes; anything else goes through decimal_text.
         if v.isdecimal() and v.isascii():
             if implied:
@@ -475,6 +491,7 @@ class X12Mapper:
         table = self.table
         n1_loop = N1_LOOP
         segs = self.segs
+        fast_passes = self.fast_passes
         for i in range(len(segs)):
             seg = segs[i]
             tag = seg[0]
@@ -485,7 +502,7 @@ class X12Mapper:
             code, spec = entry
             if self.party is not None and tag not in n1_loop:
                 self.party = None
-            if spec is not None and not passes(seg, spec):
+            if spec is not None and not (passes(seg, spec) if fast_passes is None else fast_passes(seg, spec)):
                 self._check(seg, i, spec)
             # The common segments first: one line item is a PO1 / IT1 and a PID or two.
             if code == IGNORE:
@@ -836,8 +853,15 @@ class X12Mapper:
         self.summary = False
         if self.line_seen < 0:
             self.line_seen = i
-        n = len(seg)
         plan = self.plan
+        fast = self.fast_item
+        if fast is not None:
+            plain = fast(seg, plan.uom, plan.parts, _EMPTY_LINE)
+            if plain is not None:  # every value plain: nothing to report, no pairs shifted
+                line, ranks = plain
+                self._open_line(line, ranks)
+                return line
+        n = len(seg)
         uom = seg[3].strip() if n > 3 else ""
         if uom:
             uom = plan.uom.get(uom, uom)
@@ -850,11 +874,7 @@ class X12Mapper:
             line["uom"] = uom
         if n > 4:
             line["unit_price"] = self.num(seg, i, 4)
-        self.line = line
-        self.line_date_rank = 1 << 30
-        self.line_desc08 = False
-        self.line_parts = {}
-        self.lines_out.append(line)
+        self._open_line(line, {})
         if n <= 6:
             if n == 6 and seg[5].strip() in plan.parts:
                 self._shifted(seg, i)
@@ -868,6 +888,14 @@ class X12Mapper:
             return line
         self._parts(seg, i, 6)
         return line
+
+    def _open_line(self, line: dict[str, Any], ranks: dict[str, int]) -> None:
+        """The line loop starts; ``ranks``: the rank of the qualifier each part number came from."""
+        self.line = line
+        self.line_date_rank = 1 << 30
+        self.line_desc08 = False
+        self.line_parts = ranks
+        self.lines_out.append(line)
 
     def _shifted(self, seg: list[str], i: int) -> None:
         q = seg[5].strip()
