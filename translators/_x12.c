@@ -91,46 +91,47 @@ element(const Py_UCS1 *p, Py_ssize_t n, int ascii)
     return s;
 }
 
+/* What the scan looks for, per character: the element separator, a line break, or nothing. */
+enum { PLAIN, SEPARATOR, LINE_BREAK };
+#define MAX_ELEMENTS 128 /* a segment with more comes back as text (the Python path splits it) */
+
 /* The piece text[start:end] as a new reference: an element list when it is an ordinary
-   segment, else the piece itself. */
+   segment, else the piece itself. ``kinds`` classifies each character (see split). */
 static PyObject *
-piece(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t end, Py_UCS1 el, int ascii)
+piece(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t end, const unsigned char *kinds, int ascii)
 {
     Py_ssize_t lead = start;
     while (lead < end && is_blank(d[lead]))
         lead++;
     if (lead == end)
         return PyUnicode_Substring(text, start, end); /* blank: the reader skips it */
-    Py_ssize_t count = 1, tag_end = -1;
+    /* One pass: where each element ends; a line break inside means a hard-wrapped segment. */
+    Py_ssize_t ends[MAX_ELEMENTS], count = 0;
     for (Py_ssize_t i = lead; i < end; i++) {
-        Py_UCS1 c = d[i];
-        if (c == el) {
-            if (tag_end < 0)
-                tag_end = i;
-            count++;
-        }
-        else if (c == '\n' || c == '\r')
-            return PyUnicode_Substring(text, start, end); /* wrapped: unwrapped in Python */
+        unsigned char kind = kinds[d[i]];
+        if (kind == PLAIN)
+            continue;
+        if (kind == LINE_BREAK || count == MAX_ELEMENTS - 1)
+            return PyUnicode_Substring(text, start, end); /* unwrapped or split in Python */
+        ends[count++] = i;
     }
-    if (tag_end < 0)
-        tag_end = end;
-    if (tag_end - lead >= 4 || is_trigger(d + lead, tag_end - lead))
+    ends[count++] = end;
+    Py_ssize_t tag_length = ends[0] - lead;
+    if (tag_length >= 4 || is_trigger(d + lead, tag_length))
         return PyUnicode_Substring(text, start, end);
 
     PyObject *seg = PyList_New(count);
     if (seg == NULL)
         return NULL;
-    Py_ssize_t from = lead, k = 0;
-    for (Py_ssize_t i = lead; i <= end; i++) {
-        if (i == end || d[i] == el) {
-            PyObject *value = element(d + from, i - from, ascii);
-            if (value == NULL) {
-                Py_DECREF(seg); /* frees the elements set so far; the rest are NULL */
-                return NULL;
-            }
-            PyList_SET_ITEM(seg, k++, value); /* steals the reference */
-            from = i + 1;
+    Py_ssize_t from = lead;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *value = element(d + from, ends[k] - from, ascii);
+        if (value == NULL) {
+            Py_DECREF(seg); /* frees the elements set so far; the rest are NULL */
+            return NULL;
         }
+        PyList_SET_ITEM(seg, k, value); /* steals the reference */
+        from = ends[k] + 1;
     }
     return seg;
 }
@@ -159,6 +160,9 @@ split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const Py_UCS1 *d = PyUnicode_1BYTE_DATA(text);
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     int ascii = PyUnicode_IS_ASCII(text);
+    unsigned char kinds[256] = {0};
+    kinds[el] = SEPARATOR;
+    kinds['\n'] = kinds['\r'] = LINE_BREAK; /* first: the reader takes line breaks out before splitting */
 
     PyObject *items = PyList_New(0);
     if (items == NULL)
@@ -168,7 +172,7 @@ split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         const Py_UCS1 *hit = memchr(d + start, term, n - start);
         Py_ssize_t end = hit ? hit - d : n;
         /* The text after the last terminator stays text, whatever it holds. */
-        PyObject *item = hit ? piece(text, d, start, end, el, ascii) : PyUnicode_Substring(text, start, n);
+        PyObject *item = hit ? piece(text, d, start, end, kinds, ascii) : PyUnicode_Substring(text, start, n);
         if (item == NULL || PyList_Append(items, item) < 0) {
             Py_XDECREF(item);
             Py_DECREF(items);
@@ -184,9 +188,11 @@ split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* ------------------------------------------------------------------------------------------
    The mappers' value work. Every function takes exact str elements (what the reader makes). */
 
-static int
+static inline int
 is_space_at(PyObject *s, Py_ssize_t i)
 {
+    if (PyUnicode_IS_ASCII(s))
+        return Py_UNICODE_ISSPACE(PyUnicode_1BYTE_DATA(s)[i]);
     return Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(s, i));
 }
 
@@ -195,6 +201,10 @@ static PyObject *
 strip(PyObject *s)
 {
     Py_ssize_t a = 0, b = PyUnicode_GET_LENGTH(s);
+    if (b && !is_space_at(s, 0) && !is_space_at(s, b - 1)) {
+        Py_INCREF(s); /* the common case: nothing to strip */
+        return s;
+    }
     while (a < b && is_space_at(s, a))
         a++;
     while (b > a && is_space_at(s, b - 1))
@@ -332,10 +342,36 @@ set_number(PyObject *line, PyObject *key, PyObject *seg, Py_ssize_t k)
     return rc;
 }
 
+/* The best rank per part-number field so far: what X12Mapper.line_parts holds. */
+#define MAX_FIELDS 8
+typedef struct {
+    Py_ssize_t count;
+    PyObject *field[MAX_FIELDS]; /* borrowed from the mapping's qualifier table */
+    PyObject *rank[MAX_FIELDS];
+} Ranks;
+
+/* The slot of ``field`` in ``ranks`` (a new one when it has none), or -1 when full. */
+static Py_ssize_t
+rank_slot(Ranks *ranks, PyObject *field)
+{
+    for (Py_ssize_t i = 0; i < ranks->count; i++)
+        if (ranks->field[i] == field)
+            return i; /* the common case: the table's tuples share their field names */
+    for (Py_ssize_t i = 0; i < ranks->count; i++)
+        if (PyUnicode_GET_LENGTH(ranks->field[i]) == PyUnicode_GET_LENGTH(field)
+                && PyUnicode_Compare(ranks->field[i], field) == 0)
+            return i;
+    if (ranks->count == MAX_FIELDS)
+        return -1;
+    ranks->field[ranks->count] = field;
+    ranks->rank[ranks->count] = NULL;
+    return ranks->count++;
+}
+
 /* X12Mapper._parts(seg, i, 6) for pairs that need no finding: a known qualifier (as sent)
-   with a value, or both empty. The best rank per field so far is in ``best``. */
+   with a value, or both empty. */
 static int
-read_parts(PyObject *seg, PyObject *parts, PyObject *line, PyObject *best)
+read_parts(PyObject *seg, PyObject *parts, PyObject *line, Ranks *ranks)
 {
     Py_ssize_t n = PyList_GET_SIZE(seg), stop = n < 26 ? n : 26;
     for (Py_ssize_t k = 6; k < stop; k += 2) {
@@ -356,12 +392,13 @@ read_parts(PyObject *seg, PyObject *parts, PyObject *line, PyObject *best)
                 return GIVE_UP; /* looked up again stripped */
             continue; /* a qualifier the mapping does not use */
         }
-        if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 2)
+        if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(hit, 0)))
             return GIVE_UP;
         PyObject *field = PyTuple_GET_ITEM(hit, 0), *rank = PyTuple_GET_ITEM(hit, 1);
-        PyObject *cur = PyDict_GetItemWithError(best, field);
-        if (cur == NULL && PyErr_Occurred())
-            return -1;
+        Py_ssize_t slot = rank_slot(ranks, field);
+        if (slot < 0)
+            return GIVE_UP;
+        PyObject *cur = ranks->rank[slot];
         int better = 1;
         if (cur != NULL && (better = PyObject_RichCompareBool(rank, cur, Py_LT)) < 0)
             return -1;
@@ -372,8 +409,9 @@ read_parts(PyObject *seg, PyObject *parts, PyObject *line, PyObject *best)
             return -1;
         int rc = PyDict_SetItem(line, field, value);
         Py_DECREF(value);
-        if (rc < 0 || PyDict_SetItem(best, field, rank) < 0)
+        if (rc < 0)
             return -1;
+        ranks->rank[slot] = rank; /* borrowed: the table holds it */
     }
     return 0;
 }
@@ -381,7 +419,7 @@ read_parts(PyObject *seg, PyObject *parts, PyObject *line, PyObject *best)
 /* The line of a PO1 / IT1 whose every value is plain: X12Mapper._item without its loop
    state. 0, GIVE_UP, or -1 on an error. */
 static int
-fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, PyObject *best)
+fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, Ranks *ranks)
 {
     Py_ssize_t n = PyList_GET_SIZE(seg);
     PyObject *v5 = n > 5 ? element_at(seg, 5) : NULL;
@@ -428,36 +466,35 @@ fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, PyObje
     }
     if (n > 4 && (rc = set_number(line, key_unit_price, seg, 4)) != 0)
         return rc;
-    return read_parts(seg, parts, line, best);
+    return read_parts(seg, parts, line, ranks);
 }
 
+/* item(segment, uoms, parts, empty_line[, ranks]): the line, or None. ``ranks``, a dict when
+   given, receives the rank of the qualifier each part number came from (X12Mapper.line_parts:
+   only a LIN in the line loop needs it, so the mapper asks for it then). */
 static PyObject *
 item(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])
-            || !PyDict_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "item(segment: list, uoms: dict, parts: dict, empty_line: dict)");
+    if ((nargs != 4 && nargs != 5) || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1])
+            || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]) || (nargs == 5 && !PyDict_Check(args[4]))) {
+        PyErr_SetString(PyExc_TypeError, "item(segment: list, uoms: dict, parts: dict, empty_line: dict[, ranks: dict])");
         return NULL;
     }
     PyObject *line = PyDict_Copy(args[3]);
-    PyObject *best = PyDict_New();
-    if (line == NULL || best == NULL) {
-        Py_XDECREF(line);
-        Py_XDECREF(best);
+    if (line == NULL)
         return NULL;
-    }
-    int rc = fill_item(args[0], args[1], args[2], line, best);
+    Ranks ranks = {0};
+    int rc = fill_item(args[0], args[1], args[2], line, &ranks);
+    for (Py_ssize_t i = 0; rc == 0 && nargs == 5 && i < ranks.count; i++)
+        if (ranks.rank[i] != NULL && PyDict_SetItem(args[4], ranks.field[i], ranks.rank[i]) < 0)
+            rc = -1;
     if (rc != 0) {
         Py_DECREF(line);
-        Py_DECREF(best);
         if (rc < 0)
             return NULL;
         Py_RETURN_NONE;
     }
-    PyObject *out = PyTuple_Pack(2, line, best);
-    Py_DECREF(line);
-    Py_DECREF(best);
-    return out;
+    return line;
 }
 
 /* passes(seg, (mandatory, notes)) of x12_common: whether a segment passes its syntax checks. */
@@ -517,7 +554,7 @@ static PyMethodDef methods[] = {
     {"decimal", (PyCFunction)(void (*)(void))decimal, METH_FASTCALL,
      "decimal(value, implied) -> str | None: X12Mapper.num's common case, None for the rest."},
     {"item", (PyCFunction)(void (*)(void))item, METH_FASTCALL,
-     "item(segment, uoms, parts, empty_line) -> (line, ranks) | None: a plain PO1 / IT1 line."},
+     "item(segment, uoms, parts, empty_line[, ranks]) -> dict | None: a plain PO1 / IT1 line."},
     {"passes", (PyCFunction)(void (*)(void))passes, METH_FASTCALL,
      "passes(segment, spec) -> bool: x12_common.passes."},
     {NULL, NULL, 0, NULL},

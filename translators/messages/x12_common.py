@@ -161,8 +161,7 @@ CHECKS_4010: Final = {
 Spec = tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]
 # The C primitives (translators/_x12.c) behind num, _item and passes, where built.
 FastDecimal = Callable[[str, int], "str | None"]
-FastItem = Callable[[list[str], dict[str, str], dict[str, tuple[str, int]], dict[str, Any]],
-                    "tuple[dict[str, Any], dict[str, int]] | None"]
+FastItem = Callable[..., "dict[str, Any] | None"]  # (segment, uoms, parts, empty line[, ranks])
 FastPasses = Callable[[list[str], Spec], bool]
 
 
@@ -373,7 +372,8 @@ class X12Mapper:
         self.line: dict[str, Any] | None = None
         self.line_date_rank = 1 << 30
         self.line_desc08 = False
-        self.line_parts: dict[str, int] = {}
+        self.line_parts: dict[str, int] | None = {}  # None: ask the C path (see _parts)
+        self.line_seg: list[str] = []  # the PO1 / IT1 of the line loop
         self.summary = False
         self.header_seen = -1  # index of BEG / BIG
         self.line_seen = -1  # index of the first PO1 / IT1
@@ -809,6 +809,11 @@ class X12Mapper:
         if line is None:
             return
         best = self.line_parts
+        if best is None:
+            best = self.line_parts = {}
+            fast = self.fast_item
+            assert fast is not None  # only the C path leaves the ranks to be asked for
+            fast(self.line_seg, self.plan.uom, plan_parts, _EMPTY_LINE, best)
         n = len(seg)
         for k in range(start, min(n, start + 20), 2):
             q = seg[k]
@@ -856,10 +861,9 @@ class X12Mapper:
         plan = self.plan
         fast = self.fast_item
         if fast is not None:
-            plain = fast(seg, plan.uom, plan.parts, _EMPTY_LINE)
-            if plain is not None:  # every value plain: nothing to report, no pairs shifted
-                line, ranks = plain
-                self._open_line(line, ranks)
+            line = fast(seg, plan.uom, plan.parts, _EMPTY_LINE)
+            if line is not None:  # every value plain: nothing to report, no pairs shifted
+                self._open_line(line, seg, None)
                 return line
         n = len(seg)
         uom = seg[3].strip() if n > 3 else ""
@@ -874,7 +878,7 @@ class X12Mapper:
             line["uom"] = uom
         if n > 4:
             line["unit_price"] = self.num(seg, i, 4)
-        self._open_line(line, {})
+        self._open_line(line, seg, {})
         if n <= 6:
             if n == 6 and seg[5].strip() in plan.parts:
                 self._shifted(seg, i)
@@ -889,9 +893,11 @@ class X12Mapper:
         self._parts(seg, i, 6)
         return line
 
-    def _open_line(self, line: dict[str, Any], ranks: dict[str, int]) -> None:
-        """The line loop starts; ``ranks``: the rank of the qualifier each part number came from."""
+    def _open_line(self, line: dict[str, Any], seg: list[str], ranks: dict[str, int] | None) -> None:
+        """The line loop starts; ``ranks``: the rank of the qualifier each part number came from
+        (None when the C path read the line: it gives them when a LIN needs them)."""
         self.line = line
+        self.line_seg = seg
         self.line_date_rank = 1 << 30
         self.line_desc08 = False
         self.line_parts = ranks
