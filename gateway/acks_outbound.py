@@ -33,7 +33,7 @@ from gateway.leases import acquire, release
 from gateway.runtime import Runtime
 from gateway.settings import LocalSource, Settings, SftpSource
 from gateway.sources import sftp as sftp_client
-from gateway.store.db import transaction
+from gateway.store.db import reading, transaction
 from gateway.store.models import Event, Interchange, SourceStatus, utcnow
 from translators.mapping import AckSettings
 
@@ -160,7 +160,7 @@ def send_acknowledgments(runtime: Runtime, *, now: datetime | None = None) -> in
     writers = _Writers()
     sent = 0
     try:
-        with transaction(runtime.engine) as s:
+        with reading(runtime.engine) as s:
             due = s.exec(
                 select(Interchange.id, Interchange.source, Interchange.remote_id, Interchange.partner,
                        Interchange.ack_kind, Interchange.control_number)
@@ -176,7 +176,7 @@ def send_acknowledgments(runtime: Runtime, *, now: datetime | None = None) -> in
                             hint="set acknowledgments.outbound_folder in the mapping file or outbound_path "
                                  "on the partner's SFTP drop folder or local source")
                 continue
-            with transaction(runtime.engine) as s:
+            with reading(runtime.engine) as s:
                 text = s.get(Interchange, row.id).ack
             name = ack_file_name(row.id, row.ack_kind, row.control_number)
             try:

@@ -36,7 +36,7 @@ from gateway.runtime import Runtime
 from gateway.settings import LocalSource, Settings, SftpSource, SterlingSource
 from gateway.sources import sftp as sftp_client
 from gateway.sources import sterling as sterling_client
-from gateway.store.db import transaction
+from gateway.store.db import reading, transaction
 from gateway.store.models import SourceStatus, utcnow
 
 __all__ = ["LOCAL_SETTLE_SECONDS", "PollReport", "Poller", "poll_all_once", "poll_source", "run_pollers",
@@ -297,7 +297,7 @@ def poll_source(runtime: Runtime, source_name: str) -> PollReport:
 
 
 def _load_cursor(runtime: Runtime, name: str) -> dict[str, Any]:
-    with transaction(runtime.engine) as s:
+    with reading(runtime.engine) as s:
         row = s.get(SourceStatus, name)
         text = row.cursor if row else None
     try:
@@ -368,7 +368,7 @@ class Poller:
                          ("local", runtime.settings.local)) for cfg in configs]
 
     def seconds_until_due(self, source: str, interval: float) -> float:
-        with transaction(self.runtime.engine) as s:
+        with reading(self.runtime.engine) as s:
             row = s.get(SourceStatus, source)
             last = row.last_poll_at if row else None
         if last is None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import structlog
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from gateway.settings import Settings
-from gateway.store.db import make_engine, upgrade
+from gateway.store.db import make_engine, reading, upgrade
 from gateway.store.models import PartnerFile
 from translators.mapping import PartnerDirectory
 
@@ -57,7 +57,7 @@ class Runtime:
         stamps = tuple(
             sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.y*ml"))
         ) if folder.is_dir() else ()
-        with Session(self.engine) as s:
+        with reading(self.engine) as s:
             latest = s.exec(select(func.max(PartnerFile.activated_at), func.count()).where(PartnerFile.active)).one()
         return stamps, tuple(latest)
 
@@ -68,7 +68,7 @@ def load_partners(folder: Path, engine: Engine) -> PartnerDirectory:
     from translators.partners import parse_partner_text
 
     directory = load_partner_directory(folder) if Path(folder).is_dir() else PartnerDirectory()
-    with Session(engine) as s:
+    with reading(engine) as s:
         rows = s.exec(select(PartnerFile).where(PartnerFile.active)).all()
     if not rows:
         return directory

@@ -24,7 +24,7 @@ from gateway.pipeline.machine import (
 )
 from gateway.pipeline.translation import envelope_duplicate, retranslate, split_interchange, translation_event
 from gateway.store import Document, Event, Interchange, RawPayload, transaction, utcnow
-from gateway.store.db import current_revision, is_conflict, is_postgres, retry_conflicts
+from gateway.store.db import current_revision, is_conflict, is_postgres, reader, reading, retry_conflicts
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fixtures" / "edi" / "demo"
@@ -246,3 +246,32 @@ def test_only_lost_races_are_run_again():
     with pytest.raises(OperationalError):
         retry_conflicts(broken)
     assert len(calls) == 1 and not is_conflict(OperationalError("SELECT 1", {}, ConnectionRefusedError()))
+
+
+def test_readers_see_committed_rows_beside_a_writer_and_may_not_write(engine, partners):
+    ich_id = _store(engine, "nw.x12", (DEMO / "northwind-retail-850-NW-4471.x12").read_bytes())
+    writing, read_done = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def writer() -> None:
+        with transaction(engine) as s:  # holds the write lock (SQLite) until the reader is through
+            s.get(Interchange, ich_id).error = "being written"
+            s.flush()
+            writing.set()
+            read_done.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert writing.wait(10)
+    try:
+        with reading(engine) as s:  # on SQLite a writer's BEGIN IMMEDIATE would wait here for 30 s
+            seen.append(s.get(RawPayload, ich_id).interchange_id)
+            assert s.get(Interchange, ich_id).error is None  # the writer's change is not committed yet
+    finally:
+        read_done.set()
+        t.join(10)
+    assert seen == [ich_id]
+    with reader(engine).connect() as conn, pytest.raises(RuntimeError, match="read-only"):
+        conn.execute(Interchange.__table__.update().values(error="x"))
+    with reading(engine) as s:
+        assert s.get(Interchange, ich_id).error == "being written"

@@ -42,7 +42,7 @@ from gateway.destinations.anaplan import (
     AnaplanHTTPError, AnaplanImportConfig, AnaplanRetryLater, AnaplanSettings, RequestCounter,
 )
 from gateway.pipeline.machine import Outcome, State, StageName
-from gateway.store.db import locked_in_order, retry_conflicts
+from gateway.store.db import locked_in_order, reader, retry_conflicts
 from gateway.store.models import AnaplanBatch, Document, utcnow
 
 log = structlog.get_logger("gateway.delivery.anaplan")
@@ -152,7 +152,7 @@ class AnaplanStages:
     def _load(self, ids: set[int]) -> dict[int, dict[str, Any]]:
         if not ids:
             return {}
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             rows = conn.execute(select(_B).where(_B.c.id.in_(sorted(ids)))).mappings().all()
         return {r["id"]: dict(r) for r in rows}
 
@@ -207,7 +207,7 @@ class AnaplanStages:
             queries = [select(*cols).where(_D.c.anaplan_batch_id == batch_id, or_(
                 and_(_D.c.state == State.POSTED.value, _D.c.stage == StageName.FORWARD.value),
                 and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value)))]
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             rows = {r["id"]: r for q in queries for r in conn.execute(q).mappings().all()}
         for d in deciding:
             rows[d.id] = {"canonical": d.canonical, "supplier_code": d.supplier_code, "plex_key": d.plex_key,
@@ -403,7 +403,7 @@ class AnaplanStages:
         """
         ids = [d.id for d in deciding]
         moving = (State.TRANSLATED.value, State.MATCHED.value)
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             more = conn.execute(select(_D.c.id).where(
                 _D.c.kind == row["import_name"], _D.c.id.not_in(ids), _D.c.anaplan_batch_id.is_(None),
                 _D.c.state.in_((*moving, State.POSTED.value))).limit(1)).first()
@@ -497,7 +497,7 @@ class AnaplanStages:
     def _present(self, ids: Sequence[int]) -> set[int]:
         """Which of these documents the store still holds."""
         wanted = sorted(ids)
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             return {i for k in range(0, len(wanted), 1000)
                     for i in conn.execute(select(_D.c.id).where(_D.c.id.in_(wanted[k:k + 1000]))).scalars()}
 

@@ -29,7 +29,7 @@ from sqlmodel import Session, select
 from gateway.delivery.suppliers import Counterparty, Snapshot, SupplierMaster, normalize_name, normalize_tax_id
 from gateway.destinations.plex import PlexError, SupplierMatching
 from gateway.pipeline.machine import Outcome, StageName, State, apply_outcome, reprocess
-from gateway.store.db import transaction
+from gateway.store.db import reading, transaction
 from gateway.store.models import Document, Event, Supplier, SupplierAlias, utcnow
 from translators.mapping import PartnerDirectory, PartnerMapping, PlexRouting
 
@@ -194,7 +194,7 @@ def load_aliases(engine: Engine, wanted: Iterable[tuple[str, str]]) -> dict[tupl
     pairs = list(dict.fromkeys(wanted))
     if not pairs:
         return {}
-    with Session(engine) as s:
+    with reading(engine) as s:
         rows = s.exec(select(SupplierAlias).where(
             tuple_(SupplierAlias.partner, SupplierAlias.key).in_(pairs))).all()
     return {(r.partner, r.key): r.supplier_code for r in rows}

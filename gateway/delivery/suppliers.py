@@ -23,11 +23,11 @@ from datetime import timedelta, timezone
 import structlog
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from gateway import leases
 from gateway.destinations.plex import ChangeCursor, PlexClient, PlexError, SupplierMatching
-from gateway.store.db import transaction
+from gateway.store.db import reading, transaction
 from gateway.store.models import SourceStatus, Supplier, utcnow
 
 log = structlog.get_logger("gateway.delivery.suppliers")
@@ -116,7 +116,7 @@ class SupplierMaster:
             if now - self._checked_at < min(self._reload_seconds, self.settings.refresh_seconds):
                 return
             self._checked_at = now
-        with Session(self.engine) as s:
+        with reading(self.engine) as s:
             status = s.get(SourceStatus, STATUS_ROW)
             last = status.last_success_at if status else None
         if last is not None:
@@ -140,7 +140,7 @@ class SupplierMaster:
             leases.release(self.engine, LEASE, self.owner)
 
     def _refresh(self, full: bool) -> int:
-        with Session(self.engine) as s:
+        with reading(self.engine) as s:
             status = s.get(SourceStatus, STATUS_ROW)
             cursor = (ChangeCursor.model_validate_json(status.cursor)
                       if status and status.cursor and not full else None)
@@ -174,7 +174,7 @@ class SupplierMaster:
     def _tax_ids(self, started) -> None:
         """Read financials for suppliers whose tax id is unknown, a bounded number per refresh
         (one request each); '' records "Plex has none" so it is not asked again."""
-        with Session(self.engine) as s:
+        with reading(self.engine) as s:
             todo = s.exec(select(Supplier).where(Supplier.tax_id.is_(None)).order_by(Supplier.code)
                           .limit(self.settings.tax_ids_per_refresh)).all()
         found: dict[str, str] = {}
@@ -211,7 +211,7 @@ class SupplierMaster:
             current = self._snapshot
             if current is not None and self._snapshot_stamp is not None and now - current.loaded_at < self._reload_seconds:
                 return current
-        with Session(self.engine) as s:
+        with reading(self.engine) as s:
             stamp = tuple(s.exec(select(func.count(), func.max(Supplier.refreshed_at))).one())
             with self._lock:
                 if self._snapshot is not None and stamp == self._snapshot_stamp:
@@ -268,7 +268,7 @@ def suppliers_in_store(engine: Engine, codes: Iterable[str]) -> set[str]:
     wanted = list(codes)
     if not wanted:
         return set()
-    with Session(engine) as s:
+    with reading(engine) as s:
         return set(s.exec(select(Supplier.code).where(Supplier.code.in_(wanted))).all())
 
 

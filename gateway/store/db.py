@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import threading
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,11 +55,45 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # pragma: no cover
-            # Writers queue on the lock at BEGIN instead of failing mid-transaction on upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers queue on the lock at BEGIN instead of failing mid-transaction on upgrade; readers
+            # (see reader()) take no lock at all: in WAL mode they read a snapshot beside the writer.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+_READ_ONLY = "gateway_read_only"
+_readers: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_readers_lock = threading.Lock()
+
+
+def reader(engine: Engine) -> Engine:
+    """The same store, for transactions that only read.
+
+    On SQLite every transaction otherwise begins IMMEDIATE, taking the one write lock for its whole
+    length; a reader's begins DEFERRED instead, so the pipeline's and the panel's look-ups never queue
+    behind a writer nor hold one up. Writing through it is refused (a deferred transaction that
+    writes after reading can fail on SQLite when another writer got in between).
+    """
+    with _readers_lock:
+        found = _readers.get(engine)
+        if found is None:
+            found = _readers[engine] = engine.execution_options(**{_READ_ONLY: True})
+            event.listen(found, "before_cursor_execute", _refuse_writes)
+        return found
+
+
+def _refuse_writes(conn, cursor, statement, parameters, context, executemany) -> None:
+    if context is not None and (context.isinsert or context.isupdate or context.isdelete):
+        raise RuntimeError("a write through the store's read-only engine (use transaction() to write)")
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    """A session for look-ups only (see :func:`reader`); nothing it does is committed."""
+    with Session(reader(engine), expire_on_commit=False) as session:
+        yield session
 
 
 def is_postgres(engine: Engine) -> bool:
