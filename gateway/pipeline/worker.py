@@ -61,7 +61,7 @@ from gateway.pipeline.translation import (
     split_interchange,
     translation_event_values,
 )
-from gateway.store.db import is_conflict, is_postgres, locked_in_order, retry_conflicts, transaction
+from gateway.store.db import is_conflict, is_postgres, locked_in_order, reader, reading, retry_conflicts, transaction
 from gateway.store.models import Document, Event, Interchange, RawPayload, utcnow
 
 __all__ = ["ClaimedDocument", "StageResult", "TranslateStage", "Worker", "describe_exception", "is_transient", "release_leases"]
@@ -187,7 +187,7 @@ class TranslateStage:
         for d in docs:
             by_interchange.setdefault(d.interchange_id, []).append(d)
         partners = runtime.partners()
-        with Session(runtime.engine) as s:
+        with reading(runtime.engine) as s:
             for ich_id, group in by_interchange.items():
                 ich = s.get(Interchange, ich_id)
                 raw = _raw_bytes(s, ich) if ich is not None else None
@@ -325,18 +325,17 @@ class Worker:
     # -- splitting interchanges ---------------------------------------------------------------------
 
     def split_interchanges(self) -> int:
-        """Claim interchanges waiting in ``received``, split them, commit each split atomically."""
+        """Claim interchanges waiting in ``received``; split each and commit it atomically at once, so
+        its documents move on while the next is translated (and no write lock is held for long)."""
         claimed = self._claim(Interchange, [Interchange.state == "received"], self.interchange_batch)
-        if not claimed:
-            return 0
-        results = [self._split_one(ich) for ich in claimed]
-        self._commit_splits(results)
+        for ich in claimed:
+            self._commit_split(self._split_one(ich))
         return len(claimed)
 
     def _split_one(self, ich: Interchange) -> _SplitResult:
         t0 = time.perf_counter()
         try:
-            with Session(self.engine) as s:
+            with reading(self.engine) as s:
                 raw = _raw_bytes(s, ich)
             if raw is None:
                 return _SplitResult(ich, None, f"the raw bytes of interchange {ich.id} are missing", 0.0)
@@ -347,36 +346,28 @@ class Worker:
             return _SplitResult(ich, None, f"translation crashed: {describe_exception(exc)}",
                                 (time.perf_counter() - t0) * 1000)
 
-    def _commit_splits(self, results: list[_SplitResult]) -> None:
-        try:
-            with transaction(self.engine) as s:
-                for r in results:
-                    self._store_split(s, r)
-            return
-        except _STORE_DOWN:
-            # The store itself is unreachable: leave the leases to expire and the splits to be redone.
-            self.log.exception("split_store_unavailable", interchanges=[r.interchange.id for r in results])
-            return
-        except Exception:  # noqa: BLE001 - find the one that cannot be stored; the others go on
-            self.log.exception("split_batch_failed", interchanges=[r.interchange.id for r in results])
-        for r in results:
+    def _commit_split(self, r: _SplitResult) -> None:
+        """Store one split; if the store refuses it, once more from a fresh split (objects of a
+        rolled-back transaction cannot be added again); failing that, fail the interchange saying why."""
+        error = "the split could not be stored"
+        for fresh in (False, True):
             try:
-                # Fresh rows: objects of the rolled-back transaction cannot be added again.
-                again = self._split_one(r.interchange) if r.split is not None else r
+                attempt = self._split_one(r.interchange) if fresh and r.split is not None else r
                 with transaction(self.engine) as s:
-                    self._store_split(s, again)
-                continue
+                    self._store_split(s, attempt)
+                return
             except _STORE_DOWN:
-                self.log.exception("split_store_unavailable", interchanges=[r.interchange.id])
-                continue
-            except Exception as exc:  # noqa: BLE001
+                # The store itself is unreachable: leave the lease to expire and the split to be redone.
+                self.log.exception("split_store_unavailable", interchange=r.interchange.id)
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. a value the store refuses
                 self.log.exception("split_store_failed", interchange=r.interchange.id)
                 error = f"the split could not be stored: {describe_exception(exc)}"
-            try:
-                with transaction(self.engine) as s:
-                    self._store_split(s, _SplitResult(r.interchange, None, error, r.duration_ms))
-            except Exception:  # noqa: BLE001 - leave it leased; it comes back when the lease expires
-                self.log.exception("split_failure_not_recorded", interchange=r.interchange.id)
+        try:
+            with transaction(self.engine) as s:
+                self._store_split(s, _SplitResult(r.interchange, None, error, r.duration_ms))
+        except Exception:  # noqa: BLE001 - leave it leased; it comes back when the lease expires
+            self.log.exception("split_failure_not_recorded", interchange=r.interchange.id)
 
     def _store_split(self, s: Session, r: _SplitResult) -> bool:
         now = self.clock()
@@ -599,41 +590,55 @@ class Worker:
         return applied, lost
 
     def _apply_all(self, results: Sequence[StageResult]) -> tuple[int, int]:
+        planned = self._plan(results)
         with transaction(self.engine) as s:
-            return self._apply(s, results)
+            return self._write(s, results, planned)
 
     def _apply(self, s: Session, results: Sequence[StageResult]) -> tuple[int, int]:
-        # Core statements, not the ORM: this runs for every document at every stage (the budget is
-        # hundreds of documents a second). apply_outcome still decides every value written.
+        return self._write(s, results, self._plan(results))
+
+    def _plan(self, results: Sequence[StageResult]) -> dict[int, tuple[_Target, list[dict[str, Any]]]]:
+        """Every document's new column values and audit events, decided before the transaction: on
+        SQLite the write lock is held only for the statements, not for this work (the attempts
+        counted from are the claimed ones: nobody else writes a document while we hold its lease)."""
         now = self.clock()
-        table = Document.__table__
-        ids = [r.document.id for r in results]
-        q = select(table.c.id, table.c.interchange_id, table.c.attempts).where(
-            table.c.id.in_(ids), table.c.lease_owner == self.name)
-        if self.postgres:
-            # In id order, as every statement updating many documents locks them (store.locked_in_order).
-            q = q.order_by(table.c.id).with_for_update()
-        held = {row.id: row for row in s.execute(q)}
-        updates: dict[Any, dict[str, Any]] = {}
-        events: list[dict[str, Any]] = []
-        lost = 0
-        targets: dict[int, _Target] = {}
+        planned: dict[int, tuple[_Target, list[dict[str, Any]]]] = {}
         for r in results:  # a document run through chained stages has a result for each, in order
-            row = held.get(r.document.id)
-            if row is None:
-                lost += 1
-                self.log.warning("outcome_dropped_lease_lost", document=r.document.id, stage=r.stage.value,
-                                 outcome=r.outcome.kind.value)
-                continue
-            target = targets.get(row.id)
-            if target is None:
-                target = targets[row.id] = _Target(row.id, row.interchange_id, row.attempts)
+            doc = r.document
+            entry = planned.get(doc.id)
+            if entry is None:
+                entry = planned[doc.id] = (_Target(doc.id, doc.interchange_id, doc.attempts), [])
+            target, events = entry
             events.append(transition(target, r.stage, r.outcome, actor=self.name,
                                      duration_ms=round(r.duration_ms, 3), now=now, retry=self.retry))
             unknown = set(target.values()) - _DOC_COLUMNS
             if unknown:
                 raise ValueError(f"the {r.stage.value} stage set unknown document fields: {', '.join(sorted(unknown))}")
-        for target in targets.values():
+        return planned
+
+    def _write(self, s: Session, results: Sequence[StageResult],
+               planned: dict[int, tuple[_Target, list[dict[str, Any]]]]) -> tuple[int, int]:
+        """Store the planned outcomes of the documents whose lease this worker still holds."""
+        # Core statements, not the ORM: this runs for every document at every stage (the budget is
+        # hundreds of documents a second). apply_outcome's transition still decides every value written.
+        table = Document.__table__
+        q = select(table.c.id).where(table.c.id.in_(list(planned)), table.c.lease_owner == self.name)
+        if self.postgres:
+            # In id order, as every statement updating many documents locks them (store.locked_in_order).
+            q = q.order_by(table.c.id).with_for_update()
+        held = set(s.execute(q).scalars())
+        lost = 0
+        for r in results:
+            if r.document.id not in held:
+                lost += 1
+                self.log.warning("outcome_dropped_lease_lost", document=r.document.id, stage=r.stage.value,
+                                 outcome=r.outcome.kind.value)
+        updates: dict[Any, dict[str, Any]] = {}
+        events: list[dict[str, Any]] = []
+        for doc_id, (target, doc_events) in planned.items():
+            if doc_id not in held:
+                continue
+            events += doc_events
             values = target.values()
             _fit_values(values, _DOC_LIMITS)
             try:
@@ -642,9 +647,9 @@ class Worker:
                 key: Any = tuple(sorted(values.items()))
                 hash(key)
             except TypeError:
-                key = (("_row", target.id),)
+                key = (("_row", doc_id),)
             group = updates.setdefault(key, {"values": values, "ids": []})
-            group["ids"].append(target.id)
+            group["ids"].append(doc_id)
         # Groups that differ only in their values (a Plex key per document, say) but set the same
         # columns share one executemany UPDATE; a group of one value set is one UPDATE ... IN.
         conn = s.connection()
@@ -666,12 +671,12 @@ class Worker:
             conn.execute(insert(Event.__table__), events)
         settled: dict[StageName, list[int]] = {}
         for r in results:
-            if r.document.id in targets:
+            if r.document.id in held:
                 settled.setdefault(r.stage, []).append(r.document.id)
         for stage, doc_ids in settled.items():
             settle = settler(self.stages.get(stage))
             if settle is not None:
-                settle(conn, doc_ids, now)
+                settle(conn, doc_ids, self.clock())
         return len(events), lost
 
     # -- leases -------------------------------------------------------------------------------------
@@ -687,12 +692,17 @@ class Worker:
             pick = pick.with_for_update(skip_locked=True)
         claim = update(model).where(model.id.in_(pick)).values(lease_owner=self.name, lease_until=until)
         if model is Document:
-            # Documents are claimed by the hundred at every stage: plain column values, no ORM objects.
+            # Documents are claimed by the hundred at every stage: the lease is one UPDATE in a short
+            # write transaction, the columns are read after it (ours now: nobody else writes them) as
+            # plain values, no ORM objects.
             with transaction(self.engine) as s:
-                found = s.connection().execute(claim.returning(*_CLAIMED_COLUMNS)).mappings().all()
-            docs = [ClaimedDocument(**row) for row in found]
-            docs.sort(key=lambda d: d.id)
-            return docs
+                ids = s.connection().execute(claim.returning(model.id)).scalars().all()
+            if not ids:
+                return []
+            table = Document.__table__
+            with reader(self.engine).connect() as conn:
+                found = conn.execute(select(*_CLAIMED_COLUMNS).where(table.c.id.in_(ids)).order_by(table.c.id))
+                return [ClaimedDocument(**row) for row in found.mappings()]
         with transaction(self.engine) as s:
             rows = list(s.execute(claim.returning(model), execution_options={"synchronize_session": False}).scalars())
             for r in rows:
