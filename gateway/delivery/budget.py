@@ -53,7 +53,7 @@ class StoreBudget:
         self.engine, self.name, self.window = engine, name[:95], float(window_seconds)
         self.per_minute = per_minute
         self.limit = max(1, math.floor(per_minute / (60.0 / self.window + 1)))
-        self.block = block if block is not None else max(1, min(50, self.limit // 8))
+        self.block = block if block is not None else max(1, min(500, self.limit // 8))
         self._clock = clock
         self._lock = threading.Lock()
         self._window_start: float | None = None
