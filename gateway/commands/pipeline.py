@@ -18,6 +18,7 @@ import typer
 from gateway.commands.common import ConfigOption, err, guard, runtime
 
 _PROGRESS_FROM = 200  # show a progress bar from this many documents
+SWITCH_INTERVAL = 0.001  # seconds a thread runs before another may take the interpreter (Python's default: 0.005)
 
 
 def _default_actor() -> str:
@@ -252,6 +253,9 @@ def serve(config: Path | None, *, poll: bool, workers: int | None, web: bool, wh
 
     rt = runtime(config)
     rt.instance = instance_id("gateway" if what == "run" else what)
+    # Most of this process's threads wait on sockets and the store. A thread coming back from a
+    # wait (holding the SQLite write lock, say) gets the interpreter back within 1 ms instead of 5.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     configure_logging(rt.settings)
     log = get_logger("gateway.run").bind(instance=rt.instance)
     stop = threading.Event()
