@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import given, note
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from tests import corpus
@@ -139,12 +139,60 @@ EDGE_CASES = {
     "other-delimiters-next": _ISA + _SET + (_ISA + _SET).replace(b"*", b"|").replace(b"~", b"!"),
     "element-equals-terminator-junk": _ISA + _SET.replace(b"*", b"~", 3),
     "nul-and-ebcdic-blanks": (_ISA + _SET).replace(b"~PO1", b"~\x00\x0b\x0cPO1"),
+    # A LIN competes with the part numbers of its line by qualifier rank (ranks the C path keeps).
+    "lin-better-ranks": (_ISA + _SET).replace(
+        b"BP*A-1*VP*V-1~", b"IN*B-2*SA*S-2~LIN**BP*A-1*VP*V-1*UP*012345678905*IN*B-3~"),
+    "lin-worse-ranks": (_ISA + _SET).replace(b"VP*V-1~", b"VP*V-1~LIN**IN*B-2*SA*S-2*EN*4012345000009~"),
+    "line-values-to-strip": (_ISA + _SET).replace(b"PO1*1*10*EA*2.50**BP*A-1", b"PO1* 1 *010*EA *.50**BP* A-1 "),
+    "line-half-pair": (_ISA + _SET).replace(b"VP*V-1~", b"VP*~"),
+    "line-shifted-pairs": (_ISA + _SET).replace(b"2.50**BP*A-1*VP*V-1", b"2.50*BP*A-1"),
 }
 
 
 @needs_native
 @pytest.mark.parametrize("data", list(EDGE_CASES.values()), ids=list(EDGE_CASES))
 def test_edge_case_reads_the_same_both_ways(data, monkeypatch):
+    assert_paths_agree(data, monkeypatch)
+
+
+def test_lin_competes_with_the_line_by_rank():
+    better = translate(EDGE_CASES["lin-better-ranks"]).documents[0].document["lines"][0]
+    assert (better["buyer_part"], better["supplier_part"], better["gtin"]) == ("A-1", "V-1", "012345678905")
+    worse = translate(EDGE_CASES["lin-worse-ranks"]).documents[0].document["lines"][0]
+    assert (worse["buyer_part"], worse["supplier_part"], worse["gtin"]) == ("A-1", "V-1", "4012345000009")
+
+
+# Element values the C primitives must read exactly as the Python code does, or hand back.
+TOKENS = ["", " ", "0", "00", "7", "010", "12.50", "0.5", ".5", "00.5", "5.", "1.2.3", "-1", "+1", " 12 ", "1,5",
+          "1e3", "NaN", "٣", "²", "１", "123456789012345678901234", "EA", "CA", "BP", "VP", "UP", "IN", "SA", "EN",
+          " BP", "BP ", "XX", "A-1", " V-1 ", "É", "\x85X"]
+tokens = st.sampled_from(TOKENS)
+
+
+@st.composite
+def x12_with_tricky_values(draw):
+    kind = draw(st.sampled_from(["850", "810"]))
+    encoding = draw(st.sampled_from(["latin-1", "utf-8"]))  # one byte per character, or not
+
+    def segment(tag: str, elements: list[str]) -> bytes:
+        return "*".join([tag, *elements]).encode(encoding, "replace")
+
+    body = [b"BEG*00*SA*PO-1**20261101" if kind == "850" else b"BIG*20261101*INV-1**PO-1"]
+    for _ in range(draw(st.integers(1, 4))):
+        body.append(segment("PO1" if kind == "850" else "IT1", draw(st.lists(tokens, max_size=14))))
+        for tag in draw(st.lists(st.sampled_from(["LIN", "AMT", "SAC", "CTT", "TDS", "TXI", "PID"]), max_size=3)):
+            body.append(segment(tag, draw(st.lists(tokens, min_size=1, max_size=8))))
+    st_ = f"ST*{kind}*0001".encode()
+    se = f"SE*{len(body) + 2}*0001".encode()
+    group = b"GS*PO*SENDER*RECEIVER*20261122*1200*1*X*004010~" + b"~".join([st_, *body, se]) + b"~GE*1*1~"
+    return _ISA + group + b"IEA*1*000000001~"
+
+
+@needs_native
+@settings(MUTATION, max_examples=300)
+@given(data=x12_with_tricky_values())
+def test_tricky_values_read_the_same_both_ways(data, monkeypatch):
+    note(f"bytes: {data!r}")
     assert_paths_agree(data, monkeypatch)
 
 
