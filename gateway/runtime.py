@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from translators.mapping import PartnerDirectory
 
 log = structlog.get_logger("gateway")
 
+PARTNERS_CHECK_SECONDS = 1.0  # how stale the partner directory may be in other processes
+
 
 def instance_id(role: str = "gateway") -> str:
     """A name for this process in leases and audit events: host, pid and a short random tag."""
@@ -38,19 +42,33 @@ class Runtime:
     instance: str = field(default_factory=instance_id)
     _partners: PartnerDirectory | None = field(default=None, repr=False)
     _partners_version: tuple | None = field(default=None, repr=False)
+    _partners_checked: float = field(default=float("-inf"), repr=False)
+    monotonic: Callable[[], float] = field(default=time.monotonic, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def partners(self) -> PartnerDirectory:
         """The partner files in force: the folder's, overridden by those activated in the panel.
 
-        Reloaded when a file in the folder or an activated upload changes, so onboarding needs no restart.
+        Reloaded when a file in the folder or an activated upload changes, so onboarding needs no
+        restart: looked for at most once a second (every split and stage batch asks), at once after
+        :meth:`partners_changed`.
         """
+        now = self.monotonic()
+        with self._lock:
+            if self._partners is not None and now - self._partners_checked < PARTNERS_CHECK_SECONDS:
+                return self._partners
         version = self._partner_version()
         with self._lock:
             if self._partners is None or version != self._partners_version:
                 self._partners = load_partners(self.settings.partners_dir, self.engine)
                 self._partners_version = version
+            self._partners_checked = now
             return self._partners
+
+    def partners_changed(self) -> None:
+        """A partner file was activated here: the next :meth:`partners` looks again at once."""
+        with self._lock:
+            self._partners_checked = float("-inf")
 
     def _partner_version(self) -> tuple:
         folder = Path(self.settings.partners_dir)

@@ -391,3 +391,26 @@ def test_an_overlong_po_number_does_not_stop_the_split(runtime):
     docs = _docs(runtime.engine, ich_id)
     assert _ich(runtime.engine, ich_id).state == "split" and len(docs) == 2
     assert len(docs[0].po_number) == 100 and docs[1].po_number == "PO-2"
+
+
+def test_partner_files_are_looked_for_at_most_once_a_second_and_at_once_after_an_activation(store_url, tmp_path):
+    import shutil
+
+    from tests.pipeline_fixtures import PARTNERS
+
+    folder = tmp_path / "partners"
+    shutil.copytree(PARTNERS, folder)
+    rt = make_runtime(store_url, tmp_path)
+    rt.settings.partners_dir = folder
+    clock = [100.0]
+    rt.monotonic = lambda: clock[0]
+    assert rt.partners().get("northwind-retail").name == "Northwind Retail Group"
+    path = folder / "northwind-retail.yaml"
+    path.write_text(path.read_text().replace("name: Northwind Retail Group", "name: Northwind Retail West"))
+    clock[0] += 0.5
+    assert rt.partners().get("northwind-retail").name == "Northwind Retail Group"  # not looked for yet
+    clock[0] += 0.6
+    assert rt.partners().get("northwind-retail").name == "Northwind Retail West"
+    path.write_text(path.read_text().replace("Retail West", "Retail East"))
+    rt.partners_changed()
+    assert rt.partners().get("northwind-retail").name == "Northwind Retail East"

@@ -259,6 +259,7 @@ def activate(runtime, partner_id: str, *, actor: str) -> PartnerFile:
         row.updated_at = now
         s.add(row)
         s.add(_event("activate", actor, {"partner": partner_id, "filename": row.filename, "text_sha256": sha}))
+    runtime.partners_changed()
     return row
 
 
