@@ -329,10 +329,13 @@ TDS: Final = 23
 
 
 _EMPTY_LINE: Final[dict[str, Any]] = dict.fromkeys(LINE_FIELDS)
-_TABLES: Final[dict[tuple[int, int], dict[str, tuple[int, Spec | None]]]] = {}
+# Tag → (handler code, checks or None). The checks stay a Python tuple (Any, not Spec, which
+# mypyc would unpack on every lookup and pack again for the C check).
+Entry = tuple[int, Any]
+_TABLES: Final[dict[tuple[int, int], dict[str, Entry]]] = {}
 
 
-def _table(codes: dict[str, int], checks: dict[str, Spec]) -> dict[str, tuple[int, Spec | None]]:
+def _table(codes: dict[str, int], checks: dict[str, Spec]) -> dict[str, Entry]:
     """Tag → (handler code, checks): one lookup per segment (the tables are module constants)."""
     key = (id(codes), id(checks))
     table = _TABLES.get(key)
