@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from gateway.store.db import is_postgres, transaction
+from gateway.store.db import durable, is_postgres, transaction
 from gateway.store.models import Event, Interchange, RawPayload, utcnow
 
 __all__ = ["IntakeResult", "STAGE", "take"]
@@ -71,7 +71,7 @@ def take(
     """Store ``data`` taken from ``source`` and return what happened; commit before acknowledging the source."""
     now = now or utcnow()
     sha = hashlib.sha256(data).hexdigest()
-    with transaction(engine) as s:
+    with transaction(durable(engine)) as s:  # the source is told only after this commit
         _lock_hash(s, sha)
         earlier = s.exec(
             select(Interchange.id, Interchange.source, Interchange.remote_id, Interchange.duplicate_of)

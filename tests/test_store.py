@@ -24,7 +24,7 @@ from gateway.pipeline.machine import (
 )
 from gateway.pipeline.translation import envelope_duplicate, retranslate, split_interchange, translation_event
 from gateway.store import Document, Event, Interchange, RawPayload, transaction, utcnow
-from gateway.store.db import current_revision, is_conflict, is_postgres, reader, reading, retry_conflicts
+from gateway.store.db import current_revision, durable, is_conflict, is_postgres, reader, reading, retry_conflicts
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fixtures" / "edi" / "demo"
@@ -275,3 +275,16 @@ def test_readers_see_committed_rows_beside_a_writer_and_may_not_write(engine, pa
         conn.execute(Interchange.__table__.update().values(error="x"))
     with reading(engine) as s:
         assert s.get(Interchange, ich_id).error == "being written"
+
+
+def test_durable_transactions_sync_the_sqlite_wal_at_commit_and_others_do_not(engine):
+    if is_postgres(engine):
+        pytest.skip("PostgreSQL syncs every commit (synchronous_commit)")
+
+    def synchronous(eng) -> int:
+        with transaction(eng) as s:
+            return s.connection().exec_driver_sql("PRAGMA synchronous").scalar()
+
+    assert synchronous(engine) == 1  # NORMAL: survives a crash of the process
+    assert synchronous(durable(engine)) == 2  # FULL: survives a power cut (intake's commit)
+    assert synchronous(engine) == 1  # the pooled connection is not left syncing

@@ -55,17 +55,47 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # pragma: no cover
-            # Writers queue on the lock at BEGIN instead of failing mid-transaction on upgrade; readers
-            # (see reader()) take no lock at all: in WAL mode they read a snapshot beside the writer.
-            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+            options = conn.get_execution_options()
+            if options.get(_READ_ONLY):
+                # Readers (see reader()) take no lock at all: in WAL mode they read a snapshot beside the writer.
+                conn.exec_driver_sql("BEGIN")
+                return
+            # WAL with synchronous=NORMAL survives a crash of the process, not of the machine; a durable
+            # transaction (see durable()) syncs the WAL at its commit. Set before BEGIN: inside, it is ignored.
+            sync = "FULL" if options.get(_DURABLE) else "NORMAL"
+            if conn.info.get("synchronous") != sync:
+                conn.exec_driver_sql(f"PRAGMA synchronous={sync}")
+                conn.info["synchronous"] = sync
+            # Writers queue on the lock at BEGIN instead of failing mid-transaction on upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 _READ_ONLY = "gateway_read_only"
-_readers: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
-_readers_lock = threading.Lock()
+_DURABLE = "gateway_durable"
+_variants: weakref.WeakKeyDictionary[Engine, dict[str, Engine]] = weakref.WeakKeyDictionary()
+_variants_lock = threading.Lock()
+
+
+def _variant(engine: Engine, option: str) -> Engine:
+    with _variants_lock:
+        known = _variants.setdefault(engine, {})
+        found = known.get(option)
+        if found is None:
+            found = known[option] = engine.execution_options(**{option: True})
+            if option == _READ_ONLY:
+                event.listen(found, "before_cursor_execute", _refuse_writes)
+        return found
+
+
+def durable(engine: Engine) -> Engine:
+    """The same store, for transactions that must survive a power cut once committed: what intake
+    commits before telling a source the file was taken. On SQLite the WAL is synced at their
+    commit (other commits survive a crash of the process, not of the machine); PostgreSQL syncs
+    every commit."""
+    return _variant(engine, _DURABLE)
 
 
 def reader(engine: Engine) -> Engine:
@@ -76,12 +106,7 @@ def reader(engine: Engine) -> Engine:
     behind a writer nor hold one up. Writing through it is refused (a deferred transaction that
     writes after reading can fail on SQLite when another writer got in between).
     """
-    with _readers_lock:
-        found = _readers.get(engine)
-        if found is None:
-            found = _readers[engine] = engine.execution_options(**{_READ_ONLY: True})
-            event.listen(found, "before_cursor_execute", _refuse_writes)
-        return found
+    return _variant(engine, _READ_ONLY)
 
 
 def _refuse_writes(conn, cursor, statement, parameters, context, executemany) -> None:
