@@ -14,10 +14,12 @@
    Latin-1, what nearly every file decodes to) and both separators are single such
    characters.
 
-   The mappers' value work (translators/messages/x12_common.py): decimal(), item() and
-   passes() do the common case of X12Mapper.num, X12Mapper._item and passes(). The first two
-   return None for anything else (a value that needs a finding, a shape they do not know),
-   and the Python code then runs as it always did, so they change no result, only its cost. */
+   The mappers' value work (translators/messages/x12_common.py): decimal(), item(),
+   description() and passes() do the common case of X12Mapper.num, X12Mapper._item (with the
+   segment's checks), X12Mapper._pid (likewise) and passes(). The first three return None for
+   anything else (a value that needs a finding, a shape they do not know, a segment failing its
+   checks), and the Python code then runs as it always did: they change no result, only its
+   cost. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -314,8 +316,75 @@ decimal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
-/* The line keys item() sets, and "" (made once, at import). */
-static PyObject *key_line_number, *key_quantity, *key_uom, *key_unit_price, *empty;
+/* Whether a segment passes its syntax checks, x12_common.passes: 1, 0, or -1 on an error.
+   ``spec`` is (mandatory elements, syntax notes). */
+static int
+present(PyObject *seg, Py_ssize_t n, PyObject *index)
+{
+    Py_ssize_t k = PyLong_AsSsize_t(index);
+    if (k == -1 && PyErr_Occurred())
+        return -1;
+    if (k < 0 || k >= n)
+        return 0;
+    PyObject *v = PyList_GET_ITEM(seg, k);
+    if (!PyUnicode_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "an X12 segment holds str elements");
+        return -1;
+    }
+    return PyUnicode_GET_LENGTH(v) != 0;
+}
+
+static int
+check_spec(PyObject *seg, PyObject *spec)
+{
+    if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 2 || !PyTuple_CheckExact(PyTuple_GET_ITEM(spec, 0))
+            || !PyTuple_CheckExact(PyTuple_GET_ITEM(spec, 1))) {
+        PyErr_SetString(PyExc_TypeError, "a segment's checks are (mandatory, notes)");
+        return -1;
+    }
+    PyObject *mandatory = PyTuple_GET_ITEM(spec, 0), *notes = PyTuple_GET_ITEM(spec, 1);
+    Py_ssize_t n = PyList_GET_SIZE(seg);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mandatory); i++) {
+        Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(mandatory, i));
+        if (k == -1 && PyErr_Occurred())
+            return -1;
+        if (k < 0 || k >= n)
+            return 0;
+        PyObject *v = PyList_GET_ITEM(seg, k);
+        if (!PyUnicode_Check(v)) {
+            PyErr_SetString(PyExc_TypeError, "an X12 segment holds str elements");
+            return -1;
+        }
+        if (is_blank_str(v))
+            return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(notes); i++) {
+        PyObject *note = PyTuple_GET_ITEM(notes, i);
+        if (!PyTuple_CheckExact(note) || PyTuple_GET_SIZE(note) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(note, 0))
+                || PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(note, 0)) == 0 || !PyTuple_CheckExact(PyTuple_GET_ITEM(note, 1))) {
+            PyErr_SetString(PyExc_TypeError, "a syntax note is (kind, elements)");
+            return -1;
+        }
+        Py_UCS4 kind = PyUnicode_READ_CHAR(PyTuple_GET_ITEM(note, 0), 0);
+        PyObject *els = PyTuple_GET_ITEM(note, 1);
+        Py_ssize_t count = 0, m = PyTuple_GET_SIZE(els);
+        for (Py_ssize_t j = 0; j < m; j++) {
+            int has = present(seg, n, PyTuple_GET_ITEM(els, j));
+            if (has < 0)
+                return -1;
+            if (kind == 'C' && j == 0 && !has)
+                break; /* C: nothing required when the first is absent */
+            count += has;
+        }
+        /* C conditional and P paired: all or none; R required: one at least; E exclusion: one at most. */
+        if (((kind == 'C' || kind == 'P') && count && count != m) || (kind == 'R' && !count) || (kind == 'E' && count > 1))
+            return 0;
+    }
+    return 1;
+}
+
+/* The line keys item() and description() set, and "" (made once, at import). */
+static PyObject *key_line_number, *key_quantity, *key_uom, *key_unit_price, *key_description, *empty;
 
 /* Element k of seg as a borrowed str, or NULL (no error set) when it is not an exact str. */
 static PyObject *
@@ -471,24 +540,31 @@ fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, Ranks 
     return read_parts(seg, parts, line, ranks);
 }
 
-/* item(segment, uoms, parts, empty_line[, ranks]): the line, or None. ``ranks``, a dict when
-   given, receives the rank of the qualifier each part number came from (X12Mapper.line_parts:
-   only a LIN in the line loop needs it, so the mapper asks for it then). */
+/* item(segment, uoms, parts, empty_line, spec[, ranks]): the line of a PO1 / IT1 that passes
+   its checks (``spec``, or None for none) and whose every value is plain, or None. ``ranks``,
+   a dict when given, receives the rank of the qualifier each part number came from
+   (X12Mapper.line_parts: only a LIN in the line loop needs it, so the mapper asks then). */
 static PyObject *
 item(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if ((nargs != 4 && nargs != 5) || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1])
-            || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]) || (nargs == 5 && !PyDict_Check(args[4]))) {
-        PyErr_SetString(PyExc_TypeError, "item(segment: list, uoms: dict, parts: dict, empty_line: dict[, ranks: dict])");
+    if ((nargs != 5 && nargs != 6) || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1])
+            || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]) || (nargs == 6 && !PyDict_Check(args[5]))) {
+        PyErr_SetString(PyExc_TypeError, "item(segment: list, uoms: dict, parts: dict, empty_line: dict, spec[, ranks: dict])");
         return NULL;
+    }
+    int ok = args[4] == Py_None ? 1 : check_spec(args[0], args[4]);
+    if (ok <= 0) {
+        if (ok < 0)
+            return NULL;
+        Py_RETURN_NONE; /* the mapper explains what fails */
     }
     PyObject *line = PyDict_Copy(args[3]);
     if (line == NULL)
         return NULL;
     Ranks ranks = {0};
     int rc = fill_item(args[0], args[1], args[2], line, &ranks);
-    for (Py_ssize_t i = 0; rc == 0 && nargs == 5 && i < ranks.count; i++)
-        if (ranks.rank[i] != NULL && PyDict_SetItem(args[4], ranks.field[i], ranks.rank[i]) < 0)
+    for (Py_ssize_t i = 0; rc == 0 && nargs == 6 && i < ranks.count; i++)
+        if (ranks.rank[i] != NULL && PyDict_SetItem(args[5], ranks.field[i], ranks.rank[i]) < 0)
             rc = -1;
     if (rc != 0) {
         Py_DECREF(line);
@@ -499,55 +575,65 @@ item(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return line;
 }
 
-/* passes(seg, (mandatory, notes)) of x12_common: whether a segment passes its syntax checks. */
-static int
-present(PyObject *seg, Py_ssize_t n, PyObject *index)
-{
-    Py_ssize_t k = PyLong_AsSsize_t(index);
-    if (k == -1 && PyErr_Occurred())
-        return -1;
-    return k >= 0 && k < n && PyUnicode_GET_LENGTH(PyList_GET_ITEM(seg, k)) != 0;
-}
-
 static PyObject *
 passes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != 2) {
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
         PyErr_SetString(PyExc_TypeError, "passes(segment: list, spec: tuple)");
         return NULL;
     }
-    PyObject *seg = args[0], *mandatory = PyTuple_GET_ITEM(args[1], 0), *notes = PyTuple_GET_ITEM(args[1], 1);
+    int ok = check_spec(args[0], args[1]);
+    if (ok < 0)
+        return NULL;
+    return PyBool_FromLong(ok);
+}
+
+/* description(segment, spec, line, desc08) -> bool | None: X12Mapper._pid for a PID that
+   passes its checks (None when it does not: the mapper explains). The line's description is
+   the first PID05, or the first from a PID02 "08" (product description); the result is
+   whether it came from one. */
+static PyObject *
+description(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || (args[2] != Py_None && !PyDict_CheckExact(args[2]))
+            || !PyBool_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "description(segment: list, spec, line: dict | None, desc08: bool)");
+        return NULL;
+    }
+    PyObject *seg = args[0], *line = args[2], *desc08 = args[3];
+    int ok = args[1] == Py_None ? 1 : check_spec(seg, args[1]);
+    if (ok <= 0) {
+        if (ok < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
     Py_ssize_t n = PyList_GET_SIZE(seg);
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!PyUnicode_CheckExact(PyList_GET_ITEM(seg, i))) {
-            PyErr_SetString(PyExc_TypeError, "passes(): an X12 segment holds str elements");
+    PyObject *v5 = n > 5 ? element_at(seg, 5) : NULL, *v2 = n > 2 ? element_at(seg, 2) : NULL;
+    if ((n > 5 && v5 == NULL) || (n > 2 && v2 == NULL))
+        Py_RETURN_NONE; /* not text: the Python path */
+    if (line == Py_None || v5 == NULL || is_blank_str(v5))
+        return Py_NewRef(desc08); /* nothing to take */
+    PyObject *code = strip(v2 ? v2 : empty);
+    if (code == NULL)
+        return NULL;
+    int is08 = PyUnicode_CompareWithASCIIString(code, "08") == 0;
+    Py_DECREF(code);
+    PyObject *current = PyDict_GetItemWithError(line, key_description); /* borrowed */
+    if (current == NULL) {
+        if (PyErr_Occurred())
             return NULL;
-        }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mandatory); i++) {
-        Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(mandatory, i));
-        if (k == -1 && PyErr_Occurred())
-            return NULL;
-        if (k < 0 || k >= n || is_blank_str(PyList_GET_ITEM(seg, k)))
-            Py_RETURN_FALSE;
+        Py_RETURN_NONE; /* no such key: the Python path says so */
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(notes); i++) {
-        PyObject *note = PyTuple_GET_ITEM(notes, i);
-        PyObject *kind = PyTuple_GET_ITEM(note, 0), *els = PyTuple_GET_ITEM(note, 1);
-        Py_UCS4 c = PyUnicode_READ_CHAR(kind, 0);
-        Py_ssize_t count = 0, m = PyTuple_GET_SIZE(els);
-        for (Py_ssize_t j = 0; j < m; j++) {
-            int has = present(seg, n, PyTuple_GET_ITEM(els, j));
-            if (has < 0)
-                return NULL;
-            if (c == 'C' && j == 0 && !has)
-                break; /* C: nothing required when the first is absent */
-            count += has;
-        }
-        if ((c == 'C' && count && count != m) || (c == 'P' && count && count != m) || (c == 'R' && !count)
-                || (c == 'E' && count > 1))
-            Py_RETURN_FALSE;
-    }
-    Py_RETURN_TRUE;
+    if (current != Py_None && !(is08 && desc08 == Py_False))
+        return Py_NewRef(desc08);
+    PyObject *text = strip(v5);
+    if (text == NULL)
+        return NULL;
+    int rc = PyDict_SetItem(line, key_description, text);
+    Py_DECREF(text);
+    if (rc < 0)
+        return NULL;
+    return PyBool_FromLong(is08);
 }
 
 static PyMethodDef methods[] = {
@@ -556,9 +642,11 @@ static PyMethodDef methods[] = {
     {"decimal", (PyCFunction)(void (*)(void))decimal, METH_FASTCALL,
      "decimal(value, implied) -> str | None: X12Mapper.num's common case, None for the rest."},
     {"item", (PyCFunction)(void (*)(void))item, METH_FASTCALL,
-     "item(segment, uoms, parts, empty_line[, ranks]) -> dict | None: a plain PO1 / IT1 line."},
+     "item(segment, uoms, parts, empty_line, spec[, ranks]) -> dict | None: a plain PO1 / IT1 line."},
     {"passes", (PyCFunction)(void (*)(void))passes, METH_FASTCALL,
      "passes(segment, spec) -> bool: x12_common.passes."},
+    {"description", (PyCFunction)(void (*)(void))description, METH_FASTCALL,
+     "description(segment, spec, line, desc08) -> bool | None: a PID that passes its checks."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -573,8 +661,9 @@ PyInit__x12(void)
     key_quantity = PyUnicode_InternFromString("quantity");
     key_uom = PyUnicode_InternFromString("uom");
     key_unit_price = PyUnicode_InternFromString("unit_price");
+    key_description = PyUnicode_InternFromString("description");
     empty = PyUnicode_New(0, 0);
-    if (!key_line_number || !key_quantity || !key_uom || !key_unit_price || !empty)
+    if (!key_line_number || !key_quantity || !key_uom || !key_unit_price || !key_description || !empty)
         return NULL; /* the import fails: the pure path */
     return PyModule_Create(&module);
 }

@@ -419,7 +419,11 @@ class _X12Reader(_Envelope):
             for piece in pieces:
                 n += 1
                 if isinstance(piece, list):
-                    seg = piece  # an ordinary segment the C loop split
+                    # An ordinary segment the C loop split: no envelope tag, a tag under 4 characters.
+                    if out is not None:
+                        out.append(piece)
+                        continue
+                    seg = piece
                 else:
                     if not piece:
                         continue

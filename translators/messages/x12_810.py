@@ -39,8 +39,8 @@ class _Invoice(X12Mapper):
         elif code == CTT:
             self._ctt(seg, i)
 
-    def line_item(self, seg: list[str], i: int) -> None:
-        self._it1(seg, i)
+    def line_item(self, seg: list[str], i: int, spec: Any) -> None:
+        self._it1(seg, i, spec)
 
     def _big(self, seg: list[str], i: int) -> None:
         if self.header_seen >= 0:
@@ -54,8 +54,8 @@ class _Invoice(X12Mapper):
         doc["po_number"] = text(seg, 4)
         doc["purpose"] = purpose_name(raw(seg, 8))
 
-    def _it1(self, seg: list[str], i: int) -> None:
-        self._item(seg, i)
+    def _it1(self, seg: list[str], i: int, spec: Any) -> None:
+        self._item(seg, i, spec)
         for n, what in ((2, "quantity invoiced"), (4, "unit price")):
             if not raw(seg, n):
                 self.add("element.conditional_missing", f"IT1{n:02d} ({what}) is missing: an invoice line needs it",

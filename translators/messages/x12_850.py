@@ -33,8 +33,8 @@ class _PO(X12Mapper):
         elif code == CTT:
             self._ctt(seg, i)
 
-    def line_item(self, seg: list[str], i: int) -> None:
-        self._po1(seg, i)
+    def line_item(self, seg: list[str], i: int, spec: Any) -> None:
+        self._po1(seg, i, spec)
 
     def _beg(self, seg: list[str], i: int) -> None:
         if self.header_seen >= 0:
@@ -46,8 +46,8 @@ class _PO(X12Mapper):
         doc["po_number"] = text(seg, 3)
         doc["po_date"] = self.date(seg, i, 5)
 
-    def _po1(self, seg: list[str], i: int) -> None:
-        line = self._item(seg, i)
+    def _po1(self, seg: list[str], i: int, spec: Any) -> None:
+        line = self._item(seg, i, spec)
         if line["quantity"] is None and line["unit_price"] is not None and not raw(seg, 3) and raw(seg, 2) == "":
             self.add("element.conditional_missing",
                      "PO102 (quantity ordered) is missing on a line that has a unit price", i, 2,

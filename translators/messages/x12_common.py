@@ -161,8 +161,9 @@ CHECKS_4010: Final = {
 Spec = tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]
 # The C primitives (translators/_x12.c) behind num, _item and passes, where built.
 FastDecimal = Callable[[str, int], "str | None"]
-FastItem = Callable[..., "dict[str, Any] | None"]  # (segment, uoms, parts, empty line[, ranks])
+FastItem = Callable[..., "dict[str, Any] | None"]  # (segment, uoms, parts, empty line, spec[, ranks])
 FastPasses = Callable[[list[str], Spec], bool]
+FastPid = Callable[[list[str], Any, "dict[str, Any] | None", bool], "bool | None"]
 
 
 def _has(seg: list[str], n: int, k: int) -> bool:
@@ -411,6 +412,7 @@ class X12Mapper:
         self.fast_decimal: FastDecimal | None = c.decimal if c is not None else None
         self.fast_item: FastItem | None = c.item if c is not None else None
         self.fast_passes: FastPasses | None = c.passes if c is not None else None
+        self.fast_pid: FastPid | None = c.description if c is not None else None
 
     # -- findings ----------------------------------------------------------------------------
     def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
@@ -494,7 +496,6 @@ class X12Mapper:
         table = self.table
         n1_loop = N1_LOOP
         segs = self.segs
-        fast_passes = self.fast_passes
         for i in range(len(segs)):
             seg = segs[i]
             tag = seg[0]
@@ -505,16 +506,18 @@ class X12Mapper:
             code, spec = entry
             if self.party is not None and tag not in n1_loop:
                 self.party = None
-            if spec is not None and not (passes(seg, spec) if fast_passes is None else fast_passes(seg, spec)):
-                self._check(seg, i, spec)
-            # The common segments first: one line item is a PO1 / IT1 and a PID or two.
+            # The common segments first: one line item is a PO1 / IT1 and a PID or two. They
+            # check themselves (the C path checks and maps each in one call).
+            if code == LINE:
+                self.line_item(seg, i, spec)
+                continue
+            if code == PID:
+                self._pid(seg, i, spec)
+                continue
+            self._checked(seg, i, spec)
             if code == IGNORE:
                 continue
-            if code == LINE:
-                self.line_item(seg, i)
-            elif code == PID:
-                self._pid(seg, i)
-            elif code == N1:
+            if code == N1:
                 self._n1(seg, i)
             elif code == N3:
                 self._n3(seg, i)
@@ -543,7 +546,7 @@ class X12Mapper:
         self.finish()
         return self.doc, self.findings
 
-    def line_item(self, seg: list[str], i: int) -> None:  # pragma: no cover - subclasses
+    def line_item(self, seg: list[str], i: int, spec: Any) -> None:  # pragma: no cover - subclasses
         raise NotImplementedError
 
     def special(self, code: int, seg: list[str], i: int) -> None:  # pragma: no cover - subclasses
@@ -555,6 +558,13 @@ class X12Mapper:
         self.add("segment.unrecognized",
                  f"Segment {shown!r} does not belong to an X12 {self.ts.type or self.line_tag} and was ignored",
                  i, severity=WARNING)
+
+    def _checked(self, seg: list[str], i: int, spec: Any) -> None:
+        """A segment's syntax checks (``spec``, None for none): findings when it fails them."""
+        if spec is not None:
+            fast = self.fast_passes
+            if not (passes(seg, spec) if fast is None else fast(seg, spec)):
+                self._check(seg, i, spec)
 
     def _check(self, seg: list[str], i: int, spec) -> None:
         """The explaining check of a segment that failed its fast predicate."""
@@ -721,7 +731,14 @@ class X12Mapper:
                 line["requested_delivery"] = iso
                 self.line_date_rank = rank + offset
 
-    def _pid(self, seg: list[str], i: int) -> None:
+    def _pid(self, seg: list[str], i: int, spec: Any) -> None:
+        fast = self.fast_pid
+        if fast is not None:
+            desc08 = fast(seg, spec, self.line, self.line_desc08)
+            if desc08 is not None:  # it passed its checks and was read
+                self.line_desc08 = desc08
+                return
+        self._checked(seg, i, spec)
         line = self.line
         if line is None:
             return
@@ -816,7 +833,7 @@ class X12Mapper:
             best = self.line_parts = {}
             fast = self.fast_item
             assert fast is not None  # only the C path leaves the ranks to be asked for
-            fast(self.line_seg, self.plan.uom, plan_parts, _EMPTY_LINE, best)
+            fast(self.line_seg, self.plan.uom, plan_parts, _EMPTY_LINE, None, best)
         n = len(seg)
         for k in range(start, min(n, start + 20), 2):
             q = seg[k]
@@ -856,18 +873,19 @@ class X12Mapper:
                  f"({tag}{given:02d} is {seg[given].strip()!r})",
                  i, missing, severity=WARNING)
 
-    def _item(self, seg: list[str], i: int) -> dict[str, Any]:
-        """PO1 / IT1: a new line."""
+    def _item(self, seg: list[str], i: int, spec: Any) -> dict[str, Any]:
+        """PO1 / IT1: a new line, after the segment's checks."""
         self.summary = False
         if self.line_seen < 0:
             self.line_seen = i
         plan = self.plan
         fast = self.fast_item
         if fast is not None:
-            line = fast(seg, plan.uom, plan.parts, _EMPTY_LINE)
-            if line is not None:  # every value plain: nothing to report, no pairs shifted
+            line = fast(seg, plan.uom, plan.parts, _EMPTY_LINE, spec)
+            if line is not None:  # checks passed, every value plain: nothing to report
                 self._open_line(line, seg, None)
                 return line
+        self._checked(seg, i, spec)
         n = len(seg)
         uom = seg[3].strip() if n > 3 else ""
         if uom:
