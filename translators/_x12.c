@@ -316,62 +316,41 @@ decimal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
-/* Whether a segment passes its syntax checks, x12_common.passes: 1, 0, or -1 on an error.
-   ``spec`` is (mandatory elements, syntax notes). */
+/* Whether a segment passes its syntax checks (x12_common.passes): 1, 0, or -1 on an error.
+   ``packed`` is x12_common.Checks.packed: groups of a kind (M mandatory, or a syntax note's
+   C P R E), a count and that many element positions, one byte each. */
 static int
-present(PyObject *seg, Py_ssize_t n, PyObject *index)
+check_spec(PyObject *seg, PyObject *packed)
 {
-    Py_ssize_t k = PyLong_AsSsize_t(index);
-    if (k == -1 && PyErr_Occurred())
-        return -1;
-    if (k < 0 || k >= n)
-        return 0;
-    PyObject *v = PyList_GET_ITEM(seg, k);
-    if (!PyUnicode_Check(v)) {
-        PyErr_SetString(PyExc_TypeError, "an X12 segment holds str elements");
+    if (!PyBytes_CheckExact(packed)) {
+        PyErr_SetString(PyExc_TypeError, "a segment's checks come packed in bytes (x12_common.Checks)");
         return -1;
     }
-    return PyUnicode_GET_LENGTH(v) != 0;
-}
-
-static int
-check_spec(PyObject *seg, PyObject *spec)
-{
-    if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 2 || !PyTuple_CheckExact(PyTuple_GET_ITEM(spec, 0))
-            || !PyTuple_CheckExact(PyTuple_GET_ITEM(spec, 1))) {
-        PyErr_SetString(PyExc_TypeError, "a segment's checks are (mandatory, notes)");
-        return -1;
-    }
-    PyObject *mandatory = PyTuple_GET_ITEM(spec, 0), *notes = PyTuple_GET_ITEM(spec, 1);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(packed);
+    const unsigned char *stop = p + PyBytes_GET_SIZE(packed);
     Py_ssize_t n = PyList_GET_SIZE(seg);
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mandatory); i++) {
-        Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(mandatory, i));
-        if (k == -1 && PyErr_Occurred())
-            return -1;
-        if (k < 0 || k >= n)
-            return 0;
-        PyObject *v = PyList_GET_ITEM(seg, k);
-        if (!PyUnicode_Check(v)) {
-            PyErr_SetString(PyExc_TypeError, "an X12 segment holds str elements");
+    while (p < stop) {
+        if (stop - p < 2 || stop - p - 2 < p[1]) {
+            PyErr_SetString(PyExc_ValueError, "packed checks cut short");
             return -1;
         }
-        if (is_blank_str(v))
-            return 0;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(notes); i++) {
-        PyObject *note = PyTuple_GET_ITEM(notes, i);
-        if (!PyTuple_CheckExact(note) || PyTuple_GET_SIZE(note) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(note, 0))
-                || PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(note, 0)) == 0 || !PyTuple_CheckExact(PyTuple_GET_ITEM(note, 1))) {
-            PyErr_SetString(PyExc_TypeError, "a syntax note is (kind, elements)");
-            return -1;
-        }
-        Py_UCS4 kind = PyUnicode_READ_CHAR(PyTuple_GET_ITEM(note, 0), 0);
-        PyObject *els = PyTuple_GET_ITEM(note, 1);
-        Py_ssize_t count = 0, m = PyTuple_GET_SIZE(els);
+        unsigned char kind = p[0], m = p[1];
+        const unsigned char *els = p + 2;
+        p = els + m;
+        Py_ssize_t count = 0;
         for (Py_ssize_t j = 0; j < m; j++) {
-            int has = present(seg, n, PyTuple_GET_ITEM(els, j));
-            if (has < 0)
+            Py_ssize_t k = els[j];
+            PyObject *v = k < n ? PyList_GET_ITEM(seg, k) : NULL;
+            if (v != NULL && !PyUnicode_Check(v)) {
+                PyErr_SetString(PyExc_TypeError, "an X12 segment holds str elements");
                 return -1;
+            }
+            if (kind == 'M') { /* mandatory: there, and not blank */
+                if (v == NULL || is_blank_str(v))
+                    return 0;
+                continue;
+            }
+            int has = v != NULL && PyUnicode_GET_LENGTH(v) != 0;
             if (kind == 'C' && j == 0 && !has)
                 break; /* C: nothing required when the first is absent */
             count += has;
@@ -540,8 +519,8 @@ fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, Ranks 
     return read_parts(seg, parts, line, ranks);
 }
 
-/* item(segment, uoms, parts, empty_line, spec[, ranks]): the line of a PO1 / IT1 that passes
-   its checks (``spec``, or None for none) and whose every value is plain, or None. ``ranks``,
+/* item(segment, uoms, parts, empty_line, checks[, ranks]): the line of a PO1 / IT1 that passes
+   its checks (packed, or None for none) and whose every value is plain, or None. ``ranks``,
    a dict when given, receives the rank of the qualifier each part number came from
    (X12Mapper.line_parts: only a LIN in the line loop needs it, so the mapper asks then). */
 static PyObject *
@@ -549,7 +528,7 @@ item(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if ((nargs != 5 && nargs != 6) || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1])
             || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]) || (nargs == 6 && !PyDict_Check(args[5]))) {
-        PyErr_SetString(PyExc_TypeError, "item(segment: list, uoms: dict, parts: dict, empty_line: dict, spec[, ranks: dict])");
+        PyErr_SetString(PyExc_TypeError, "item(segment: list, uoms: dict, parts: dict, empty_line: dict, checks[, ranks: dict])");
         return NULL;
     }
     int ok = args[4] == Py_None ? 1 : check_spec(args[0], args[4]);
@@ -579,7 +558,7 @@ static PyObject *
 passes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyList_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "passes(segment: list, spec: tuple)");
+        PyErr_SetString(PyExc_TypeError, "passes(segment: list, checks: bytes)");
         return NULL;
     }
     int ok = check_spec(args[0], args[1]);
@@ -588,7 +567,7 @@ passes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(ok);
 }
 
-/* description(segment, spec, line, desc08) -> bool | None: X12Mapper._pid for a PID that
+/* description(segment, checks, line, desc08) -> bool | None: X12Mapper._pid for a PID that
    passes its checks (None when it does not: the mapper explains). The line's description is
    the first PID05, or the first from a PID02 "08" (product description); the result is
    whether it came from one. */
@@ -597,7 +576,7 @@ description(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4 || !PyList_CheckExact(args[0]) || (args[2] != Py_None && !PyDict_CheckExact(args[2]))
             || !PyBool_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "description(segment: list, spec, line: dict | None, desc08: bool)");
+        PyErr_SetString(PyExc_TypeError, "description(segment: list, checks, line: dict | None, desc08: bool)");
         return NULL;
     }
     PyObject *seg = args[0], *line = args[2], *desc08 = args[3];
@@ -642,11 +621,11 @@ static PyMethodDef methods[] = {
     {"decimal", (PyCFunction)(void (*)(void))decimal, METH_FASTCALL,
      "decimal(value, implied) -> str | None: X12Mapper.num's common case, None for the rest."},
     {"item", (PyCFunction)(void (*)(void))item, METH_FASTCALL,
-     "item(segment, uoms, parts, empty_line, spec[, ranks]) -> dict | None: a plain PO1 / IT1 line."},
+     "item(segment, uoms, parts, empty_line, checks[, ranks]) -> dict | None: a plain PO1 / IT1 line."},
     {"passes", (PyCFunction)(void (*)(void))passes, METH_FASTCALL,
-     "passes(segment, spec) -> bool: x12_common.passes."},
+     "passes(segment, checks) -> bool: x12_common.passes, the checks packed (x12_common.Checks)."},
     {"description", (PyCFunction)(void (*)(void))description, METH_FASTCALL,
-     "description(segment, spec, line, desc08) -> bool | None: a PID that passes its checks."},
+     "description(segment, checks, line, desc08) -> bool | None: a PID that passes its checks."},
     {NULL, NULL, 0, NULL},
 };
 

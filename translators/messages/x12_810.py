@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
-from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, TDS, X12Mapper, base_codes, purpose_name, raw, text
+from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, Checks, TDS, X12Mapper, base_codes, purpose_name, raw, text
 from translators.model import TransactionSet
 
 _CODES: Final = {**base_codes(), "BIG": HEADER, "IT1": LINE, "TDS": TDS, "CTT": CTT,
@@ -39,8 +39,8 @@ class _Invoice(X12Mapper):
         elif code == CTT:
             self._ctt(seg, i)
 
-    def line_item(self, seg: list[str], i: int, spec: Any) -> None:
-        self._it1(seg, i, spec)
+    def line_item(self, seg: list[str], i: int, checks: Checks | None) -> None:
+        self._it1(seg, i, checks)
 
     def _big(self, seg: list[str], i: int) -> None:
         if self.header_seen >= 0:
@@ -54,8 +54,8 @@ class _Invoice(X12Mapper):
         doc["po_number"] = text(seg, 4)
         doc["purpose"] = purpose_name(raw(seg, 8))
 
-    def _it1(self, seg: list[str], i: int, spec: Any) -> None:
-        self._item(seg, i, spec)
+    def _it1(self, seg: list[str], i: int, checks: Checks | None) -> None:
+        self._item(seg, i, checks)
         for n, what in ((2, "quantity invoiced"), (4, "unit price")):
             if not raw(seg, n):
                 self.add("element.conditional_missing", f"IT1{n:02d} ({what}) is missing: an invoice line needs it",

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
-from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, X12Mapper, base_codes, purpose_name, raw, text
+from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, Checks, X12Mapper, base_codes, purpose_name, raw, text
 from translators.model import TransactionSet
 
 _CODES: Final = {**base_codes(), "BEG": HEADER, "PO1": LINE, "CTT": CTT,
@@ -33,8 +33,8 @@ class _PO(X12Mapper):
         elif code == CTT:
             self._ctt(seg, i)
 
-    def line_item(self, seg: list[str], i: int, spec: Any) -> None:
-        self._po1(seg, i, spec)
+    def line_item(self, seg: list[str], i: int, checks: Checks | None) -> None:
+        self._po1(seg, i, checks)
 
     def _beg(self, seg: list[str], i: int) -> None:
         if self.header_seen >= 0:
@@ -46,8 +46,8 @@ class _PO(X12Mapper):
         doc["po_number"] = text(seg, 3)
         doc["po_date"] = self.date(seg, i, 5)
 
-    def _po1(self, seg: list[str], i: int, spec: Any) -> None:
-        line = self._item(seg, i, spec)
+    def _po1(self, seg: list[str], i: int, checks: Checks | None) -> None:
+        line = self._item(seg, i, checks)
         if line["quantity"] is None and line["unit_price"] is not None and not raw(seg, 3) and raw(seg, 2) == "":
             self.add("element.conditional_missing",
                      "PO102 (quantity ordered) is missing on a line that has a unit price", i, 2,

@@ -162,8 +162,8 @@ Spec = tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]
 # The C primitives (translators/_x12.c) behind num, _item and passes, where built.
 FastDecimal = Callable[[str, int], "str | None"]
 FastItem = Callable[..., "dict[str, Any] | None"]  # (segment, uoms, parts, empty line, spec[, ranks])
-FastPasses = Callable[[list[str], Spec], bool]
-FastPid = Callable[[list[str], Any, "dict[str, Any] | None", bool], "bool | None"]
+FastPasses = Callable[[list[str], bytes], bool]  # (segment, Checks.packed)
+FastPid = Callable[[list[str], "bytes | None", "dict[str, Any] | None", bool], "bool | None"]
 
 
 def _has(seg: list[str], n: int, k: int) -> bool:
@@ -330,9 +330,28 @@ TDS: Final = 23
 
 
 _EMPTY_LINE: Final[dict[str, Any]] = dict.fromkeys(LINE_FIELDS)
-# Tag → (handler code, checks or None). The checks stay a Python tuple (Any, not Spec, which
-# mypyc would unpack on every lookup and pack again for the C check).
-Entry = tuple[int, Any]
+
+
+class Checks:
+    """A segment's checks: ``spec`` for the Python code, ``packed`` for the C path — for the
+    mandatory elements (kind M) and each syntax note (its kind), how many elements and their
+    positions, one byte each."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        mandatory, notes = spec
+        packed = bytearray(b"M")
+        packed.append(len(mandatory))
+        packed += bytes(mandatory)
+        for kind, els in notes:
+            packed += kind.encode("ascii")
+            packed.append(len(els))
+            packed += bytes(els)
+        self.packed = bytes(packed)
+
+
+# Tag → (handler code, checks or None).
+Entry = tuple[int, "Checks | None"]
 _TABLES: Final[dict[tuple[int, int], dict[str, Entry]]] = {}
 
 
@@ -341,7 +360,8 @@ def _table(codes: dict[str, int], checks: dict[str, Spec]) -> dict[str, Entry]:
     key = (id(codes), id(checks))
     table = _TABLES.get(key)
     if table is None:
-        table = _TABLES[key] = {tag: (code, checks.get(tag)) for tag, code in codes.items()}
+        packed = {tag: Checks(spec) for tag, spec in checks.items()}
+        table = _TABLES[key] = {tag: (code, packed.get(tag)) for tag, code in codes.items()}
     return table
 
 
@@ -503,18 +523,18 @@ class X12Mapper:
             if entry is None:
                 self._unrecognized(seg, i)
                 continue
-            code, spec = entry
+            code, checks = entry
             if self.party is not None and tag not in n1_loop:
                 self.party = None
             # The common segments first: one line item is a PO1 / IT1 and a PID or two. They
             # check themselves (the C path checks and maps each in one call).
             if code == LINE:
-                self.line_item(seg, i, spec)
+                self.line_item(seg, i, checks)
                 continue
             if code == PID:
-                self._pid(seg, i, spec)
+                self._pid(seg, i, checks)
                 continue
-            self._checked(seg, i, spec)
+            self._checked(seg, i, checks)
             if code == IGNORE:
                 continue
             if code == N1:
@@ -546,7 +566,7 @@ class X12Mapper:
         self.finish()
         return self.doc, self.findings
 
-    def line_item(self, seg: list[str], i: int, spec: Any) -> None:  # pragma: no cover - subclasses
+    def line_item(self, seg: list[str], i: int, checks: Checks | None) -> None:  # pragma: no cover - subclasses
         raise NotImplementedError
 
     def special(self, code: int, seg: list[str], i: int) -> None:  # pragma: no cover - subclasses
@@ -559,12 +579,12 @@ class X12Mapper:
                  f"Segment {shown!r} does not belong to an X12 {self.ts.type or self.line_tag} and was ignored",
                  i, severity=WARNING)
 
-    def _checked(self, seg: list[str], i: int, spec: Any) -> None:
-        """A segment's syntax checks (``spec``, None for none): findings when it fails them."""
-        if spec is not None:
+    def _checked(self, seg: list[str], i: int, checks: Checks | None) -> None:
+        """A segment's syntax checks (None for none): findings when it fails them."""
+        if checks is not None:
             fast = self.fast_passes
-            if not (passes(seg, spec) if fast is None else fast(seg, spec)):
-                self._check(seg, i, spec)
+            if not (passes(seg, checks.spec) if fast is None else fast(seg, checks.packed)):
+                self._check(seg, i, checks.spec)
 
     def _check(self, seg: list[str], i: int, spec) -> None:
         """The explaining check of a segment that failed its fast predicate."""
@@ -731,14 +751,14 @@ class X12Mapper:
                 line["requested_delivery"] = iso
                 self.line_date_rank = rank + offset
 
-    def _pid(self, seg: list[str], i: int, spec: Any) -> None:
+    def _pid(self, seg: list[str], i: int, checks: Checks | None) -> None:
         fast = self.fast_pid
         if fast is not None:
-            desc08 = fast(seg, spec, self.line, self.line_desc08)
+            desc08 = fast(seg, checks.packed if checks is not None else None, self.line, self.line_desc08)
             if desc08 is not None:  # it passed its checks and was read
                 self.line_desc08 = desc08
                 return
-        self._checked(seg, i, spec)
+        self._checked(seg, i, checks)
         line = self.line
         if line is None:
             return
@@ -873,7 +893,7 @@ class X12Mapper:
                  f"({tag}{given:02d} is {seg[given].strip()!r})",
                  i, missing, severity=WARNING)
 
-    def _item(self, seg: list[str], i: int, spec: Any) -> dict[str, Any]:
+    def _item(self, seg: list[str], i: int, checks: Checks | None) -> dict[str, Any]:
         """PO1 / IT1: a new line, after the segment's checks."""
         self.summary = False
         if self.line_seen < 0:
@@ -881,11 +901,11 @@ class X12Mapper:
         plan = self.plan
         fast = self.fast_item
         if fast is not None:
-            line = fast(seg, plan.uom, plan.parts, _EMPTY_LINE, spec)
+            line = fast(seg, plan.uom, plan.parts, _EMPTY_LINE, checks.packed if checks is not None else None)
             if line is not None:  # checks passed, every value plain: nothing to report
                 self._open_line(line, seg, None)
                 return line
-        self._checked(seg, i, spec)
+        self._checked(seg, i, checks)
         n = len(seg)
         uom = seg[3].strip() if n > 3 else ""
         if uom:
