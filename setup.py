@@ -1,10 +1,10 @@
 """Build step: the translation core's hot modules compiled to C with mypyc, and the X12
-reader's hand-written C loop (translators/_x12.c).
+X12 hot path in hand-written C (translators/_x12.c).
 
 The compiled modules are the same source as the pure-Python ones, so the package works either
 way; compiled, translation runs several times faster (benchmarks/translate.py). Whatever goes
 wrong here — no C compiler, no Python headers, mypyc refusing the code — the install carries on
-as pure Python with a warning, never fails (the C loop failing alone leaves the mypyc build in
+as pure Python with a warning, never fails (the C path failing alone leaves the mypyc build in
 place). ``EDI_GATEWAY_PURE=1`` skips compiling on purpose.
 
 Everything else about the package is in pyproject.toml.
@@ -69,8 +69,8 @@ class OptionalBuildExt(build_ext):
             return super().build_extension(ext)
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001 - the C loop is optional on its own
-            print(f"edi-gateway: the X12 C loop did not compile ({exc.__class__.__name__}: {exc}); "
+        except Exception as exc:  # noqa: BLE001 - the C path is optional on its own
+            print(f"edi-gateway: the X12 C path (translators/_x12.c) did not compile ({exc.__class__.__name__}: {exc}); "
                   "the reader runs without it", file=sys.stderr)
             _remove_compiled(["translators/_x12"])
             path = self.get_ext_fullpath(ext.name)

@@ -1,11 +1,11 @@
 """The C fast path (translators/_x12.c) against the pure-Python path, input by input.
 
 Every corpus file, every fixture under fixtures/edi and mutated versions of both are read
-twice — with the C loop and with ``translators.native.x12`` set to None — and everything the
+twice — with the C path and with ``translators.native.x12`` set to None — and everything the
 translation core hands on must be equal: the segments (``envelope.segments``), the events of
 ``envelope.read_bytes`` (transaction sets, interchange summaries, file findings), the
 translation (canonical documents, statuses, findings with codes, positions and messages) and
-the acknowledgments. Where the C loop was built, the tests also make sure it is in use.
+the acknowledgments. Where the C path was built, the tests also make sure it is in use.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def assert_paths_agree(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     assert fast == pure
 
 
-needs_native = pytest.mark.skipif(BUILT is None, reason="the C loop is not built: nothing to compare")
+needs_native = pytest.mark.skipif(BUILT is None, reason="the C path is not built: nothing to compare")
 
 
 @needs_native
@@ -208,16 +208,16 @@ def test_large_interchange_reads_the_same_both_ways(monkeypatch):
 # The fast path is in use wherever it was built.
 
 
-def test_c_loop_is_built_where_a_compiler_is():
+def test_c_path_is_built_where_a_compiler_is():
     include = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if os.environ.get("EDI_GATEWAY_PURE") or not shutil.which(os.environ.get("CC", "cc")) or not include.exists():
         pytest.skip("no C compiler or Python headers (or EDI_GATEWAY_PURE): the pure-Python path is expected")
     assert BUILT is not None, "pip install -e . did not build translators/_x12.c (see its build log)"
 
 
-def test_c_loop_is_not_older_than_its_source():
+def test_c_path_is_not_older_than_its_source():
     if BUILT is None:
-        pytest.skip("the C loop is not built")
+        pytest.skip("the C path is not built")
     source = REPO / "translators" / "_x12.c"
     built = source.with_name(Path(BUILT.__file__).name)
     assert source.stat().st_mtime <= built.stat().st_mtime + 1, "rebuild with `.venv/bin/pip install -e .`"

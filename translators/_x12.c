@@ -630,7 +630,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "translators._x12", "The X12 reader's hot loop in C (see translators/_x12.c).", -1, methods,
+    PyModuleDef_HEAD_INIT, "translators._x12", "The X12 hot path in C (see translators/_x12.c).", -1, methods,
 };
 
 PyMODINIT_FUNC
