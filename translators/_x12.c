@@ -466,6 +466,17 @@ read_parts(PyObject *seg, PyObject *parts, PyObject *line, Ranks *ranks)
     return 0;
 }
 
+/* seg[k].strip() as a new reference in *out: 0, GIVE_UP (not text), or -1 on an error. */
+static int
+stripped_at(PyObject *seg, Py_ssize_t k, PyObject **out)
+{
+    PyObject *v = element_at(seg, k);
+    if (v == NULL)
+        return GIVE_UP;
+    *out = strip(v);
+    return *out == NULL ? -1 : 0;
+}
+
 /* The line of a PO1 / IT1 whose every value is plain: X12Mapper._item without its loop
    state. 0, GIVE_UP, or -1 on an error. */
 static int
@@ -475,44 +486,31 @@ fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, Ranks 
     PyObject *v5 = n > 5 ? element_at(seg, 5) : NULL;
     if (n > 5 && (v5 == NULL || (PyUnicode_GET_LENGTH(v5) && (n == 6 || n % 2 == 1))))
         return GIVE_UP; /* PO105 may hold a qualifier: the pairs may start one early */
+    int rc;
+    PyObject *number, *uom;
     if (n > 1) {
-        PyObject *v = element_at(seg, 1);
-        if (v == NULL)
-            return GIVE_UP;
-        PyObject *number = strip(v);
-        if (number == NULL)
-            return -1;
-        int rc = PyDict_SetItem(line, key_line_number, PyUnicode_GET_LENGTH(number) ? number : Py_None);
+        if ((rc = stripped_at(seg, 1, &number)) != 0)
+            return rc;
+        rc = PyDict_SetItem(line, key_line_number, PyUnicode_GET_LENGTH(number) ? number : Py_None);
         Py_DECREF(number);
         if (rc < 0)
             return -1;
     }
-    int rc;
     if (n > 2 && (rc = set_number(line, key_quantity, seg, 2)) != 0)
         return rc;
     if (n > 3) {
-        PyObject *v = element_at(seg, 3);
-        if (v == NULL)
-            return GIVE_UP;
-        PyObject *uom = strip(v);
-        if (uom == NULL)
-            return -1;
+        if ((rc = stripped_at(seg, 3, &uom)) != 0)
+            return rc;
         if (PyUnicode_GET_LENGTH(uom)) {
-            PyObject *mapped = PyDict_GetItemWithError(uoms, uom); /* borrowed */
-            if (mapped == NULL && PyErr_Occurred()) {
-                Py_DECREF(uom);
-                return -1;
-            }
             /* uom = plan.uom.get(uom, uom); if uom: line["uom"] = uom */
-            rc = mapped ? PyObject_IsTrue(mapped) : 1;
+            PyObject *mapped = PyDict_GetItemWithError(uoms, uom); /* borrowed */
+            rc = mapped ? PyObject_IsTrue(mapped) : PyErr_Occurred() ? -1 : 1;
             if (rc > 0)
                 rc = PyDict_SetItem(line, key_uom, mapped ? mapped : uom);
-            if (rc < 0) {
-                Py_DECREF(uom);
-                return -1;
-            }
         }
         Py_DECREF(uom);
+        if (rc < 0)
+            return -1;
     }
     if (n > 4 && (rc = set_number(line, key_unit_price, seg, 4)) != 0)
         return rc;
