@@ -690,6 +690,11 @@ class Worker:
         until = now + self.lease
         free = or_(model.lease_until.is_(None), model.lease_until < now)
         due = or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now)
+        # Most cycles find nothing new: ask a reader first, so an empty claim takes no write lock
+        # (SQLite) and writes nothing (PostgreSQL).
+        with reader(self.engine).connect() as conn:
+            if conn.execute(select(model.id).where(*where, free, due).limit(1)).first() is None:
+                return []
         pick = select(model.id).where(*where, free, due).order_by(model.id).limit(limit)
         if self.postgres:
             pick = pick.with_for_update(skip_locked=True)
