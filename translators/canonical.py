@@ -135,14 +135,16 @@ def _flat_template(kind: str) -> dict:
 
 # A copy of a template is several times cheaper than building the dict key by key (one per set).
 _TEMPLATES = {kind: _flat_template(kind) for kind in ("purchase_order", "invoice")}
+_CONTROL = {"interchange": None, "group": None, "message": None}
+_PARTIES = dict.fromkeys(PARTY_ROLES)
 
 
 def new_document(kind: str, standard: str) -> dict:
     """A canonical dict with every contract key present and empty."""
     doc = _TEMPLATES[kind].copy() if kind in _TEMPLATES else _flat_template(kind)
     doc["standard"] = standard
-    doc["control"] = {"interchange": None, "group": None, "message": None}
-    doc["parties"] = dict.fromkeys(PARTY_ROLES)
+    doc["control"] = _CONTROL.copy()
+    doc["parties"] = _PARTIES.copy()
     doc["lines"] = []
     doc["references"] = {}
     if kind != "purchase_order":

@@ -233,10 +233,9 @@ class _Envelope:
         self.ts_summary = None
 
     def _open_set(self, ts: TransactionSet):
-        summary = SetSummary(
-            type=ts.type, control_number=ts.control_number, findings=ts.findings,
-            version=ts.version, association=ts.association,
-        )
+        # Positional, in SetSummary's field order: keywords cost its generated __init__ about
+        # twice as much, and this runs once per set (so does TransactionSet's below).
+        summary = SetSummary(ts.type, ts.control_number, ts.findings, None, ts.version, ts.association)
         self.ts = ts
         self.ts_summary = summary
         if self.grp is not None:
@@ -643,15 +642,15 @@ class _X12Reader(_Envelope):
             if st03 and (not version or not version[:6].isdecimal()):
                 version = st03
             ts = TransactionSet(
-                standard="x12",
-                type=st01,
-                control_number=st02 or None,
-                version=version[:6] if version and version[:6].isdecimal() else version,
-                segments=[seg],
-                first_segment_index=self.index,
-                interchange=self.ich.info,
-                group=self.grp.info if self.grp else None,
-                association=version[6:] or None if version else None,
+                "x12",
+                st01,  # type
+                st02 or None,  # control_number
+                version[:6] if version and version[:6].isdecimal() else version,  # version
+                [seg],  # segments
+                self.index,  # first_segment_index
+                self.ich.info,  # interchange
+                self.grp.info if self.grp else None,  # group
+                version[6:] or None if version else None,  # association
             )
             self._open_set(ts)
             if st03 and self.ts_summary:
@@ -1030,15 +1029,15 @@ class _EdifactReader(_Envelope):
                 return self._outside(seg)
             version = (e(2, 2) + e(2, 3)).replace(" ", "").replace(":", "").upper() or None
             ts = TransactionSet(
-                standard="edifact",
-                type=e(2, 1).strip().upper(),
-                control_number=e(1) or None,
-                version=version,
-                segments=[seg],
-                first_segment_index=self.index,
-                interchange=self.ich.info,
-                group=self.grp.info if self.grp else None,
-                association=e(2, 5) or None,
+                "edifact",
+                e(2, 1).strip().upper(),  # type
+                e(1) or None,  # control_number
+                version,
+                [seg],  # segments
+                self.index,  # first_segment_index
+                self.ich.info,  # interchange
+                self.grp.info if self.grp else None,  # group
+                e(2, 5) or None,  # association
             )
             self._open_set(ts)
             if not e(1):
