@@ -51,9 +51,11 @@ is_trigger(const Py_UCS1 *tag, Py_ssize_t n)
 
 /* Short ASCII values (tags, qualifiers, codes, small quantities) repeat on every segment: they
    share one str object each from this direct-mapped cache, which saves an allocation per
-   element. They are interned, so the mappers' dict lookups (tags, qualifiers, codes: the
-   tables' keys are interned literals) find the hash computed and the key by identity. Strings
-   are immutable, so sharing them changes no value. The cache holds one reference per entry. */
+   element. Those that start with a letter (tags, qualifiers, codes) are interned, so the
+   mappers' dict lookups (the tables' keys are interned literals) find the hash computed and
+   the key by identity; numbers are not looked up, and interning them would cost more than it
+   saves. Strings are immutable, so sharing them changes no value. The cache holds one
+   reference per entry. */
 #define CACHE_BITS 12
 static struct {
     uint64_t key; /* the characters and the length; 0 = empty slot */
@@ -88,7 +90,8 @@ element(const Py_UCS1 *p, Py_ssize_t n, int ascii)
     PyObject *s = new_ascii(p, n);
     if (s == NULL)
         return NULL;
-    PyUnicode_InternInPlace(&s); /* may hand back the interned twin (and drop ours) */
+    if (Py_ISALPHA(p[0]))
+        PyUnicode_InternInPlace(&s); /* may hand back the interned twin (and drop ours) */
     Py_INCREF(s); /* the cache's reference */
     Py_XSETREF(cache[slot].str, s);
     cache[slot].key = key;
