@@ -432,14 +432,9 @@ class _X12Reader(_Envelope):
                             continue
                         lead = 0
                     else:
-                        lead = _leading_blanks(piece)
-                        if lead == len(piece):
+                        piece, lead = _unwrapped(piece, cr)
+                        if lead < 0:
                             continue
-                        if piece.find("\n", lead) >= 0 or (cr and piece.find("\r", lead) >= 0):
-                            piece = piece.replace("\r", "").replace("\n", "").lstrip(_WS)
-                            lead = 0
-                            if not piece:
-                                continue
                     seg = piece.split(el)
                     if lead:
                         # Blanks after the terminator (most often its line break): only the tag
@@ -885,15 +880,9 @@ class _EdifactReader(_Envelope):
                 n += 1
                 if not piece:
                     continue
-                lead = _leading_blanks(piece)
-                if lead == len(piece):
+                piece, lead = _unwrapped(piece, cr)
+                if lead < 0:
                     continue
-                if piece.find("\n", lead) >= 0 or (cr and piece.find("\r", lead) >= 0):
-                    # A hard-wrapped segment (or, newline-terminated, the CR of a CRLF).
-                    piece = piece.replace("\r", "").replace("\n", "").lstrip(_WS)
-                    lead = 0
-                    if not piece:
-                        continue
                 if skip_una and piece.startswith("UNA", lead):
                     # The next interchange's UNA repeats the service characters in force.
                     skip_una = False
@@ -1135,6 +1124,19 @@ def _leading_blanks(piece: str) -> int:
     while n < len(piece) and piece[n] in _WS:
         n += 1
     return n
+
+
+def _unwrapped(piece: str, cr: bool) -> tuple[str, int]:
+    """A piece of text between terminators, ready to split, and how many blanks it starts with
+    (-1: nothing but blanks). Line breaks inside it (a hard-wrapped segment, or a newline-
+    terminated file's CR of a CRLF) are taken out; ``cr``: the text holds a CR at all."""
+    lead = _leading_blanks(piece)
+    if lead == len(piece):
+        return piece, -1
+    if piece.find("\n", lead) >= 0 or (cr and piece.find("\r", lead) >= 0):
+        piece = piece.replace("\r", "").replace("\n", "").lstrip(_WS)
+        return piece, 0 if piece else -1
+    return piece, lead
 
 
 def _read_una(buf: str, final: bool) -> tuple[str, int] | None:
