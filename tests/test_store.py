@@ -62,7 +62,7 @@ def _split(engine, ich_id: int, partners):
 
 
 def test_schema_is_at_head(engine):
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
 
 
 def test_split_creates_one_document_per_set_with_trail(engine, partners):

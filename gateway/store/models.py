@@ -92,7 +92,7 @@ class Document(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    interchange_id: int = Field(foreign_key="interchanges.id", index=True)
+    interchange_id: int = Field(foreign_key="interchanges.id")  # indexed by uq_documents_interchange_position
     position: int = Field(description="1-based order of the set within the received file")
     partner: str | None = Field(default=None, max_length=100)
     kind: str | None = Field(default=None, max_length=20, description="purchase_order | invoice | None")
