@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from sqlalchemy import String, bindparam, insert, update
+
 from gateway.store.models import Document, Event, utcnow
 
 
@@ -276,6 +278,102 @@ def transition(
         "duration_ms": duration_ms,
         "attempt": attempt if kind is not OutcomeKind.WAIT else None,
     }
+
+
+def string_limits(model: Any) -> tuple[tuple[str, int], ...]:
+    """(column, length) of a table's length-limited string columns."""
+    return tuple(
+        (c.name, c.type.length) for c in model.__table__.columns
+        if isinstance(getattr(c.type, "impl", c.type), String) and isinstance(getattr(c.type, "length", None), int)
+    )
+
+
+DOCUMENT_LIMITS = string_limits(Document)
+_DOCUMENT_COLUMNS = frozenset(c.name for c in Document.__table__.columns) - {"id"}
+
+
+def fit_values(values: dict[str, Any], limits: tuple[tuple[str, int], ...]) -> None:
+    """Cut strings to their column's length: a partner may send a 300-character PO number, which
+    PostgreSQL would refuse. The full value stays in the canonical JSON and the raw bytes."""
+    for name, length in limits:
+        value = values.get(name)
+        if isinstance(value, str) and len(value) > length:
+            values[name] = value[:length]
+
+
+class _Target:
+    """What :func:`transition` moves when outcomes are stored in bulk: the document's id and
+    attempts, and every field the outcomes set, written back with one UPDATE per value set."""
+
+    def __init__(self, id: int, interchange_id: int, attempts: int) -> None:
+        self.id = id
+        self.interchange_id = interchange_id
+        self.attempts = attempts
+
+    def values(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k not in ("id", "interchange_id")}
+
+
+# A document's new column values and its audit events, by document id.
+Planned = dict[int, tuple[_Target, list[dict[str, Any]]]]
+
+
+def plan_outcomes(results: Any, *, actor: str, now: datetime, retry: RetryPolicy = DEFAULT_RETRY) -> Planned:
+    """What storing ``results`` — ``(document, stage, outcome, duration_ms)``, a document's in stage
+    order — writes, decided by :func:`transition` without touching the store (``document`` needs
+    ``id``, ``interchange_id`` and ``attempts``)."""
+    planned: Planned = {}
+    for doc, stage, outcome, duration_ms in results:
+        entry = planned.get(doc.id)
+        if entry is None:
+            entry = planned[doc.id] = (_Target(doc.id, doc.interchange_id, doc.attempts), [])
+        target, events = entry
+        events.append(transition(target, stage, outcome, actor=actor, duration_ms=duration_ms, now=now, retry=retry))
+        unknown = set(target.values()) - _DOCUMENT_COLUMNS
+        if unknown:
+            raise ValueError(f"the {stage.value} stage set unknown document fields: {', '.join(sorted(unknown))}")
+    return planned
+
+
+def store_outcomes(conn: Any, planned: Planned) -> int:
+    """Write planned outcomes with Core statements on ``conn`` (in the caller's transaction, over
+    documents it holds); returns the number of audit events written.
+
+    Not the ORM: this runs for every document at every stage, hundreds a second. Most documents
+    of a batch get the same values (ok: next state, no error, no lease): one UPDATE ... IN each;
+    those that differ only in their values (a Plex key each) but set the same columns share one
+    executemany UPDATE."""
+    table = Document.__table__
+    updates: dict[Any, dict[str, Any]] = {}
+    events: list[dict[str, Any]] = []
+    for doc_id, (target, doc_events) in planned.items():
+        events += doc_events
+        values = target.values()
+        fit_values(values, DOCUMENT_LIMITS)
+        try:
+            key: Any = tuple(sorted(values.items()))
+            hash(key)
+        except TypeError:
+            key = (("_row", doc_id),)
+        group = updates.setdefault(key, {"values": values, "ids": []})
+        group["ids"].append(doc_id)
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for group in updates.values():
+        if len(group["ids"]) > 1:
+            conn.execute(update(table).where(table.c.id.in_(group["ids"])).values(group["values"]))
+        else:
+            by_columns.setdefault(tuple(sorted(group["values"])), []).append(group)
+    for columns, groups in by_columns.items():
+        if len(groups) == 1:
+            conn.execute(update(table).where(table.c.id.in_(groups[0]["ids"])).values(groups[0]["values"]))
+            continue
+        stmt = update(table).where(table.c.id == bindparam("_doc_id")).values(
+            {c: bindparam(f"_v_{c}") for c in columns})
+        conn.execute(stmt, [{"_doc_id": g["ids"][0], **{f"_v_{c}": g["values"][c] for c in columns}}
+                            for g in groups])
+    if events:
+        conn.execute(insert(Event.__table__), events)
+    return len(events)
 
 
 def reprocess(

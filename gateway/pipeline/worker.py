@@ -33,13 +33,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-from sqlalchemy import String, bindparam, insert, or_, text, update
+from sqlalchemy import insert, or_, text, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, select
 
 from gateway.logging import get_logger, scrub_text
 from gateway.pipeline.machine import (
     CHAINED,
+    DOCUMENT_LIMITS,
     PATH,
     STAGE_FROM,
     STAGE_TO,
@@ -48,10 +49,14 @@ from gateway.pipeline.machine import (
     OutcomeKind,
     RetryPolicy,
     StageName,
+    Planned,
     State,
+    fit_values,
     is_batch,
+    plan_outcomes,
     settler,
-    transition,
+    store_outcomes,
+    string_limits,
 )
 from gateway.pipeline.translation import (
     Split,
@@ -86,47 +91,15 @@ def describe_exception(exc: BaseException, limit: int = 500) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _string_limits(model) -> tuple[tuple[str, int], ...]:
-    return tuple(
-        (c.name, c.type.length) for c in model.__table__.columns
-        if isinstance(getattr(c.type, "impl", c.type), String) and isinstance(getattr(c.type, "length", None), int)
-    )
-
-
-_DOC_LIMITS = _string_limits(Document)
-_ICH_LIMITS = _string_limits(Interchange)
+_ICH_LIMITS = string_limits(Interchange)
 
 
 def _fit(obj: Any, limits: Iterable[tuple[str, int]]) -> None:
-    # A partner may send a 300-character PO number; PostgreSQL would refuse the whole split for it.
-    # The full value stays in the canonical JSON and the raw bytes; the indexed column keeps a prefix.
+    # As fit_values, on an object: the full values stay in the raw bytes.
     for name, length in limits:
         value = getattr(obj, name, None)
         if isinstance(value, str) and len(value) > length:
             setattr(obj, name, value[:length])
-
-
-def _fit_values(values: dict[str, Any], limits: Iterable[tuple[str, int]]) -> None:
-    for name, length in limits:
-        value = values.get(name)
-        if isinstance(value, str) and len(value) > length:
-            values[name] = value[:length]
-
-
-_DOC_COLUMNS = frozenset(c.name for c in Document.__table__.columns) - {"id"}
-
-
-class _Target:
-    """What :func:`transition` moves when the worker applies outcomes in bulk: the document's
-    id and attempts, and every field the outcome sets, written back with one UPDATE per batch."""
-
-    def __init__(self, id: int, interchange_id: int, attempts: int) -> None:
-        self.id = id
-        self.interchange_id = interchange_id
-        self.attempts = attempts
-
-    def values(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k not in ("id", "interchange_id")}
 
 
 class ClaimedDocument(SimpleNamespace):
@@ -411,7 +384,7 @@ class Worker:
             rows = []
             for d in split.rows:  # columns left out take their defaults
                 values = dict(d)
-                _fit_values(values, _DOC_LIMITS)
+                fit_values(values, DOCUMENT_LIMITS)
                 rows.append(values)
             # A plain executemany (the driver's own batching; a multi-row INSERT ... RETURNING costs
             # several times more), then the ids by position: (interchange, position) is unique.
@@ -600,30 +573,15 @@ class Worker:
     def _apply(self, s: Session, results: Sequence[StageResult]) -> tuple[int, int]:
         return self._write(s, results, self._plan(results))
 
-    def _plan(self, results: Sequence[StageResult]) -> dict[int, tuple[_Target, list[dict[str, Any]]]]:
-        """Every document's new column values and audit events, decided before the transaction: on
-        SQLite the write lock is held only for the statements, not for this work (the attempts
-        counted from are the claimed ones: nobody else writes a document while we hold its lease)."""
-        now = self.clock()
-        planned: dict[int, tuple[_Target, list[dict[str, Any]]]] = {}
-        for r in results:  # a document run through chained stages has a result for each, in order
-            doc = r.document
-            entry = planned.get(doc.id)
-            if entry is None:
-                entry = planned[doc.id] = (_Target(doc.id, doc.interchange_id, doc.attempts), [])
-            target, events = entry
-            events.append(transition(target, r.stage, r.outcome, actor=self.name,
-                                     duration_ms=round(r.duration_ms, 3), now=now, retry=self.retry))
-            unknown = set(target.values()) - _DOC_COLUMNS
-            if unknown:
-                raise ValueError(f"the {r.stage.value} stage set unknown document fields: {', '.join(sorted(unknown))}")
-        return planned
+    def _plan(self, results: Sequence[StageResult]) -> Planned:
+        """Decided before the transaction: on SQLite the write lock is held only for the statements,
+        not for this work (the attempts counted from are the claimed ones: nobody else writes a
+        document while we hold its lease)."""
+        return plan_outcomes(((r.document, r.stage, r.outcome, round(r.duration_ms, 3)) for r in results),
+                             actor=self.name, now=self.clock(), retry=self.retry)
 
-    def _write(self, s: Session, results: Sequence[StageResult],
-               planned: dict[int, tuple[_Target, list[dict[str, Any]]]]) -> tuple[int, int]:
+    def _write(self, s: Session, results: Sequence[StageResult], planned: Planned) -> tuple[int, int]:
         """Store the planned outcomes of the documents whose lease this worker still holds."""
-        # Core statements, not the ORM: this runs for every document at every stage (the budget is
-        # hundreds of documents a second). apply_outcome's transition still decides every value written.
         table = Document.__table__
         q = select(table.c.id).where(table.c.id.in_(list(planned)), table.c.lease_owner == self.name)
         if self.postgres:
@@ -636,42 +594,8 @@ class Worker:
                 lost += 1
                 self.log.warning("outcome_dropped_lease_lost", document=r.document.id, stage=r.stage.value,
                                  outcome=r.outcome.kind.value)
-        updates: dict[Any, dict[str, Any]] = {}
-        events: list[dict[str, Any]] = []
-        for doc_id, (target, doc_events) in planned.items():
-            if doc_id not in held:
-                continue
-            events += doc_events
-            values = target.values()
-            _fit_values(values, _DOC_LIMITS)
-            try:
-                # Most outcomes of a batch write the same values (ok: next state, no error, no lease):
-                # those become one UPDATE ... WHERE id IN (...).
-                key: Any = tuple(sorted(values.items()))
-                hash(key)
-            except TypeError:
-                key = (("_row", doc_id),)
-            group = updates.setdefault(key, {"values": values, "ids": []})
-            group["ids"].append(doc_id)
-        # Groups that differ only in their values (a Plex key per document, say) but set the same
-        # columns share one executemany UPDATE; a group of one value set is one UPDATE ... IN.
         conn = s.connection()
-        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for group in updates.values():
-            if len(group["ids"]) > 1:
-                conn.execute(update(table).where(table.c.id.in_(group["ids"])).values(group["values"]))
-            else:
-                by_columns.setdefault(tuple(sorted(group["values"])), []).append(group)
-        for columns, groups in by_columns.items():
-            if len(groups) == 1:
-                conn.execute(update(table).where(table.c.id.in_(groups[0]["ids"])).values(groups[0]["values"]))
-                continue
-            stmt = update(table).where(table.c.id == bindparam("_doc_id")).values(
-                {c: bindparam(f"_v_{c}") for c in columns})
-            conn.execute(stmt, [{"_doc_id": g["ids"][0], **{f"_v_{c}": g["values"][c] for c in columns}}
-                                for g in groups])
-        if events:
-            conn.execute(insert(Event.__table__), events)
+        written = store_outcomes(conn, {doc_id: p for doc_id, p in planned.items() if doc_id in held})
         settled: dict[StageName, list[int]] = {}
         for r in results:
             if r.document.id in held:
@@ -680,7 +604,7 @@ class Worker:
             settle = settler(self.stages.get(stage))
             if settle is not None:
                 settle(conn, doc_ids, self.clock())
-        return len(events), lost
+        return written, lost
 
     # -- leases -------------------------------------------------------------------------------------
 
