@@ -18,7 +18,7 @@ from gateway.pipeline.worker import Worker
 from gateway.runtime import instance_id, open_runtime
 from gateway.sandbox.environment import numbered_documents, start_sandbox
 from gateway.store import transaction
-from gateway.store.models import AnaplanBatch, Document, Interchange, utcnow
+from gateway.store.models import AnaplanBatch, Document, Event, Interchange, utcnow
 from tests.delivery_env import DEMO, PARTNERS, RESTING_STATES, settings_for
 from translators.translate import translate
 
@@ -246,6 +246,50 @@ def test_a_document_that_made_no_row_fails_and_the_rest_of_a_clean_import_is_don
     result = json.loads(batch.result)
     assert batch.state == "done" and result["status"] == "partial" and list(result["failed"]) == [str(ids[1])]
     assert len(sandbox.anaplan.snapshot()["imported_rows"]["112000000001"]) == 4  # two orders, two lines each
+    delivery.close()
+
+
+def test_the_end_of_an_import_concludes_the_members_nobody_holds_in_one_go(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=4, max_age=60)
+    ids = posted_documents(rt.engine, 4, kinds=("purchase_order",))
+    with transaction(rt.engine) as s:
+        bare = s.get(Document, ids[1])
+        bare.canonical = json.dumps({**json.loads(bare.canonical), "lines": []})
+    delivery = Delivery(rt)
+    stages = delivery.stages()
+
+    def docs(chosen):
+        with Session(rt.engine, expire_on_commit=False) as s:
+            return [s.get(Document, i) for i in chosen]
+
+    assert {o.kind for o in stages[StageName.FORWARD](docs(ids[:2]), rt).values()} == {OutcomeKind.WAIT}
+    assert {o.kind for o in stages[StageName.FORWARD](docs(ids[2:]), rt).values()} == {OutcomeKind.OK}
+    # As the workers stored those outcomes: the first two sleep on in posted, the last two are
+    # forwarded, and the claim of ids[2] goes on to confirm it (it holds its lease).
+    with transaction(rt.engine) as s:
+        for d in s.exec(select(Document).where(Document.id.in_(ids[2:]))).all():
+            d.state, d.stage = "forwarded", "confirm"
+        held = s.get(Document, ids[2])
+        held.lease_owner, held.lease_until = "another-worker", utcnow() + timedelta(seconds=60)
+    deadline = time.monotonic() + 10
+    while True:
+        out = stages[StageName.CONFIRM](docs(ids[2:3]), rt)
+        if out[ids[2]].kind is not OutcomeKind.WAIT or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert out[ids[2]].kind is OutcomeKind.OK
+    with Session(rt.engine) as s:
+        rows = {d.id: d for d in s.exec(select(Document).where(Document.id.in_(ids))).all()}
+        trail = {i: [(e.stage, e.outcome, e.actor) for e in s.exec(
+            select(Event).where(Event.document_id == i).order_by(Event.id)).all()] for i in ids}
+    # Nobody came back for the three nobody held: the poller concluded them as their own claims would.
+    assert [(rows[i].state, rows[i].stage, rows[i].lease_owner) for i in ids] == [
+        ("done", None, None), ("failed", "confirm", None), ("forwarded", "confirm", "another-worker"),
+        ("done", None, None)]
+    assert rows[ids[1]].error_code == "anaplan.rejected" and "no lines to import" in rows[ids[1]].error
+    assert trail[ids[0]] == [("forward", "ok", rt.instance), ("confirm", "ok", rt.instance)]
+    assert trail[ids[1]] == [("forward", "ok", rt.instance), ("confirm", "fail", rt.instance)]
+    assert trail[ids[2]] == [] and trail[ids[3]] == [("confirm", "ok", rt.instance)]
     delivery.close()
 
 

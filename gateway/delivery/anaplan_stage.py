@@ -8,11 +8,13 @@ person must fix the configuration; or ``retry``: Anaplan failed the run in a way
   ``batch.max_documents`` or has waited ``batch.max_age_seconds``: CSV built from the import's
   ``headerNames``, uploaded in chunks, import task started. Until then the documents *wait* (no
   attempt used). Once their batch is running they are ``forwarded``: those of the claim that sent
-  it at once, the others when they next come back (after their own sleep, or when the import is
-  over and the batch wakes them), going straight on to ``confirm`` in the same claim.
+  it at once, the others when they next come back (after their own sleep), going straight on to
+  ``confirm`` in the same claim.
 * ``confirm`` polls the batch's task — one process per batch per poll interval — and when it is
   over reads the counts and the failure dump: documents whose rows Anaplan rejected fail with
-  Anaplan's reason, the others are ``done``.
+  Anaplan's reason, the others are ``done``. The poller concludes at once, in one transaction,
+  every member nobody holds (forwarded and confirmed, each with the outcome it would have got
+  on its own); members in a claim at that moment get theirs there, woken if asleep.
 
 A data-source file is never uploaded by two batches at once: the lease ``anaplan-file:<id>`` is
 held by the batch from upload until its dump is read. Every request draws from the tenant budget
@@ -41,7 +43,7 @@ from gateway.destinations.anaplan import (
     AnaplanAuthError, AnaplanBatch as ImportBatch, AnaplanConfigError, AnaplanDestination, AnaplanError,
     AnaplanHTTPError, AnaplanImportConfig, AnaplanRetryLater, AnaplanSettings, RequestCounter,
 )
-from gateway.pipeline.machine import Outcome, State, StageName
+from gateway.pipeline.machine import Outcome, State, StageName, plan_outcomes, store_outcomes
 from gateway.store.db import locked_in_order, reader, retry_conflicts
 from gateway.store.models import AnaplanBatch, Document, utcnow
 
@@ -381,6 +383,36 @@ class AnaplanStages:
                 _D.c.state.in_((State.POSTED.value, State.FORWARDED.value)), finished.exists(),
             ).values(next_attempt_at=now))
 
+    def _conclude(self, batch_id: int, cfg: AnaplanImportConfig) -> None:
+        """The import is over: the members nobody holds now are forwarded and confirmed here, in one
+        transaction, with the outcomes each would get coming back on its own (:meth:`_verdict`) —
+        not each woken, claimed and stored again. Members in a claim now get theirs there."""
+        def conclude() -> int:
+            now = self._now()
+            with self.engine.begin() as conn:
+                row = conn.execute(select(_B).where(_B.c.id == batch_id)).mappings().one()
+                result = _result(row)
+                members = set(result.get("members") or [])
+                waiting = select(_D.c.id, _D.c.interchange_id, _D.c.attempts, _D.c.state).where(
+                    _D.c.anaplan_batch_id == batch_id,
+                    or_(and_(_D.c.state == State.POSTED.value, _D.c.stage == StageName.FORWARD.value),
+                        and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value)),
+                    or_(_D.c.lease_until.is_(None), _D.c.lease_until < now)).order_by(_D.c.id)
+                if conn.dialect.name == "postgresql":
+                    waiting = waiting.with_for_update(skip_locked=True)  # a claim taking one now keeps it
+                docs = [d for d in conn.execute(waiting) if d.id in members]
+                results = []
+                for d in docs:
+                    phases = (StageName.FORWARD, StageName.CONFIRM) if d.state == State.POSTED.value else (
+                        StageName.CONFIRM,)
+                    results += [(d, phase, self._verdict(row, result, members, d, phase, None, cfg), None)
+                                for phase in phases]
+                store_outcomes(conn, plan_outcomes(results, actor=self.owner, now=now))
+            return len(docs)
+
+        concluded = retry_conflicts(conclude)
+        log.info("anaplan.batch_concluded", batch_id=batch_id, documents=concluded)
+
     def _wake(self, batch_id: int) -> None:
         """The batch is over (finished, failed, to be sent again): its waiting members are due now, not
         when they set out to look."""
@@ -489,6 +521,8 @@ class AnaplanStages:
         else:
             self._set(batch_id, RUNNING, state=DONE, error=reason if status == "failed" else None, result=result)
         leases.release(self.engine, file_lease(cfg), _owner(batch_id))
+        if status != "retry":
+            self._conclude(batch_id, cfg)
         self._wake(batch_id)
         log.info("anaplan.batch_done", batch_id=batch_id, task_id=task_id, status=status,
                  failed=len(failed), requests=result["requests"])
