@@ -621,3 +621,20 @@ def test_customer_po_as_sales_order_once(sim: PlexSim, client: PlexClient) -> No
     assert client.post_sales_order(draft).disposition == "already_existed"
     orders = [o for o in state(sim)["sales_orders"] if o["poNumber"] == "CPO-5521"]
     assert len(orders) == 1 and orders[0]["lines"][0]["quantity"] == 12
+
+
+def test_the_simulator_reads_soap_as_untrusted_xml(sim: PlexSim) -> None:
+    envelope = ('<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>'
+                '<ExecuteDataSourcePost xmlns="http://www.plexus-online.com/DataSource">'
+                f'<dataSourceKey>{DS_PO_GET}</dataSourceKey><parameterNames>@PO_No</parameterNames>'
+                '<parameterValues>{value}</parameterValues><delimeter>|</delimeter>'
+                '</ExecuteDataSourcePost></soap:Body></soap:Envelope>')
+    headers = {"Content-Type": "text/xml; charset=utf-8",
+               "SOAPAction": '"http://www.plexus-online.com/DataSource/ExecuteDataSourcePost"'}
+    auth = (SIM_SOAP_USER, SIM_SOAP_PASSWORD)
+    plain = httpx.post(sim.soap_url, content=envelope.replace("{value}", "PO-ACME-1000"), headers=headers, auth=auth)
+    assert plain.status_code == 200 and "PO-ACME-1000" in plain.text
+    laughs = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+              + envelope.replace("{value}", "&lol2;"))
+    refused = httpx.post(sim.soap_url, content=laughs, headers=headers, auth=auth)
+    assert refused.status_code == 500 and "unable to read request" in refused.text and "lollol" not in refused.text

@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any, Literal
 from xml.sax.saxutils import escape as xml_escape
 
-import defusedxml.ElementTree as SafeET
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from lxml import etree
@@ -254,7 +253,7 @@ def _invalid(*errors: tuple[str, str]) -> _RestError:
 
 def stamp(dt: datetime) -> str:
     """Plex's timestamp shape: UTC, ``Z``, seven fraction digits (.NET ticks)."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")[:26] + "0Z"  # strftime costs 3 times more
 
 
 def parse_plex_datetime(text: str) -> datetime | None:
@@ -917,10 +916,22 @@ class PlexSim:
 # --------------------------------------------------------------------------------------------- SOAP helpers
 
 
+# Requests are parsed as untrusted XML, but with lxml (C) rather than defusedxml's pure-Python
+# handlers: no DTD (refused), no entity expansion, no network, no huge trees.
+_SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+
+
+def _parse_xml(body: bytes) -> Any:
+    root = etree.fromstring(body, parser=_SAFE_XML)
+    if root.getroottree().docinfo.doctype:
+        raise ValueError("DTDs are not allowed")
+    return root
+
+
 def _soap_call_info(body: bytes) -> tuple[str | None, str | None]:
     """(operation, data source key) of a SOAP request, or (None, None) when it does not parse."""
     try:
-        root = SafeET.fromstring(body, forbid_dtd=True)
+        root = _parse_xml(body)
     except Exception:  # noqa: BLE001 - any parse failure just means "unknown operation" here
         return None, None
     body_el = _child(root, "Body")
@@ -945,8 +956,8 @@ class _SoapClientFault(Exception):
 
 def _parse_soap_request(body: bytes) -> tuple[str, int | None, dict[str, str | None]]:
     try:
-        root = SafeET.fromstring(body, forbid_dtd=True)
-    except Exception as exc:  # noqa: BLE001 - defusedxml raises several types; all are client errors
+        root = _parse_xml(body)
+    except Exception as exc:  # noqa: BLE001 - lxml and the DTD check raise several types; all are client errors
         raise _SoapClientFault(
             f"Server was unable to read request. There is an error in XML document: {exc}") from None
     if _local(root.tag) != "Envelope" or (body_el := _child(root, "Body")) is None or len(body_el) == 0:
