@@ -24,7 +24,16 @@ from gateway.pipeline.machine import (
 )
 from gateway.pipeline.translation import envelope_duplicate, retranslate, split_interchange, translation_event
 from gateway.store import Document, Event, Interchange, RawPayload, transaction, utcnow
-from gateway.store.db import current_revision, durable, is_conflict, is_postgres, reader, reading, retry_conflicts
+from gateway.store.db import (
+    current_revision,
+    durable,
+    insert_many,
+    is_conflict,
+    is_postgres,
+    reader,
+    reading,
+    retry_conflicts,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fixtures" / "edi" / "demo"
@@ -288,3 +297,21 @@ def test_durable_transactions_sync_the_sqlite_wal_at_commit_and_others_do_not(en
     assert synchronous(engine) == 1  # NORMAL: survives a crash of the process
     assert synchronous(durable(engine)) == 2  # FULL: survives a power cut (intake's commit)
     assert synchronous(engine) == 1  # the pooled connection is not left syncing
+
+
+def test_insert_many_keeps_every_value_and_fills_the_defaults(engine):
+    ich_id = _store(engine, "x.edi", b"ISA*")
+    tricky = 'tab\there, line\nbreak, back\\slash, "quotes", \u00e9\u20ac\U0001f4e6, \\N, \\.'
+    at = utcnow()
+    rows = [{"interchange_id": ich_id, "stage": "translate", "outcome": "ok", "detail": tricky, "at": at,
+             "duration_ms": 1.5, "attempt": None},
+            {"interchange_id": ich_id, "stage": "ack", "outcome": "fail", "detail": None, "at": at,
+             "duration_ms": None, "attempt": 3}]
+    with engine.begin() as conn:
+        insert_many(conn, Event.__table__, rows)
+    with reading(engine) as s:
+        got = s.exec(select(Event).where(Event.interchange_id == ich_id).order_by(Event.id)).all()
+    got = [e for e in got if e.stage in ("translate", "ack")]
+    assert [(e.stage, e.outcome, e.detail, e.duration_ms, e.attempt, e.actor) for e in got] == [
+        ("translate", "ok", tricky, 1.5, None, "gateway"), ("ack", "fail", None, None, 3, "gateway")]
+    assert all(abs((e.at.replace(tzinfo=None) - at.replace(tzinfo=None)).total_seconds()) < 1 for e in got)

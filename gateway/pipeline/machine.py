@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import String, bindparam, insert, update
+from sqlalchemy import String, bindparam, update
 
+from gateway.store.db import insert_many
 from gateway.store.models import Document, Event, utcnow
 
 
@@ -371,8 +372,7 @@ def store_outcomes(conn: Any, planned: Planned) -> int:
             {c: bindparam(f"_v_{c}") for c in columns})
         conn.execute(stmt, [{"_doc_id": g["ids"][0], **{f"_v_{c}": g["values"][c] for c in columns}}
                             for g in groups])
-    if events:
-        conn.execute(insert(Event.__table__), events)
+    insert_many(conn, Event.__table__, events)
     return len(events)
 
 

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-from sqlalchemy import insert, or_, text, update
+from sqlalchemy import or_, text, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, select
 
@@ -66,7 +66,16 @@ from gateway.pipeline.translation import (
     split_interchange,
     translation_event_values,
 )
-from gateway.store.db import is_conflict, is_postgres, locked_in_order, reader, reading, retry_conflicts, transaction
+from gateway.store.db import (
+    insert_many,
+    is_conflict,
+    is_postgres,
+    locked_in_order,
+    reader,
+    reading,
+    retry_conflicts,
+    transaction,
+)
 from gateway.store.models import Document, Event, Interchange, RawPayload, utcnow
 
 __all__ = ["ClaimedDocument", "StageResult", "TranslateStage", "Worker", "describe_exception", "is_transient", "release_leases"]
@@ -386,14 +395,14 @@ class Worker:
                 values = dict(d)
                 fit_values(values, DOCUMENT_LIMITS)
                 rows.append(values)
-            # A plain executemany (the driver's own batching; a multi-row INSERT ... RETURNING costs
-            # several times more), then the ids by position: (interchange, position) is unique.
-            conn.execute(insert(table), rows)
+            # No RETURNING (a multi-row INSERT ... RETURNING costs several times more on PostgreSQL):
+            # the ids are read back by position, (interchange, position) being unique.
+            insert_many(conn, table, rows)
             ids = dict(conn.execute(select(table.c.position, table.c.id).where(table.c.interchange_id == row.id)).all())
             per_doc = r.duration_ms / len(split.rows)
             events = [translation_event_values(ids[d["position"]], d, actor=self.name, now=now, duration_ms=per_doc)
                       for d in split.rows]
-            conn.execute(insert(Event.__table__), events)
+            insert_many(conn, Event.__table__, events)
         row.document_count = len(split.rows)
         row.state = "failed" if split.failed else "split"
         row.error = split.error

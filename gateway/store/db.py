@@ -121,6 +121,29 @@ def reading(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+def insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows of one shape on ``conn`` (inside the caller's transaction), ids not returned.
+
+    On PostgreSQL through COPY: an executemany sends every row as a statement of its own, and the
+    gateway writes several audit events per document. Columns a row leaves out get their Python
+    defaults as an INSERT would give them."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(table.insert(), rows)
+        return
+    names = list(rows[0])
+    defaults = [(c.name, c.default) for c in table.columns
+                if c.name not in rows[0] and c.default is not None and not c.primary_key]
+    columns = names + [name for name, _ in defaults]
+    fill = [d.arg(None) if d.is_callable else d.arg for _, d in defaults]
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    with conn.connection.dbapi_connection.cursor() as cur:
+        with cur.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row([row[n] for n in names] + fill)
+
+
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
