@@ -315,3 +315,25 @@ def test_insert_many_keeps_every_value_and_fills_the_defaults(engine):
     assert [(e.stage, e.outcome, e.detail, e.duration_ms, e.attempt, e.actor) for e in got] == [
         ("translate", "ok", tricky, 1.5, None, "gateway"), ("ack", "fail", None, None, 3, "gateway")]
     assert all(abs((e.at.replace(tzinfo=None) - at.replace(tzinfo=None)).total_seconds()) < 1 for e in got)
+
+
+def test_planned_outcomes_share_the_text_of_a_shared_detail_and_keep_their_own_additions():
+    from types import SimpleNamespace
+
+    from gateway.pipeline.machine import plan_outcomes
+
+    now = utcnow()
+    docs = [SimpleNamespace(id=n, interchange_id=7, attempts=a) for n, a in ((1, 0), (2, 0), (3, 0), (4, 1))]
+    done = Outcome.ok({"anaplan": {"batch": 3, "rows": 2}})
+    again = Outcome.retry("Plex is down", code="plex.unavailable", detail={"plex": "503"})
+    planned = plan_outcomes([(d, StageName.CONFIRM, done, None) for d in docs[:2]]
+                            + [(d, StageName.POST, again, 1.0) for d in docs[2:]], actor="t", now=now,
+                            retry=RetryPolicy(max_attempts=2, initial=1.0, maximum=1.0))
+    [e1], [e2], [e3], [e4] = (planned[n][1] for n in (1, 2, 3, 4))
+    assert [json.loads(e["detail"]) for e in (e1, e2)] == [{"anaplan": {"batch": 3, "rows": 2}}] * 2
+    assert e1["detail"] is e2["detail"]  # one text for both
+    # The retry adds what each document's attempt made of it: its own text (the second gave up).
+    assert json.loads(e3["detail"]) == {"plex": "503", "error": "Plex is down", "code": "plex.unavailable",
+                                        "next_attempt_in_s": 1.0}
+    assert json.loads(e4["detail"])["gave_up_after"] == 2
+    assert [planned[n][0].state for n in (1, 2, 3, 4)] == ["done", "done", "matched", "failed"]

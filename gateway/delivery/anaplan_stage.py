@@ -244,14 +244,15 @@ class AnaplanStages:
         result = _result(row)  # a batch's result names every member: read once, not once per member
         members = set(result.get("members") or [])
         poller = result.get("poller", min(members, default=None))
-        return {d.id: self._verdict(row, result, members, d, phase, problem, cfg, coming, poller) for d in docs}
+        now = self._now()
+        return {d.id: self._verdict(row, result, members, d, phase, problem, cfg, coming, poller, now) for d in docs}
 
     def _verdict(self, row: Mapping[str, Any], result: Mapping[str, Any], members: set[int], doc: Document,
                  phase: StageName, problem: _Problem | None, cfg: AnaplanImportConfig,
-                 coming: str | None = None, poller: int | None = None) -> Outcome:
+                 coming: str | None = None, poller: int | None = None, now: datetime | None = None) -> Outcome:
         state, batch_id = row["state"], row["id"]
         info = {"batch": batch_id, "task": row["task_id"]}
-        now = self._now()
+        now = now or self._now()
         if state == OPEN:
             if problem is not None and problem.retryable:
                 return Outcome.retry(problem.reason, code="anaplan.retry", after=problem.after,
@@ -401,12 +402,21 @@ class AnaplanStages:
                 if conn.dialect.name == "postgresql":
                     waiting = waiting.with_for_update(skip_locked=True)  # a claim taking one now keeps it
                 docs = [d for d in conn.execute(waiting) if d.id in members]
+                failed = result.get("failed") or {}
+                shared: dict[StageName, Outcome] = {}  # every member not failed gets the same outcomes
+
+                def verdict(d: Any, phase: StageName) -> Outcome:
+                    if phase is StageName.CONFIRM and str(d.id) in failed:
+                        return self._verdict(row, result, members, d, phase, None, cfg, now=now)
+                    if phase not in shared:
+                        shared[phase] = self._verdict(row, result, members, d, phase, None, cfg, now=now)
+                    return shared[phase]
+
                 results = []
                 for d in docs:
-                    phases = (StageName.FORWARD, StageName.CONFIRM) if d.state == State.POSTED.value else (
-                        StageName.CONFIRM,)
-                    results += [(d, phase, self._verdict(row, result, members, d, phase, None, cfg), None)
-                                for phase in phases]
+                    if d.state == State.POSTED.value:
+                        results.append((d, StageName.FORWARD, verdict(d, StageName.FORWARD), None))
+                    results.append((d, StageName.CONFIRM, verdict(d, StageName.CONFIRM), None))
                 store_outcomes(conn, plan_outcomes(results, actor=self.owner, now=now))
             return len(docs)
 

@@ -169,6 +169,17 @@ def _dump(detail: Mapping[str, Any]) -> str | None:
     return json.dumps(detail, default=str, ensure_ascii=False, sort_keys=True) if detail else None
 
 
+def _detail_text(outcome: Outcome, detail: dict[str, Any], texts: dict[int, Any] | None) -> str | None:
+    if texts is None or len(detail) != len(outcome.detail):
+        return _dump(detail)
+    # Nothing was added to the outcome's own detail: the same text for every document it is given to
+    # (the outcome is kept with it, so its id cannot be another's while the cache lives).
+    hit = texts.get(id(outcome))
+    if hit is None:
+        hit = texts[id(outcome)] = (outcome, _dump(detail))
+    return hit[1]
+
+
 def apply_outcome(
     doc: Document,
     stage: StageName,
@@ -195,11 +206,13 @@ def transition(
     duration_ms: float | None = None,
     now: datetime | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
+    texts: dict[int, Any] | None = None,
 ) -> dict[str, Any]:
     """What :func:`apply_outcome` does, returning the audit event as column values.
 
     For bulk writers (the worker applies hundreds of outcomes a second with Core inserts, where
-    building an ORM event per outcome would cost more than the insert itself).
+    building an ORM event per outcome would cost more than the insert itself). ``texts`` keeps the
+    JSON of an outcome's detail for the next document given the same outcome object.
     """
     now = now or utcnow()
     for name, value in outcome.changes.items():
@@ -273,7 +286,7 @@ def transition(
         "interchange_id": doc.interchange_id,
         "stage": stage.value,
         "outcome": kind.value,
-        "detail": _dump(detail),
+        "detail": _detail_text(outcome, detail, texts),
         "actor": actor,
         "at": now,
         "duration_ms": duration_ms,
@@ -324,12 +337,14 @@ def plan_outcomes(results: Any, *, actor: str, now: datetime, retry: RetryPolicy
     order — writes, decided by :func:`transition` without touching the store (``document`` needs
     ``id``, ``interchange_id`` and ``attempts``)."""
     planned: Planned = {}
+    texts: dict[int, Any] = {}
     for doc, stage, outcome, duration_ms in results:
         entry = planned.get(doc.id)
         if entry is None:
             entry = planned[doc.id] = (_Target(doc.id, doc.interchange_id, doc.attempts), [])
         target, events = entry
-        events.append(transition(target, stage, outcome, actor=actor, duration_ms=duration_ms, now=now, retry=retry))
+        events.append(transition(target, stage, outcome, actor=actor, duration_ms=duration_ms, now=now, retry=retry,
+                                 texts=texts))
         unknown = set(target.values()) - _DOCUMENT_COLUMNS
         if unknown:
             raise ValueError(f"the {stage.value} stage set unknown document fields: {', '.join(sorted(unknown))}")
