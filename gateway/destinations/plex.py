@@ -759,11 +759,15 @@ class _ZeepTransport(zeep.Transport):
                  connect_timeout: float) -> None:
         super().__init__(timeout=timeout, operation_timeout=operation_timeout)
         self.http = http
+        self._urls: dict[str, httpx.URL] = {}
         self._operation = httpx.Timeout(operation_timeout, connect=connect_timeout)
         self._load = httpx.Timeout(timeout, connect=connect_timeout)
 
     def post(self, address: str, message: bytes | str, headers: dict[str, str]) -> httpx.Response:
-        return self.http.post(address, content=message, headers=headers, timeout=self._operation)
+        url = self._urls.get(address)
+        if url is None:
+            url = self._urls[address] = httpx.URL(address)  # one service address: parsed once
+        return self.http.post(url, content=message, headers=headers, timeout=self._operation)
 
     def get(self, address: str, params: Any, headers: dict[str, str]) -> httpx.Response:
         return self.http.get(address, params=params, headers=headers, timeout=self._operation)
@@ -811,6 +815,7 @@ class PlexClient:
                                   trust_env=config.trust_env,
                                   transport=transport or StdlibTransport(trust_env=config.trust_env),
                                   headers={"Accept": "application/json"})
+        self._urls: dict[str, httpx.URL] = {}
         self._api_key_auth = _ApiKeyAuth(config.api_key, key_provider)
         self._bearer = _BearerAuth(config.oauth, self._http, clock, self._timeout) if config.oauth else None
         self._soap_lock = threading.Lock()
@@ -852,6 +857,16 @@ class PlexClient:
             headers.update(self._bearer.headers())
         return headers
 
+    def _url(self, path: str) -> httpx.URL:
+        """The absolute URL of a Connect path, parsed once: httpx parses a string URL (twice, with a
+        base URL) on every request."""
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) > 1024:  # paths with record ids in them: do not keep them all
+                self._urls.clear()
+            url = self._urls[path] = self._http.base_url.join(path.lstrip("/"))
+        return url
+
     def _reauthenticate(self) -> bool:
         if self._bearer is not None:
             return self._bearer.refresh()
@@ -881,7 +896,7 @@ class PlexClient:
                 headers["Content-Type"] = "application/json"
             started = time.perf_counter()
             try:
-                resp = self._http.request(method, path, params=params, headers=headers,
+                resp = self._http.request(method, self._url(path), params=params, headers=headers,
                                           content=None if body is None else json.dumps(body).encode(),
                                           timeout=timeout or self._timeout)
             except httpx.TimeoutException as exc:
