@@ -184,3 +184,22 @@ def test_bodiless_answers_and_other_schemes():
                 c.get("ftp://127.0.0.1/")
     finally:
         server.close()
+
+
+def test_head_and_body_leave_in_one_write():
+    from gateway.destinations.http import _HTTPConnection
+
+    class Wire:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def sendall(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+
+    conn = _HTTPConnection("127.0.0.1", 9)
+    conn.sock = wire = Wire()
+    conn.putrequest("POST", "/x", skip_host=True, skip_accept_encoding=True)
+    conn.putheader(b"Host", b"127.0.0.1:9")
+    conn.putheader(b"Content-Length", b"7")
+    conn.endheaders(b'{"a":1}')
+    assert wire.writes == [b'POST /x HTTP/1.1\r\nHost: 127.0.0.1:9\r\nContent-Length: 7\r\n\r\n{"a":1}']

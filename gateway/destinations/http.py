@@ -27,6 +27,28 @@ import httpx
 __all__ = ["StdlibTransport"]
 
 
+class _OneWrite:
+    """``http.client`` writes a request's head and its body with two sends; on a kept-alive
+    connection that is two wake-ups of the server for one request. Here they go as one."""
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if not isinstance(message_body, bytes) or encode_chunked:
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            return
+        self._buffer.extend((b"", b""))  # type: ignore[attr-defined]
+        head = b"\r\n".join(self._buffer)  # type: ignore[attr-defined]
+        del self._buffer[:]  # type: ignore[attr-defined]
+        self.send(head + message_body)  # type: ignore[attr-defined]
+
+
+class _HTTPConnection(_OneWrite, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_OneWrite, http.client.HTTPSConnection):
+    pass
+
+
 class _ResponseStream(httpx.SyncByteStream):
     """The body as read by ``http.client`` (chunked or sized), still encoded as sent."""
 
@@ -63,8 +85,8 @@ class StdlibTransport(httpx.BaseTransport):
             conn.close()  # the server closed it (or sent something unasked): never reuse
         scheme, host, port = origin
         if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=connect_timeout, context=self._ssl)
-        return http.client.HTTPConnection(host, port, timeout=connect_timeout)
+            return _HTTPSConnection(host, port, timeout=connect_timeout, context=self._ssl)
+        return _HTTPConnection(host, port, timeout=connect_timeout)
 
     def _checkin(self, origin: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -136,7 +158,7 @@ def _send(conn: http.client.HTTPConnection, request: httpx.Request, body: bytes)
                         skip_accept_encoding=True)
         for name, value in request.headers.raw:
             conn.putheader(name, value)
-        conn.endheaders(body or None)  # head and body in one write: no Nagle / delayed-ACK stall
+        conn.endheaders(body or None)  # head and body in one write (_OneWrite)
     except TimeoutError as exc:
         raise httpx.WriteTimeout(str(exc) or "write timed out", request=request) from exc
     except OSError as exc:
