@@ -54,6 +54,21 @@ def posted_documents(engine, count: int, *, kinds: tuple[str, ...] = ("invoice",
     return ids
 
 
+def orders_the_second_without_lines(engine, count: int) -> list[int]:
+    """Posted purchase orders; the second has no lines, so it makes no row in the import."""
+    ids = posted_documents(engine, count, kinds=("purchase_order",))
+    with transaction(engine) as s:
+        bare = s.get(Document, ids[1])
+        bare.canonical = json.dumps({**json.loads(bare.canonical), "lines": []})
+    return ids
+
+
+def stored(engine, ids: list[int]) -> list[Document]:
+    """These documents as a worker claims them: fresh from the store."""
+    with Session(engine, expire_on_commit=False) as s:
+        return [s.get(Document, i) for i in ids]
+
+
 def runtime_for(sandbox, store_url, tmp_path, **anaplan):
     rt = open_runtime(settings_for(sandbox, store_url, tmp_path, anaplan=anaplan), migrate=False)
     rt.instance = instance_id("test")
@@ -221,16 +236,12 @@ def test_two_claims_finishing_together_send_one_batch_without_sleeping(sandbox, 
 
 def test_a_document_that_made_no_row_fails_and_the_rest_of_a_clean_import_is_done(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=3, max_age=60)
-    ids = posted_documents(rt.engine, 3, kinds=("purchase_order",))
-    with transaction(rt.engine) as s:
-        bare = s.get(Document, ids[1])
-        bare.canonical = json.dumps({**json.loads(bare.canonical), "lines": []})
+    ids = orders_the_second_without_lines(rt.engine, 3)
     delivery = Delivery(rt)
     stages = delivery.stages()
 
     def docs():
-        with Session(rt.engine, expire_on_commit=False) as s:
-            return [s.get(Document, i) for i in ids]
+        return stored(rt.engine, ids)
 
     assert {o.kind for o in stages[StageName.FORWARD](docs(), rt).values()} == {OutcomeKind.OK}
     deadline = time.monotonic() + 10
@@ -251,16 +262,12 @@ def test_a_document_that_made_no_row_fails_and_the_rest_of_a_clean_import_is_don
 
 def test_the_end_of_an_import_concludes_the_members_nobody_holds_in_one_go(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=4, max_age=60)
-    ids = posted_documents(rt.engine, 4, kinds=("purchase_order",))
-    with transaction(rt.engine) as s:
-        bare = s.get(Document, ids[1])
-        bare.canonical = json.dumps({**json.loads(bare.canonical), "lines": []})
+    ids = orders_the_second_without_lines(rt.engine, 4)
     delivery = Delivery(rt)
     stages = delivery.stages()
 
     def docs(chosen):
-        with Session(rt.engine, expire_on_commit=False) as s:
-            return [s.get(Document, i) for i in chosen]
+        return stored(rt.engine, chosen)
 
     assert {o.kind for o in stages[StageName.FORWARD](docs(ids[:2]), rt).values()} == {OutcomeKind.WAIT}
     assert {o.kind for o in stages[StageName.FORWARD](docs(ids[2:]), rt).values()} == {OutcomeKind.OK}
