@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -224,6 +224,7 @@ class PostStage:
                                            postings[d.id].key in absent.get(postings[d.id].kind, ()),
                                            lookups.get(postings[d.id].kind, []))
                    for d in docs if d.id in postings}
+        wait(futures.values())  # one wake-up when all are posted, not one per document in turn
         out.update({doc_id: f.result() for doc_id, f in futures.items()})
         return out
 
