@@ -414,3 +414,24 @@ def test_partner_files_are_looked_for_at_most_once_a_second_and_at_once_after_an
     path.write_text(path.read_text().replace("Retail West", "Retail East"))
     rt.partners_changed()
     assert rt.partners().get("northwind-retail").name == "Northwind Retail East"
+
+
+def test_an_idle_cycle_writes_nothing(runtime):
+    from sqlalchemy import event
+
+    w = Worker(runtime, stages={StageName.MATCH: lambda d, rt: Outcome.ok(supplier_code="S-1")})
+    store_payload(runtime.engine, x12_850(409, ["PO-1"]))
+    assert w.run_until_idle().processed == 1  # split, then matched
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(" ".join(statement.split()[:2]).upper())
+
+    event.listen(runtime.engine, "before_cursor_execute", seen)
+    try:
+        report = w.run_once()
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", seen)
+    # Nothing to split or to claim: looked for through a reader, no lock taken, nothing written.
+    assert not report.busy
+    assert statements and not [s for s in statements if s.startswith(("UPDATE", "INSERT", "DELETE", "BEGIN IMMEDIATE"))]
