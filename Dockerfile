@@ -1,8 +1,9 @@
 # The gateway as a container: `docker build -t edi-gateway .` then
 # `docker run --rm -v "$PWD/edi:/edi" edi-gateway translate /edi/order.x12`.
 
-# Build stage: a C compiler, so the translation core is compiled with mypyc and the X12 C path
-# (translators/_x12.c) is built (setup.py); the runtime image gets wheels only.
+# Build stage: a C compiler, so the translation core is compiled with mypyc and the readers' C
+# paths (translators/_x12.c, translators/_edifact.c) are built (setup.py); the runtime image gets
+# wheels only.
 FROM python:3.11-slim AS build
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null \
     && rm -rf /var/lib/apt/lists/*

@@ -1,11 +1,11 @@
-"""Build step: the translation core's hot modules compiled to C with mypyc, and the X12
-X12 hot path in hand-written C (translators/_x12.c).
+"""Build step: the translation core's hot modules compiled to C with mypyc, and the readers'
+hot paths in hand-written C (translators/_x12.c, translators/_edifact.c).
 
 The compiled modules are the same source as the pure-Python ones, so the package works either
 way; compiled, translation runs several times faster (benchmarks/translate.py). Whatever goes
 wrong here — no C compiler, no Python headers, mypyc refusing the code — the install carries on
-as pure Python with a warning, never fails (the C path failing alone leaves the mypyc build in
-place). ``EDI_GATEWAY_PURE=1`` skips compiling on purpose.
+as pure Python with a warning, never fails (a C path failing alone leaves the mypyc build and
+the other C path in place). ``EDI_GATEWAY_PURE=1`` skips compiling on purpose.
 
 Everything else about the package is in pyproject.toml.
 """
@@ -30,8 +30,11 @@ HOT_MODULES = [
     "translators/messages/edifact_orders.py",
     "translators/messages/edifact_invoic.py",
 ]
-# Hand-written C, used by translators/envelope.py when it imports (see translators/native.py).
-NATIVE_X12 = Extension("translators._x12", ["translators/_x12.c"])
+# Hand-written C, used by the readers and mappers when it imports (see translators/native.py).
+NATIVE = [
+    Extension(f"translators._{name}", [f"translators/_{name}.c"], depends=["translators/_tokens.h"])
+    for name in ("x12", "edifact")
+]
 
 
 def _warn(message: str) -> None:
@@ -44,7 +47,8 @@ def _remove_compiled(stems: list[str] | None = None) -> None:
     left there, they would shadow the pure-Python source they no longer match."""
     here = os.path.dirname(os.path.abspath(__file__))
     if stems is None:
-        stems = [m[: -len(".py")] for m in HOT_MODULES] + ["translators/_native__mypyc", "translators/_x12"]
+        stems = [m[: -len(".py")] for m in HOT_MODULES] + ["translators/_native__mypyc"]
+        stems += [ext.name.replace(".", "/") for ext in NATIVE]
     for stem in stems:
         folder, name = os.path.split(os.path.join(here, stem))
         if not os.path.isdir(folder):
@@ -65,20 +69,21 @@ class OptionalBuildExt(build_ext):
             _warn(f"compiling failed ({exc.__class__.__name__}: {exc})")
 
     def build_extension(self, ext) -> None:  # noqa: ANN001 - setuptools' signature
-        if ext is not NATIVE_X12:
+        if ext not in NATIVE:
             return super().build_extension(ext)
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001 - the C path is optional on its own
-            print(f"edi-gateway: the X12 C path (translators/_x12.c) did not compile ({exc.__class__.__name__}: {exc}); "
-                  "the reader runs without it", file=sys.stderr)
-            _remove_compiled(["translators/_x12"])
+        except Exception as exc:  # noqa: BLE001 - each C path is optional on its own
+            source = ext.sources[0]
+            print(f"edi-gateway: the C path {source} did not compile ({exc.__class__.__name__}: {exc}); "
+                  "the translation core runs without it", file=sys.stderr)
+            _remove_compiled([ext.name.replace(".", "/")])
             path = self.get_ext_fullpath(ext.name)
             if os.path.exists(path):
                 os.remove(path)
             # A new list, not a removal: the build loop goes on over the old one, and the copy
             # into the source tree (pip install -e) no longer looks for this module.
-            self.extensions = [e for e in self.extensions if e is not NATIVE_X12]
+            self.extensions = [e for e in self.extensions if e is not ext]
 
     def copy_file(self, infile, outfile, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - setuptools' signature
         # In place (pip install -e): unlink, never overwrite, a module a running process may
@@ -106,7 +111,7 @@ def _extensions() -> list:
         # Third-party packages (pydantic ...) are read as Any, whether or not the build
         # environment has them, so the build type-checks the same everywhere.
         options = ["--no-site-packages", "--follow-imports=silent", "--ignore-missing-imports"]
-        return mypycify(options + HOT_MODULES, opt_level="3", group_name="translators._native") + [NATIVE_X12]
+        return mypycify(options + HOT_MODULES, opt_level="3", group_name="translators._native") + NATIVE
     except BaseException as exc:  # noqa: BLE001 - mypyc missing or refusing the code (it may sys.exit)
         _warn(f"mypyc is unavailable or rejected the code ({exc.__class__.__name__}: {exc})")
         return []

@@ -1,11 +1,12 @@
-"""The C fast path (translators/_x12.c) against the pure-Python path, input by input.
+"""The C fast paths (translators/_x12.c, translators/_edifact.c) against the pure-Python path,
+input by input.
 
 Every corpus file, every fixture under fixtures/edi and mutated versions of both are read
-twice — with the C path and with ``translators.native.x12`` set to None — and everything the
-translation core hands on must be equal: the segments (``envelope.segments``), the events of
+twice — with the C paths and with ``translators.native.x12`` and ``translators.native.edifact``
+set to None — and everything the translation core hands on must be equal: the segments (``envelope.segments``), the events of
 ``envelope.read_bytes`` (transaction sets, interchange summaries, file findings), the
 translation (canonical documents, statuses, findings with codes, positions and messages) and
-the acknowledgments. Where the C path was built, the tests also make sure it is in use.
+the acknowledgments. Where a C path was built, the tests also make sure it is in use.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ PARTNERS, _ = check_directory_texts(
 )
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 BUILT = native.x12
+BUILT_EDIFACT = native.edifact
+C_PATHS = {"x12": BUILT, "edifact": BUILT_EDIFACT}
 
 
 def _plain(value):
@@ -59,8 +62,11 @@ def _everything(data: bytes):
     for n, i in enumerate(result.interchanges, 1):
         try:
             ack = build_acknowledgment(i.summary, now=NOW, interchange_control=f"{n:09d}", group_control=str(n))
-        except ValueError as exc:  # an envelope no acknowledgment can answer (e.g. a 3-character qualifier)
-            acks.append(("ValueError", str(exc)))
+        except (ValueError, TypeError) as exc:
+            # An envelope no acknowledgment can answer (e.g. a 3-character qualifier); TypeError:
+            # an EDIFACT segment outside a message whose tag splits into components (the finding's
+            # segment tag is then a list, which the CONTRL builder cannot look up), on both paths.
+            acks.append((type(exc).__name__, str(exc)))
             continue
         acks.append(None if ack is None else (ack.kind, ack.text))
     return {
@@ -79,11 +85,13 @@ def assert_paths_agree(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     fast = _everything(data)
     with monkeypatch.context() as m:
         m.setattr(native, "x12", None)
+        m.setattr(native, "edifact", None)
         pure = _everything(data)
     assert fast == pure
 
 
-needs_native = pytest.mark.skipif(BUILT is None, reason="the C path is not built: nothing to compare")
+needs_native = pytest.mark.skipif(BUILT is None and BUILT_EDIFACT is None, reason="no C path is built: nothing to compare")
+needs_edifact = pytest.mark.skipif(BUILT_EDIFACT is None, reason="the EDIFACT C path is not built: nothing to compare")
 
 
 @needs_native
@@ -99,7 +107,7 @@ def test_corpus_file_reads_the_same_both_ways(sample, monkeypatch):
 
 
 @needs_native
-@pytest.mark.parametrize("sample", corpus.params(folder_prefix="x12"))
+@pytest.mark.parametrize("sample", corpus.params())
 @MUTATION
 @given(ops=mutations)
 def test_mutated_corpus_file_reads_the_same_both_ways(sample, ops, monkeypatch):
@@ -112,7 +120,7 @@ def test_mutated_corpus_file_reads_the_same_both_ways(sample, ops, monkeypatch):
 
 @needs_native
 @MUTATION
-@given(path=st.sampled_from([p for p in FIXTURES if p.suffix == ".x12"]), ops=mutations)
+@given(path=st.sampled_from(FIXTURES), ops=mutations)
 def test_mutated_fixture_reads_the_same_both_ways(path, ops, monkeypatch):
     data = _sample_bytes(str(path))
     for op in ops:
@@ -149,10 +157,69 @@ EDGE_CASES = {
 }
 
 
+# The same for the EDIFACT loop: release characters, components, and what it hands back.
+_UNA = b"UNA:+.? '"
+_UNB = b"UNB+UNOC:3+4012345000009:14+5412345000013:14+261122:1200+REF1'"
+_MSG = (b"UNH+1+ORDERS:D:96A:UN:EAN008'BGM+220+PO-1+9'DTM+137:20261101:102'"
+        b"NAD+BY+4012345000009::9++EUROPA GMBH+HAUPTSTRASSE 5+BERLIN++10115+DE'NAD+SU+5412345000013::9'CUX+2:EUR:9'"
+        b"LIN+1++4012345000016:EN'PIA+1+A-1:BP+V-1:SA'IMD+F++:::BOLT M8'QTY+21:10:PCE'PRI+AAA:2.50'"
+        b"UNS+S'CNT+2:1'UNT+13+1'")
+_UNZ = b"UNZ+1+REF1'"
+_INTERCHANGE = _UNA + _UNB + _MSG + _UNZ
+EDIFACT_EDGE_CASES = {
+    "plain": _INTERCHANGE,
+    "no-una": _UNB + _MSG + _UNZ,
+    "lf-after-terminators": _INTERCHANGE.replace(b"'", b"'\n").replace(b"UNA:+.? '\n", b"UNA:+.? '\n"),
+    "crlf-after-terminators": _INTERCHANGE.replace(b"'", b"'\r\n"),
+    "released-separators": _INTERCHANGE.replace(b"BOLT M8", b"BOLT?+NUT?:M8 ?? 50?%"),
+    "released-in-every-element": _INTERCHANGE.replace(b"PIA+1+A-1:BP+V-1:SA", b"PIA+1+A?+1?:2:BP+V??1:S?A")
+    .replace(b"QTY+21:10", b"Q?TY+2?1:10"),
+    "released-terminator": _INTERCHANGE.replace(b"BOLT M8", b"BOLT?'M8"),
+    "release-before-line-break": _INTERCHANGE.replace(b"BOLT M8", b"BOLT?\nM8"),
+    "release-at-the-end": _INTERCHANGE + b"FTX+AAI+++X?",
+    "no-release-character": _INTERCHANGE.replace(b"UNA:+.? '", b"UNA:+.  '").replace(b"BOLT M8", b"BOLT? M8?"),
+    "blank-pieces": _INTERCHANGE.replace(b"'PIA", b"' \n ''PIA"),
+    "hard-wrapped-segment": _INTERCHANGE.replace(b"QTY+21:10", b"QTY+2\r\n1:10"),
+    "tag-with-component": _INTERCHANGE.replace(b"'IMD+", b"'IM:D+"),
+    "long-and-short-tags": _INTERCHANGE.replace(b"'IMD+", b"'IMDX+").replace(b"'PRI+", b"'PR+"),
+    "released-tag": _INTERCHANGE.replace(b"'QTY+", b"'Q?TY+"),
+    "lowercase-tags": _INTERCHANGE.replace(b"'QTY+", b"'qty+").replace(b"'UNS+", b"'uns+"),
+    "empty-and-trailing-elements": _INTERCHANGE.replace(b"QTY+21:10:PCE", b"QTY+21:10:+").replace(b"'CNT", b"'FTX++++'CNT"),
+    "many-elements": _INTERCHANGE.replace(b"'UNS", b"'FTX" + b"+X" * 200 + b"'UNS"),
+    "nul-and-ebcdic-blanks": _INTERCHANGE.replace(b"'LIN", b"'\x00\x0b\x0cLIN"),
+    "latin-1": _INTERCHANGE.replace(b"UNOC", b"UNOC").replace(b"BOLT M8", b"SCHRAUBE \xc4\xd6 M\xfcller \xa0X ?\xe9"),
+    "utf-8": _INTERCHANGE.replace(b"UNOC", b"UNOW").replace(b"BOLT M8", "Łódź 東京 ?+ \ue000".encode()),
+    "second-interchange-same-una": _INTERCHANGE + b"\n" + _INTERCHANGE.replace(b"REF1", b"REF2"),
+    "second-interchange-other-una": _INTERCHANGE + _INTERCHANGE.replace(b"REF1", b"REF2").replace(b"+", b"*")
+    .replace(b"UNA:*.? '", b"UNA:*.? '"),
+    "una-mid-interchange": _UNA + _UNB + _MSG + _UNA + _UNB.replace(b"REF1", b"REF2") + _MSG + _UNZ,
+    "non-default-separators": _INTERCHANGE.replace(b"+", b"|").replace(b":", b"^").replace(b"'", b"!")
+    .replace(b"?", b"\\").replace(b"UNA^|.\\ !", b"UNA^|.\\ !"),
+    "newline-terminator": _INTERCHANGE.replace(b"'", b"\n"),
+    "space-separator": _INTERCHANGE.replace(b"UNA:+.? '", b"UNA: .? '").replace(b"+", b" "),
+    "same-separators": _INTERCHANGE.replace(b"UNA:+.? '", b"UNA++.? '"),
+    "segment-outside-a-message": _UNA + _UNB + b"FTX+AAI+++X'" + _MSG + _UNZ + b"QTY+1:1'",
+    "no-trailing-terminator": _INTERCHANGE[:-1],
+}
+
+
 @needs_native
 @pytest.mark.parametrize("data", list(EDGE_CASES.values()), ids=list(EDGE_CASES))
 def test_edge_case_reads_the_same_both_ways(data, monkeypatch):
     assert_paths_agree(data, monkeypatch)
+
+
+@needs_native
+@pytest.mark.parametrize("data", list(EDIFACT_EDGE_CASES.values()), ids=list(EDIFACT_EDGE_CASES))
+def test_edifact_edge_case_reads_the_same_both_ways(data, monkeypatch):
+    assert_paths_agree(data, monkeypatch)
+
+
+def test_released_characters_are_data():
+    (line,) = translate(EDIFACT_EDGE_CASES["released-in-every-element"]).documents[0].document["lines"]
+    assert (line["buyer_part"], line["supplier_part"], line["quantity"]) == ("A+1:2", "V?1", "10")
+    (line,) = translate(EDIFACT_EDGE_CASES["released-separators"]).documents[0].document["lines"]
+    assert line["description"] == "BOLT+NUT:M8 ? 50%"
 
 
 def test_lin_competes_with_the_line_by_rank():
@@ -196,51 +263,112 @@ def test_tricky_values_read_the_same_both_ways(data, monkeypatch):
     assert_paths_agree(data, monkeypatch)
 
 
-@needs_native
-def test_large_interchange_reads_the_same_both_ways(monkeypatch):
-    # Several 1 MB chunks and reader slices, so segments cross every boundary.
-    from benchmarks.translate import x12_850
+EDIFACT_TOKENS = ["", " ", "0", "010", "12.50", "12,50", "0.5", ".5", "-1", "1e3", "²", "21", "AAA", "AAB", "PCE", "EN",
+                  "BP", "SA", "IN", " BP ", "EUR", "20261101", "102", "2026110", "?+", "?:", "??", "?'", "a?b", "?",
+                  "É", "Ł", "\x85X", "UNH", "UNS", "S", "D"]
 
-    assert_paths_agree(x12_850(2_500_000), monkeypatch)
+
+@st.composite
+def edifact_with_tricky_values(draw):
+    kind = draw(st.sampled_from(["ORDERS", "INVOIC"]))
+    encoding = draw(st.sampled_from(["latin-1", "utf-8"]))  # one byte per character, or not
+
+    def element(parts: list[str]) -> str:
+        return ":".join(parts)
+
+    def segment(tag: str) -> bytes:
+        elements = draw(st.lists(st.lists(st.sampled_from(EDIFACT_TOKENS), min_size=1, max_size=4), max_size=6))
+        return "+".join([tag, *map(element, elements)]).encode(encoding, "replace")
+
+    body = [b"BGM+220+DOC-1+9", b"DTM+137:20261101:102"]
+    for _ in range(draw(st.integers(1, 4))):
+        body.append(b"LIN+1++4012345000016:EN")
+        for tag in draw(st.lists(st.sampled_from(["PIA", "IMD", "QTY", "PRI", "MOA", "DTM", "RFF", "TAX", "ALC", "FTX"]),
+                                 max_size=5)):
+            body.append(segment(tag))
+    body += [b"UNS+S", segment("MOA")]
+    unh = f"UNH+1+{kind}:D:96A:UN".encode()
+    unt = f"UNT+{len(body) + 2}+1".encode()
+    separator = draw(st.sampled_from([b"'", b"'\n", b"'\r\n"]))
+    return _UNA + _UNB + separator.join([unh, *body, unt]) + separator + _UNZ
+
+
+@needs_native
+@settings(MUTATION, max_examples=300)
+@given(data=edifact_with_tricky_values())
+def test_tricky_edifact_values_read_the_same_both_ways(data, monkeypatch):
+    note(f"bytes: {data!r}")
+    assert_paths_agree(data, monkeypatch)
+
+
+@needs_native
+@pytest.mark.parametrize("standard", ["x12", "edifact"])
+def test_large_interchange_reads_the_same_both_ways(standard, monkeypatch):
+    # Several 1 MB chunks and reader slices, so segments cross every boundary.
+    from benchmarks.translate import edifact_orders, x12_850
+
+    assert_paths_agree((x12_850 if standard == "x12" else edifact_orders)(2_500_000), monkeypatch)
 
 
 # --------------------------------------------------------------------------------------------
 # The fast path is in use wherever it was built.
 
 
-def test_c_path_is_built_where_a_compiler_is():
+@pytest.mark.parametrize("standard", list(C_PATHS))
+def test_c_path_is_built_where_a_compiler_is(standard):
     include = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if os.environ.get("EDI_GATEWAY_PURE") or not shutil.which(os.environ.get("CC", "cc")) or not include.exists():
         pytest.skip("no C compiler or Python headers (or EDI_GATEWAY_PURE): the pure-Python path is expected")
-    assert BUILT is not None, "pip install -e . did not build translators/_x12.c (see its build log)"
+    assert C_PATHS[standard] is not None, f"pip install -e . did not build translators/_{standard}.c (see its build log)"
 
 
-def test_c_path_is_not_older_than_its_source():
-    if BUILT is None:
+@pytest.mark.parametrize("standard", list(C_PATHS))
+def test_c_path_is_not_older_than_its_source(standard):
+    module = C_PATHS[standard]
+    if module is None:
         pytest.skip("the C path is not built")
-    source = REPO / "translators" / "_x12.c"
-    built = source.with_name(Path(BUILT.__file__).name)
-    assert source.stat().st_mtime <= built.stat().st_mtime + 1, "rebuild with `.venv/bin/pip install -e .`"
+    built = REPO / "translators" / Path(module.__file__).name
+    for source in (REPO / "translators" / f"_{standard}.c", REPO / "translators" / "_tokens.h"):
+        assert source.stat().st_mtime <= built.stat().st_mtime + 1, "rebuild with `.venv/bin/pip install -e .`"
 
 
-@needs_native
+class Counting:
+    """A built module, keeping each function's results (the C path is in use when they are not None)."""
+
+    def __init__(self, module):
+        self.module = module
+        self.calls: dict[str, list] = {}
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+
+        def counted(*args):
+            result = fn(*args)
+            self.calls.setdefault(name, []).append(result)
+            return result
+
+        return counted
+
+
+@pytest.mark.skipif(BUILT is None, reason="the X12 C path is not built")
 def test_translation_goes_through_the_c_path(monkeypatch):
-    calls: dict[str, list] = {}
-
-    class Counting:
-        """The built module, counting each function's calls and whether it did the work."""
-
-        def __getattr__(self, name):
-            fn = getattr(BUILT, name)
-
-            def counted(*args):
-                result = fn(*args)
-                calls.setdefault(name, []).append(result is not None)
-                return result
-
-            return counted
-
-    monkeypatch.setattr(native, "x12", Counting())
+    counting = Counting(BUILT)
+    monkeypatch.setattr(native, "x12", counting)
     assert translate(EDGE_CASES["plain"]).ok
+    calls = {name: [r is not None for r in results] for name, results in counting.calls.items()}
     assert set(calls) >= {"split", "decimal", "item", "description", "passes"}, "translation did not use the C path"
     assert all(all(calls[name]) for name in ("split", "item", "description")), "the C path handed a plain file back"
+
+
+@needs_edifact
+@pytest.mark.parametrize("case", ["plain", "crlf-after-terminators", "released-separators", "latin-1"])
+def test_edifact_translation_goes_through_the_c_path(case, monkeypatch):
+    counting = Counting(BUILT_EDIFACT)
+    monkeypatch.setattr(native, "edifact", counting)
+    assert translate(EDIFACT_EDGE_CASES[case]).ok
+    results = counting.calls.get("split")
+    assert results and all(r is not None for r in results), "the EDIFACT reader did not use the C path"
+    # Every segment but the service ones (UNA UNB UNH UNT UNZ) came back split.
+    split = [item for r in results for item in r if isinstance(item, list)]
+    assert [seg[0] for seg in split] == [seg[0] for seg in segments(EDIFACT_EDGE_CASES[case])
+                                         if seg[0] not in ("UNA", "UNB", "UNH", "UNT", "UNZ")]

@@ -35,8 +35,8 @@ SLICE: Final = 1 << 12  # text handed to the tokenizer at a time (see _Envelope.
 _WS: Final = " \t\r\n\x00\x1a\x0b\x0c\x85"
 
 Event = TransactionSet | InterchangeSummary | Finding
-# The X12 reader's pieces of text between terminators; the C loop hands ordinary segments
-# back already split into their elements.
+# The readers' pieces of text between terminators; the C loops hand ordinary segments back
+# already split (X12: into their elements; EDIFACT: elements and components).
 Pieces = list[list[str] | str]
 
 
@@ -780,6 +780,7 @@ class _EdifactReader(_Envelope):
         self._escape_map: dict[str, str] = {}
         self._restore: dict[int, str] = {}
         self.ung_count = 0
+        self.native = native.edifact  # the C loop, or None: the pure-Python path
 
     def _set_delimiters(self, d: Delimiters):
         self.delims = d
@@ -853,11 +854,17 @@ class _EdifactReader(_Envelope):
                 # A release character just before a line break releases what follows the break:
                 # take the breaks out first (this keeps the count of terminators).
                 work = buf.replace("\r", "").replace("\n", "")
-            pieces = work.split(term)
             released = bool(rel) and rel in work and (rel + term) in work
+            pieces: Pieces
             if released:
-                pieces = _rejoin_released(pieces, rel, term)
+                pieces = cast(Pieces, _rejoin_released(work.split(term), rel, term))
+            else:
+                # Where built, the C loop hands ordinary segments back already split, release
+                # characters resolved (see translators/_edifact.c); one item per piece either way.
+                split = self.native.split(work, d.element, d.component, term, d.release) if self.native is not None else None
+                pieces = split if split is not None else cast(Pieces, work.split(term))
             last = pieces.pop()
+            assert isinstance(last, str)  # the text after the last terminator stays text
             if final:
                 if last.strip(_WS):
                     pieces.append(last)
@@ -878,33 +885,42 @@ class _EdifactReader(_Envelope):
             n = -1
             for piece in pieces:
                 n += 1
-                if not piece:
-                    continue
-                piece, lead = _unwrapped(piece, cr)
-                if lead < 0:
-                    continue
-                if skip_una and piece.startswith("UNA", lead):
-                    # The next interchange's UNA repeats the service characters in force.
-                    skip_una = False
-                    self.index += 1
-                    continue
-                if rel and rel in piece:
-                    seg = self._split_released(piece, el, comp)
+                seg: list
+                if isinstance(piece, list):
+                    # An ordinary segment the C loop split: a plain three-letter tag, no service segment.
+                    if out is not None:
+                        out.append(piece)
+                        continue
+                    seg = piece
+                    head = piece[0]
                 else:
-                    seg = [e.split(comp) if comp in e else e for e in piece.split(el)]
-                tag = seg[0]
-                if lead:
-                    # Blanks after the terminator: only the tag holds them (see the X12 reader).
-                    if isinstance(tag, list):
-                        tag[0] = tag[0][lead:]
+                    if not piece:
+                        continue
+                    piece, lead = _unwrapped(piece, cr)
+                    if lead < 0:
+                        continue
+                    if skip_una and piece.startswith("UNA", lead):
+                        # The next interchange's UNA repeats the service characters in force.
+                        skip_una = False
+                        self.index += 1
+                        continue
+                    if rel and rel in piece:
+                        seg = self._split_released(piece, el, comp)
                     else:
-                        tag = seg[0] = tag[lead:]
-                # The first three characters, not seg[0] alone: a garbled tag may itself split
-                # into components.
-                head = tag if isinstance(tag, str) and len(tag) == 3 else piece[lead : lead + 3]
-                if out is not None and head not in envelope and head != "UNA":
-                    out.append(seg)
-                    continue
+                        seg = [e.split(comp) if comp in e else e for e in piece.split(el)]
+                    tag = seg[0]
+                    if lead:
+                        # Blanks after the terminator: only the tag holds them (see the X12 reader).
+                        if isinstance(tag, list):
+                            tag[0] = tag[0][lead:]
+                        else:
+                            tag = seg[0] = tag[lead:]
+                    # The first three characters, not seg[0] alone: a garbled tag may itself split
+                    # into components.
+                    head = tag if isinstance(tag, str) and len(tag) == 3 else piece[lead : lead + 3]
+                    if out is not None and head not in envelope and head != "UNA":
+                        out.append(seg)
+                        continue
                 if ts is not None:
                     self.index = ts.first_segment_index + len(ts.segments) - 1
                 if seg[0] == "UNZ" or head == "UNA":
@@ -951,10 +967,13 @@ class _EdifactReader(_Envelope):
             for e in marked.split(el)
         ]
 
-    def _same_delimiters_next(self, pieces: list[str], start: int, d: Delimiters) -> bool:
+    def _same_delimiters_next(self, pieces: Pieces, start: int, d: Delimiters) -> bool:
         """After a UNZ: whether the next interchange keeps the service characters in force, so the
         pieces already split can be read on (re-splitting the rest per interchange is quadratic)."""
         for piece in pieces[start : start + 4]:
+            if isinstance(piece, list):
+                self._skip_una = False
+                return False  # an ordinary segment the C loop split: neither UNA nor UNB
             cand = piece.lstrip(_WS)
             if not cand:
                 continue

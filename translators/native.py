@@ -1,10 +1,11 @@
-"""The optional hand-written C behind the X12 reader and mappers (translators/_x12.c, built by
-setup.py).
+"""The optional hand-written C behind the readers and the X12 mappers, built by setup.py:
+translators/_x12.c (the X12 reader's loop and the mappers' value work) and translators/_edifact.c
+(the EDIFACT reader's loop).
 
-``x12`` is the compiled module, or None where it was not built (no C compiler,
-``EDI_GATEWAY_PURE=1``): the reader and the mappers then run their pure-Python path, which gives
-the same segments, events and documents. Each reader and mapper looks it up here when it
-starts, so tests can set it to None to compare both paths.
+``x12`` and ``edifact`` are the compiled modules, or None where they were not built (no C
+compiler, ``EDI_GATEWAY_PURE=1``): the readers and the mappers then run their pure-Python path,
+which gives the same segments, events and documents. Each reader and mapper looks them up here
+when it starts, so tests can set them to None to compare both paths.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import importlib
 from types import ModuleType
 
 
-def _load() -> ModuleType | None:
+def _load(name: str) -> ModuleType | None:
     try:
-        return importlib.import_module("translators._x12")
+        return importlib.import_module(name)
     except ImportError:  # not built: the pure-Python path
         return None
 
 
-x12: ModuleType | None = _load()
+x12: ModuleType | None = _load("translators._x12")
+edifact: ModuleType | None = _load("translators._edifact")
