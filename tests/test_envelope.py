@@ -1264,6 +1264,24 @@ def test_streaming_utf8_decision_is_per_block_of_the_stream():
     assert events(split_every(data, 4099)) == whole
 
 
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(size=st.integers(0, 5 * decoding.BLOCK), skip=st.integers(0, 10),
+       cuts=st.lists(st.sampled_from([1, 7, decoding.BLOCK - 3, decoding.BLOCK, decoding.BLOCK + 5, 1 << 20, 100_000]),
+                     min_size=1, max_size=12))
+def test_decoder_blocks_are_the_streams_fixed_blocks_whatever_the_chunks(size, skip, cuts):
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    chunks, at = [], 0
+    for n in cuts * (size // sum(cuts) + 1):
+        chunks.append(data[at : at + n])
+        at += n
+        if at >= size:
+            break
+    rest = b"".join([chunks[0][skip:], *chunks[1:]])  # the skip is taken off the first chunk
+    expected = [(rest[i : i + decoding.BLOCK], False) for i in range(0, len(rest) - len(rest) % decoding.BLOCK, decoding.BLOCK)]
+    expected.append((rest[len(rest) - len(rest) % decoding.BLOCK :], True))
+    assert [(bytes(b), final) for b, final in decoding._blocks(chunks, skip)] == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory is bounded by the largest transaction set, not by the file.
 

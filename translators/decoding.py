@@ -153,8 +153,19 @@ def _blocks(chunks: Iterable[bytes], skip: int) -> Iterator[tuple[bytes, bool]]:
         if not pending and len(chunk) == BLOCK:
             yield chunk, False  # already a block: no copy
             continue
-        pending += chunk
-        while len(pending) >= BLOCK:
-            yield bytes(pending[:BLOCK]), False
-            del pending[:BLOCK]
+        # The blocks a chunk holds are cut from it directly (one copy each, through a view);
+        # only the bytes around them wait in ``pending``.
+        view = memoryview(chunk)
+        start = 0
+        if pending:
+            start = min(BLOCK - len(pending), len(view))
+            pending += view[:start]
+            if len(pending) == BLOCK:
+                yield bytes(pending), False
+                pending.clear()
+        while len(view) - start >= BLOCK:
+            yield view[start : start + BLOCK].tobytes(), False
+            start += BLOCK
+        pending += view[start:]
+        view.release()  # the chunk is the caller's again (a bytearray it reuses can be resized)
     yield bytes(pending), True
