@@ -433,8 +433,8 @@ fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, Ranks 
         if ((rc = stripped_at(seg, 3, &uom)) != 0)
             return rc;
         if (PyUnicode_GET_LENGTH(uom)) {
-            /* uom = plan.uom.get(uom, uom); if uom: line["uom"] = uom */
-            PyObject *mapped = PyDict_GetItemWithError(uoms, uom); /* borrowed */
+            /* uom = plan.uom.get(uom, uom); if uom: line["uom"] = uom (most mappings translate none) */
+            PyObject *mapped = PyDict_GET_SIZE(uoms) ? PyDict_GetItemWithError(uoms, uom) : NULL; /* borrowed */
             rc = mapped ? PyObject_IsTrue(mapped) : PyErr_Occurred() ? -1 : 1;
             if (rc > 0)
                 rc = PyDict_SetItem(line, key_uom, mapped ? mapped : uom);
