@@ -18,17 +18,17 @@ from typing import Any, Final
 
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
-from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, Checks, TDS, X12Mapper, base_codes, purpose_name, raw, text
+from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, Checks, TDS, X12Mapper, base_codes, purpose_name, raw, tables, text
 from translators.model import TransactionSet
 
-_CODES: Final = {**base_codes(), "BIG": HEADER, "IT1": LINE, "TDS": TDS, "CTT": CTT,
-          "CRC": IGNORE, "BAL": IGNORE, "L7": IGNORE, "V1": IGNORE, "R4": IGNORE, "FA1": IGNORE, "FA2": IGNORE,
-          "ITA": IGNORE, "L5": IGNORE, "L1": IGNORE, "IT2": IGNORE}
+_TABLES: Final = tables({**base_codes(), "BIG": HEADER, "IT1": LINE, "TDS": TDS, "CTT": CTT,
+                         "CRC": IGNORE, "BAL": IGNORE, "L7": IGNORE, "V1": IGNORE, "R4": IGNORE, "FA1": IGNORE, "FA2": IGNORE,
+                         "ITA": IGNORE, "L5": IGNORE, "L1": IGNORE, "IT2": IGNORE})
 
 
 class _Invoice(X12Mapper):
     def __init__(self, ts: TransactionSet, mapping: MessageMapping | None):
-        super().__init__(ts, mapping, "invoice", "IT1", ("invoice_date", "due_date"), _CODES)
+        super().__init__(ts, mapping, "invoice", "IT1", ("invoice_date", "due_date"), _TABLES)
         self.tds_seen = -1
 
     def special(self, code: int, seg: list[str], i: int) -> None:

@@ -15,16 +15,16 @@ from typing import Any, Final
 
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
-from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, Checks, X12Mapper, base_codes, purpose_name, raw, text
+from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, Checks, X12Mapper, base_codes, purpose_name, raw, tables, text
 from translators.model import TransactionSet
 
-_CODES: Final = {**base_codes(), "BEG": HEADER, "PO1": LINE, "CTT": CTT,
-          "CN1": IGNORE, "PO3": IGNORE, "ADV": IGNORE, "PRS": IGNORE, "CID": IGNORE, "FST": IGNORE, "LX": IGNORE}
+_TABLES: Final = tables({**base_codes(), "BEG": HEADER, "PO1": LINE, "CTT": CTT,
+                         "CN1": IGNORE, "PO3": IGNORE, "ADV": IGNORE, "PRS": IGNORE, "CID": IGNORE, "FST": IGNORE, "LX": IGNORE})
 
 
 class _PO(X12Mapper):
     def __init__(self, ts: TransactionSet, mapping: MessageMapping | None):
-        super().__init__(ts, mapping, "purchase_order", "PO1", ("requested_delivery", "po_date"), _CODES)
+        super().__init__(ts, mapping, "purchase_order", "PO1", ("requested_delivery", "po_date"), _TABLES)
         self.saw_ctt = False
 
     def special(self, code: int, seg: list[str], i: int) -> None:

@@ -269,6 +269,15 @@ class Plan:
             ("bill_to", tuple(mapping.bill_to_party)),
             ("remit_to", tuple(mapping.remit_to_party)),
         )
+        # The same, by qualifier: the roles it can fill, each with its rank there (its first place
+        # in that role's list): one look-up per party sent instead of one per qualifier listed.
+        role_ranks: dict[str, list[tuple[int, int]]] = {}
+        for slot, (_, quals) in enumerate(self.roles):
+            for rank, q in enumerate(quals):
+                places = role_ranks.setdefault(q, [])
+                if all(s != slot for s, _ in places):
+                    places.append((slot, rank))
+        self.role_ranks: dict[str, list[tuple[int, int]]] = role_ranks
         d = mapping.dates
         self.req: dict[str, int] = _ranks(d.requested_delivery)
         self.dates: dict[str, dict[str, int]] = {
@@ -352,42 +361,68 @@ class Checks:
 
 # Tag → (handler code, checks or None).
 Entry = tuple[int, "Checks | None"]
-_TABLES: Final[dict[tuple[int, int], dict[str, Entry]]] = {}
+Table = dict[str, Entry]
 
 
-def _table(codes: dict[str, int], checks: dict[str, Spec]) -> dict[str, Entry]:
-    """Tag → (handler code, checks): one lookup per segment (the tables are module constants)."""
-    key = (id(codes), id(checks))
-    table = _TABLES.get(key)
-    if table is None:
+def tables(codes: dict[str, int]) -> tuple[Table, Table]:
+    """Tag → (handler code, checks), one lookup per segment: a message module makes its pair
+    once, with the checks before 004010 and from 004010 on."""
+    out = []
+    for checks in (CHECKS, CHECKS_4010):
         packed = {tag: Checks(spec) for tag, spec in checks.items()}
-        table = _TABLES[key] = {tag: (code, packed.get(tag)) for tag, code in codes.items()}
-    return table
+        out.append({tag: (code, packed.get(tag)) for tag, code in codes.items()})
+    return out[0], out[1]
+
+
+class _CPath:
+    """The C primitives of one build of translators/_x12.c (None each where it is not built)."""
+
+    def __init__(self, c: Any):
+        self.module = c
+        self.decimal: FastDecimal | None = c.decimal if c is not None else None
+        self.item: FastItem | None = c.item if c is not None else None
+        self.passes: FastPasses | None = c.passes if c is not None else None
+        self.pid: FastPid | None = c.description if c is not None else None
+
+
+_C_PATH: list[_CPath] = [_CPath(None)]
+
+
+def _c_path() -> _CPath:
+    """The C primitives in use now (``native.x12`` is looked up per mapper: tests switch it)."""
+    c = native.x12
+    current = _C_PATH[0]
+    if current.module is not c:
+        current = _C_PATH[0] = _CPath(c)
+    return current
 
 
 class X12Mapper:
     """One pass over an X12 transaction set into a canonical dict plus findings.
 
     A subclass names its kind, its line segment (PO1 / IT1), the header dates it fills, and its
-    table of segment tags → handler codes (see :func:`base_codes`); :meth:`special` handles the
-    codes from ``HEADER`` on.
+    tables of segment tags → handler codes (:func:`tables` of :func:`base_codes` and its own);
+    :meth:`special` handles the codes from ``HEADER`` on.
     """
 
     def __init__(self, ts: TransactionSet, mapping: MessageMapping | None, kind: str, line_tag: str,
-                 header_dates: tuple[str, ...], codes: dict[str, int]):
+                 header_dates: tuple[str, ...], tables: tuple[Table, Table]):
         self.kind = kind
         self.line_tag = line_tag
         self.header_dates = header_dates
-        self.codes = codes
         self.ts = ts
-        self.segs: list[list[str]] = ts.segments
+        # The set's attributes read once each (a Python object's attribute costs a lookup).
+        segs: list[list[str]] = ts.segments
+        ich = ts.interchange
+        group = ts.group
+        self.segs = segs
         self.plan = plan_for(mapping)
         self.first: int = ts.first_segment_index
         self.doc: dict[str, Any] = new_document(kind, "x12")
         self.findings: list[Finding] = []
         self._controls: tuple[str | None, str | None, str | None] = (
-            ts.interchange.control_number if ts.interchange else None,
-            ts.group.control_number if ts.group else None,
+            ich.control_number if ich else None,
+            group.control_number if group else None,
             ts.control_number,
         )
         self.party: dict[str, Any] | None = None  # the N1 loop being read
@@ -412,8 +447,8 @@ class X12Mapper:
         self.tax_lines: Decimal | None = None
         self.line_tt: str | None = None  # AMT*TT seen inside a line loop
         # Version: GS08 (its first 6 characters) when it is a plain X12 version, else ST03.
-        st: list[str] = self.segs[0] if self.segs and self.segs[0][0] == "ST" else []
-        gs08 = (ts.group.version or "").strip() if ts.group else ""
+        st: list[str] = segs[0] if segs and segs[0][0] == "ST" else []
+        gs08 = (group.version or "").strip() if group else ""
         st03 = raw(st, 3)
         version: str | None
         if gs08.startswith("00"):
@@ -425,14 +460,13 @@ class X12Mapper:
         self.version = version
         # Before 004010 DTM05 is the century and the period format/value are DTM06/DTM07.
         self.old_dtm = bool(version) and version is not None and version[:6].isdecimal() and version[:6] < "004010"
-        self.checks: dict[str, Spec] = CHECKS if self.old_dtm else CHECKS_4010
-        self.table = _table(codes, self.checks)
+        self.table = tables[0] if self.old_dtm else tables[1]
         self.lines_out: list[dict[str, Any]] = self.doc["lines"]
-        c = native.x12
-        self.fast_decimal: FastDecimal | None = c.decimal if c is not None else None
-        self.fast_item: FastItem | None = c.item if c is not None else None
-        self.fast_passes: FastPasses | None = c.passes if c is not None else None
-        self.fast_pid: FastPid | None = c.description if c is not None else None
+        c = _c_path()
+        self.fast_decimal = c.decimal
+        self.fast_item = c.item
+        self.fast_passes = c.passes
+        self.fast_pid = c.pid
 
     # -- findings ----------------------------------------------------------------------------
     def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
@@ -963,18 +997,30 @@ class X12Mapper:
         doc["control"] = {"interchange": ich_c, "group": grp_c, "message": msg_c or text(st, 2)}
         doc["version"] = self.version
         # Parties: each role takes the first party whose qualifier ranks best in its list.
-        parties = doc["parties"]
         if self.parties:
-            by_q: dict[str, dict[str, Any]] = {}
+            roles = self.plan.roles
+            role_ranks = self.plan.role_ranks
+            best: list[tuple[int, dict[str, Any]] | None] = [None] * len(roles)
+            seen: set[str] = set()
             for q, p in self.parties:
-                by_q.setdefault(q, p)
-            for role, quals in self.plan.roles:
-                for q in quals:
-                    hit = by_q.get(q)
-                    if hit is not None:
-                        a = hit["address"]
-                        parties[role] = {**hit, "address": {**a, "lines": list(a["lines"])} if a else None}
-                        break
+                if q in seen:
+                    continue  # the first party with a qualifier is the one its roles take
+                seen.add(q)
+                for slot, rank in role_ranks.get(q, ()):
+                    cur = best[slot]
+                    if cur is None or rank < cur[0]:
+                        best[slot] = (rank, p)
+            parties = doc["parties"]
+            for slot, chosen in enumerate(best):
+                if chosen is not None:
+                    hit = chosen[1]
+                    a = hit["address"]
+                    party = hit.copy()  # a copy per role, its address too (same keys, same order)
+                    if a is not None:
+                        address = a.copy()
+                        address["lines"] = list(a["lines"])
+                        party["address"] = address
+                    parties[roles[slot][0]] = party
 
     def missing_segment(self, tag: str, what: str, i: int) -> None:
         """A mandatory segment absent; positioned where it was expected (segment ``i``).
