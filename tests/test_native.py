@@ -154,6 +154,15 @@ EDGE_CASES = {
     "line-values-to-strip": (_ISA + _SET).replace(b"PO1*1*10*EA*2.50**BP*A-1", b"PO1* 1 *010*EA *.50**BP* A-1 "),
     "line-half-pair": (_ISA + _SET).replace(b"VP*V-1~", b"VP*~"),
     "line-shifted-pairs": (_ISA + _SET).replace(b"2.50**BP*A-1*VP*V-1", b"2.50*BP*A-1"),
+    # The C line loop stops where a handler would report something, and hands the loop's state on.
+    "line-loop-with-gaps": (_ISA + _SET).replace(b"PID*F****BOLT~", b"PID*F****BOLT~PO1*2**EA*1.50~PID*F****NUT~"
+                                                  b"PO1*3*1* *1~PO1*4*1*EA*~PO1*5*2*EA*3~PID*F~PID*F****WASHER~"
+                                                  b"PID*F*08***W~DTM*002*20261201~PO1*6*1*EA*1~SCH*1*EA***002*20261203~"
+                                                  b"PO1*7*1*EA*1~LIN**IN*B-7~PID*F****LAST~"),
+    "pid-before-any-line": (_ISA + _SET).replace(b"PO1*1*10", b"PID*F****EARLY~PO1*1*10"),
+    "invoice-lines": (_ISA + _SET).replace(b"GS*PO", b"GS*IN").replace(b"ST*850", b"ST*810")
+    .replace(b"BEG*00*SA*PO-1**20261101", b"BIG*20261101*INV-1**PO-1").replace(b"PO1*", b"IT1*")
+    .replace(b"CTT*1~AMT*TT*25", b"TDS*2500~CTT*1").replace(b"PID*F****BOLT~", b"PID*F****BOLT~IT1*2*1**2~IT1*3*1*EA*2~"),
 }
 
 
@@ -354,10 +363,14 @@ class Counting:
 def test_translation_goes_through_the_c_path(monkeypatch):
     counting = Counting(BUILT)
     monkeypatch.setattr(native, "x12", counting)
-    assert translate(EDGE_CASES["plain"]).ok
+    data = EDGE_CASES["plain"].replace(b"PID*F****BOLT~", b"PID*F****BOLT~PO1*2*5*EA*1.50**BP*A-2~PID*F****NUT~PID*F*08***N~")
+    assert translate(data).ok
     calls = {name: [r is not None for r in results] for name, results in counting.calls.items()}
-    assert set(calls) >= {"split", "decimal", "item", "description", "passes"}, "translation did not use the C path"
-    assert all(all(calls[name]) for name in ("split", "item", "description")), "the C path handed a plain file back"
+    assert set(calls) >= {"split", "decimal", "lines", "passes"}, "translation did not use the C path"
+    assert all(all(calls[name]) for name in ("split", "lines")), "the C path handed a plain file back"
+    # One call read the whole line loop: ST BEG, then two lines and their PIDs, up to the CTT.
+    (stop, line, seg, desc08), = counting.calls["lines"]
+    assert (stop, line["line_number"], line["description"], seg[0], desc08) == (7, "2", "N", "PO1", True)
 
 
 @needs_edifact

@@ -16,10 +16,11 @@
 
    The mappers' value work (translators/messages/x12_common.py): decimal(), item(),
    description() and passes() do the common case of X12Mapper.num, X12Mapper._item (with the
-   segment's checks), X12Mapper._pid (likewise) and passes(). The first three return None for
-   anything else (a value that needs a finding, a shape they do not know, a segment failing its
-   checks), and the Python code then runs as it always did: they change no result, only its
-   cost. */
+   segment's checks), X12Mapper._pid (likewise) and passes(); lines() runs the line loop's
+   plain PO1 / IT1 and PID segments as those handlers would, in one call. All but passes()
+   return None for anything else (a value that needs a finding, a shape they do not know, a
+   segment failing its checks), and the Python code then runs as it always did: they change
+   no result, only its cost. */
 
 #include "_tokens.h" /* is_blank, element, one_byte_char */
 
@@ -448,6 +449,32 @@ fill_item(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *line, Ranks 
     return read_parts(seg, parts, line, ranks);
 }
 
+/* The line of a PO1 / IT1 that passes its ``checks`` (packed, or None for none) and whose every
+   value is plain: a new reference in *out. ``ranks``, a dict or NULL, receives the rank of the
+   qualifier each part number came from. 0, GIVE_UP, or -1 on an error. */
+static int
+make_line(PyObject *seg, PyObject *uoms, PyObject *parts, PyObject *empty_line, PyObject *checks, PyObject *ranks_out,
+          PyObject **out)
+{
+    int ok = checks == Py_None ? 1 : check_spec(seg, checks);
+    if (ok <= 0)
+        return ok < 0 ? -1 : GIVE_UP; /* the mapper explains what fails */
+    PyObject *line = PyDict_Copy(empty_line);
+    if (line == NULL)
+        return -1;
+    Ranks ranks = {0};
+    int rc = fill_item(seg, uoms, parts, line, &ranks);
+    for (Py_ssize_t i = 0; rc == 0 && ranks_out != NULL && i < ranks.count; i++)
+        if (ranks.rank[i] != NULL && PyDict_SetItem(ranks_out, ranks.field[i], ranks.rank[i]) < 0)
+            rc = -1;
+    if (rc != 0) {
+        Py_DECREF(line);
+        return rc;
+    }
+    *out = line;
+    return 0;
+}
+
 /* item(segment, uoms, parts, empty_line, checks[, ranks]): the line of a PO1 / IT1 that passes
    its checks (packed, or None for none) and whose every value is plain, or None. ``ranks``,
    a dict when given, receives the rank of the qualifier each part number came from
@@ -460,22 +487,9 @@ item(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "item(segment: list, uoms: dict, parts: dict, empty_line: dict, checks[, ranks: dict])");
         return NULL;
     }
-    int ok = args[4] == Py_None ? 1 : check_spec(args[0], args[4]);
-    if (ok <= 0) {
-        if (ok < 0)
-            return NULL;
-        Py_RETURN_NONE; /* the mapper explains what fails */
-    }
-    PyObject *line = PyDict_Copy(args[3]);
-    if (line == NULL)
-        return NULL;
-    Ranks ranks = {0};
-    int rc = fill_item(args[0], args[1], args[2], line, &ranks);
-    for (Py_ssize_t i = 0; rc == 0 && nargs == 6 && i < ranks.count; i++)
-        if (ranks.rank[i] != NULL && PyDict_SetItem(args[5], ranks.field[i], ranks.rank[i]) < 0)
-            rc = -1;
+    PyObject *line;
+    int rc = make_line(args[0], args[1], args[2], args[3], args[4], nargs == 6 ? args[5] : NULL, &line);
     if (rc != 0) {
-        Py_DECREF(line);
         if (rc < 0)
             return NULL;
         Py_RETURN_NONE;
@@ -496,10 +510,44 @@ passes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(ok);
 }
 
+/* X12Mapper._pid for a PID that passes its ``checks`` (packed, or None): the line's description
+   is the first PID05, or the first from a PID02 "08" (product description); *desc08 says
+   whether it came from one. 0, GIVE_UP (the mapper explains), or -1 on an error. */
+static int
+read_description(PyObject *seg, PyObject *checks, PyObject *line, int *desc08)
+{
+    int ok = checks == Py_None ? 1 : check_spec(seg, checks);
+    if (ok <= 0)
+        return ok < 0 ? -1 : GIVE_UP;
+    Py_ssize_t n = PyList_GET_SIZE(seg);
+    PyObject *v5 = n > 5 ? element_at(seg, 5) : NULL, *v2 = n > 2 ? element_at(seg, 2) : NULL;
+    if ((n > 5 && v5 == NULL) || (n > 2 && v2 == NULL))
+        return GIVE_UP; /* not text: the Python path */
+    if (line == Py_None || v5 == NULL || is_blank_str(v5))
+        return 0; /* nothing to take */
+    PyObject *code = strip(v2 ? v2 : empty);
+    if (code == NULL)
+        return -1;
+    int is08 = PyUnicode_CompareWithASCIIString(code, "08") == 0;
+    Py_DECREF(code);
+    PyObject *current = PyDict_GetItemWithError(line, key_description); /* borrowed */
+    if (current == NULL)
+        return PyErr_Occurred() ? -1 : GIVE_UP; /* no such key: the Python path says so */
+    if (current != Py_None && !(is08 && !*desc08))
+        return 0;
+    PyObject *text = strip(v5);
+    if (text == NULL)
+        return -1;
+    int rc = PyDict_SetItem(line, key_description, text);
+    Py_DECREF(text);
+    if (rc < 0)
+        return -1;
+    *desc08 = is08;
+    return 0;
+}
+
 /* description(segment, checks, line, desc08) -> bool | None: X12Mapper._pid for a PID that
-   passes its checks (None when it does not: the mapper explains). The line's description is
-   the first PID05, or the first from a PID02 "08" (product description); the result is
-   whether it came from one. */
+   passes its checks (None when it does not: the mapper explains); the result is the new desc08. */
 static PyObject *
 description(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -508,40 +556,94 @@ description(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "description(segment: list, checks, line: dict | None, desc08: bool)");
         return NULL;
     }
-    PyObject *seg = args[0], *line = args[2], *desc08 = args[3];
-    int ok = args[1] == Py_None ? 1 : check_spec(seg, args[1]);
-    if (ok <= 0) {
-        if (ok < 0)
+    int desc08 = args[3] == Py_True;
+    int rc = read_description(args[0], args[1], args[2], &desc08);
+    if (rc != 0) {
+        if (rc < 0)
             return NULL;
         Py_RETURN_NONE;
     }
-    Py_ssize_t n = PyList_GET_SIZE(seg);
-    PyObject *v5 = n > 5 ? element_at(seg, 5) : NULL, *v2 = n > 2 ? element_at(seg, 2) : NULL;
-    if ((n > 5 && v5 == NULL) || (n > 2 && v2 == NULL))
-        Py_RETURN_NONE; /* not text: the Python path */
-    if (line == Py_None || v5 == NULL || is_blank_str(v5))
-        return Py_NewRef(desc08); /* nothing to take */
-    PyObject *code = strip(v2 ? v2 : empty);
-    if (code == NULL)
-        return NULL;
-    int is08 = PyUnicode_CompareWithASCIIString(code, "08") == 0;
-    Py_DECREF(code);
-    PyObject *current = PyDict_GetItemWithError(line, key_description); /* borrowed */
-    if (current == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE; /* no such key: the Python path says so */
+    return PyBool_FromLong(desc08);
+}
+
+/* Whether elements 2, 3 and 4 (quantity, unit, price) are there and not blank: a line the
+   message modules find nothing to say about (X12Mapper subclasses check those themselves). */
+static int
+has_amounts(PyObject *seg)
+{
+    if (PyList_GET_SIZE(seg) <= 4)
+        return 0;
+    for (Py_ssize_t k = 2; k <= 4; k++) {
+        PyObject *v = element_at(seg, k);
+        if (v == NULL || is_blank_str(v))
+            return 0;
     }
-    if (current != Py_None && !(is08 && desc08 == Py_False))
-        return Py_NewRef(desc08);
-    PyObject *text = strip(v5);
-    if (text == NULL)
+    return 1;
+}
+
+/* lines(segments, start, line_tag, line_checks, pid_checks, uoms, parts, empty_line, lines_out)
+   -> (stop, line, line_segment, desc08) | None: X12Mapper.run over the line loop from
+   segments[start] (a line segment), as its line and PID handlers would read it: each line
+   appended to lines_out, each PID's description put on its line. It stops before the first
+   segment that is neither, or that item() or description() would hand back, or a line whose
+   quantity, unit or price is missing or blank (the message modules check those); ``stop`` is
+   where, and the rest is the state the loop leaves (the last line, its segment, desc08).
+   None when it stops at ``start``. */
+static PyObject *
+lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 || !PyList_CheckExact(args[0]) || !PyLong_Check(args[1]) || !PyUnicode_Check(args[2])
+            || !PyDict_CheckExact(args[5]) || !PyDict_CheckExact(args[6]) || !PyDict_CheckExact(args[7])
+            || !PyList_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError, "lines(segments: list, start: int, line_tag: str, line_checks, pid_checks, "
+                        "uoms: dict, parts: dict, empty_line: dict, lines_out: list)");
         return NULL;
-    int rc = PyDict_SetItem(line, key_description, text);
-    Py_DECREF(text);
-    if (rc < 0)
+    }
+    PyObject *segs = args[0], *line_tag = args[2], *lines_out = args[8];
+    Py_ssize_t k = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(segs);
+    if (k == -1 && PyErr_Occurred())
         return NULL;
-    return PyBool_FromLong(is08);
+    PyObject *line = NULL, *line_seg = NULL; /* the line being read (our reference), its segment (borrowed) */
+    int desc08 = 0;
+    for (; k >= 0 && k < n; k++) {
+        PyObject *seg = PyList_GET_ITEM(segs, k);
+        PyObject *tag = PyList_CheckExact(seg) && PyList_GET_SIZE(seg) ? PyList_GET_ITEM(seg, 0) : NULL;
+        if (tag == NULL || !PyUnicode_CheckExact(tag))
+            break;
+        int rc;
+        if (tag == line_tag || PyUnicode_Compare(tag, line_tag) == 0) {
+            if (!has_amounts(seg))
+                break;
+            PyObject *made;
+            if ((rc = make_line(seg, args[5], args[6], args[7], args[3], NULL, &made)) != 0) {
+                if (rc < 0)
+                    goto error;
+                break;
+            }
+            if (PyList_Append(lines_out, made) < 0) {
+                Py_DECREF(made);
+                goto error;
+            }
+            Py_XSETREF(line, made); /* ours now; lines_out holds its own */
+            line_seg = seg;
+            desc08 = 0;
+        }
+        else if (line != NULL && PyUnicode_CompareWithASCIIString(tag, "PID") == 0) {
+            if ((rc = read_description(seg, args[4], line, &desc08)) != 0) {
+                if (rc < 0)
+                    goto error;
+                break;
+            }
+        }
+        else
+            break;
+    }
+    if (line == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(nNOO)", k, line, line_seg, desc08 ? Py_True : Py_False); /* N: steals ours */
+error:
+    Py_XDECREF(line);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -555,6 +657,9 @@ static PyMethodDef methods[] = {
      "passes(segment, checks) -> bool: x12_common.passes, the checks packed (x12_common.Checks)."},
     {"description", (PyCFunction)(void (*)(void))description, METH_FASTCALL,
      "description(segment, checks, line, desc08) -> bool | None: a PID that passes its checks."},
+    {"lines", (PyCFunction)(void (*)(void))lines, METH_FASTCALL,
+     "lines(segments, start, line_tag, line_checks, pid_checks, uoms, parts, empty_line, lines_out) "
+     "-> (stop, line, line_segment, desc08) | None: the line loop's plain lines and PIDs."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -164,6 +164,8 @@ FastDecimal = Callable[[str, int], "str | None"]
 FastItem = Callable[..., "dict[str, Any] | None"]  # (segment, uoms, parts, empty line, spec[, ranks])
 FastPasses = Callable[[list[str], bytes], bool]  # (segment, Checks.packed)
 FastPid = Callable[[list[str], "bytes | None", "dict[str, Any] | None", bool], "bool | None"]
+# (segments, start, line tag, line checks, PID checks, uoms, parts, empty line, lines out)
+FastLines = Callable[..., "tuple[int, dict[str, Any], list[str], bool] | None"]
 
 
 def _has(seg: list[str], n: int, k: int) -> bool:
@@ -383,6 +385,7 @@ class _CPath:
         self.item: FastItem | None = c.item if c is not None else None
         self.passes: FastPasses | None = c.passes if c is not None else None
         self.pid: FastPid | None = c.description if c is not None else None
+        self.lines: FastLines | None = c.lines if c is not None else None
 
 
 _C_PATH: list[_CPath] = [_CPath(None)]
@@ -467,6 +470,10 @@ class X12Mapper:
         self.fast_item = c.item
         self.fast_passes = c.passes
         self.fast_pid = c.pid
+        pid = self.table.get("PID")
+        # The C line loop reads PIDs as _pid does: only where the table sends PID there.
+        self.fast_lines = c.lines if pid is not None and pid[0] == PID else None
+        self.pid_checks: bytes | None = pid[1].packed if pid is not None and pid[1] is not None else None
 
     # -- findings ----------------------------------------------------------------------------
     def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
@@ -550,7 +557,11 @@ class X12Mapper:
         table = self.table
         n1_loop = N1_LOOP
         segs = self.segs
+        fast_lines = self.fast_lines
+        resume = 0  # the C line loop read the segments before this one
         for i in range(len(segs)):
+            if i < resume:
+                continue
             seg = segs[i]
             tag = seg[0]
             entry = table.get(tag)
@@ -561,8 +572,16 @@ class X12Mapper:
             if self.party is not None and tag not in n1_loop:
                 self.party = None
             # The common segments first: one line item is a PO1 / IT1 and a PID or two. They
-            # check themselves (the C path checks and maps each in one call).
+            # check themselves (the C path checks and maps each in one call, and reads the plain
+            # lines that follow in the same call).
             if code == LINE:
+                if fast_lines is not None:
+                    plan = self.plan
+                    done = fast_lines(segs, i, self.line_tag, checks.packed if checks is not None else None,
+                                      self.pid_checks, plan.uom, plan.parts, _EMPTY_LINE, self.lines_out)
+                    if done is not None:
+                        resume = self._lines_read(i, done)
+                        continue
                 self.line_item(seg, i, checks)
                 continue
             if code == PID:
@@ -967,6 +986,21 @@ class X12Mapper:
             return line
         self._parts(seg, i, 6)
         return line
+
+    def _lines_read(self, i: int, done: tuple[int, dict[str, Any], list[str], bool]) -> int:
+        """The state the line loop leaves after the C path read segments ``i`` up to ``stop``
+        (lines already in ``lines_out``), as :meth:`_item`, :meth:`_open_line` and :meth:`_pid`
+        leave it; returns ``stop``."""
+        stop, line, seg, desc08 = done
+        self.summary = False
+        if self.line_seen < 0:
+            self.line_seen = i
+        self.line = line
+        self.line_seg = seg
+        self.line_date_rank = 1 << 30
+        self.line_desc08 = desc08
+        self.line_parts = None  # the C path gives the ranks when a LIN asks (see _parts)
+        return stop
 
     def _open_line(self, line: dict[str, Any], seg: list[str], ranks: dict[str, int] | None) -> None:
         """The line loop starts; ``ranks``: the rank of the qualifier each part number came from
