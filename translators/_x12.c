@@ -510,6 +510,14 @@ passes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(ok);
 }
 
+/* Whether the str ``tag`` is the ASCII ``text``, without a call (tags, codes). */
+static inline int
+tag_is(PyObject *tag, const char *text, Py_ssize_t n)
+{
+    return PyUnicode_GET_LENGTH(tag) == n && PyUnicode_KIND(tag) == PyUnicode_1BYTE_KIND
+           && memcmp(PyUnicode_1BYTE_DATA(tag), text, n) == 0;
+}
+
 /* X12Mapper._pid for a PID that passes its ``checks`` (packed, or None): the line's description
    is the first PID05, or the first from a PID02 "08" (product description); *desc08 says
    whether it came from one. 0, GIVE_UP (the mapper explains), or -1 on an error. */
@@ -528,7 +536,7 @@ read_description(PyObject *seg, PyObject *checks, PyObject *line, int *desc08)
     PyObject *code = strip(v2 ? v2 : empty);
     if (code == NULL)
         return -1;
-    int is08 = PyUnicode_CompareWithASCIIString(code, "08") == 0;
+    int is08 = tag_is(code, "08", 2);
     Py_DECREF(code);
     PyObject *current = PyDict_GetItemWithError(line, key_description); /* borrowed */
     if (current == NULL)
@@ -599,10 +607,14 @@ lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "uoms: dict, parts: dict, empty_line: dict, lines_out: list)");
         return NULL;
     }
-    PyObject *segs = args[0], *line_tag = args[2], *lines_out = args[8];
+    PyObject *segs = args[0], *lines_out = args[8];
     Py_ssize_t k = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(segs);
     if (k == -1 && PyErr_Occurred())
         return NULL;
+    if (PyUnicode_KIND(args[2]) != PyUnicode_1BYTE_KIND)
+        Py_RETURN_NONE;
+    const char *line_tag = (const char *)PyUnicode_1BYTE_DATA(args[2]);
+    Py_ssize_t line_tag_length = PyUnicode_GET_LENGTH(args[2]);
     PyObject *line = NULL, *line_seg = NULL; /* the line being read (our reference), its segment (borrowed) */
     int desc08 = 0;
     for (; k >= 0 && k < n; k++) {
@@ -611,7 +623,7 @@ lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (tag == NULL || !PyUnicode_CheckExact(tag))
             break;
         int rc;
-        if (tag == line_tag || PyUnicode_Compare(tag, line_tag) == 0) {
+        if (tag_is(tag, line_tag, line_tag_length)) {
             if (!has_amounts(seg))
                 break;
             PyObject *made;
@@ -628,7 +640,7 @@ lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             line_seg = seg;
             desc08 = 0;
         }
-        else if (line != NULL && PyUnicode_CompareWithASCIIString(tag, "PID") == 0) {
+        else if (line != NULL && tag_is(tag, "PID", 3)) {
             if ((rc = read_description(seg, args[4], line, &desc08)) != 0) {
                 if (rc < 0)
                     goto error;
