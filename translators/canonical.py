@@ -12,6 +12,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+# The roles and the empty document (new_document) are part of this contract; they are defined
+# with the message mappers, which make one document per set, so that they compile with them.
+from translators.messages.common import PARTY_ROLES, new_document  # noqa: F401 - re-exported
+
 DecimalStr = Annotated[str, StringConstraints(pattern=r"^-?\d+(\.\d+)?$")]
 IsoDate = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
 
@@ -102,7 +106,6 @@ class Invoice(_Document):
     terms: str | None
 
 
-PARTY_ROLES = ("buyer", "supplier", "ship_to", "bill_to", "remit_to")
 LINE_FIELDS = tuple(Line.model_fields)
 
 
@@ -118,35 +121,3 @@ def empty_party() -> dict:
 
 def empty_line() -> dict:
     return dict.fromkeys(LINE_FIELDS)
-
-
-def _flat_template(kind: str) -> dict:
-    """Every contract key of a document, in contract order, all None (containers filled per copy)."""
-    keys = ["kind", "standard", "version", "partner", "sender_id", "receiver_id", "control", "purpose", "currency",
-            "parties", "lines", "references", "total_amount"]
-    if kind == "purchase_order":
-        keys += ["po_number", "po_date", "requested_delivery"]
-    else:
-        keys += ["invoice_number", "invoice_date", "po_number", "due_date", "tax_amount", "charges", "terms"]
-    doc = dict.fromkeys(keys)
-    doc["kind"] = kind
-    return doc
-
-
-# A copy of a template is several times cheaper than building the dict key by key (one per set).
-_TEMPLATES = {kind: _flat_template(kind) for kind in ("purchase_order", "invoice")}
-_CONTROL = {"interchange": None, "group": None, "message": None}
-_PARTIES = dict.fromkeys(PARTY_ROLES)
-
-
-def new_document(kind: str, standard: str) -> dict:
-    """A canonical dict with every contract key present and empty."""
-    doc = _TEMPLATES[kind].copy() if kind in _TEMPLATES else _flat_template(kind)
-    doc["standard"] = standard
-    doc["control"] = _CONTROL.copy()
-    doc["parties"] = _PARTIES.copy()
-    doc["lines"] = []
-    doc["references"] = {}
-    if kind != "purchase_order":
-        doc["charges"] = []
-    return doc

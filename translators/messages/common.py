@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Any, Final
 
 from translators.findings import Finding, finding
 
@@ -106,6 +106,42 @@ def _iso(ccyymmdd: str, original: str) -> str:
         return date(int(ccyymmdd[:4]), int(ccyymmdd[4:6]), int(ccyymmdd[6:8])).isoformat()
     except ValueError:
         raise ValueProblem("element.invalid_date", f"{original!r} is not a real calendar date") from None
+
+
+PARTY_ROLES: Final = ("buyer", "supplier", "ship_to", "bill_to", "remit_to")
+
+
+def _flat_template(kind: str) -> dict[str, Any]:
+    """Every contract key of a document, in contract order, all None (containers filled per copy)."""
+    keys = ["kind", "standard", "version", "partner", "sender_id", "receiver_id", "control", "purpose", "currency",
+            "parties", "lines", "references", "total_amount"]
+    if kind == "purchase_order":
+        keys += ["po_number", "po_date", "requested_delivery"]
+    else:
+        keys += ["invoice_number", "invoice_date", "po_number", "due_date", "tax_amount", "charges", "terms"]
+    doc: dict[str, Any] = dict.fromkeys(keys)
+    doc["kind"] = kind
+    return doc
+
+
+# A copy of a template is several times cheaper than building the dict key by key (one per set).
+_TEMPLATES: Final = {kind: _flat_template(kind) for kind in ("purchase_order", "invoice")}
+_CONTROL: Final[dict[str, Any]] = {"interchange": None, "group": None, "message": None}
+_PARTIES: Final[dict[str, Any]] = dict.fromkeys(PARTY_ROLES)
+
+
+def new_document(kind: str, standard: str) -> dict[str, Any]:
+    """A canonical dict with every contract key present and empty (translators.canonical)."""
+    template = _TEMPLATES.get(kind)
+    doc = template.copy() if template is not None else _flat_template(kind)
+    doc["standard"] = standard
+    doc["control"] = _CONTROL.copy()
+    doc["parties"] = _PARTIES.copy()
+    doc["lines"] = []
+    doc["references"] = {}
+    if kind != "purchase_order":
+        doc["charges"] = []
+    return doc
 
 
 def translate_code(table: dict[str, str], value: str | None) -> str | None:
