@@ -232,31 +232,33 @@ class _Envelope:
         self.ts = None
         self.ts_summary = None
 
-    def _open_set(self, ts: TransactionSet):
-        # Positional, in SetSummary's field order: keywords cost its generated __init__ about
-        # twice as much, and this runs once per set (so does TransactionSet's below).
-        summary = SetSummary(ts.type, ts.control_number, ts.findings, None, ts.version, ts.association)
+    def _open_set(self, ts: TransactionSet, summary: SetSummary, control: str | None, head: list) -> None:
+        """A set begins: ``summary`` (its acknowledgment's view, sharing its findings list) joins the
+        group or interchange; ``control`` and ``head`` are its control number and header segment."""
         self.ts = ts
         self.ts_summary = summary
-        if self.grp is not None:
-            self.grp.sets.append(summary)
+        grp = self.grp
+        if grp is not None:
+            grp.sets.append(summary)
             self.group_set_count += 1
         elif self.ich is not None:
             self.ich.sets.append(summary)
             self.ich_item_count += 1
-        key = f"{id(self.grp)}:{ts.control_number}"
-        if ts.control_number and key in self.set_controls:
-            ts.findings.append(
-                self._w(
-                    "transaction.control_number_duplicate",
-                    f"Control number {ts.control_number} is used twice in the same group",
-                    ts.segments[0],
-                    2 if self.standard == "x12" else 1,
-                    position=1,
-                    value=ts.control_number,
+        # The control numbers seen since the group (or, outside groups, the interchange) began:
+        # the set is cleared whenever a group opens or closes and when an interchange opens.
+        if control:
+            if control in self.set_controls:
+                summary.findings.append(
+                    self._w(
+                        "transaction.control_number_duplicate",
+                        f"Control number {control} is used twice in the same group",
+                        head,
+                        2 if self.standard == "x12" else 1,
+                        position=1,
+                        value=control,
+                    )
                 )
-            )
-        self.set_controls.add(key)
+            self.set_controls.add(control)
 
     def _close_group(self, trailer_missing: bool):
         if self.grp is None:
@@ -266,6 +268,7 @@ class _Envelope:
                 self._f("group.trailer_missing", f"Group {self.grp.info.control_number} has no {self.group_trailer} trailer")
             )
         self.grp = None
+        self.set_controls.clear()
 
     def _close_interchange(self, complete: bool, at_eof: bool = False):
         if self.ich is None:
@@ -630,26 +633,22 @@ class _X12Reader(_Envelope):
                 self.ich.findings.append(self._f("interchange.content_invalid", "ST outside a functional group (no GS)", seg))
             st01 = seg[1].strip() if len(seg) > 1 else ""
             st02 = seg[2].strip() if len(seg) > 2 else ""
-            version = None
-            if self.grp and self.grp.info.version:
-                version = self.grp.info.version
+            group = self.grp.info if self.grp is not None else None
+            version: str | None = group.version if group is not None else None
+            if not version:
+                version = None
             st03 = seg[3].strip() if len(seg) > 3 else ""
             if st03 and (not version or not version[:6].isdecimal()):
                 version = st03
-            ts = TransactionSet(
-                "x12",
-                st01,  # type
-                st02 or None,  # control_number
-                version[:6] if version and version[:6].isdecimal() else version,  # version
-                [seg],  # segments
-                self.index,  # first_segment_index
-                self.ich.info,  # interchange
-                self.grp.info if self.grp else None,  # group
-                version[6:] or None if version else None,  # association
-            )
-            self._open_set(ts)
-            if st03 and self.ts_summary:
-                self.ts_summary.implementation_reference = st03
+            control = st02 or None
+            set_version = version[:6] if version and version[:6].isdecimal() else version
+            association = version[6:] or None if version else None
+            findings: list[Finding] = []
+            # Positional, in the field order of TransactionSet and SetSummary: keywords cost their
+            # generated __init__ about twice as much, and this runs once per set.
+            ts = TransactionSet("x12", st01, control, set_version, [seg], self.index, self.ich.info, group, association,
+                                findings)
+            self._open_set(ts, SetSummary(st01, control, findings, st03 or None, set_version, association), control, seg)
             if not st01:
                 ts.findings.append(self._f("transaction.header_invalid", "ST01 (transaction set identifier) is empty", seg, 1, position=1))
             if not st02:
@@ -1036,18 +1035,14 @@ class _EdifactReader(_Envelope):
             if self.ich is None:
                 return self._outside(seg)
             version = (e(2, 2) + e(2, 3)).replace(" ", "").replace(":", "").upper() or None
-            ts = TransactionSet(
-                "edifact",
-                e(2, 1).strip().upper(),  # type
-                e(1) or None,  # control_number
-                version,
-                [seg],  # segments
-                self.index,  # first_segment_index
-                self.ich.info,  # interchange
-                self.grp.info if self.grp else None,  # group
-                e(2, 5) or None,  # association
-            )
-            self._open_set(ts)
+            kind = e(2, 1).strip().upper()
+            control = e(1) or None
+            association = e(2, 5) or None
+            findings: list[Finding] = []
+            # Positional, as for X12's ST.
+            ts = TransactionSet("edifact", kind, control, version, [seg], self.index, self.ich.info,
+                                self.grp.info if self.grp else None, association, findings)
+            self._open_set(ts, SetSummary(kind, control, findings, None, version, association), control, seg)
             if not e(1):
                 ts.findings.append(self._f("transaction.header_invalid", "UNH message reference (0062) is empty", seg, 1, position=1))
             if not e(2, 1):

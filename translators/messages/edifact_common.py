@@ -1025,13 +1025,13 @@ def fill_common(doc: dict, s: Scan) -> None:
     unh = segs[0] if segs and segs[0] and segs[0][0] == "UNH" else None
     doc["version"] = message_version(unh, ts.version) if unh else ts.version
     ich = ts.interchange
+    group = ts.group
     doc["sender_id"] = ich.sender_id
     doc["receiver_id"] = ich.receiver_id
-    doc["control"] = {
-        "interchange": ich.control_number,
-        "group": ts.group.control_number if ts.group else None,
-        "message": (comp(unh, 1) if unh else "") or ts.control_number,
-    }
+    control: dict[str, Any] = doc["control"]  # new_document's, filled in place (same keys, same order)
+    control["interchange"] = ich.control_number
+    control["group"] = group.control_number if group else None
+    control["message"] = (comp(unh, 1) if unh else "") or ts.control_number
     if s.bgm is not None:
         doc["purpose"] = purpose(comp(s.bgm, 3))
     cur = s.currency or s.money_currency

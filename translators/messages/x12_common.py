@@ -24,7 +24,7 @@ from translators.canonical import LINE_FIELDS, new_document
 from translators.findings import Finding, Severity, finding
 from translators.mapping import STANDARD, MessageMapping
 from translators.messages.common import ValueProblem, decimal_text, x12_date
-from translators.model import TransactionSet
+from translators.model import InterchangeInfo, TransactionSet
 
 ERROR: Final = Severity.ERROR
 WARNING: Final = Severity.WARNING
@@ -419,6 +419,7 @@ class X12Mapper:
         ich = ts.interchange
         group = ts.group
         self.segs = segs
+        self.ich: InterchangeInfo | None = ich
         self.plan = plan_for(mapping)
         self.first: int = ts.first_segment_index
         self.doc: dict[str, Any] = new_document(kind, "x12")
@@ -1022,13 +1023,15 @@ class X12Mapper:
     # -- the end -----------------------------------------------------------------------------
     def finish_common(self) -> None:
         doc = self.doc
-        ts = self.ts
-        ich = ts.interchange
+        ich = self.ich
         doc["sender_id"] = (ich.sender_id or "").strip() or None if ich else None
         doc["receiver_id"] = (ich.receiver_id or "").strip() or None if ich else None
         st = self.segs[0] if self.segs and self.segs[0][0] == "ST" else []
         ich_c, grp_c, msg_c = self._controls
-        doc["control"] = {"interchange": ich_c, "group": grp_c, "message": msg_c or text(st, 2)}
+        control: dict[str, Any] = doc["control"]  # new_document's, filled in place (same keys, same order)
+        control["interchange"] = ich_c
+        control["group"] = grp_c
+        control["message"] = msg_c or text(st, 2)
         doc["version"] = self.version
         # Parties: each role takes the first party whose qualifier ranks best in its list.
         if self.parties:
@@ -1040,15 +1043,18 @@ class X12Mapper:
                 if q in seen:
                     continue  # the first party with a qualifier is the one its roles take
                 seen.add(q)
-                for slot, rank in role_ranks.get(q, ()):
+                places = role_ranks.get(q)
+                if places is None:
+                    continue
+                for slot, rank in places:
                     cur = best[slot]
                     if cur is None or rank < cur[0]:
                         best[slot] = (rank, p)
-            parties = doc["parties"]
+            parties: dict[str, Any] = doc["parties"]
             for slot, chosen in enumerate(best):
                 if chosen is not None:
                     hit = chosen[1]
-                    a = hit["address"]
+                    a: dict[str, Any] | None = hit["address"]
                     party = hit.copy()  # a copy per role, its address too (same keys, same order)
                     if a is not None:
                         address = a.copy()
