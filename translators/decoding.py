@@ -148,7 +148,8 @@ def _blocks(chunks: Iterable[bytes], skip: int) -> Iterator[tuple[bytes, bool]]:
     first = True
     for chunk in chunks:
         if first:
-            chunk = chunk[skip:]
+            if skip:
+                chunk = chunk[skip:]
             first = False
         if not pending and len(chunk) == BLOCK:
             yield chunk, False  # already a block: no copy
