@@ -101,11 +101,23 @@ def edifact_date(value: str, fmt: str | None) -> str | None:
     raise ValueProblem("element.invalid_date", f"{value!r} is not a date in a format the gateway reads ({fmt})")
 
 
+_MONTH_DAYS: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def _iso(ccyymmdd: str, original: str) -> str:
-    try:
-        return date(int(ccyymmdd[:4]), int(ccyymmdd[4:6]), int(ccyymmdd[6:8])).isoformat()
-    except ValueError:
-        raise ValueProblem("element.invalid_date", f"{original!r} is not a real calendar date") from None
+    if len(ccyymmdd) == 8 and ccyymmdd.isascii() and ccyymmdd.isdecimal():
+        # Eight ASCII digits (nearly every date), checked as datetime.date checks them: its ISO
+        # form is the same digits with dashes.
+        y, m, d = int(ccyymmdd[:4]), int(ccyymmdd[4:6]), int(ccyymmdd[6:])
+        leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+        if y >= 1 and 1 <= m <= 12 and 1 <= d <= (29 if m == 2 and leap else _MONTH_DAYS[m]):
+            return f"{ccyymmdd[:4]}-{ccyymmdd[4:6]}-{ccyymmdd[6:]}"
+    else:
+        try:
+            return date(int(ccyymmdd[:4]), int(ccyymmdd[4:6]), int(ccyymmdd[6:8])).isoformat()
+        except ValueError:
+            pass
+    raise ValueProblem("element.invalid_date", f"{original!r} is not a real calendar date")
 
 
 PARTY_ROLES: Final = ("buyer", "supplier", "ship_to", "bill_to", "remit_to")
