@@ -247,7 +247,8 @@ def main() -> None:
     from translators import native
 
     build = "pure Python" if translators.envelope.__file__.endswith(".py") else "compiled with mypyc"
-    build += ", X12 C path" if native.x12 is not None else ", no C path"
+    c_paths = [name for name, module in (("X12", native.x12), ("EDIFACT", native.edifact)) if module is not None]
+    build += f", C paths: {' and '.join(c_paths)}" if c_paths else ", no C path"
     print(f"translation core: {build}; best of {args.rounds} rounds (translate, str.split and reference taking turns)")
     print(f"{'file':16} {'MB':>6} {'docs':>6} {'translate MB/s':>15} {'str.split MB/s':>15} {'ratio':>6}  reference")
     for name, mb, docs, ours, floor, ref_name, theirs, goal in rows:
