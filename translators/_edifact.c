@@ -18,7 +18,7 @@
    character stands before a terminator (text.split(terminator) then splits where the
    segments end). */
 
-#include "_tokens.h" /* is_blank, element, one_byte_char */
+#include "_tokens.h" /* is_blank, element, one_byte_char, split_pieces */
 
 /* What the scan looks for, per character. */
 enum { PLAIN, SEPARATOR, COMPONENT, RELEASE, LINE_BREAK };
@@ -93,17 +93,38 @@ components(const Py_UCS1 *d, Py_ssize_t from, Py_ssize_t to, const unsigned char
     return list;
 }
 
-/* The piece text[start:end] as a new reference: the segment when it is an ordinary one, else
-   the piece itself. ``kinds`` classifies each character (see split). */
+/* How split reads a piece: ``kinds`` classifies each character; ``rel``: the release character
+   (when kinds has one); ``ascii``: the text is ASCII. */
+typedef struct {
+    unsigned char kinds[256];
+    Py_UCS1 rel;
+    int ascii;
+} Reading;
+
+/* How a segment's items are made: the Reading, and what each element holds (its flags). */
+typedef struct {
+    const Reading *reading;
+    const unsigned char *flags;
+} Items;
+
+/* Element k of a segment, its components split when it has some (an item_maker: ``how`` is an
+   Items). */
 static PyObject *
-piece(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t end, const unsigned char *kinds,
-      Py_UCS1 rel, int ascii)
+item_of(const Py_UCS1 *d, Py_ssize_t from, Py_ssize_t to, Py_ssize_t k, const void *how)
 {
-    Py_ssize_t lead = start;
-    while (lead < end && is_blank(d[lead]))
-        lead++;
-    if (lead == end)
-        return PyUnicode_Substring(text, start, end); /* blank: the reader skips it */
+    const Reading *r = ((const Items *)how)->reading;
+    unsigned char flags = ((const Items *)how)->flags[k];
+    int released = (flags & HAS_RELEASE) != 0;
+    return flags & HAS_COMPONENT ? components(d, from, to, r->kinds, released, r->rel, r->ascii)
+                                 : value(d, from, to, released, r->rel, r->ascii);
+}
+
+/* The piece text[start:end] as a new reference: the segment when it is an ordinary one, else
+   the piece itself (a piece_reader: ``how`` is a Reading). */
+static PyObject *
+piece(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t lead, Py_ssize_t end, const void *how)
+{
+    const unsigned char *kinds = ((const Reading *)how)->kinds;
     /* One pass: where each element ends, and what it holds. */
     Py_ssize_t ends[MAX_ELEMENTS], count = 0;
     unsigned char flags[MAX_ELEMENTS];
@@ -134,22 +155,8 @@ piece(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t end, const 
     if (ends[0] - lead != 3 || flags[0] != 0 || is_service(d + lead))
         return PyUnicode_Substring(text, start, end);
 
-    PyObject *seg = PyList_New(count);
-    if (seg == NULL)
-        return NULL;
-    Py_ssize_t from = lead;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        int released = (flags[k] & HAS_RELEASE) != 0;
-        PyObject *item = flags[k] & HAS_COMPONENT ? components(d, from, ends[k], kinds, released, rel, ascii)
-                                                  : value(d, from, ends[k], released, rel, ascii);
-        if (item == NULL) {
-            Py_DECREF(seg); /* frees the items set so far; the rest are NULL */
-            return NULL;
-        }
-        PyList_SET_ITEM(seg, k, item); /* steals the reference */
-        from = ends[k] + 1;
-    }
-    return seg;
+    Items items = {how, flags};
+    return segment_list(d, lead, ends, count, item_of, &items);
 }
 
 static PyObject *
@@ -169,35 +176,13 @@ split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (el == comp || el == term || comp == term || is_blank(el) || is_blank(comp) || is_blank(term)
             || (has_release && (rel == el || rel == comp || rel == term || is_blank(rel))))
         Py_RETURN_NONE; /* separators the Python path sorts out */
-    const Py_UCS1 *d = PyUnicode_1BYTE_DATA(text);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    int ascii = PyUnicode_IS_ASCII(text);
-    unsigned char kinds[256] = {0};
-    kinds['\n'] = kinds['\r'] = LINE_BREAK;
-    kinds[el] = SEPARATOR;
-    kinds[comp] = COMPONENT;
+    Reading how = {{0}, rel, PyUnicode_IS_ASCII(text)};
+    how.kinds['\n'] = how.kinds['\r'] = LINE_BREAK;
+    how.kinds[el] = SEPARATOR;
+    how.kinds[comp] = COMPONENT;
     if (has_release)
-        kinds[rel] = RELEASE;
-
-    PyObject *items = PyList_New(0);
-    if (items == NULL)
-        return NULL;
-    Py_ssize_t start = 0;
-    for (;;) {
-        const Py_UCS1 *hit = memchr(d + start, term, n - start);
-        Py_ssize_t end = hit ? hit - d : n;
-        /* The text after the last terminator stays text, whatever it holds. */
-        PyObject *item = hit ? piece(text, d, start, end, kinds, rel, ascii) : PyUnicode_Substring(text, start, n);
-        if (item == NULL || PyList_Append(items, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(items);
-            return NULL;
-        }
-        Py_DECREF(item); /* the list holds it now */
-        if (!hit)
-            return items;
-        start = end + 1;
-    }
+        how.kinds[rel] = RELEASE;
+    return split_pieces(text, term, piece, &how);
 }
 
 static PyMethodDef methods[] = {

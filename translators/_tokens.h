@@ -1,6 +1,7 @@
 /* What the C readers (translators/_x12.c, translators/_edifact.c) share: the white space the
-   readers skip around segments, and the element values they make. Included by each module,
-   which gets its own copy (and its own cache). */
+   readers skip around segments, the element values they make, and the loop over the pieces of
+   text between terminators. Included by each module, which gets its own copy (and its own
+   cache). */
 
 #ifndef EDI_TOKENS_H
 #define EDI_TOKENS_H
@@ -78,6 +79,67 @@ one_byte_char(PyObject *s, Py_UCS1 *out)
         return 0;
     *out = PyUnicode_1BYTE_DATA(s)[0];
     return 1;
+}
+
+/* Item ``k`` of a segment, the value d[from:to] (``how``: the reader's own): a new reference. */
+typedef PyObject *(*item_maker)(const Py_UCS1 *d, Py_ssize_t from, Py_ssize_t to, Py_ssize_t k, const void *how);
+
+/* A new list of the ``count`` items of a segment: item k runs from the end of item k - 1 (the
+   start: ``lead``) to ends[k]. (Inlined where it is used, ``make`` a known function.) */
+static inline PyObject *
+segment_list(const Py_UCS1 *d, Py_ssize_t lead, const Py_ssize_t *ends, Py_ssize_t count, item_maker make,
+             const void *how)
+{
+    PyObject *seg = PyList_New(count);
+    if (seg == NULL)
+        return NULL;
+    Py_ssize_t from = lead;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *item = make(d, from, ends[k], k, how);
+        if (item == NULL) {
+            Py_DECREF(seg); /* frees the items set so far; the rest are NULL */
+            return NULL;
+        }
+        PyList_SET_ITEM(seg, k, item); /* steals the reference */
+        from = ends[k] + 1;
+    }
+    return seg;
+}
+
+/* What a reader makes of the piece text[start:end] (before a terminator), whose blanks end at
+   ``lead`` (< end): a new reference. ``how`` is the reader's own (its character table ...). */
+typedef PyObject *(*piece_reader)(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t lead,
+                                  Py_ssize_t end, const void *how);
+
+/* The items of text.split(terminator) for one-byte text: each piece before a terminator as
+   ``read`` makes it, or as it is when it is blank (the readers skip it), and the text after the
+   last terminator as it is, whatever it holds. */
+static PyObject *
+split_pieces(PyObject *text, Py_UCS1 term, piece_reader read, const void *how)
+{
+    const Py_UCS1 *d = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    PyObject *items = PyList_New(0);
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t start = 0;
+    for (;;) {
+        const Py_UCS1 *hit = memchr(d + start, term, n - start);
+        Py_ssize_t end = hit ? hit - d : n;
+        Py_ssize_t lead = start;
+        while (lead < end && is_blank(d[lead]))
+            lead++;
+        PyObject *item = hit && lead < end ? read(text, d, start, lead, end, how) : PyUnicode_Substring(text, start, end);
+        if (item == NULL || PyList_Append(items, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(items);
+            return NULL;
+        }
+        Py_DECREF(item); /* the list holds it now */
+        if (!hit)
+            return items;
+        start = end + 1;
+    }
 }
 
 #endif

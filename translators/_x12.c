@@ -22,7 +22,7 @@
    segment failing its checks), and the Python code then runs as it always did: they change
    no result, only its cost. */
 
-#include "_tokens.h" /* is_blank, element, one_byte_char */
+#include "_tokens.h" /* is_blank, element, one_byte_char, split_pieces */
 
 /* Segments the envelope reader must see itself (envelope._X12_TRIGGERS). */
 static int
@@ -40,16 +40,25 @@ is_trigger(const Py_UCS1 *tag, Py_ssize_t n)
 enum { PLAIN, SEPARATOR, LINE_BREAK };
 #define MAX_ELEMENTS 128 /* a segment with more comes back as text (the Python path splits it) */
 
-/* The piece text[start:end] as a new reference: an element list when it is an ordinary
-   segment, else the piece itself. ``kinds`` classifies each character (see split). */
+/* How split reads a piece: ``kinds`` classifies each character; ``ascii``: the text is ASCII. */
+typedef struct {
+    unsigned char kinds[256];
+    int ascii;
+} Reading;
+
+/* Element k of a segment (an item_maker: ``how`` is a Reading). */
 static PyObject *
-piece(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t end, const unsigned char *kinds, int ascii)
+element_of(const Py_UCS1 *d, Py_ssize_t from, Py_ssize_t to, Py_ssize_t k, const void *how)
 {
-    Py_ssize_t lead = start;
-    while (lead < end && is_blank(d[lead]))
-        lead++;
-    if (lead == end)
-        return PyUnicode_Substring(text, start, end); /* blank: the reader skips it */
+    return element(d + from, to - from, ((const Reading *)how)->ascii);
+}
+
+/* The piece text[start:end] as a new reference: an element list when it is an ordinary
+   segment, else the piece itself (a piece_reader: ``how`` is a Reading). */
+static PyObject *
+piece(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t lead, Py_ssize_t end, const void *how)
+{
+    const unsigned char *kinds = ((const Reading *)how)->kinds;
     /* One pass: where each element ends; a line break inside means a hard-wrapped segment. */
     Py_ssize_t ends[MAX_ELEMENTS], count = 0;
     for (Py_ssize_t i = lead; i < end; i++) {
@@ -65,20 +74,7 @@ piece(PyObject *text, const Py_UCS1 *d, Py_ssize_t start, Py_ssize_t end, const 
     if (tag_length >= 4 || is_trigger(d + lead, tag_length))
         return PyUnicode_Substring(text, start, end);
 
-    PyObject *seg = PyList_New(count);
-    if (seg == NULL)
-        return NULL;
-    Py_ssize_t from = lead;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *value = element(d + from, ends[k] - from, ascii);
-        if (value == NULL) {
-            Py_DECREF(seg); /* frees the elements set so far; the rest are NULL */
-            return NULL;
-        }
-        PyList_SET_ITEM(seg, k, value); /* steals the reference */
-        from = ends[k] + 1;
-    }
-    return seg;
+    return segment_list(d, lead, ends, count, element_of, how);
 }
 
 static PyObject *
@@ -93,32 +89,10 @@ split(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyUnicode_Check(text) || PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND
             || !one_byte_char(args[1], &el) || !one_byte_char(args[2], &term))
         Py_RETURN_NONE;
-    const Py_UCS1 *d = PyUnicode_1BYTE_DATA(text);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    int ascii = PyUnicode_IS_ASCII(text);
-    unsigned char kinds[256] = {0};
-    kinds[el] = SEPARATOR;
-    kinds['\n'] = kinds['\r'] = LINE_BREAK; /* first: the reader takes line breaks out before splitting */
-
-    PyObject *items = PyList_New(0);
-    if (items == NULL)
-        return NULL;
-    Py_ssize_t start = 0;
-    for (;;) {
-        const Py_UCS1 *hit = memchr(d + start, term, n - start);
-        Py_ssize_t end = hit ? hit - d : n;
-        /* The text after the last terminator stays text, whatever it holds. */
-        PyObject *item = hit ? piece(text, d, start, end, kinds, ascii) : PyUnicode_Substring(text, start, n);
-        if (item == NULL || PyList_Append(items, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(items);
-            return NULL;
-        }
-        Py_DECREF(item); /* the list holds it now */
-        if (!hit)
-            return items;
-        start = end + 1;
-    }
+    Reading how = {{0}, PyUnicode_IS_ASCII(text)};
+    how.kinds[el] = SEPARATOR;
+    how.kinds['\n'] = how.kinds['\r'] = LINE_BREAK; /* first: the reader takes line breaks out before splitting */
+    return split_pieces(text, term, piece, &how);
 }
 
 /* ------------------------------------------------------------------------------------------
