@@ -122,6 +122,18 @@ strip(PyObject *s)
     return PyUnicode_Substring(s, a, b);
 }
 
+/* dict[key] = value.strip(): 0, or -1 on an error. */
+static int
+set_stripped(PyObject *dict, PyObject *key, PyObject *value)
+{
+    PyObject *text = strip(value);
+    if (text == NULL)
+        return -1;
+    int rc = PyDict_SetItem(dict, key, text);
+    Py_DECREF(text);
+    return rc;
+}
+
 /* not s.strip() */
 static int
 is_blank_str(PyObject *s)
@@ -360,12 +372,7 @@ read_parts(PyObject *seg, PyObject *parts, PyObject *line, Ranks *ranks)
             return -1;
         if (!better)
             continue;
-        PyObject *value = strip(v);
-        if (value == NULL)
-            return -1;
-        int rc = PyDict_SetItem(line, field, value);
-        Py_DECREF(value);
-        if (rc < 0)
+        if (set_stripped(line, field, v) < 0)
             return -1;
         ranks->rank[slot] = rank; /* borrowed: the table holds it */
     }
@@ -517,12 +524,7 @@ read_description(PyObject *seg, PyObject *checks, PyObject *line, int *desc08)
         return PyErr_Occurred() ? -1 : GIVE_UP; /* no such key: the Python path says so */
     if (current != Py_None && !(is08 && !*desc08))
         return 0;
-    PyObject *text = strip(v5);
-    if (text == NULL)
-        return -1;
-    int rc = PyDict_SetItem(line, key_description, text);
-    Py_DECREF(text);
-    if (rc < 0)
+    if (set_stripped(line, key_description, v5) < 0)
         return -1;
     *desc08 = is08;
     return 0;

@@ -52,6 +52,10 @@ log = structlog.get_logger("gateway.delivery.anaplan")
 OPEN, SENDING, RUNNING, DONE, FAILED, RETRY = "open", "sending", "running", "done", "failed", "retry"
 _B = AnaplanBatch.__table__
 _D = Document.__table__
+# A member the batch still answers for: waiting to be forwarded, or forwarded and waiting for the
+# import's end (also a member sent back to Anaplan from confirm, reprocessed after a rejection).
+_AWAITING_BATCH = or_(and_(_D.c.state == State.POSTED.value, _D.c.stage == StageName.FORWARD.value),
+                      and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value))
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -205,10 +209,7 @@ class AnaplanStages:
             wanted = sorted(ids)
             queries = [select(*cols).where(_D.c.id.in_(wanted[i:i + 1000])) for i in range(0, len(wanted), 1000)]
         else:
-            # Waiting to be forwarded, or sent back to Anaplan from confirm (reprocessed after a rejection).
-            queries = [select(*cols).where(_D.c.anaplan_batch_id == batch_id, or_(
-                and_(_D.c.state == State.POSTED.value, _D.c.stage == StageName.FORWARD.value),
-                and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value)))]
+            queries = [select(*cols).where(_D.c.anaplan_batch_id == batch_id, _AWAITING_BATCH)]
         with reader(self.engine).connect() as conn:
             rows = {r["id"]: r for q in queries for r in conn.execute(q).mappings().all()}
         for d in deciding:
@@ -395,9 +396,7 @@ class AnaplanStages:
                 result = _result(row)
                 members = set(result.get("members") or [])
                 waiting = select(_D.c.id, _D.c.interchange_id, _D.c.attempts, _D.c.state).where(
-                    _D.c.anaplan_batch_id == batch_id,
-                    or_(and_(_D.c.state == State.POSTED.value, _D.c.stage == StageName.FORWARD.value),
-                        and_(_D.c.state == State.FORWARDED.value, _D.c.stage == StageName.CONFIRM.value)),
+                    _D.c.anaplan_batch_id == batch_id, _AWAITING_BATCH,
                     or_(_D.c.lease_until.is_(None), _D.c.lease_until < now)).order_by(_D.c.id)
                 if conn.dialect.name == "postgresql":
                     waiting = waiting.with_for_update(skip_locked=True)  # a claim taking one now keeps it
