@@ -32,7 +32,7 @@ from sqlmodel import select
 from gateway.leases import acquire, release
 from gateway.runtime import Runtime
 from gateway.settings import LocalSource, Settings, SftpSource
-from gateway.sources import sftp as sftp_client
+from gateway.integrations.sftp import client as sftp_client
 from gateway.store.db import reading, transaction
 from gateway.store.models import Event, Interchange, SourceStatus, utcnow
 from translators.mapping import AckSettings

@@ -34,8 +34,8 @@ from gateway.intake import take
 from gateway.leases import acquire, holder, release
 from gateway.runtime import Runtime
 from gateway.settings import LocalSource, Settings, SftpSource, SterlingSource
-from gateway.sources import sftp as sftp_client
-from gateway.sources import sterling as sterling_client
+from gateway.integrations.sftp import client as sftp_client
+from gateway.integrations.sterling import client as sterling_client
 from gateway.store.db import reading, transaction
 from gateway.store.models import SourceStatus, utcnow
 

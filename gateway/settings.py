@@ -18,10 +18,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from gateway.destinations.anaplan import AnaplanSettings
-from gateway.destinations.plex import PlexConfig
-from gateway.sources.sftp import SftpConfig
-from gateway.sources.sterling import SterlingConfig
+from gateway.integrations.anaplan.client import AnaplanSettings
+from gateway.integrations.plex.client import PlexConfig
+from gateway.integrations.sftp.client import SftpConfig
+from gateway.integrations.sterling.client import SterlingConfig
 
 SECRET_PREFIX = "secret:"
 

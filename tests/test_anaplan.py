@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.destinations.anaplan import (
+from gateway.integrations.anaplan.client import (
     AnaplanAuthError, AnaplanBatch, AnaplanClient, AnaplanConfigError, AnaplanDestination,
     AnaplanEndpoints, AnaplanImportConfig, BasicAuth, CertificateAuth, Const, CsvFormat,
     InMemoryRequestBudget, OAuth2RefreshTokenAuth, RequestCounter, RetryPolicy, build_csv, neutralise_cell,
 )
-from gateway.sandbox.anaplan_sim import (
+from gateway.integrations.anaplan.simulator.app import (
     DEFAULT_PASSWORD, DEFAULT_USER, INVOICES_FILE_ID, INVOICES_IMPORT_ID, MODEL_ID,
     OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_REDIRECT_URI, PO_LINES_FILE_ID, PO_LINES_IMPORT_ID,
     WORKSPACE_ID, AnaplanSimulator, default_tenant,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from gateway.delivery.budget import StoreBudget, StoreRateBudgetBackend, StoreRequestBudget
-from gateway.destinations.plex import RateBudget
+from gateway.budget import StoreBudget, StoreRateBudgetBackend, StoreRequestBudget
+from gateway.integrations.plex.client import RateBudget
 
 
 class Clock:

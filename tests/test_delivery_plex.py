@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.delivery.plex_stage import PostStage, invoice_draft
-from gateway.delivery.suppliers import SupplierMaster
-from gateway.destinations.plex import (
+from gateway.integrations.plex.destination import PostStage, invoice_draft
+from gateway.integrations.plex.suppliers import SupplierMaster
+from gateway.integrations.plex.client import (
     APInvoiceAccounts, OAuthClientCredentials, PlexClient, PlexConfig, RetryPolicy, SupplierMatching,
 )
 from gateway.partners import load_partner_directory
 from gateway.pipeline.machine import OutcomeKind
 from gateway.sandbox.environment import seed_partners
-from gateway.sandbox.plex_sim import (
+from gateway.integrations.plex.simulator.app import (
     SIM_API_KEY, SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_SOAP_PASSWORD, SIM_SOAP_USER, PlexSim, SimSettings,
 )
 from gateway.store.models import Document

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from gateway.operations import Selection, reprocess_documents
-from gateway.sandbox.anaplan_sim import INVOICES_IMPORT_ID, PO_LINES_IMPORT_ID
+from gateway.integrations.anaplan.simulator.app import INVOICES_IMPORT_ID, PO_LINES_IMPORT_ID
 from gateway.sandbox.environment import numbered_documents, start_sandbox
 from tests.delivery_env import DEMO, gateway
 

@@ -16,8 +16,8 @@ from gateway.intake import take
 from gateway.pollers import poll_source
 from gateway.runtime import Runtime
 from gateway.settings import Settings, SftpSource
-from gateway.sources import sftp as sftp_client
-from gateway.sources.sftp import DropFolder
+from gateway.integrations.sftp import client as sftp_client
+from gateway.integrations.sftp.client import DropFolder
 from gateway.store import Event, Interchange, RawPayload, SourceStatus, transaction
 
 pytestmark = pytest.mark.sshd

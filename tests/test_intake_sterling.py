@@ -18,7 +18,7 @@ import gateway.pollers as pollers
 from gateway.intake import take
 from gateway.pollers import poll_source
 from gateway.runtime import Runtime
-from gateway.sandbox.sterling_sim import SterlingSim, run_sterling_sim
+from gateway.integrations.sterling.simulator.app import SterlingSim, run_sterling_sim
 from gateway.settings import Settings, SterlingSource
 from gateway.store import Interchange, RawPayload, SourceStatus
 

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from gateway.delivery.matching import (
+from gateway.integrations.plex.matching import (
     CUSTOMER, SUPPLIER, ChoiceError, MatchStage, choose_supplier, evidence, match,
 )
-from gateway.delivery.suppliers import Counterparty, Snapshot, SupplierMaster, normalize_name
-from gateway.destinations.plex import PlexClient, PlexConfig, SupplierMatching
+from gateway.integrations.plex.suppliers import Counterparty, Snapshot, SupplierMaster, normalize_name
+from gateway.integrations.plex.client import PlexClient, PlexConfig, SupplierMatching
 from gateway.partners import load_partner_directory
 from gateway.pipeline.machine import OutcomeKind, StageName, State, apply_outcome
-from gateway.sandbox.plex_sim import PCN_MAIN, SIM_API_KEY, run_plex_sim
+from gateway.integrations.plex.simulator.app import PCN_MAIN, SIM_API_KEY, run_plex_sim
 from gateway.store import Document, Event, Interchange, transaction, utcnow
 from gateway.store.models import SourceStatus, Supplier, SupplierAlias
 from translators.mapping import PartnerMapping

@@ -18,7 +18,7 @@ import pytest
 import structlog
 import zeep
 
-from gateway.destinations.plex import (
+from gateway.integrations.plex.client import (
     APInvoiceDraft,
     APInvoiceLine,
     ChangeCursor,
@@ -37,7 +37,7 @@ from gateway.destinations.plex import (
     SalesOrderLine,
     SoapAccount,
 )
-from gateway.sandbox.plex_sim import (
+from gateway.integrations.plex.simulator.app import (
     DS_PO_ADD,
     DS_PO_GET,
     DS_PO_LINE_ADD,

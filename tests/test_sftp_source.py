@@ -17,7 +17,7 @@ import pytest
 import structlog
 from pydantic import ValidationError
 
-from gateway.sources.sftp import (
+from gateway.integrations.sftp.client import (
     DropFolder,
     HostKeyMismatch,
     RemoteFile,

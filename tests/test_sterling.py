@@ -12,8 +12,8 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.sandbox.sterling_sim import SterlingSim, run_sterling_sim
-from gateway.sources.sterling import (
+from gateway.integrations.sterling.simulator.app import SterlingSim, run_sterling_sim
+from gateway.integrations.sterling.client import (
     MailboxUnavailable,
     MessageGone,
     PayloadTooLarge,

@@ -91,9 +91,9 @@ def demo_settings(*, data: Path, partners: Path, port: int, sandbox, drop: Path)
 
 def store_secrets(url: str, key_file: Path) -> None:
     """The simulators' (published, fake) credentials into the vault, as ``gateway secrets set`` would."""
-    from gateway.sandbox.anaplan_sim import DEFAULT_PASSWORD
+    from gateway.integrations.anaplan.simulator.app import DEFAULT_PASSWORD
     from gateway.sandbox.environment import STERLING_PASSWORD
-    from gateway.sandbox.plex_sim import SIM_API_KEY, SIM_SOAP_PASSWORD
+    from gateway.integrations.plex.simulator.app import SIM_API_KEY, SIM_SOAP_PASSWORD
     from gateway.secrets import Vault, load_key
     from gateway.store.db import make_engine, upgrade
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import structlog
 
-from gateway.delivery.budget import StoreBudget, StoreRateBudgetBackend, StoreRequestBudget
-from gateway.delivery.matching import ChoiceError, MatchStage, choose_supplier
-from gateway.delivery.suppliers import SupplierMaster
+from gateway.budget import StoreBudget, StoreRateBudgetBackend, StoreRequestBudget
+from gateway.integrations.plex.matching import ChoiceError, MatchStage, choose_supplier
+from gateway.integrations.plex.suppliers import SupplierMaster
 from gateway.pipeline.machine import Outcome, StageName
 
 log = structlog.get_logger("gateway.delivery")
@@ -37,8 +37,8 @@ class Delivery:
     """The clients and stages of one process (or one test)."""
 
     def __init__(self, runtime: Any) -> None:
-        from gateway.delivery.plex_stage import PostStage
-        from gateway.destinations.plex import PlexClient
+        from gateway.integrations.plex.destination import PostStage
+        from gateway.integrations.plex.client import PlexClient
 
         settings = runtime.settings
         if settings.plex is None:
@@ -70,7 +70,7 @@ class Delivery:
         return provider
 
     def _anaplan(self, runtime: Any):
-        from gateway.delivery.anaplan_stage import AnaplanStages
+        from gateway.integrations.anaplan.destination import AnaplanStages
 
         cfg = runtime.settings.anaplan
         tenant = hashlib.sha256(cfg.endpoints().api.encode()).hexdigest()[:12]

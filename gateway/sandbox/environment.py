@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.sandbox.anaplan_sim import (
+from gateway.integrations.anaplan.simulator.app import (
     DEFAULT_PASSWORD, DEFAULT_USER, INVOICES_FILE_ID, INVOICES_IMPORT_ID, MODEL_ID, PO_LINES_FILE_ID,
     PO_LINES_IMPORT_ID, WORKSPACE_ID, AnaplanSimulator, SimFaults,
 )
-from gateway.sandbox.plex_sim import SIM_API_KEY, SIM_SOAP_PASSWORD, SIM_SOAP_USER, PlexSim, SimSettings
+from gateway.integrations.plex.simulator.app import SIM_API_KEY, SIM_SOAP_PASSWORD, SIM_SOAP_USER, PlexSim, SimSettings
 from gateway.sandbox.server import RunningServer, serve_app
-from gateway.sandbox.sterling_sim import SterlingSim
+from gateway.integrations.sterling.simulator.app import SterlingSim
 
 __all__ = ["ANAPLAN_COLUMNS", "DEMO_CUSTOMERS", "DEMO_SUPPLIERS", "STERLING_PASSWORD", "STERLING_USER", "Sandbox",
            "batched_interchanges", "numbered_documents", "seed_partners", "start_sandbox"]

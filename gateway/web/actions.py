@@ -110,7 +110,7 @@ def choose_supplier(engine: Engine, doc_id: int, supplier_code: str, *, actor: s
             if s.get(Supplier, supplier_code) is None:
                 raise BadRequest(f"supplier_code: {supplier_code!r} is not one of the candidates "
                                  f"({', '.join(sorted(offered))}) nor in Plex's supplier master")
-    from gateway.delivery.matching import choose_supplier as choose
+    from gateway.integrations.plex.matching import choose_supplier as choose
 
     try:
         choose(engine, doc_id, supplier_code, actor=actor)

@@ -54,7 +54,7 @@ __all__ = [
     "AnaplanError", "AnaplanAuthError", "AnaplanConfigError", "AnaplanHTTPError", "AnaplanRetryLater",
 ]
 
-log = structlog.get_logger("gateway.destinations.anaplan")
+log = structlog.get_logger("gateway.integrations.anaplan.client")
 
 DocumentId = Hashable
 

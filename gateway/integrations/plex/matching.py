@@ -26,8 +26,8 @@ from sqlalchemy import or_, tuple_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from gateway.delivery.suppliers import Counterparty, Snapshot, SupplierMaster, normalize_name, normalize_tax_id
-from gateway.destinations.plex import PlexError, SupplierMatching
+from gateway.integrations.plex.suppliers import Counterparty, Snapshot, SupplierMaster, normalize_name, normalize_tax_id
+from gateway.integrations.plex.client import PlexError, SupplierMatching
 from gateway.pipeline.machine import Outcome, StageName, State, apply_outcome, reprocess
 from gateway.store.db import reading, transaction
 from gateway.store.models import Document, Event, Supplier, SupplierAlias, utcnow

@@ -64,7 +64,7 @@ __all__ = [
     "SupplierChanges",
 ]
 
-log = structlog.get_logger("gateway.destinations.plex")
+log = structlog.get_logger("gateway.integrations.plex.client")
 
 DATA_SOURCE_NS = "http://www.plexus-online.com/DataSource"
 _SALES_ORDER_NS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:edi-gateway:plex:sales-order")

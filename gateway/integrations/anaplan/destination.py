@@ -39,7 +39,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 
 from gateway import leases
-from gateway.destinations.anaplan import (
+from gateway.integrations.anaplan.client import (
     AnaplanAuthError, AnaplanBatch as ImportBatch, AnaplanConfigError, AnaplanDestination, AnaplanError,
     AnaplanHTTPError, AnaplanImportConfig, AnaplanRetryLater, AnaplanSettings, RequestCounter,
 )

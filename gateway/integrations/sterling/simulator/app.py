@@ -957,7 +957,7 @@ def run_sterling_sim(users: dict[str, str | SimUser | dict[str, Any]] | None = N
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m gateway.sandbox.sterling_sim --port 5074 --user gw:secret --partner ACME`` (foreground)."""
+    """``python -m gateway.integrations.sterling.simulator.app --port 5074 --user gw:secret --partner ACME`` (foreground)."""
     import argparse
 
     import uvicorn

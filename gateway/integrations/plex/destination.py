@@ -4,7 +4,7 @@ Invoices (810/INVOIC) become AP invoices over REST; purchase orders (850/ORDERS)
 tenant's PO data sources over SOAP, or — for a partner whose file says
 ``plex.purchase_orders: sales_order`` — become customer orders (``sales/v1/orders``). The client
 looks the record up before every create and again after a timeout or 5xx, so a retry never
-creates a second one (see :mod:`gateway.destinations.plex`). The stage runs a claimed batch of
+creates a second one (see :mod:`gateway.integrations.plex.client`). The stage runs a claimed batch of
 documents a few at a time (``plex.concurrency``); the request budget is shared by every process.
 
 Outcomes: posted (with Plex's answer and every call in the audit detail, the record in
@@ -27,9 +27,9 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from gateway.delivery.matching import CUSTOMER, role_of
-from gateway.delivery.suppliers import SupplierMaster
-from gateway.destinations.plex import (
+from gateway.integrations.plex.matching import CUSTOMER, role_of
+from gateway.integrations.plex.suppliers import SupplierMaster
+from gateway.integrations.plex.client import (
     APInvoiceAccounts, APInvoiceDraft, APInvoiceLine, PlexAuthError, PlexCall, PlexClient, PlexConfigError,
     PlexError, PlexPermissionError, PlexThrottledError, PlexTransientError, PlexValidationError, PostingOutcome,
     PurchaseOrderDraft, PurchaseOrderLine, SalesOrderDraft, SalesOrderLine,

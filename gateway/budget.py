@@ -115,7 +115,7 @@ class StoreBudget:
 
 
 class StoreRateBudgetBackend:
-    """:class:`gateway.destinations.plex.RateBudgetBackend` over :class:`StoreBudget` (token-bucket
+    """:class:`gateway.integrations.plex.client.RateBudgetBackend` over :class:`StoreBudget` (token-bucket
     parameters become a per-minute allowance: ``capacity + 60 × refill``)."""
 
     def __init__(self, engine: Engine, *, window_seconds: float = 6.0) -> None:
@@ -142,7 +142,7 @@ class StoreRateBudgetBackend:
 
 
 class StoreRequestBudget:
-    """:class:`gateway.destinations.anaplan.RequestBudget` over :class:`StoreBudget`."""
+    """:class:`gateway.integrations.anaplan.client.RequestBudget` over :class:`StoreBudget`."""
 
     def __init__(self, budget: StoreBudget, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:

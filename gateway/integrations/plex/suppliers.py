@@ -26,11 +26,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from gateway import leases
-from gateway.destinations.plex import ChangeCursor, PlexClient, PlexError, SupplierMatching
+from gateway.integrations.plex.client import ChangeCursor, PlexClient, PlexError, SupplierMatching
 from gateway.store.db import reading, transaction
 from gateway.store.models import SourceStatus, Supplier, utcnow
 
-log = structlog.get_logger("gateway.delivery.suppliers")
+log = structlog.get_logger("gateway.integrations.plex.suppliers")
 
 STATUS_ROW = "plex:suppliers"
 LEASE = "plex-suppliers"
