@@ -382,3 +382,34 @@ def test_plain_edi_identifiers_are_checked_as_x12():
     with pytest.raises(ValueError, match="qualifier"):
         PartnerMapping(id="x", name="X", identifiers=Identifiers(x12=[EdiIdentifier(id="A", qualifier="ZZZ")]))
     assert re.fullmatch(r"\d{6}", PartnerMapping(id="x", name="X", versions=["004010"]).versions[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# validation: and delivery: (names only; the gateway's routing reads them)
+
+
+def test_validation_and_delivery_keys_are_read_and_checked():
+    p = parse_partner_text(
+        "id: t\nname: T\nvalidation: {relax: [hash_total, segment_count]}\n"
+        "delivery: {destinations: [plex], test: [anaplan]}\n", "t.yaml")
+    assert p.validation.relax == ["hash_total", "segment_count"]
+    assert (p.delivery.destinations, p.delivery.test) == (["plex"], ["anaplan"])
+    standard = parse_partner_text("id: t\nname: T\n", "t.yaml")
+    assert standard.validation.relax == [] and standard.delivery.destinations is None and standard.delivery.test == []
+
+    (problem,) = error_of("id: t\nname: T\nvalidation: {relax: [hash_totl]}\n").problems
+    assert problem.path == "validation.relax[0]" and "did you mean 'hash_total'" in problem.message
+    (problem,) = error_of("id: t\nname: T\ndelivery: {test: [anaplan, anaplan]}\n").problems
+    assert problem.path == "delivery.test" and "listed twice" in problem.message
+    (problem,) = error_of("id: t\nname: T\ndelivery: {destinations: [{url: x}]}\n").problems
+    assert problem.path == "delivery.destinations[0]" and "expected text" in problem.message
+    (problem,) = error_of("id: t\nname: T\ndelivery: {plex_url: x}\n").problems
+    assert problem.path == "delivery.plex_url" and "unknown key" in problem.message
+
+
+def test_the_relaxable_checks_are_named_once():
+    import typing
+
+    from translators.mapping import RELAXABLE_CHECKS, RelaxableCheck
+
+    assert list(typing.get_args(RelaxableCheck)) == list(RELAXABLE_CHECKS)

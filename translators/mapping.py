@@ -320,6 +320,66 @@ class AckSettings(_Model):
     )
 
 
+DestinationName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$"),
+]
+"""A destination's name as the gateway's routing knows it (e.g. plex, anaplan); only the name."""
+
+
+def _unique_names(v: list[str] | None) -> list[str] | None:
+    if v is not None:
+        for n, name in enumerate(v):
+            if name in v[:n]:
+                raise ValueError(f"{name!r} is listed twice")
+    return v
+
+
+class DeliverySettings(_Model):
+    """Where this partner's documents are delivered: names only; the gateway's routing does the rest."""
+
+    destinations: Annotated[list[DestinationName] | None, AfterValidator(_unique_names)] = Field(
+        None, description="Destinations this partner's documents go to, in order, replacing the gateway's "
+        "routing for their kind; null keeps the routing",
+        examples=[["plex", "anaplan"]],
+    )
+    test: Annotated[list[DestinationName], AfterValidator(_unique_names)] = Field(
+        default_factory=list, description="Destinations that test interchanges (ISA15 T / UNB 0035 1) go to; "
+        "empty: test documents are translated and acknowledged but delivered nowhere",
+        examples=[["anaplan"]],
+    )
+
+
+# The envelope and trailer checks a mapping file may relax to warnings (``validation.relax``):
+# name -> what it checks. Strict by default: a failed check rejects the set, group or interchange.
+RELAXABLE_CHECKS: dict[str, str] = {
+    "segment_count": "SE01 / UNT 0074 segment count",
+    "set_control_number": "SE02 / UNT 0062 equal to ST02 / UNH 0062",
+    "line_count": "X12 CTT01 / EDIFACT CNT 2 line count",
+    "hash_total": "X12 CTT02 hash total of the quantities",
+    "group_count": "GE01 / UNE 0060 count of sets",
+    "group_control_number": "GE02 / UNE 0048 equal to GS06 / UNG 0048",
+    "interchange_count": "IEA01 / UNZ 0036 count of groups or messages",
+    "interchange_control_number": "IEA02 / UNZ 0020 equal to ISA13 / UNB 0020",
+}
+
+RelaxableCheck = Literal[
+    "segment_count", "set_control_number", "line_count", "hash_total", "group_count", "group_control_number",
+    "interchange_count", "interchange_control_number",
+]
+
+
+class ValidationSettings(_Model):
+    """How strictly this partner's envelopes and trailers are checked."""
+
+    relax: Annotated[list[RelaxableCheck], AfterValidator(_unique_names)] = Field(
+        default_factory=list,
+        description="Checks that only warn for this partner instead of rejecting: "
+        + "; ".join(f"{k}: {v}" for k, v in RELAXABLE_CHECKS.items()),
+        examples=[["hash_total", "interchange_control_number"]],
+    )
+
+
 class PartnerMapping(_Model):
     """One trading partner's mapping file."""
 
@@ -344,6 +404,10 @@ class PartnerMapping(_Model):
                                     description="How its documents deviate from the standard mapping")
     plex: PlexRouting = Field(default_factory=PlexRouting, description="Plex supplier matching and routing")
     acknowledgments: AckSettings = Field(default_factory=AckSettings, description="Acknowledgments sent back")
+    validation: ValidationSettings = Field(default_factory=ValidationSettings,
+                                           description="Envelope and trailer checks relaxed to warnings")
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings,
+                                       description="Destinations (names) its documents and its test documents go to")
 
 
 STANDARD = MessageMapping()
