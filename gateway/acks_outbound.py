@@ -29,10 +29,13 @@ from pathlib import Path
 import structlog
 from sqlmodel import select
 
+from gateway.intake import record_source_status
+from gateway.integrations.local.settings import LocalSettings
+from gateway.integrations.sftp import client as sftp_client
+from gateway.integrations.sftp.settings import SftpSettings
 from gateway.leases import acquire, release
 from gateway.runtime import Runtime
-from gateway.settings import LocalSource, Settings, SftpSource
-from gateway.integrations.sftp import client as sftp_client
+from gateway.settings import Settings
 from gateway.store.db import reading, transaction
 from gateway.store.models import Event, Interchange, SourceStatus, utcnow
 from translators.mapping import AckSettings
@@ -49,7 +52,7 @@ LEASE = "acks:send"
 @dataclass(frozen=True)
 class AckTarget:
     source: str  # "sftp:<name>" or "local:<name>"
-    config: SftpSource | LocalSource
+    config: SftpSettings | LocalSettings
     folder: str
 
 
@@ -123,17 +126,17 @@ class _Writers:
     """One SFTP connection per server for the whole run; a server that failed is not tried again this run."""
 
     def __init__(self) -> None:
-        self.clients: dict[str, sftp_client.SftpSource] = {}
+        self.clients: dict[str, sftp_client.SftpClient] = {}
         self.broken: dict[str, str] = {}
 
     def write(self, target: AckTarget, name: str, data: bytes) -> str:
         if target.source in self.broken:
             raise sftp_client.SftpError(self.broken[target.source])
-        if isinstance(target.config, LocalSource):
+        if isinstance(target.config, LocalSettings):
             return _write_local(target.folder, name, data)
         client = self.clients.get(target.source)
         if client is None:
-            client = self.clients[target.source] = sftp_client.SftpSource(target.config)
+            client = self.clients[target.source] = sftp_client.SftpClient(target.config)
         try:
             return client.write_outbound(target.folder, name, data)
         except (sftp_client.HostKeyError, sftp_client.SftpAuthError, sftp_client.SftpConnectionError) as exc:
@@ -148,8 +151,6 @@ class _Writers:
 def send_acknowledgments(runtime: Runtime, *, now: datetime | None = None) -> int:
     """Write every due acknowledgment; return how many were written. Failures are logged and recorded on the
     target source's status, and retried next time."""
-    from gateway.pollers import record_status
-
     now = now or utcnow()
     wanted = {p.id: p.acknowledgments for p in runtime.partners() if p.acknowledgments.send}
     if not wanted:
@@ -188,7 +189,7 @@ def send_acknowledgments(runtime: Runtime, *, now: datetime | None = None) -> in
                 def failed(st: SourceStatus, error: str = error) -> None:
                     st.last_error, st.last_error_at = error[:4000], utcnow()
 
-                record_status(runtime, target.source, failed)
+                record_source_status(runtime.engine, target.source, failed)
                 continue
             with transaction(runtime.engine) as s:
                 ich = s.get(Interchange, row.id)

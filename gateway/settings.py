@@ -18,40 +18,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from gateway.integrations import source_classes
 from gateway.integrations.anaplan.client import AnaplanSettings
+from gateway.integrations.base import Source
+from gateway.integrations.local.settings import LocalSettings
 from gateway.integrations.plex.client import PlexConfig
-from gateway.integrations.sftp.client import SftpConfig
-from gateway.integrations.sterling.client import SterlingConfig
+from gateway.integrations.sftp.settings import SftpSettings
+from gateway.integrations.sterling.settings import SterlingSettings
 
 SECRET_PREFIX = "secret:"
-
-
-class SterlingSource(SterlingConfig):
-    """A Sterling B2Bi instance to poll, with its name and interval."""
-
-    name: str = Field(min_length=1, max_length=100)
-    interval_seconds: float = Field(60.0, gt=0)
-
-
-class SftpSource(SftpConfig):
-    """An SFTP server with drop folders, with its name and interval."""
-
-    name: str = Field(min_length=1, max_length=100)
-    interval_seconds: float = Field(300.0, gt=0)
-
-
-class LocalSource(BaseModel):
-    """A folder on this machine used as a drop (the demo, or an SFTP server's own disk)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=100)
-    path: Path
-    archive_path: Path | None = None  # None: delete after intake
-    outbound_path: Path | None = None  # acknowledgments; '{partner}' replaced by the partner id
-    partners: tuple[str, ...] = ()
-    pattern: str = "*"
-    interval_seconds: float = Field(5.0, gt=0)
 
 
 class WorkerSettings(BaseModel):
@@ -88,9 +63,9 @@ class Settings(BaseSettings):
     log_json: bool = False
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     web: WebSettings = Field(default_factory=WebSettings)
-    sterling: list[SterlingSource] = Field(default_factory=list)
-    sftp: list[SftpSource] = Field(default_factory=list)
-    local: list[LocalSource] = Field(default_factory=list)
+    sterling: list[SterlingSettings] = Field(default_factory=list)
+    sftp: list[SftpSettings] = Field(default_factory=list)
+    local: list[LocalSettings] = Field(default_factory=list)
     plex: PlexConfig | None = None
     anaplan: AnaplanSettings | None = None
 
@@ -120,9 +95,8 @@ class Settings(BaseSettings):
         return self.secret_key_file or self.data_dir / "secret.key"
 
     def source_names(self) -> list[str]:
-        return [f"sterling:{s.name}" for s in self.sterling] + [f"sftp:{s.name}" for s in self.sftp] + [
-            f"local:{s.name}" for s in self.local
-        ]
+        """``"<kind>:<name>"`` of every configured source."""
+        return [f"{s.kind}:{s.name}" for s in configured_sources(self)]
 
     def secret_references(self) -> set[str]:
         """Names of the secrets this configuration refers to."""
@@ -134,6 +108,11 @@ class Settings(BaseSettings):
         """A copy with every ``"secret:NAME"`` replaced by ``lookup(NAME)``."""
         data = _walk(self.model_dump(mode="python"), lambda v: lookup(v[len(SECRET_PREFIX):]))
         return type(self).model_validate(data)
+
+
+def configured_sources(settings: Settings) -> list[Source]:
+    """Every source the settings name, of every registered kind (``gateway.integrations.SOURCES``)."""
+    return [source for cls in source_classes().values() for source in cls.configured(settings)]
 
 
 def _walk(value: Any, replace) -> Any:

@@ -11,8 +11,10 @@ import pytest
 from sqlmodel import Session, func, select
 
 from gateway.intake import take
-from gateway.pollers import PollReport, source_config
-from gateway.settings import LocalSource, Settings
+from gateway.intake import PollReport
+from gateway.integrations.local.settings import LocalSettings
+from gateway.pollers import find_source
+from gateway.settings import Settings
 from gateway.store import Event, Interchange, RawPayload, utcnow
 
 X12 = b"ISA*00*          *00*          *ZZ*ACME           *ZZ*GATEWAY        *240502*0914*U*00401*000000123*0*P*>~"
@@ -114,11 +116,11 @@ def test_received_at_is_the_given_time(engine):
 
 
 def test_source_names_resolve_and_bad_ones_say_what_exists(tmp_path):
-    settings = Settings(data_dir=tmp_path, local=[LocalSource(name="demo", path=tmp_path / "in")])
-    assert source_config(settings, "local:demo")[0] == "local"
-    assert source_config(settings, "demo")[1].name == "demo"
+    settings = Settings(data_dir=tmp_path, local=[LocalSettings(name="demo", path=tmp_path / "in")])
+    assert find_source(settings, "local:demo").kind == "local"
+    assert find_source(settings, "demo").name == "demo"
     with pytest.raises(KeyError, match=r"'sftp:demo' is not configured \(sources: local:demo\)"):
-        source_config(settings, "sftp:demo")
+        find_source(settings, "sftp:demo")
 
 
 def test_poll_report_summary():

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-import gateway.pollers as pollers
+import gateway.intake as intake_module
 from gateway.acks_outbound import send_acknowledgments
 from gateway.intake import take
 from gateway.leases import holder
 from gateway.pollers import poll_all_once, poll_source, run_pollers
 from gateway.runtime import Runtime
-from gateway.settings import LocalSource, Settings
+from gateway.integrations.local import source as local_source
+from gateway.integrations.local.settings import LocalSettings
+from gateway.settings import Settings
 from gateway.store import Event, Interchange, RawPayload, SourceStatus, transaction
 
 X12 = b"ISA*00*          *00*          *ZZ*ACME           *ZZ*GATEWAY        *240502*0914*U*00401*000000123*0*P*>~"
@@ -26,7 +28,7 @@ OLD = 1_700_000_000  # an mtime long past: the file is finished
 
 def runtime(engine, tmp_path: Path, **local) -> Runtime:
     local.setdefault("archive_path", tmp_path / "archive")
-    cfg = LocalSource(name="demo", path=tmp_path / "in", **local)
+    cfg = LocalSettings(name="demo", path=tmp_path / "in", **local)
     (tmp_path / "in").mkdir(exist_ok=True)
     settings = Settings(data_dir=tmp_path, partners_dir=tmp_path / "partners", local=[cfg])
     return Runtime(settings=settings, engine=engine)
@@ -130,7 +132,7 @@ def test_settling_state_survives_a_restart(engine, tmp_path):
 def test_crash_between_store_and_acknowledge_is_recognised_by_hash(engine, tmp_path, monkeypatch):
     rt = runtime(engine, tmp_path)
     drop(tmp_path / "in", "PO.edi", X12)
-    real = pollers._local_acknowledge
+    real = local_source.archive_or_delete
     calls = []
 
     def ack_fails_once(cfg, path):
@@ -139,7 +141,7 @@ def test_crash_between_store_and_acknowledge_is_recognised_by_hash(engine, tmp_p
             raise OSError("simulated crash before the file was archived")
         real(cfg, path)
 
-    monkeypatch.setattr(pollers, "_local_acknowledge", ack_fails_once)
+    monkeypatch.setattr(local_source, "archive_or_delete", ack_fails_once)
     first = poll_source(rt, "demo")
     assert (first.stored, first.acknowledged) == (1, 0)
     assert "simulated crash" in first.error and "simulated crash" in status(engine).last_error
@@ -158,11 +160,11 @@ def test_store_failure_leaves_the_file_in_place(engine, tmp_path, monkeypatch):
     def store_down(*args, **kwargs):
         raise ConnectionError("database unreachable")
 
-    monkeypatch.setattr(pollers, "take", store_down)
+    monkeypatch.setattr(intake_module, "take", store_down)
     report = poll_source(rt, "demo")
     assert report.acknowledged == 0 and "database unreachable" in report.error
     assert (tmp_path / "in" / "PO.edi").read_bytes() == X12
-    monkeypatch.setattr(pollers, "take", take)
+    monkeypatch.setattr(intake_module, "take", take)
     assert poll_source(rt, "demo").stored == 1
 
 
@@ -194,14 +196,14 @@ def test_two_pollers_racing_on_one_source_exactly_one_polls(engine, tmp_path, mo
     attempts = threading.Barrier(n)
     others_refused = threading.Event()
     refused: list[int] = []
-    real = pollers._poll_local
+    real = local_source.LocalSource.poll
 
-    def slow_poll(poll, cfg):
+    def slow_poll(self, intake):
         # Hold the lease until every other poller has tried and been turned away.
         others_refused.wait(10)
-        real(poll, cfg)
+        real(self, intake)
 
-    monkeypatch.setattr(pollers, "_POLLS", {**pollers._POLLS, "local": slow_poll})
+    monkeypatch.setattr(local_source.LocalSource, "poll", slow_poll)
     reports = []
 
     def run(rt: Runtime) -> None:

@@ -15,9 +15,9 @@ from gateway.acks_outbound import send_acknowledgments
 from gateway.intake import take
 from gateway.pollers import poll_source
 from gateway.runtime import Runtime
-from gateway.settings import Settings, SftpSource
+from gateway.settings import Settings
 from gateway.integrations.sftp import client as sftp_client
-from gateway.integrations.sftp.client import DropFolder
+from gateway.integrations.sftp.settings import DropFolder, SftpSettings
 from gateway.store import Event, Interchange, RawPayload, SourceStatus, transaction
 
 pytestmark = pytest.mark.sshd
@@ -39,7 +39,7 @@ def runtime(engine, server, base: Path, folders, partners_dir: Path | None = Non
                   connect_timeout=5, retry_attempts=2, retry_max_wait=0.2)
     values.update(overrides)
     settings = Settings(data_dir=base / "var", partners_dir=partners_dir or base / "no-partners",
-                        sftp=[SftpSource(**values)])
+                        sftp=[SftpSettings(**values)])
     return Runtime(settings=settings, engine=engine)
 
 
@@ -141,7 +141,7 @@ def test_half_written_and_temporary_files_left_alone_until_finished(engine, sshd
 def test_crash_between_store_and_archive_recognised_by_hash(engine, sshd_server, base, monkeypatch):
     write(base / "in" / "PO.edi", EDI)
     rt = runtime(engine, sshd_server, base, [DropFolder(path=str(base / "in"), archive_path=str(base / "archive"))])
-    real = sftp_client.SftpSource.acknowledge
+    real = sftp_client.SftpClient.acknowledge
     calls = []
 
     def acknowledge_dies_once(self, f):
@@ -150,7 +150,7 @@ def test_crash_between_store_and_archive_recognised_by_hash(engine, sshd_server,
             raise sftp_client.SftpConnectionError("connection lost before the file was archived")
         return real(self, f)
 
-    monkeypatch.setattr(sftp_client.SftpSource, "acknowledge", acknowledge_dies_once)
+    monkeypatch.setattr(sftp_client.SftpClient, "acknowledge", acknowledge_dies_once)
     poll_source(rt, SOURCE)
     crashed = poll_source(rt, SOURCE)
     assert (crashed.stored, crashed.acknowledged) == (1, 0) and "connection lost" in crashed.error

@@ -14,12 +14,13 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-import gateway.pollers as pollers
+import gateway.intake as intake_module
 from gateway.intake import take
 from gateway.pollers import poll_source
 from gateway.runtime import Runtime
 from gateway.integrations.sterling.simulator.app import SterlingSim, run_sterling_sim
-from gateway.settings import Settings, SterlingSource
+from gateway.integrations.sterling.settings import SterlingSettings
+from gateway.settings import Settings
 from gateway.store import Interchange, RawPayload, SourceStatus
 
 USER, PASSWORD = "edi_gateway_api", "Pw-9f3!kq-not-in-status"
@@ -52,7 +53,7 @@ def runtime(engine, sim: SterlingSim, tmp_path, **overrides) -> Runtime:
     values = dict(name="b2bi", base_url=sim.base_url, username=USER, password=PASSWORD, mailboxes=[INBOX],
                   page_size=3, timeout=2.0, retry_attempts=3, retry_wait_initial=0.01, retry_wait_max=0.05)
     values.update(overrides)
-    settings = Settings(data_dir=tmp_path, partners_dir=tmp_path / "partners", sterling=[SterlingSource(**values)])
+    settings = Settings(data_dir=tmp_path, partners_dir=tmp_path / "partners", sterling=[SterlingSettings(**values)])
     return Runtime(settings=settings, engine=engine)
 
 
@@ -98,7 +99,7 @@ def ack_after_store(sim: SterlingSim, monkeypatch) -> list[str]:
         seen.append(kw["remote_id"])
         return take(engine, **kw)
 
-    monkeypatch.setattr(pollers, "take", checked_take)
+    monkeypatch.setattr(intake_module, "take", checked_take)
     return seen
 
 
@@ -289,11 +290,11 @@ def test_store_failure_leaves_the_message_unacknowledged(engine, sim, tmp_path, 
     def store_down(*args, **kwargs):
         raise ConnectionError("database unreachable")
 
-    monkeypatch.setattr(pollers, "take", store_down)
+    monkeypatch.setattr(intake_module, "take", store_down)
     report = poll_source(rt, SOURCE)
     assert report.acknowledged == 0 and "database unreachable" in report.error
     assert {sim_state(sim, i) for i in sent} == {"pending"}
-    monkeypatch.setattr(pollers, "take", take)
+    monkeypatch.setattr(intake_module, "take", take)
     assert poll_source(rt, SOURCE).stored == 1 and stored(engine) == sent
 
 

@@ -17,21 +17,20 @@ import pytest
 import structlog
 from pydantic import ValidationError
 
+from gateway.integrations.files import StabilityTracker
 from gateway.integrations.sftp.client import (
-    DropFolder,
     HostKeyMismatch,
     RemoteFile,
     RemoteFileChanged,
     RemoteFileGone,
     SftpAuthError,
-    SftpConfig,
     SftpConfigError,
     SftpConnectionError,
+    SftpClient,
     SftpError,
-    SftpSource,
-    StabilityTracker,
     UnknownHostKey,
 )
+from gateway.integrations.sftp.settings import DropFolder, SftpConfig
 
 pytestmark = pytest.mark.sshd
 
@@ -101,7 +100,7 @@ def test_two_folders_listed_with_partner_ties(sshd_server, base):
         sshd_server,
         [folder(acme, partners=["acme"], pattern="*.edi"), folder(shared, pattern="*.edi")],
     )
-    with SftpSource(cfg) as src:
+    with SftpClient(cfg) as src:
         assert list(src.list_pending()) == []
         files = list(src.list_pending())
 
@@ -119,12 +118,12 @@ def test_two_folders_listed_with_partner_ties(sshd_server, base):
 def test_file_taken_on_second_poll_and_state_survives_restart(sshd_server, base):
     write(base / "in" / "PO.edi", EDI)
     cfg = make_config(sshd_server, [folder(base / "in")])
-    with SftpSource(cfg) as src:
+    with SftpClient(cfg) as src:
         assert list(src.list_pending()) == []
         state = json.loads(json.dumps(src.tracker.to_dict()))  # what the pipeline stores
 
     # A new process resumes from the stored observations: the second poll takes the file.
-    with SftpSource(cfg, StabilityTracker.from_dict(state)) as src:
+    with SftpClient(cfg, StabilityTracker.from_dict(state)) as src:
         assert names(src.list_pending()) == ["PO.edi"]
         # Not acknowledged yet, so it is offered again (at-least-once).
         assert names(src.list_pending()) == ["PO.edi"]
@@ -132,7 +131,7 @@ def test_file_taken_on_second_poll_and_state_survives_restart(sshd_server, base)
 
 def test_file_that_changes_between_polls_is_not_taken(sshd_server, base):
     path = write(base / "in" / "PO.edi", EDI[:20], mtime=1_700_000_000)
-    with SftpSource(make_config(sshd_server, [folder(base / "in")])) as src:
+    with SftpClient(make_config(sshd_server, [folder(base / "in")])) as src:
         assert list(src.list_pending()) == []
         with path.open("ab") as fh:  # still being uploaded
             fh.write(EDI[20:])
@@ -147,7 +146,7 @@ def test_temporary_and_hidden_files_are_never_taken_until_renamed(sshd_server, b
     inbox = base / "in"
     for name in ("PO.edi.part", "PO2.edi.TMP", "PO3.edi.filepart", ".PO4.edi.x1y2"):
         write(inbox / name, EDI)
-    with SftpSource(make_config(sshd_server, [folder(inbox, pattern="*")])) as src:
+    with SftpClient(make_config(sshd_server, [folder(inbox, pattern="*")])) as src:
         for _ in range(3):
             assert list(src.list_pending()) == []
         (inbox / "PO.edi.part").rename(inbox / "PO.edi")
@@ -166,7 +165,7 @@ def test_fetch_returns_exact_bytes(sshd_server, base):
     write(base / "in" / "bom.edi", EDI)
     write(base / "in" / "big.edi", big)
     write(base / "in" / "empty.edi", b"")
-    with SftpSource(make_config(sshd_server, [folder(base / "in")])) as src:
+    with SftpClient(make_config(sshd_server, [folder(base / "in")])) as src:
         list(src.list_pending())
         files = {f.name: f for f in src.list_pending()}
         assert src.fetch(files["bom.edi"]) == EDI  # BOM and CR LF untouched: binary mode
@@ -177,7 +176,7 @@ def test_fetch_returns_exact_bytes(sshd_server, base):
 def test_fetch_refuses_a_file_that_changed_or_vanished(sshd_server, base):
     changed = write(base / "in" / "a.edi", EDI)
     vanished = write(base / "in" / "b.edi", EDI)
-    with SftpSource(make_config(sshd_server, [folder(base / "in")])) as src:
+    with SftpClient(make_config(sshd_server, [folder(base / "in")])) as src:
         list(src.list_pending())
         files = {f.name: f for f in src.list_pending()}
         changed.write_bytes(EDI + b"more")
@@ -197,7 +196,7 @@ def test_acknowledge_archives_with_unique_name_on_clash(sshd_server, base):
     inbox, archive = base / "in", base / "archive" / "2024"  # archive path does not exist yet
     stamp = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
     cfg = make_config(sshd_server, [folder(inbox, archive_path=str(archive))])
-    with SftpSource(cfg, clock=lambda: stamp) as src:
+    with SftpClient(cfg, clock=lambda: stamp) as src:
         for content in (b"first", b"second", b"third"):
             write(inbox / "PO.edi", content)
             list(src.list_pending())
@@ -216,7 +215,7 @@ def test_acknowledge_archives_with_unique_name_on_clash(sshd_server, base):
 def test_acknowledge_deletes_when_configured(sshd_server, base):
     write(base / "in" / "PO.edi", EDI)
     cfg = make_config(sshd_server, [DropFolder(path=str(base / "in"), after_intake="delete")])
-    with SftpSource(cfg) as src:
+    with SftpClient(cfg) as src:
         list(src.list_pending())
         (f,) = src.list_pending()
         src.acknowledge(f)
@@ -228,7 +227,7 @@ def test_acknowledge_deletes_when_configured(sshd_server, base):
 def test_acknowledge_of_vanished_file_is_done(sshd_server, base, after_intake):
     path = write(base / "in" / "PO.edi", EDI)
     cfg = make_config(sshd_server, [folder(base / "in", after_intake=after_intake)])
-    with SftpSource(cfg) as src:
+    with SftpClient(cfg) as src:
         list(src.list_pending())
         (f,) = src.list_pending()
         path.unlink()  # e.g. archived before a crash, then offered again from stale state
@@ -246,7 +245,7 @@ def test_mismatched_host_key_is_refused_before_login(sshd_server, base):
     cfg = make_config(sshd_server, [folder(base / "in")], host_keys=[sshd_server.wrong_host_key])
     before_conn, before_auth = connections(sshd_server), sshd_server.log().count("Accepted ")
     with pytest.raises(HostKeyMismatch) as err:
-        with SftpSource(cfg) as src:
+        with SftpClient(cfg) as src:
             list(src.list_pending())
     message = str(err.value)
     assert f"[127.0.0.1]:{sshd_server.port}" in message
@@ -265,7 +264,7 @@ def test_host_without_pinned_key_is_unknown(sshd_server):
         sshd_server, host_keys=(), known_hosts=f"127.0.0.1 {sshd_server.host_key}\n"
     )
     with pytest.raises(UnknownHostKey, match=r"unknown.*" + re.escape(fingerprint_of(sshd_server.host_key))):
-        SftpSource(cfg).connect()
+        SftpClient(cfg).connect()
 
 
 def test_known_hosts_hashed_entry_and_key_rotation(sshd_server):
@@ -276,7 +275,7 @@ def test_known_hosts_hashed_entry_and_key_rotation(sshd_server):
         f"{hashed} {sshd_server.wrong_host_key}\n"
         f"otherhost,{hashed} {sshd_server.host_key}\n"
     )
-    src = SftpSource(make_config(sshd_server, host_keys=(), known_hosts=known_hosts))
+    src = SftpClient(make_config(sshd_server, host_keys=(), known_hosts=known_hosts))
     with src:
         assert src.connected
 
@@ -289,7 +288,7 @@ def test_wrong_password_gives_auth_error_without_secret(sshd_server):
     cfg = make_config(sshd_server, private_key_path=None, password=secret)
     before = connections(sshd_server)
     with structlog.testing.capture_logs() as logs, pytest.raises(SftpAuthError) as err:
-        SftpSource(cfg).connect()
+        SftpClient(cfg).connect()
     message = str(err.value)
     assert sshd_server.username in message and str(sshd_server.port) in message
     assert "password" in message
@@ -303,7 +302,7 @@ def test_unauthorised_key_gives_auth_error(sshd_server, tmp_path):
     key = tmp_path / "stranger"
     paramiko.ECDSAKey.generate().write_private_key_file(str(key))
     with pytest.raises(SftpAuthError, match="key authentication was refused"):
-        SftpSource(make_config(sshd_server, private_key_path=key)).connect()
+        SftpClient(make_config(sshd_server, private_key_path=key)).connect()
 
 
 def test_password_login(sshd_server, base):
@@ -313,7 +312,7 @@ def test_password_login(sshd_server, base):
     cfg = make_config(
         sshd_server, [folder(base / "in")], private_key_path=None, password=sshd_server.password
     )
-    with SftpSource(cfg) as src:
+    with SftpClient(cfg) as src:
         list(src.list_pending())
         (f,) = src.list_pending()
         assert src.fetch(f) == EDI
@@ -325,10 +324,10 @@ def test_encrypted_key_text_needs_its_passphrase(sshd_server):
         sshd_server, private_key_path=None, private_key=text,
         passphrase=sshd_server.client_key_passphrase,
     )
-    with SftpSource(cfg) as src:
+    with SftpClient(cfg) as src:
         assert src.connected
     with pytest.raises(SftpConfigError, match="passphrase"):
-        SftpSource(make_config(sshd_server, private_key_path=None, private_key=text)).connect()
+        SftpClient(make_config(sshd_server, private_key_path=None, private_key=text)).connect()
 
 
 # --------------------------------------------------------------------------- connection faults
@@ -336,7 +335,7 @@ def test_encrypted_key_text_needs_its_passphrase(sshd_server):
 
 def test_reconnects_after_the_connection_breaks(sshd_server, base):
     write(base / "in" / "PO.edi", EDI)
-    with SftpSource(make_config(sshd_server, [folder(base / "in")])) as src:
+    with SftpClient(make_config(sshd_server, [folder(base / "in")])) as src:
         assert list(src.list_pending()) == []
         old_transport = src._client.get_transport()
         old_transport.sock.close()  # the network drops under us
@@ -355,14 +354,14 @@ def test_unreachable_server_is_retried_then_reported(sshd_server):
         port = s.getsockname()[1]
     cfg = make_config(sshd_server, port=port, retry_attempts=3, retry_max_wait=0.05)
     with structlog.testing.capture_logs() as logs, pytest.raises(SftpConnectionError, match="3 attempts"):
-        SftpSource(cfg).connect()
+        SftpClient(cfg).connect()
     assert [e["event"] for e in logs].count("sftp.retry") == 2
 
 
 def test_missing_folder_is_reported_and_others_still_polled(sshd_server, base):
     write(base / "ok" / "PO.edi", EDI)
     cfg = make_config(sshd_server, [folder(base / "missing"), folder(base / "ok")])
-    with SftpSource(cfg) as src:
+    with SftpClient(cfg) as src:
         list(src.list_pending())
         assert names(src.list_pending()) == ["PO.edi"]
         assert src.folder_errors == {str(base / "missing"): "folder does not exist"}
@@ -407,7 +406,7 @@ def test_outbound_write_is_atomic(sshd_server, base, monkeypatch):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        with SftpSource(cfg) as src:
+        with SftpClient(cfg) as src:
             target = src.outbound_folder(str(base / "in"), "acme")
             assert target == str(out)
             final = src.write_outbound(target, "997_0001.x12", data)

@@ -19,11 +19,11 @@ from gateway.integrations.sterling.client import (
     PayloadTooLarge,
     RemoteMessage,
     SterlingAuthError,
-    SterlingConfig,
-    SterlingSource,
+    SterlingClient,
     SterlingUnavailable,
     parse_sterling_timestamp,
 )
+from gateway.integrations.sterling.settings import SterlingConfig
 
 USER, PASSWORD = "edi_gateway_api", "Pw-9f3!kq-not-in-logs"
 INBOX = "/ACME_EDI/Inbox"
@@ -43,18 +43,18 @@ def sim(served: SterlingSim) -> SterlingSim:
     return served
 
 
-def source(sim: SterlingSim, **overrides) -> SterlingSource:
+def source(sim: SterlingSim, **overrides) -> SterlingClient:
     settings = dict(base_url=sim.base_url, username=USER, password=PASSWORD, mailboxes=[INBOX], page_size=3,
                     timeout=2.0, retry_attempts=3, retry_wait_initial=0.01, retry_wait_max=0.05)
     settings.update(overrides)
-    return SterlingSource(SterlingConfig(**settings))
+    return SterlingClient(SterlingConfig(**settings))
 
 
 def api_calls(sim: SterlingSim, fragment: str) -> list[tuple[str, str, int]]:
     return [r for r in sim.requests if fragment in r[1]]
 
 
-def drain(src: SterlingSource) -> list[tuple[RemoteMessage, bytes]]:
+def drain(src: SterlingClient) -> list[tuple[RemoteMessage, bytes]]:
     """What the pipeline does: list, fetch, (store), acknowledge; skip vanished messages."""
     done = []
     for msg in src.list_pending():

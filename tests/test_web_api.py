@@ -423,14 +423,14 @@ def test_partner_onboarding_validate_draft_dry_run_activate(rt, api, viewer_api)
 
 
 def test_overview_sources_budgets_metrics_and_secrets_masked(store_url, tmp_path):  # noqa: F811
-    from gateway.settings import LocalSource
+    from gateway.integrations.local.settings import LocalSettings
     from datetime import timedelta
 
     from gateway.store import RateWindow, SourceStatus, utcnow
 
     rt = new_runtime(store_url, tmp_path)
     rt.settings = rt.settings.model_copy(update={
-        "local": [LocalSource(name="drop", path=tmp_path)],
+        "local": [LocalSettings(name="drop", path=tmp_path)],
         "web": rt.settings.web.model_copy(update={"session_secret": None}),
         "anaplan": {"password": "hunter2-very-secret"},
     })

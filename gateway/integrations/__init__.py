@@ -1,0 +1,34 @@
+"""The registry of outside systems: one package per system under ``gateway/integrations/<kind>/``,
+named here once (as healthchecks' ``TRANSPORTS``), imported only when used.
+
+Adding a source or a destination is one folder and one line below. A simulator beside a client
+is never named here: only ``gateway/sandbox/`` and the tests import simulators.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__all__ = ["SOURCES", "load", "source_classes"]
+
+# kind -> "module:class" of a gateway.integrations.base.Source
+SOURCES: dict[str, str] = {
+    "sterling": "gateway.integrations.sterling.source:SterlingSource",
+    "sftp": "gateway.integrations.sftp.source:SftpSource",
+    "local": "gateway.integrations.local.source:LocalSource",
+}
+
+# Destinations (name -> "module:class" of a gateway.integrations.base.Destination) and the document
+# steps integrations provide join this registry with the deliveries table (docs/seam.md).
+
+
+def load(reference: str) -> Any:
+    """The object a registry entry names (``"package.module:attribute"``), imported now."""
+    module, _, attribute = reference.partition(":")
+    return getattr(import_module(module), attribute)
+
+
+def source_classes() -> dict[str, Any]:
+    """Every registered source class, by kind."""
+    return {kind: load(ref) for kind, ref in SOURCES.items()}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import fnmatch
 import hashlib
 import io
 import posixpath
@@ -28,12 +27,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import paramiko
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -43,34 +40,33 @@ from tenacity import (
 )
 
 __all__ = [
-    "DropFolder",
     "HostKeyError",
     "HostKeyMismatch",
     "RemoteFile",
     "RemoteFileChanged",
     "RemoteFileGone",
     "SftpAuthError",
-    "SftpConfig",
     "SftpConfigError",
     "SftpConnectionError",
     "SftpError",
-    "SftpSource",
-    "StabilityTracker",
+    "SftpClient",
     "UnknownHostKey",
     "fingerprint",
 ]
+
+from gateway.integrations.base import SourceError
+from gateway.integrations.files import StabilityTracker, unique_names
+from gateway.integrations.sftp.settings import SftpConfig
+
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_TEMP_SUFFIXES = (".tmp", ".part", ".filepart", ".partial", ".crdownload")
-
-
 # --------------------------------------------------------------------------- errors
 
 
-class SftpError(Exception):
+class SftpError(SourceError):
     """Base class for every error raised by the SFTP source."""
 
     #: Permanent errors need a person (configuration, credentials, host key); retrying is futile.
@@ -121,245 +117,10 @@ class RemoteFileChanged(SftpError):
     permanent = False
 
 
-# --------------------------------------------------------------------------- configuration
-
-
-def _norm_remote(path: str) -> str:
-    path = path.strip()
-    if not path:
-        raise ValueError("remote path must not be empty")
-    return posixpath.normpath(path)
-
-
-class DropFolder(BaseModel):
-    """One remote folder that partners upload into."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str = Field(description="Remote folder to poll (absolute, or relative to the login directory).")
-    partners: tuple[str, ...] = Field(
-        default=(), description="Partner ids whose files arrive here; empty = open to any partner."
-    )
-    pattern: str = Field(default="*", description="Filename glob; matched case-insensitively.")
-    temp_suffixes: tuple[str, ...] = Field(
-        default=DEFAULT_TEMP_SUFFIXES,
-        description="Files ending in one of these (case-insensitive) are uploads in progress.",
-    )
-    ignore_hidden: bool = Field(
-        default=True, description="Skip dot-files (rsync and some clients upload to '.name.XXXX')."
-    )
-    after_intake: Literal["archive", "delete"] = "archive"
-    archive_path: str | None = Field(
-        default=None, description="Where taken files are moved; required when after_intake='archive'."
-    )
-    outbound_path: str | None = Field(
-        default=None,
-        description="Folder for acknowledgments to this folder's partners; '{partner}' is replaced "
-        "by the partner id, e.g. '/outbound/{partner}'.",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        return _norm_remote(v)
-
-    @field_validator("archive_path", "outbound_path")
-    @classmethod
-    def _optional_path(cls, v: str | None) -> str | None:
-        return None if v is None else _norm_remote(v)
-
-    @field_validator("partners")
-    @classmethod
-    def _partners(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not p.strip() for p in v):
-            raise ValueError("partner ids must not be blank")
-        return tuple(p.strip() for p in v)
-
-    @field_validator("temp_suffixes")
-    @classmethod
-    def _suffixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not s for s in v):
-            raise ValueError("temporary suffixes must not be empty strings")
-        return tuple(s.lower() for s in v)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DropFolder:
-        if self.after_intake == "archive":
-            if not self.archive_path:
-                raise ValueError(f"drop folder {self.path}: after_intake='archive' needs archive_path")
-            # Archiving into the polled folder itself would offer every file again forever.
-            if self.archive_path == self.path:
-                raise ValueError(f"drop folder {self.path}: archive_path must differ from path")
-        if self.outbound_path == self.path:
-            raise ValueError(f"drop folder {self.path}: outbound_path must differ from path")
-        return self
-
-    def accepts_name(self, name: str) -> bool:
-        """True if `name` matches the glob and is not hidden or a temporary upload."""
-        lowered = name.lower()
-        if self.ignore_hidden and name.startswith("."):
-            return False
-        if any(lowered.endswith(s) for s in self.temp_suffixes):
-            return False
-        return fnmatch.fnmatchcase(lowered, self.pattern.lower())
-
-
-def _parse_public_key(entry: str, where: str) -> paramiko.PKey:
-    parts = entry.split()
-    if len(parts) < 2:
-        raise ValueError(f"{where}: expected 'keytype base64', got {entry[:40]!r}")
-    try:
-        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
-    except Exception as exc:  # paramiko raises several types for malformed keys
-        raise ValueError(f"{where}: not a valid {parts[0]!r} public key ({exc})") from None
-
-
-class SftpConfig(BaseModel):
-    """Connection, pinned host keys and drop folders of one SFTP server."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    username: str
-    password: SecretStr | None = None
-    private_key_path: Path | None = None
-    private_key: SecretStr | None = Field(default=None, description="Private key text (OpenSSH/PEM).")
-    passphrase: SecretStr | None = None
-    known_hosts: str | None = Field(
-        default=None,
-        description="OpenSSH known_hosts text (e.g. ssh-keyscan output); lines for other hosts are "
-        "ignored. For a port other than 22 the host is written '[host]:port', as OpenSSH does.",
-    )
-    host_keys: tuple[str, ...] = Field(
-        default=(), description="Pinned keys of this server as 'keytype base64' entries."
-    )
-    folders: tuple[DropFolder, ...] = ()
-    connect_timeout: float = Field(default=15.0, gt=0)
-    operation_timeout: float = Field(default=60.0, gt=0)
-    retry_attempts: int = Field(default=4, ge=1, le=20)
-    retry_max_wait: float = Field(default=10.0, ge=0)
-    keepalive_seconds: int = Field(default=30, ge=0)
-
-    @field_validator("known_hosts")
-    @classmethod
-    def _known_hosts(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        for no, line in enumerate(v.splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("@"):
-                # paramiko cannot honour @cert-authority/@revoked; refusing is safer than ignoring.
-                raise ValueError(f"known_hosts line {no}: markers like {line.split()[0]} are not supported")
-            parts = line.split()
-            if len(parts) < 3:
-                raise ValueError(f"known_hosts line {no}: expected 'hosts keytype base64'")
-            _parse_public_key(" ".join(parts[1:3]), f"known_hosts line {no}")
-        return v
-
-    @field_validator("host_keys")
-    @classmethod
-    def _host_keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for i, entry in enumerate(v):
-            _parse_public_key(entry, f"host_keys[{i}]")
-        return tuple(e.strip() for e in v)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SftpConfig:
-        if not self.known_hosts and not self.host_keys:
-            raise ValueError("pin the server's host key: set known_hosts or host_keys")
-        if self.private_key_path and self.private_key:
-            raise ValueError("set private_key_path or private_key, not both")
-        if not (self.password or self.private_key_path or self.private_key):
-            raise ValueError("set a password or a private key")
-        paths = [f.path for f in self.folders]
-        dupes = sorted({p for p in paths if paths.count(p) > 1})
-        if dupes:
-            raise ValueError(f"drop folders listed twice: {', '.join(dupes)}")
-        # An archive or outbound folder that is also polled would feed our own output back in.
-        for f in self.folders:
-            for other in (f.archive_path, f.outbound_path):
-                if other in paths:
-                    raise ValueError(f"drop folder {f.path}: {other} is itself a drop folder")
-        return self
-
-    @property
-    def hostkey_name(self) -> str:
-        """The name OpenSSH uses for this server in known_hosts."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-
-    def pinned_keys(self) -> list[paramiko.PKey]:
-        """Every pinned key that applies to this host."""
-        keys = [_parse_public_key(e, "host_keys") for e in self.host_keys]
-        name = self.hostkey_name
-        for no, line in enumerate((self.known_hosts or "").splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            hosts, keytype, blob = line.split()[:3]
-            # Own matching rather than paramiko.HostKeys, which keeps one key per type and so
-            # would drop the second key during a key rotation. Hashed names (|1|...) supported.
-            for h in hosts.split(","):
-                if h == name or (h.startswith("|1|") and paramiko.HostKeys.hash_host(name, h) == h):
-                    keys.append(_parse_public_key(f"{keytype} {blob}", f"known_hosts line {no}"))
-                    break
-        return keys
-
-
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH-style fingerprint, e.g. 'ssh-ed25519 SHA256:abc...'."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
-
-
-# --------------------------------------------------------------------------- stability
-
-
-class StabilityTracker:
-    """Remembers (size, mtime) of each file from the previous poll.
-
-    A file is stable when this poll saw the same size and mtime as the previous one. The
-    state is plain data so the pipeline can keep it in its database across restarts.
-    """
-
-    VERSION = 1
-
-    def __init__(self, seen: dict[str, tuple[int, int]] | None = None) -> None:
-        self._seen: dict[str, tuple[int, int]] = dict(seen or {})
-
-    def observe(self, remote_id: str, size: int, mtime: int) -> bool:
-        """Record this poll's observation; True if it equals the previous poll's."""
-        current = (int(size), int(mtime))
-        stable = self._seen.get(remote_id) == current
-        self._seen[remote_id] = current
-        return stable
-
-    def forget(self, remote_id: str) -> None:
-        self._seen.pop(remote_id, None)
-
-    def prune(self, folder: str, present: set[str]) -> None:
-        """Drop observations of files in `folder` that are no longer there."""
-        for rid in [r for r in self._seen if posixpath.dirname(r) == folder and r not in present]:
-            del self._seen[rid]
-
-    def __contains__(self, remote_id: str) -> bool:
-        return remote_id in self._seen
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": self.VERSION, "files": {k: [s, m] for k, (s, m) in self._seen.items()}}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> StabilityTracker:
-        if not data:
-            return cls()
-        if data.get("version") != cls.VERSION:
-            raise ValueError(f"unsupported StabilityTracker state version {data.get('version')!r}")
-        return cls({k: (int(v[0]), int(v[1])) for k, v in data.get("files", {}).items()})
 
 
 # --------------------------------------------------------------------------- source
@@ -429,7 +190,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _NET_ERRNOS
 
 
-class SftpSource:
+class SftpClient:
     """Lists, fetches and acknowledges files in the configured drop folders.
 
     Use as a context manager; the connection is (re)opened lazily when needed, and a broken
@@ -457,7 +218,7 @@ class SftpSource:
 
     # -- connection ---------------------------------------------------------------------
 
-    def __enter__(self) -> SftpSource:
+    def __enter__(self) -> SftpClient:
         self.connect()
         return self
 
@@ -606,6 +367,16 @@ class SftpSource:
 
     # -- intake -------------------------------------------------------------------------
 
+    def unreadable_folders(self) -> dict[str, str]:
+        """Each drop folder that cannot be listed now, with the reason (a check, not a poll)."""
+        problems: dict[str, str] = {}
+        for folder in self.config.folders:
+            try:
+                self._call(lambda sftp, p=folder.path: sftp.listdir(p))
+            except OSError as exc:
+                problems[folder.path] = _describe_oserror(exc)
+        return problems
+
     def list_pending(self) -> Iterator[RemoteFile]:
         """Yield the files that are ready to be taken, folder by folder.
 
@@ -698,7 +469,7 @@ class SftpSource:
 
     def _archive(self, sftp: paramiko.SFTPClient, f: RemoteFile, archive: str) -> None:
         _makedirs(sftp, archive)
-        for candidate in _unique_names(f.name, self._clock()):
+        for candidate in unique_names(f.name, self._clock()):
             target = posixpath.join(archive, candidate)
             if _exists(sftp, target):
                 continue
@@ -835,15 +606,3 @@ def _remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
         sftp.remove(path)
     except Exception:
         pass
-
-
-def _unique_names(name: str, now: datetime, limit: int = 100) -> Iterator[str]:
-    """`name`, then `stem.YYYYmmddTHHMMSSZ.ext`, then the same with -2, -3, ..."""
-    yield name
-    stem, dot, ext = name.rpartition(".")
-    if not stem:  # no extension, or a leading-dot name
-        stem, dot, ext = name, "", ""
-    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    yield f"{stem}.{stamp}{dot}{ext}"
-    for n in range(2, limit):
-        yield f"{stem}.{stamp}-{n}{dot}{ext}"

@@ -2,13 +2,13 @@
 
 The pipeline drives a source in three steps and must keep this order, so nothing is lost or doubled::
 
-    for msg in source.list_pending():          # messages waiting in the configured mailboxes
+    for msg in client.list_pending():          # messages waiting in the configured mailboxes
         try:
-            data = source.fetch(msg)            # raw payload bytes, length checked
+            data = client.fetch(msg)            # raw payload bytes, length checked
         except MessageGone:
             continue                            # consumed/removed by someone else: skip, keep polling
         store.commit(msg, data, sha256(data))   # durable first ...
-        source.acknowledge(msg)                 # ... then tell Sterling it was taken
+        client.acknowledge(msg)                 # ... then tell Sterling it was taken
 
 Wire behaviour follows ``specs/sterling.md``: Basic auth on every request; mailbox id looked up by path and
 matched exactly (the server's match is SQL LIKE); ``GET /mailboxcontents/?parentMailboxId=&detail=true&_range=a-b``
@@ -28,13 +28,15 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from gateway.integrations.base import SourceError
+from gateway.integrations.sterling.settings import SterlingConfig
 
 __all__ = [
     "MailboxNotFound",
@@ -44,69 +46,24 @@ __all__ = [
     "PayloadTooLarge",
     "RemoteMessage",
     "SterlingAuthError",
-    "SterlingConfig",
     "SterlingError",
     "SterlingPermissionError",
     "SterlingProtocolError",
-    "SterlingSource",
+    "SterlingClient",
     "SterlingUnavailable",
 ]
 
 log = structlog.get_logger(__name__)
 
+
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 507, 509, 598, 599})
 _BODY_SNIPPET = 300
-
-
-# ------------------------------------------------------------------------------------------ settings
-
-
-class SterlingConfig(BaseModel):
-    """Connection and polling settings for one Sterling B2Bi instance."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    base_url: str = Field(description="scheme://host:port of the B2B REST API (Liberty 'SIServer', base port+75)")
-    api_root: str = "/B2BAPIs/svc"
-    username: str
-    password: SecretStr
-    mailboxes: list[str] = Field(min_length=1, description="mailbox paths to poll, e.g. /ACME_EDI/Inbox")
-    page_size: int = Field(500, ge=1, le=1000)
-    timeout: float = Field(30.0, gt=0, description="seconds per request (connect, read, write, pool)")
-    verify: bool | str = Field(True, description="TLS verification: True, False, or a CA bundle path")
-    ack_mode: Literal["consume", "move", "delete"] = "consume"
-    archive_mailbox: str = Field("{parent}/Processed",
-                                 description="move target; {parent} = polled mailbox's parent path, {mailbox} = it")
-    max_payload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="larger messages are refused, not fetched")
-    max_list_passes: int = Field(3, ge=1, description="re-list passes per mailbox until no new ids appear")
-    retry_attempts: int = Field(5, ge=1, description="attempts per request, the first included")
-    retry_wait_initial: float = Field(0.5, ge=0)
-    retry_wait_max: float = Field(30.0, ge=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("base_url must be http(s)://host:port")
-        if parts.username or parts.password:
-            # Credentials in the URL would end up in logs and exception texts.
-            raise ValueError("base_url must not carry credentials; use username/password")
-        return value.rstrip("/")
-
-    @field_validator("mailboxes")
-    @classmethod
-    def _check_mailboxes(cls, value: list[str]) -> list[str]:
-        for path in value:
-            if not path.startswith("/") or path.endswith("/") and path != "/":
-                raise ValueError(f"mailbox path {path!r} must be absolute, without trailing slash")
-        return list(dict.fromkeys(value))
 
 
 # ------------------------------------------------------------------------------------------- errors
 
 
-class SterlingError(Exception):
+class SterlingError(SourceError):
     """A Sterling call failed in a way the poll cannot work around. Texts never carry credentials."""
 
     def __init__(self, message: str, *, status: int | None = None, method: str | None = None,
@@ -138,7 +95,7 @@ class MailboxNotFound(SterlingError):
 class MailboxUnavailable(SterlingError):
     """Some configured mailboxes could not be listed (not found / not permitted); the others were.
 
-    Raised by :meth:`SterlingSource.list_pending` after every listable mailbox has been yielded.
+    Raised by :meth:`SterlingClient.list_pending` after every listable mailbox has been yielded.
     ``failures`` maps mailbox path to the underlying error.
     """
 
@@ -241,13 +198,11 @@ def _extractable(item: dict[str, Any], now: datetime) -> bool:
 # ------------------------------------------------------------------------------------------- source
 
 
-class SterlingSource:
+class SterlingClient:
     """Polls Sterling B2Bi mailboxes over the B2B REST API. Synchronous; one instance per poller.
 
     Use as a context manager (or call :meth:`close`) to release the HTTP connection pool.
     """
-
-    name = "sterling"
 
     def __init__(self, config: SterlingConfig, *, transport: httpx.BaseTransport | None = None) -> None:
         self.config = config
@@ -372,15 +327,19 @@ class SterlingSource:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> SterlingSource:
+    def __enter__(self) -> SterlingClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SterlingSource({self.config.base_url!r}, user={self.config.username!r}, " \
+        return f"SterlingClient({self.config.base_url!r}, user={self.config.username!r}, " \
                f"mailboxes={self.config.mailboxes!r})"
+
+    def find_mailbox(self, path: str) -> str:
+        """The id of the mailbox at ``path``; MailboxNotFound when the user cannot see it."""
+        return self._mailbox_id(path)
 
     # ------------------------------------------------------------------ listing
     def _mailbox_id(self, path: str) -> str:

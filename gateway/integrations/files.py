@@ -1,0 +1,82 @@
+"""What every file-drop source shares (SFTP drop folders, local folders): which names are uploads
+still in progress, when a file has stopped changing, and free names in an archive folder."""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["DEFAULT_TEMP_SUFFIXES", "StabilityTracker", "accepts_name", "unique_names"]
+
+DEFAULT_TEMP_SUFFIXES = (".tmp", ".part", ".filepart", ".partial", ".crdownload")
+
+
+def accepts_name(name: str, pattern: str = "*", *, temp_suffixes: tuple[str, ...] = DEFAULT_TEMP_SUFFIXES,
+                 ignore_hidden: bool = True) -> bool:
+    """True if ``name`` matches the glob (case-insensitively) and is not hidden or a temporary upload."""
+    lowered = name.lower()
+    if ignore_hidden and name.startswith("."):
+        return False
+    if any(lowered.endswith(s) for s in temp_suffixes):
+        return False
+    return fnmatch.fnmatchcase(lowered, pattern.lower())
+
+
+class StabilityTracker:
+    """Remembers (size, mtime) of each file from the previous poll.
+
+    A file is stable when this poll saw the same size and mtime as the previous one. The
+    state is plain data so the pipeline can keep it in its database across restarts.
+    """
+
+    VERSION = 1
+
+    def __init__(self, seen: dict[str, tuple[int, int]] | None = None) -> None:
+        self._seen: dict[str, tuple[int, int]] = dict(seen or {})
+
+    def observe(self, remote_id: str, size: int, mtime: int) -> bool:
+        """Record this poll's observation; True if it equals the previous poll's."""
+        current = (int(size), int(mtime))
+        stable = self._seen.get(remote_id) == current
+        self._seen[remote_id] = current
+        return stable
+
+    def forget(self, remote_id: str) -> None:
+        self._seen.pop(remote_id, None)
+
+    def prune(self, folder: str, present: set[str]) -> None:
+        """Drop observations of files in `folder` that are no longer there."""
+        for rid in [r for r in self._seen if posixpath.dirname(r) == folder and r not in present]:
+            del self._seen[rid]
+
+    def __contains__(self, remote_id: str) -> bool:
+        return remote_id in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.VERSION, "files": {k: [s, m] for k, (s, m) in self._seen.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> StabilityTracker:
+        if not data:
+            return cls()
+        if data.get("version") != cls.VERSION:
+            raise ValueError(f"unsupported StabilityTracker state version {data.get('version')!r}")
+        return cls({k: (int(v[0]), int(v[1])) for k, v in data.get("files", {}).items()})
+
+
+def unique_names(name: str, now: datetime, limit: int = 100) -> Iterator[str]:
+    """`name`, then `stem.YYYYmmddTHHMMSSZ.ext`, then the same with -2, -3, ..."""
+    yield name
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension, or a leading-dot name
+        stem, dot, ext = name, "", ""
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    yield f"{stem}.{stamp}{dot}{ext}"
+    for n in range(2, limit):
+        yield f"{stem}.{stamp}-{n}{dot}{ext}"

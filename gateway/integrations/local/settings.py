@@ -1,0 +1,23 @@
+"""Settings of a local folder used as a drop (the demo, the crash tests, or an SFTP server's own disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["LocalSettings"]
+
+
+class LocalSettings(BaseModel):
+    """A folder on this machine used as a drop (``[[local]]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    path: Path
+    archive_path: Path | None = None  # None: delete after intake
+    outbound_path: Path | None = None  # acknowledgments; '{partner}' replaced by the partner id
+    partners: tuple[str, ...] = ()
+    pattern: str = "*"
+    interval_seconds: float = Field(5.0, gt=0)
