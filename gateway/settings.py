@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from gateway.alerts.settings import AlertSettings
 from gateway.integrations import source_classes
 from gateway.integrations.anaplan.client import AnaplanSettings
 from gateway.integrations.base import Source
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
     local: list[LocalSettings] = Field(default_factory=list)
     plex: PlexConfig | None = None
     anaplan: AnaplanSettings | None = None
+    alerts: AlertSettings | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -88,4 +88,6 @@ def test_the_example_settings_file_loads_and_names_its_secrets():
     assert s.anaplan is not None and s.plex is not None
     assert s.secret_references() == {
         "sterling-password", "sftp-key-passphrase", "plex-api-key", "plex-soap-password", "anaplan-password",
+        "slack-webhook-url", "smtp-password",
     }
+    assert s.alerts.webhooks[0].format == "slack" and s.alerts.email.kinds == ("document_failed", "outage", "ack_rejected")

@@ -6,7 +6,8 @@ import importlib
 
 import typer
 
-MODULES = ("gateway.commands.store", "gateway.commands.pipeline", "gateway.commands.users", "gateway.commands.demo")
+MODULES = ("gateway.commands.store", "gateway.commands.pipeline", "gateway.commands.users", "gateway.commands.demo",
+           "gateway.commands.alerts")
 
 
 def register_all(app: typer.Typer) -> None:

@@ -287,6 +287,13 @@ def serve(config: Path | None, *, poll: bool, workers: int | None, web: bool, wh
                                  daemon=True)
             t.start()
             parts.append(("pollers", t))
+    if poll and rt.settings.alerts is not None and rt.settings.alerts.enabled:
+        # Alerts ride with the pollers (`gateway run`, `gateway poll`); one process at a time sends.
+        from gateway.alerts import run_alerts
+
+        t = threading.Thread(target=_logged(run_alerts, log, "alerts"), args=(rt, stop), name="alerts", daemon=True)
+        t.start()
+        parts.append(("alerts", t))
     if web:
         server = _start_web(rt, log, parts)
     if not parts:

@@ -281,3 +281,46 @@ class PartnerFile(SQLModel, table=True):
     updated_by: str = Field(max_length=100)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     activated_at: datetime | None = _ts()
+
+
+class AlertRecord(SQLModel, table=True):
+    """An alert: what was noticed (once, by its key), whether and where it was sent.
+
+    The key makes noticing idempotent across scans and processes: a failed document, a choice that
+    waited too long, an outage of a source or destination (open until it is resolved), a rejecting
+    acknowledgment. ``status``: pending → sent | held (over the hourly limit, summed up later) |
+    grouped (sent inside one alert for many) | failed (no channel took it after retries).
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_status_created", "status", "created_at"),
+        Index("ix_alerts_open_outages", "kind", "subject", "resolved_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=300, unique=True)
+    kind: str = Field(max_length=30)
+    subject: str = Field(max_length=300, description="what it is about: 'document 12', 'source sterling:b2bi'")
+    title: str = Field(max_length=500)
+    body: str | None = _text()
+    link: str | None = Field(default=None, max_length=500, description="the panel page, relative")
+    status: str = Field(default="pending", max_length=20)
+    since: datetime | None = _ts()
+    seen_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True),
+                                     description="an outage: when it was last seen failing")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    sent_at: datetime | None = _ts(index=True)
+    attempts: int = 0
+    channels: str | None = Field(default=None, sa_type=Text, description="JSON: per channel, 'sent' or the error")
+    resolved_at: datetime | None = _ts()
+
+
+class AlertState(SQLModel, table=True):
+    """What the alert scanner remembers between looks (its cursor), shared by every process."""
+
+    __tablename__ = "alert_state"
+
+    name: str = Field(primary_key=True, max_length=100)
+    value: str | None = _text()
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

@@ -169,10 +169,30 @@ def overview_page(request: Request, user: Viewer) -> Response:
 
 @router.get("/sources")
 def sources_page(request: Request, user: Viewer) -> Response:
+    from gateway.alerts import recent_alerts
+
     rt = views.runtime(request)
     with Session(rt.engine) as s:
         rows = queries.sources(s, rt.settings)
-    return render(request, "sources.html", {"sources": rows})
+    alerts = rt.settings.alerts
+    channels = [(c.name, "e-mail" if hasattr(c, "recipients") else f"webhook ({c.format})") for c in alerts.channels] \
+        if alerts else []
+    return render(request, "sources.html", {"sources": rows, "alerts": alerts, "channels": channels,
+                                            "recent_alerts": recent_alerts(rt.engine, 10) if alerts else []})
+
+
+@router.post("/alerts/test")
+def alerts_test(request: Request, user: Actor) -> Response:
+    """Send a test alert through every configured channel; say on the sources page what each did."""
+    from gateway.alerts import send_test
+
+    rt = views.runtime(request)
+    if rt.settings.alerts is None:
+        flash(request, "error", "Alerts are not configured: add an [alerts] section to the settings file.")
+        return _back("/sources")
+    for r in send_test(rt.settings.alerts, actor=user.username, engine=rt.engine):
+        flash(request, "ok" if r.ok else "error", f"Test alert, {r.channel}: {r.detail}")
+    return _back("/sources")
 
 
 # --------------------------------------------------------------------------------------------- documents
