@@ -26,6 +26,7 @@ from gateway.integrations.local.settings import LocalSettings
 from gateway.integrations.plex.client import PlexConfig
 from gateway.integrations.sftp.settings import SftpSettings
 from gateway.integrations.sterling.settings import SterlingSettings
+from gateway.integrations.syspro.settings import SysproSettings
 
 SECRET_PREFIX = "secret:"
 
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str | None = None  # None: SQLite in data_dir
     partners_dir: Path = Path("partners")
+    flows_dir: Path = Path("flows")
     secret_key_file: Path | None = None  # None: data_dir/secret.key; GATEWAY_SECRET_KEY wins over both
     log_level: str = "INFO"
     log_json: bool = False
@@ -70,6 +72,7 @@ class Settings(BaseSettings):
     plex: PlexConfig | None = None
     anaplan: AnaplanSettings | None = None
     alerts: AlertSettings | None = None
+    syspro: list[SysproSettings] = Field(default_factory=list)
 
     @classmethod
     def settings_customise_sources(

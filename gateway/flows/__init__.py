@@ -1,0 +1,72 @@
+"""Record flows: SYSPRO and Plex records into Anaplan, configured by files (``flows/*.yaml``).
+
+``files`` reads and validates the files, ``model`` is what a file says, ``runner`` runs one flow
+(read, store, send, conclude), ``anaplan`` is the Anaplan import target, ``tables`` the store's
+record tables. :func:`open_flow` wires a flow to its source and target from the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+from gateway.flows.files import FlowFile, FlowFileError, load_flow_directory
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from gateway.flows.runner import FlowRunner, Progress
+    from gateway.flows.source import RecordSource
+    from gateway.settings import Settings
+
+__all__ = ["FlowFile", "FlowFileError", "load_flow_directory", "make_source", "open_flow"]
+
+
+class FlowConfigError(ValueError):
+    """The settings do not provide what a flow needs (its source system, Anaplan)."""
+
+
+def make_source(settings: Settings, flow_file: FlowFile) -> RecordSource:
+    """The configured source a flow reads (``[[syspro]]`` by ``source.connection``)."""
+    src = flow_file.flow.source
+    if src.system == "syspro":
+        from gateway.integrations.syspro.source import SysproRecords
+
+        sites = {s.name: s for s in settings.syspro}
+        if not sites:
+            raise FlowConfigError(f"flow {flow_file.flow.name} reads SYSPRO but no [[syspro]] site is configured")
+        name = src.connection or (next(iter(sites)) if len(sites) == 1 else None)
+        if name not in sites:
+            raise FlowConfigError(f"flow {flow_file.flow.name}: source.connection must name one of the [[syspro]] "
+                                  f"sites: {', '.join(sites)}")
+        return SysproRecords(sites[name])
+    raise FlowConfigError(f"flow {flow_file.flow.name}: the {src.system} record source is not available yet")
+
+
+def anaplan_client(settings: Settings, engine: Engine):
+    """An Anaplan client on the tenant's shared request budget (the same 600/min the EDI path uses)."""
+    from gateway.budget import StoreBudget, StoreRequestBudget
+
+    cfg = settings.anaplan
+    if cfg is None:
+        raise FlowConfigError("record flows need the [anaplan] section (credentials)")
+    tenant = hashlib.sha256(cfg.endpoints().api.encode()).hexdigest()[:12]
+    budget = StoreRequestBudget(StoreBudget(engine, f"anaplan:{tenant}", cfg.requests_per_minute, block=1))
+    return cfg.make_destination(budget=budget).client
+
+
+def open_flow(settings: Settings, engine: Engine, flow_file: FlowFile, *, owner: str,
+              progress: Progress | None = None, lease_seconds: float = 300.0) -> FlowRunner:
+    """A runner for ``flow_file`` with its source and its Anaplan target (made when first needed)."""
+    from gateway.flows.anaplan import ImportTarget
+    from gateway.flows.runner import FlowRunner
+
+    source = make_source(settings, flow_file)
+    if flow_file.flow.target.kind != "import":
+        raise FlowConfigError(f"flow {flow_file.flow.name}: Anaplan {flow_file.flow.target.kind} targets are not "
+                              "available yet")
+    assert settings.anaplan is not None
+    timeout = settings.anaplan.timeout_seconds
+    return FlowRunner(engine, flow_file, source, lambda: ImportTarget(anaplan_client(settings, engine),
+                                                                      flow_file.flow.target, request_timeout=timeout),
+                      owner=owner, progress=progress, lease_seconds=lease_seconds)

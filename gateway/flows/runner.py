@@ -1,0 +1,515 @@
+"""A flow run: read what changed, store it, send the run's records to Anaplan in one upload and
+one import, conclude — and advance the watermark only when Anaplan has confirmed.
+
+Safe against a crash anywhere (the run is taken up by the next one):
+
+* while reading or uploading: the run is *abandoned*; its records still point at it, and the next
+  run takes them over (``_carry_over``) before it reads from the same confirmed watermark;
+* after asking Anaplan for the import: the run is *importing* and says since when, so the next
+  one finds the task Anaplan started (or learns none was) instead of importing again;
+* after the import finished: the result is read again and concluded once.
+
+Records are stored a page per transaction; the record set is never held in memory (the upload
+streams from the store in record order, which is also how the failure dump's lines map back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+import orjson
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+
+from gateway import leases
+from gateway.flows.anaplan import ImportTarget, TaskResult
+from gateway.flows.files import FlowFile
+from gateway.flows.model import Flow, MappingError, compile_row
+from gateway.flows.source import RecordSource, later
+from gateway.flows.tables import FlowRecord, FlowRun, FlowState, RecordEvent
+from gateway.store.db import insert_many
+from gateway.store.models import utcnow
+
+__all__ = ["DryRun", "FlowRunner", "RunReport", "record_hash", "set_enabled"]
+
+RECORDS = FlowRecord.__table__
+RUNS = FlowRun.__table__
+STATES = FlowState.__table__
+UNFINISHED = ("reading", "sending", "importing")
+Progress = Callable[[str, int, int | None], None]
+
+
+def record_hash(row: dict[str, Any]) -> str:
+    """BLAKE2b-128 of the record's canonical JSON (keys sorted): equal content, equal hash."""
+    return hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    flow: str
+    state: str
+    seen: int = 0
+    changed: int = 0
+    sent: int = 0
+    failed: int = 0
+    source_requests: int = 0
+    anaplan_requests: int = 0
+    watermark: str | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        text = (f"{self.flow}: run {self.run_id} {self.state}: {self.seen} seen, {self.changed} changed, "
+                f"{self.sent} sent, {self.failed} failed; {self.source_requests} source and {self.anaplan_requests} "
+                f"Anaplan requests, {self.seconds:.1f} s")
+        if self.error:
+            text += f"; {self.error}"
+        return text
+
+
+@dataclass
+class DryRun:
+    flow: str
+    headers: list[str]
+    rows: list[tuple[str, list[str] | None, str | None]]  # source key, the row, or the problem
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(problem is None for _, _, problem in self.rows)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _prefetched(pages: Iterator[list[dict[str, Any]]], depth: int = 2) -> Iterator[list[dict[str, Any]]]:
+    """The next pages are fetched (and parsed) in a thread while this one is stored: the source's
+    network time and ours overlap. At most ``depth`` pages wait."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for page in pages:
+                if stop.is_set():
+                    return
+                q.put(("page", page))
+            q.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=pump, name="flow-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "page":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+class FlowRunner:
+    """Runs one flow against its source and its Anaplan target."""
+
+    def __init__(self, engine: Engine, flow_file: FlowFile, source: RecordSource,
+                 target_factory: Callable[[], ImportTarget], *, owner: str, lease_seconds: float = 300.0,
+                 progress: Progress | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.engine = engine
+        self.file = flow_file
+        self.flow: Flow = flow_file.flow
+        self.source = source
+        self._target_factory = target_factory
+        self._target: ImportTarget | None = None
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.progress = progress or (lambda phase, done, total: None)
+        self.sleep = sleep
+        self._lease_at = 0.0
+        self._postgres = engine.dialect.name == "postgresql"
+
+    @property
+    def target(self) -> ImportTarget:
+        if self._target is None:
+            self._target = self._target_factory()
+        return self._target
+
+    # ------------------------------------------------------------------------------ lease
+
+    def _renew(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._lease_at > self.lease_seconds / 3:
+            if not leases.acquire(self.engine, f"flow:{self.flow.name}", self.owner, self.lease_seconds):
+                raise RuntimeError(f"flow {self.flow.name} is being run by another process")
+            self._lease_at = time.monotonic()
+
+    # ------------------------------------------------------------------------------ public
+
+    def run(self, *, since: str | None = None, actor: str = "gateway") -> RunReport:
+        """One run: recover an interrupted one, read, store, send, conclude."""
+        started = time.monotonic()
+        self._renew(force=True)
+        try:
+            self._recover()
+            watermark = since if since is not None else self.watermark()
+            run_id = self._new_run("run", watermark, actor)
+            carried = self._carry_over(run_id)
+            report = RunReport(run_id, self.flow.name, "reading", changed=carried)
+            self._read(run_id, watermark, report)
+            self._send(run_id, report)
+            return self._report(run_id, report, started)
+        finally:
+            leases.release(self.engine, f"flow:{self.flow.name}", self.owner)
+
+    def replay(self, run_id: int, *, actor: str) -> RunReport:
+        """Send a failed (or partly rejected) run's records again from the store, without asking the source."""
+        started = time.monotonic()
+        self._renew(force=True)
+        try:
+            self._recover()
+            with self.engine.begin() as conn:
+                old = conn.execute(select(RUNS).where(RUNS.c.id == run_id, RUNS.c.flow == self.flow.name)).first()
+                if old is None:
+                    raise ValueError(f"flow {self.flow.name} has no run {run_id}")
+                if old.state not in ("failed", "abandoned", "done"):
+                    raise ValueError(f"run {run_id} is {old.state}: only a failed run, or a done run's rejected "
+                                     "records, can be replayed")
+            new_id = self._new_run("replay", old.watermark_to, actor)
+            with self.engine.begin() as conn:
+                where = [RECORDS.c.flow == self.flow.name, RECORDS.c.run_id == run_id]
+                if old.state == "done":
+                    where.append(RECORDS.c.error.is_not(None))
+                moved = conn.execute(update(RECORDS).where(*where).values(run_id=new_id, error=None)).rowcount
+                conn.execute(update(RUNS).where(RUNS.c.id == new_id).values(
+                    state="sending", changed=moved, seen=moved, watermark_to=old.watermark_to))
+                insert_many(conn, RecordEvent.__table__, [{
+                    "record_id": 0, "run_id": new_id, "flow": self.flow.name, "source_key": f"run {run_id}",
+                    "outcome": "replayed", "detail": f"{moved} records of run {run_id} sent again", "actor": actor,
+                    "at": _now()}])
+            report = RunReport(new_id, self.flow.name, "sending", seen=moved, changed=moved)
+            self._send(new_id, report)
+            return self._report(new_id, report, started)
+        finally:
+            leases.release(self.engine, f"flow:{self.flow.name}", self.owner)
+
+    def dry_run(self, sample: int = 20) -> DryRun:
+        """Map a sample pulled live from the source onto the import's columns; store nothing but the verdict."""
+        read = self.source.read(self.flow, None, limit=sample)
+        headers = self.target.headers
+        row = compile_row(self.flow, headers)
+        out: list[tuple[str, list[str] | None, str | None]] = []
+        for page in read.pages:
+            for record in page:
+                key = "|".join(str(record.get(k, "")) for k in read.key)
+                try:
+                    out.append((key, row(record), None))
+                except MappingError as exc:
+                    out.append((key, None, str(exc)))
+                if len(out) >= sample:
+                    break
+        result = DryRun(self.flow.name, headers, out, read.notes)
+        if not out:
+            result.notes.append("the source returned no records: nothing to check")
+        with self.engine.begin() as conn:
+            self._ensure_state(conn)
+            conn.execute(update(STATES).where(STATES.c.flow == self.flow.name).values(
+                dry_run_sha256=self.file.text_sha256 if result.ok else None, updated_at=_now()))
+        return result
+
+    def watermark(self) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(STATES.c.watermark).where(STATES.c.flow == self.flow.name)).scalar()
+
+    # ------------------------------------------------------------------------------ steps
+
+    def _ensure_state(self, conn: Any) -> None:
+        if conn.execute(select(STATES.c.flow).where(STATES.c.flow == self.flow.name)).first() is None:
+            conn.execute(STATES.insert().values(flow=self.flow.name, updated_at=_now()))
+
+    def _new_run(self, kind: str, watermark: str | None, actor: str) -> int:
+        with self.engine.begin() as conn:
+            self._ensure_state(conn)
+            return conn.execute(RUNS.insert().values(
+                flow=self.flow.name, kind=kind, mode=self.flow.mode, state="reading", actor=actor,
+                started_at=_now(), watermark_from=watermark, watermark_to=watermark, seen=0, changed=0, sent=0,
+                failed=0, source_requests=0, anaplan_requests=0, lease_owner=self.owner)).inserted_primary_key[0]
+
+    def _carry_over(self, run_id: int) -> int:
+        """Records whose run never reached Anaplan go with this run (their content is unconfirmed)."""
+        with self.engine.begin() as conn:
+            lost = select(RUNS.c.id).where(RUNS.c.flow == self.flow.name, RUNS.c.state.in_(("failed", "abandoned")),
+                                           RUNS.c.id != run_id)
+            return conn.execute(update(RECORDS).where(RECORDS.c.flow == self.flow.name, RECORDS.c.run_id.in_(lost))
+                                .values(run_id=run_id)).rowcount
+
+    def _recover(self) -> None:
+        """Finish or abandon runs a crashed process left behind (this process holds the flow's lease)."""
+        with self.engine.connect() as conn:
+            stale = conn.execute(select(RUNS).where(RUNS.c.flow == self.flow.name, RUNS.c.state.in_(UNFINISHED))
+                                 .order_by(RUNS.c.id)).all()
+        for run in stale:
+            task_id = run.task_id
+            if run.state == "importing" and task_id is None and run.import_started_at is not None:
+                started = run.import_started_at
+                started = started if started.tzinfo else started.replace(tzinfo=timezone.utc)
+                # A request to start the import may still be on its way: wait until it cannot be.
+                self.sleep(max(0.0, started.timestamp() + self.target.request_timeout - time.time()))
+                task_id = self.target.find_task(started.timestamp() * 1000 - 2000)
+            if run.state == "importing" and task_id is not None:
+                with self.engine.begin() as conn:
+                    conn.execute(update(RUNS).where(RUNS.c.id == run.id).values(task_id=task_id))
+                self._conclude(run.id, self.target.wait(task_id, sleep=self.sleep), None,
+                               RunReport(run.id, self.flow.name, "importing"))
+                continue
+            with self.engine.begin() as conn:
+                conn.execute(update(RUNS).where(RUNS.c.id == run.id).values(
+                    state="abandoned", finished_at=_now(),
+                    error=f"interrupted while {run.state}; its records go with the next run"))
+
+    def _read(self, run_id: int, watermark: str | None, report: RunReport) -> None:
+        read = self.source.read(self.flow, watermark)
+        column = self.flow.source.changes.column
+        kind = self.flow.source.changes.kind
+        with self.engine.connect() as conn:
+            fresh = conn.execute(select(RECORDS.c.id).where(RECORDS.c.flow == self.flow.name).limit(1)).first() is None
+        high = watermark
+        for page in _prefetched(read.pages):
+            self._renew()
+            if column and kind in ("rowversion", "date"):
+                for row in page:
+                    value = row.get(column)
+                    if value is not None:
+                        high = later(kind, high, str(value))
+            seen, changed = self._store_page(run_id, page, read.key, fresh)
+            report.seen += seen
+            report.changed += changed
+            report.source_requests = read.request_count
+            with self.engine.begin() as conn:
+                conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
+                    seen=report.seen, changed=report.changed, source_requests=report.source_requests))
+            self.progress("read", report.seen, None)
+        if kind == "modified":
+            high = getattr(read, "window_end", None) or high
+        report.notes += read.notes
+        report.source_requests = read.request_count
+        report.watermark = high
+        with self.engine.begin() as conn:
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
+                state="sending", watermark_to=high, source_requests=report.source_requests,
+                error="; ".join(read.notes) or None))
+
+    def _store_page(self, run_id: int, page: list[dict[str, Any]], key: tuple[str, ...], fresh: bool
+                    ) -> tuple[int, int]:
+        """Store one page: new records inserted, changed ones updated (and given to this run), the
+        rest left alone (mode all: given to this run too). Returns (seen, changed)."""
+        keyed: dict[str, dict[str, Any]] = {}
+        for row in page:
+            keyed["|".join(str(row.get(k, "")) for k in key)] = row
+        existing: dict[str, tuple[int, str]] = {}
+        with self.engine.begin() as conn:
+            if not fresh:
+                keys = list(keyed)
+                for i in range(0, len(keys), 2000):
+                    part = keys[i:i + 2000]
+                    for rid, skey, h in conn.execute(select(RECORDS.c.id, RECORDS.c.source_key, RECORDS.c.content_hash)
+                                                     .where(RECORDS.c.flow == self.flow.name,
+                                                            RECORDS.c.source_key.in_(part))):
+                        existing[skey] = (rid, h)
+            now = _now()
+            stamp: Any = now if self._postgres else now.strftime("%Y-%m-%d %H:%M:%S.%f")
+            new, changed, unchanged, events = [], [], [], []
+            for skey, row in keyed.items():
+                raw = orjson.dumps(row)
+                digest = hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+                found = existing.get(skey)
+                if found is None:
+                    new.append((self.flow.name, self.flow.source.system, self.flow.source.entity, skey, digest,
+                                raw.decode(), run_id, stamp))
+                elif found[1] != digest:
+                    changed.append((digest, raw.decode(), run_id, stamp, found[0]))
+                    events.append({"record_id": found[0], "run_id": run_id, "flow": self.flow.name, "source_key": skey,
+                                   "outcome": "changed", "detail": f"content {found[1][:8]} -> {digest[:8]}",
+                                   "actor": "gateway", "at": now})
+                elif self.flow.mode == "all":
+                    unchanged.append((run_id, found[0]))
+            p = "%s" if self._postgres else "?"
+            if new:
+                conn.exec_driver_sql(
+                    "INSERT INTO flow_records (flow, system, entity, source_key, content_hash, raw, run_id, "
+                    f"changed_at) VALUES ({', '.join([p] * 8)}) ON CONFLICT (flow, source_key) DO UPDATE SET "
+                    "content_hash = excluded.content_hash, raw = excluded.raw, run_id = excluded.run_id, "
+                    "error = NULL, changed_at = excluded.changed_at", new)
+            if changed:
+                conn.exec_driver_sql(f"UPDATE flow_records SET content_hash = {p}, raw = {p}, run_id = {p}, "
+                                     f"error = NULL, changed_at = {p} WHERE id = {p}", changed)
+            if unchanged:
+                conn.exec_driver_sql(f"UPDATE flow_records SET run_id = {p} WHERE id = {p}", unchanged)
+            if events:
+                insert_many(conn, RecordEvent.__table__, events)
+        return len(keyed), len(new) + len(changed)
+
+    def _records(self, run_id: int, batch: int = 5000) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The run's records in record order, a batch per query (keyset: no long-open cursor)."""
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(RECORDS.c.id, RECORDS.c.raw)
+                                    .where(RECORDS.c.flow == self.flow.name, RECORDS.c.run_id == run_id,
+                                           RECORDS.c.id > last).order_by(RECORDS.c.id).limit(batch)).all()
+            if not rows:
+                return
+            for rid, raw in rows:
+                yield rid, orjson.loads(raw)
+            last = rows[-1][0]
+
+    def _send(self, run_id: int, report: RunReport) -> None:
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(RECORDS).where(
+                RECORDS.c.flow == self.flow.name, RECORDS.c.run_id == run_id)).scalar() or 0
+        if total == 0:
+            self._finish(run_id, "done", None, {"note": "nothing changed: nothing sent"}, report)
+            return
+        target = self.target
+        row = compile_row(self.flow, target.headers)
+        lines = array("q")
+        unmapped: list[tuple[int, str]] = []
+
+        def rows() -> Iterator[list[str]]:
+            for rid, record in self._records(run_id):
+                try:
+                    cells = row(record)
+                except MappingError as exc:
+                    unmapped.append((rid, str(exc)))
+                    continue
+                lines.append(rid)
+                self._renew()
+                yield cells
+
+        sent = target.upload(rows(), on_rows=lambda n: self.progress("send", n, total))
+        report.sent = sent
+        if unmapped:
+            with self.engine.begin() as conn:
+                self._reject(conn, run_id, unmapped, "not sent")
+        with self.engine.begin() as conn:
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
+                state="importing", import_started_at=_now(), sent=sent, anaplan_requests=target.requests))
+        task_id = target.start()
+        with self.engine.begin() as conn:
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(task_id=task_id))
+        self.progress("import", sent, sent)
+        result = target.wait(task_id, sleep=self.sleep)
+        self._conclude(run_id, result, lines, report, extra_failed=len(unmapped))
+
+    def _line_ids(self, run_id: int) -> array:
+        """CSV line order of a run sent by another process: its records in order, unmappable ones left out."""
+        row = compile_row(self.flow, self.target.headers)
+        ids = array("q")
+        for rid, record in self._records(run_id):
+            try:
+                row(record)
+            except MappingError:
+                continue
+            ids.append(rid)
+        return ids
+
+    def _reject(self, conn: Any, run_id: int, rejected: list[tuple[int, str]], verb: str) -> None:
+        keys = {}
+        ids = [rid for rid, _ in rejected]
+        for i in range(0, len(ids), 2000):
+            for rid, skey in conn.execute(select(RECORDS.c.id, RECORDS.c.source_key).where(
+                    RECORDS.c.id.in_(ids[i:i + 2000]))):
+                keys[rid] = skey
+        p = "%s" if self._postgres else "?"
+        conn.exec_driver_sql(f"UPDATE flow_records SET error = {p} WHERE id = {p}",
+                             [(reason, rid) for rid, reason in rejected])
+        insert_many(conn, RecordEvent.__table__, [
+            {"record_id": rid, "run_id": run_id, "flow": self.flow.name, "source_key": keys.get(rid, ""),
+             "outcome": "rejected", "detail": f"{verb}: {reason}", "actor": "anaplan" if verb == "rejected" else "gateway",
+             "at": _now()} for rid, reason in rejected])
+
+    def _conclude(self, run_id: int, result: TaskResult, lines: array | None, report: RunReport,
+                  extra_failed: int = 0) -> None:
+        report.anaplan_requests = self.target.requests
+        summary = {"task": result.state, "successful": result.successful, "counts": result.counts,
+                   "details": result.details}
+        if not result.successful or result.dump_missing:
+            why = result.details if not result.successful else (
+                f"{result.counts.get('failed', '?')} rows failed but Anaplan's failure dump is gone: the run's records "
+                "go with the next run")
+            self._finish(run_id, "failed", why, summary, report)
+            return
+        rejected: list[tuple[int, str]] = []
+        if result.rejected:
+            ids = lines if lines is not None and len(lines) else self._line_ids(run_id)
+            first = self.target.first_data_line()
+            for line, reason in sorted(result.rejected.items()):
+                index = line - first
+                if 0 <= index < len(ids):
+                    rejected.append((ids[index], reason))
+        report.failed = len(rejected) + extra_failed
+        with self.engine.begin() as conn:
+            if rejected:
+                self._reject(conn, run_id, rejected, "rejected")
+            self._finish(run_id, "done", None, summary, report, conn=conn)
+
+    def _finish(self, run_id: int, state: str, error: str | None, summary: dict[str, Any], report: RunReport,
+                conn: Any = None) -> None:
+        """The run's end, and — when Anaplan confirmed — the watermark, in one transaction."""
+        if conn is None:
+            with self.engine.begin() as conn:
+                self._finish(run_id, state, error, summary, report, conn=conn)
+            return
+        run = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).first()
+        values: dict[str, Any] = {"state": state, "finished_at": _now(), "result": orjson.dumps(summary).decode(),
+                                  "anaplan_requests": report.anaplan_requests, "failed": report.failed}
+        if error or run.error:
+            values["error"] = "; ".join(e for e in (run.error, error) if e)
+        conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(**values))
+        if state == "done" and run.kind != "dry_run":
+            current = conn.execute(select(STATES.c.watermark).where(STATES.c.flow == self.flow.name)).scalar()
+            mark = later(self.flow.source.changes.kind, current, run.watermark_to) \
+                if self.flow.source.changes.kind in ("rowversion", "date", "modified") else run.watermark_to
+            conn.execute(update(STATES).where(STATES.c.flow == self.flow.name).values(watermark=mark,
+                                                                                      updated_at=_now()))
+        report.state, report.error = state, values.get("error")
+
+    def _report(self, run_id: int, report: RunReport, started: float) -> RunReport:
+        with self.engine.connect() as conn:
+            run = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).first()
+        report.state, report.error = run.state, run.error
+        report.watermark = self.watermark()
+        report.seconds = time.monotonic() - started
+        return report
+
+
+def set_enabled(engine: Engine, flow_file: FlowFile, on: bool, actor: str) -> None:
+    """The panel's or CLI's switch. Switching on needs a clean dry run of this exact file text."""
+    with engine.begin() as conn:
+        row = conn.execute(select(STATES).where(STATES.c.flow == flow_file.flow.name)).first()
+        if on and (row is None or row.dry_run_sha256 != flow_file.text_sha256):
+            raise ValueError(f"flow {flow_file.flow.name}: dry-run this version of the file first "
+                             "(gateway flows run NAME --dry-run, or the panel's dry run)")
+        if row is None:
+            conn.execute(STATES.insert().values(flow=flow_file.flow.name, enabled=on, updated_by=actor,
+                                                updated_at=utcnow()))
+        else:
+            conn.execute(update(STATES).where(STATES.c.flow == flow_file.flow.name).values(
+                enabled=on, updated_by=actor, updated_at=utcnow()))

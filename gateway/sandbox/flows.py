@@ -1,0 +1,105 @@
+"""The record flows' sandbox: the SYSPRO simulator and an Anaplan tenant with the flows' imports.
+
+Used by the demo, the flow tests and ``benchmarks/flows.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.integrations.syspro.simulator import (
+    ENET_COMPANY, ENET_OPERATOR, ENET_PASSWORD, ODATA_OPERATOR, ODATA_PASSWORD, SysproSim, SysproSimSettings,
+)
+from gateway.integrations.anaplan.simulator.app import (
+    DEFAULT_PASSWORD, DEFAULT_USER, MODEL_ID, WORKSPACE_ID, SimColumnRule, SimFile, SimImport, SimTenant,
+    default_tenant,
+)
+from gateway.sandbox.server import RunningServer, serve_app
+
+STOCK_IMPORT_ID, STOCK_FILE_ID = "112000000010", "113000000010"
+SUPPLIERS_IMPORT_ID, SUPPLIERS_FILE_ID = "112000000011", "113000000011"
+GL_IMPORT_ID, GL_FILE_ID = "112000000012", "113000000012"
+STOCK_HEADERS = ["Item", "Stock Code", "Warehouse", "On Hand", "Allocated", "Unit Cost", "Source"]
+WAREHOUSE_NAMES = {"FG": "Finished Goods", "RM": "Raw Materials", "S1": "Spares", "WIP": "Work in Progress"}
+
+
+def flows_tenant() -> SimTenant:
+    """The default tenant plus the imports the example flows feed."""
+    tenant = default_tenant()
+    model = tenant.models[0]
+    model.files += [SimFile(id=STOCK_FILE_ID, name="Stock_by_warehouse.csv"),
+                    SimFile(id=SUPPLIERS_FILE_ID, name="Suppliers.csv"),
+                    SimFile(id=GL_FILE_ID, name="GL_accounts.csv")]
+    model.imports += [
+        SimImport(id=STOCK_IMPORT_ID, name="Stock by warehouse from SYSPRO", file_id=STOCK_FILE_ID,
+                  header_names=STOCK_HEADERS, key_columns=["Item"], target_name="Stock by Warehouse",
+                  rules={"Item": SimColumnRule(required=True), "On Hand": SimColumnRule(required=True, type="number"),
+                         "Allocated": SimColumnRule(type="number"), "Unit Cost": SimColumnRule(type="number"),
+                         "Warehouse": SimColumnRule(allowed=sorted(WAREHOUSE_NAMES.values()), list_name="Warehouses")}),
+        SimImport(id=SUPPLIERS_IMPORT_ID, name="Suppliers", file_id=SUPPLIERS_FILE_ID,
+                  header_names=["Code", "Name", "Currency", "On Hold", "Tax Number", "Source"], key_columns=["Code"],
+                  target_name="Suppliers", rules={"Code": SimColumnRule(required=True),
+                                                  "Name": SimColumnRule(required=True)}),
+        SimImport(id=GL_IMPORT_ID, name="GL accounts", file_id=GL_FILE_ID,
+                  header_names=["Account", "Description", "Type", "Source"], key_columns=["Account"],
+                  target_name="GL Accounts", rules={"Account": SimColumnRule(required=True)}),
+    ]
+    return tenant
+
+
+def syspro_settings(sim: SysproSim, server: RunningServer, **overrides: Any) -> dict[str, Any]:
+    """``[[syspro]]`` settings for the simulator (its published fake credentials)."""
+    values: dict[str, Any] = {
+        "name": "syspro", "read": "odata", "timeout_seconds": 30.0, "trust_env": False,
+        "odata": {"url": sim.odata_root(server.base_url), "operator": ODATA_OPERATOR, "password": ODATA_PASSWORD},
+        "enet": {"url": sim.enet_root(server.base_url), "operator": ENET_OPERATOR, "password": ENET_PASSWORD,
+                 "company_id": ENET_COMPANY},
+        "retry": {"max_attempts": 3, "backoff_initial": 0.05, "backoff_max": 0.5},
+    }
+    values.update(overrides)
+    return values
+
+
+def stock_flow_text(*, name: str = "syspro-stock", mode: str = "insert", poll_seconds: float = 0.2,
+                    page_size: int | None = None, chunk_mb: float = 8.0, enabled: bool = False) -> str:
+    """The example SYSPRO InvWarehouse -> Anaplan flow (the file ``flows/syspro-stock.yaml`` holds)."""
+    page = f"\n  page_size: {page_size}" if page_size else ""
+    return f"""name: {name}
+description: SYSPRO stock on hand per warehouse into Anaplan's Stock by Warehouse module
+enabled: {str(enabled).lower()}
+source:
+  system: syspro
+  entity: InvWarehouse
+  changes: {{kind: rowversion, column: TimeStamp}}{page}
+target:
+  kind: import
+  workspace_id: {WORKSPACE_ID}
+  model_id: {MODEL_ID}
+  import_id: "{STOCK_IMPORT_ID}"
+  file_id: "{STOCK_FILE_ID}"
+  poll_seconds: {poll_seconds}
+  chunk_mb: {chunk_mb}
+mode: {mode}
+schedule: {{every_minutes: 15}}
+fields:
+  Item: {{template: "{{StockCode}}-{{Warehouse}}"}}
+  Stock Code: StockCode
+  Warehouse:
+    column: Warehouse
+    translate: {{{", ".join(f"{k}: {v}" for k, v in WAREHOUSE_NAMES.items())}}}
+  On Hand: QtyOnHand
+  Allocated: QtyAllocated
+  Unit Cost: UnitCost
+  Source: {{const: SYSPRO}}
+"""
+
+
+def anaplan_settings(url: str) -> dict[str, Any]:
+    """``[anaplan]`` settings for the simulator: credentials only (flows name their own imports)."""
+    return {"url": url, "auth": "basic", "username": DEFAULT_USER, "password": DEFAULT_PASSWORD,
+            "retry_attempts": 3, "retry_max_seconds": 1.0}
+
+
+def start_syspro(**settings: Any) -> tuple[SysproSim, RunningServer]:
+    sim = SysproSim(SysproSimSettings(**settings))
+    return sim, serve_app(sim.app)
