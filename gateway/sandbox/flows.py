@@ -103,3 +103,42 @@ def anaplan_settings(url: str) -> dict[str, Any]:
 def start_syspro(**settings: Any) -> tuple[SysproSim, RunningServer]:
     sim = SysproSim(SysproSimSettings(**settings))
     return sim, serve_app(sim.app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m gateway.sandbox.flows --rows N``: serve the SYSPRO and Anaplan simulators in this
+    process (the benchmark keeps them off the gateway's process), print their addresses as one
+    JSON line, and serve until stdin closes."""
+    import argparse
+    import json
+    import sys
+
+    from gateway.sandbox.anaplan_sim import AnaplanSimulator
+
+    parser = argparse.ArgumentParser(prog="python -m gateway.sandbox.flows")
+    parser.add_argument("--rows", type=int, default=2000, help="InvWarehouse rows")
+    parser.add_argument("--page-size", type=int, default=5000, help="the OData service's page cap")
+    parser.add_argument("--anaplan-rate", type=float, default=600, help="Anaplan tenant requests per minute")
+    args = parser.parse_args(argv)
+    sim, server = start_syspro(warehouse_rows=args.rows, page_size=args.page_size)
+    anaplan = AnaplanSimulator(tenant=flows_tenant())
+    anaplan.set_faults({"rate_limit": {"capacity": args.anaplan_rate, "refill_per_s": args.anaplan_rate / 60}})
+
+    @anaplan.app.get("/_sim/counts")
+    async def counts() -> dict:  # /_sim/state would carry every imported row: a million of them here
+        return {"requests": sum(anaplan._request_counts.values()),
+                "imported": {k: len(v) for k, v in anaplan._imported.items()},
+                "tasks": len(anaplan._tasks)}
+
+    anaplan_server = serve_app(anaplan.app)
+    print(json.dumps({"syspro": server.base_url, "anaplan": anaplan_server.base_url,
+                      "odata": sim.odata_root(server.base_url), "enet": sim.enet_root(server.base_url)}), flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        server.stop()
+        anaplan_server.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
