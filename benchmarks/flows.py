@@ -28,26 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.sandbox.flows import anaplan_settings, stock_flow_text  # noqa: E402
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
-
-
-def write_config(path: Path, data_dir: Path, flows_dir: Path, urls: dict) -> None:
-    anaplan = anaplan_settings(urls["anaplan"])
-    lines = [f"data_dir = {toml_value(str(data_dir))}", f"flows_dir = {toml_value(str(flows_dir))}",
-             'log_level = "WARNING"', "", "[anaplan]"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in anaplan.items()]
-    lines += ["", "[[syspro]]", 'name = "syspro"', 'read = "odata"', "timeout_seconds = 120", "trust_env = false",
-              "", "[syspro.odata]", f"url = {toml_value(urls['odata'])}", 'operator = "INTEG01"',
-              'password = "sim-odata-password"', "page_size = 5000"]
-    path.write_text("\n".join(lines) + "\n")
+from gateway.sandbox.flows import config_toml, stock_flow_text  # noqa: E402
 
 
 def run_gateway(config: Path) -> tuple[float, str]:
@@ -84,7 +65,8 @@ def main() -> None:
             (flows_dir / "syspro-stock.yaml").write_text(stock_flow_text(poll_seconds=1.0, page_size=5000,
                                                                          chunk_mb=16))
             config = tmp_path / "gateway.toml"
-            write_config(config, tmp_path / "data", flows_dir, urls)
+            config.write_text(config_toml(data_dir=str(tmp_path / "data"), flows_dir=str(flows_dir),
+                                          anaplan_url=urls["anaplan"], odata_url=urls["odata"]))
             print(f"flows benchmark: {args.rows} SYSPRO InvWarehouse rows, OData pages of 5000, SQLite store, "
                   f"{os.cpu_count()} cores", flush=True)
 

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # None: SQLite in data_dir
     partners_dir: Path = Path("partners")
     flows_dir: Path = Path("flows")
+    flows_lease_seconds: float = Field(120.0, gt=0, description="a flow run's lease; a dead run's is free after it")
     secret_key_file: Path | None = None  # None: data_dir/secret.key; GATEWAY_SECRET_KEY wins over both
     log_level: str = "INFO"
     log_json: bool = False

@@ -128,6 +128,7 @@ def register(app: typer.Typer) -> None:
         """Run a flow: read what changed, send it to Anaplan, advance the watermark once confirmed."""
         def body() -> None:
             from gateway.flows import open_flow
+            from gateway.flows.runner import FlowBusy
             from gateway.logging import configure_logging
             from gateway.runtime import instance_id
 
@@ -141,7 +142,8 @@ def register(app: typer.Typer) -> None:
                 except ValueError as exc:
                     _fail(str(exc))
             bar, update = _progress_bar()
-            runner = open_flow(rt.settings, rt.engine, ff, owner=instance_id("flows"), progress=update)
+            runner = open_flow(rt.settings, rt.engine, ff, owner=instance_id("flows"), progress=update,
+                               lease_seconds=rt.settings.flows_lease_seconds)
             try:
                 if dry_run:
                     result = runner.dry_run(sample)
@@ -153,8 +155,11 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"dry run {'clean' if result.ok else 'with problems'}: {len(result.rows)} records")
                     raise typer.Exit(0 if result.ok else 1)
                 while True:
-                    with bar:
-                        report = runner.run(since=start)
+                    try:
+                        with bar:
+                            report = runner.run(since=start)
+                    except FlowBusy as exc:
+                        _fail(str(exc), 1)
                     typer.echo(report.line())
                     for note in report.notes:
                         typer.echo(f"note: {note}")
@@ -178,10 +183,11 @@ def register(app: typer.Typer) -> None:
 
             rt = runtime(config)
             ff = _one(flows or rt.settings.flows_dir, name)
-            runner = open_flow(rt.settings, rt.engine, ff, owner=instance_id("flows"))
+            runner = open_flow(rt.settings, rt.engine, ff, owner=instance_id("flows"),
+                               lease_seconds=rt.settings.flows_lease_seconds)
             try:
                 report = runner.replay(run_id, actor=actor or _default_actor())
-            except ValueError as exc:
+            except (ValueError, RuntimeError) as exc:
                 _fail(str(exc))
             finally:
                 rt.engine.dispose()

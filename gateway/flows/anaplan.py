@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from gateway.integrations.anaplan.client import (
     AnaplanClient, AnaplanConfigError, AnaplanImportConfig, CsvFormat, ImportMetadata, RequestCounter, _counts,
@@ -31,6 +32,7 @@ class TaskResult:
     counts: dict[str, int]
     details: str
     rejected: dict[int, str] = field(default_factory=dict)  # CSV line (2 = first row) -> reason
+    cells: dict[int, tuple[str, ...]] = field(default_factory=dict)  # CSV line -> the row as uploaded
     dump_missing: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -39,6 +41,54 @@ def _writer(buf: io.StringIO, fmt: CsvFormat) -> Any:
     return csv.writer(buf, delimiter=fmt.separator or ",", quotechar=fmt.delimiter or '"',
                       quoting=csv.QUOTE_MINIMAL if fmt.delimiter else csv.QUOTE_NONE,
                       escapechar=None if fmt.delimiter else "\\", lineterminator="\r\n")
+
+
+class CsvSpool:
+    """The run's CSV, written to a temporary file as records are read (never held in memory), with
+    each line's source key beside it so the failure dump's ``_Line_`` maps back to records."""
+
+    def __init__(self, meta: ImportMetadata) -> None:
+        self.format = meta.format
+        self.file = tempfile.TemporaryFile("w+", encoding=meta.format.encoding, newline="")
+        self.keys = tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n")
+        self._writer = _writer(self.file, meta.format)  # type: ignore[arg-type]
+        for _ in range(max(0, meta.format.header_row - 1)):
+            self._writer.writerow([])
+        self._writer.writerow(meta.header_names)
+        for _ in range(max(0, meta.format.first_data_row - meta.format.header_row - 1)):
+            self._writer.writerow([])
+        self.count = 0
+
+    def write(self, row: list[str], key: str) -> None:
+        self._writer.writerow(row)
+        self.keys.write(key.replace("\n", " ") + "\n")
+        self.count += 1
+
+    def blocks(self, size: int) -> Iterator[bytes]:
+        """The file's bytes in blocks of ``size`` (chunks may cut a row: Anaplan joins them in order)."""
+        self.file.flush()
+        raw = self.file.buffer  # type: ignore[attr-defined]
+        raw.seek(0)
+        while True:
+            block = raw.read(size)
+            if not block:
+                return
+            yield block
+
+    def keys_at(self, lines: Iterable[int]) -> dict[int, str]:
+        """Source keys of the given CSV lines (numbered as in the file, header included)."""
+        wanted = set(lines)
+        out: dict[int, str] = {}
+        self.keys.flush()
+        self.keys.seek(0)
+        for i, key in enumerate(self.keys, start=self.format.first_data_row):
+            if i in wanted:
+                out[i] = key.rstrip("\n")
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+        self.keys.close()
 
 
 class ImportTarget:
@@ -76,45 +126,21 @@ class ImportTarget:
     def _base(self) -> str:
         return f"/workspaces/{self.target.workspace_id}/models/{self.target.model_id}"
 
-    def upload(self, rows: Iterable[list[str]], on_rows: Callable[[int], None] | None = None) -> int:
-        """Stream ``rows`` (after the header) into the data-source file; returns the row count."""
-        meta = self.metadata()
-        fmt = meta.format
+    def spool(self) -> CsvSpool:
+        return CsvSpool(self.metadata())
+
+    def upload(self, spool: CsvSpool) -> int:
+        """The spool into the data-source file, in gzip chunks of ``chunk_mb``; returns the row count."""
         base = f"{self._base()}/files/{self.target.file_id}"
         resp = self.client.request(self.usage, "POST", base, json={"chunkCount": -1})
         got = (_safe_json(resp).get("file") or {}).get("id")
         if got != self.target.file_id:
             raise AnaplanConfigError(f"Anaplan file {self.target.file_id} not found in model {self.target.model_id} "
                                      f"(Anaplan created file {got} instead)")
-        limit = self.cfg.chunk_size
-        buf = io.StringIO()
-        writer = _writer(buf, fmt)
-        for _ in range(max(0, fmt.header_row - 1)):
-            writer.writerow([])
-        writer.writerow(meta.header_names)
-        for _ in range(max(0, fmt.first_data_row - fmt.header_row - 1)):
-            writer.writerow([])
-        chunk, count, pending = 0, 0, 0
-        for row in rows:
-            writer.writerow(row)
-            count += 1
-            pending += 1
-            if pending >= 2000:
-                pending = 0
-                if on_rows:
-                    on_rows(count)
-                if buf.tell() >= limit:
-                    self._put(base, chunk, buf.getvalue().encode(fmt.encoding))
-                    chunk += 1
-                    buf.seek(0)
-                    buf.truncate()
-        if buf.tell() or chunk == 0:
-            self._put(base, chunk, buf.getvalue().encode(fmt.encoding))
-            chunk += 1
-        if on_rows:
-            on_rows(count)
+        for k, block in enumerate(spool.blocks(self.cfg.chunk_size)):
+            self._put(base, k, block)
         self.client.request(self.usage, "POST", f"{base}/complete", json={"id": self.target.file_id})
-        return count
+        return spool.count
 
     def _put(self, base: str, k: int, data: bytes) -> None:
         body, ctype = (gzip.compress(data, compresslevel=1, mtime=0), "application/x-gzip") if self.target.gzip \
@@ -162,6 +188,7 @@ class ImportTarget:
                 for row in _parse_dump(dump, self.metadata().format):
                     if row.line is not None:
                         out.rejected[row.line] = "; ".join(row.errors) or "rejected by Anaplan"
+                        out.cells[row.line] = tuple(row.cells)
         return out
 
     def first_data_line(self) -> int:

@@ -197,33 +197,48 @@ class MappingError(ValueError):
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
     if value is None:
         return ""
-    if isinstance(value, float):
-        return repr(value) if value != int(value) else str(int(value)) if abs(value) < 1e15 else repr(value)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
     return str(value)
 
 
+_RISKY_FIRST = frozenset("=+-@\t\r")
+
+
+def _safe(value: str) -> str:
+    """:func:`neutralise` with a fast path for the common cell (no formula start, no line break)."""
+    if (value and value[0] in _RISKY_FIRST) or "\n" in value or "\r" in value:
+        return neutralise(value)
+    return value
+
+
 def compile_field(header: str, spec: ColumnSpec) -> Callable[[dict[str, Any]], str]:
-    """One column's function: record -> cell text."""
+    """One column's function: record -> cell text (built once per run, called per record)."""
     if spec.const is not None:
-        const = neutralise(spec.const)
+        const = _safe(spec.const)
         return lambda _r: const
+    strip, date, translate, default, required = spec.strip, spec.date, spec.translate, spec.default, spec.required
     if spec.template is not None:
         names = spec.columns()
         template = spec.template
 
         def get(r: dict[str, Any]) -> str:
-            return template.format_map({n: _text(r.get(n)).strip() if spec.strip else _text(r.get(n)) for n in names})
+            return template.format_map({n: _text(r.get(n)).strip() if strip else _text(r.get(n)) for n in names})
     else:
         column = spec.column
+        if not (date or translate or required) and default is None:  # the common case: a plain column
+            if strip:
+                return lambda r: _safe(_text(r.get(column)).strip())
+            return lambda r: _safe(_text(r.get(column)))
 
         def get(r: dict[str, Any]) -> str:
             return _text(r.get(column))
-
-    strip, date, translate, default, required = spec.strip, spec.date, spec.translate, spec.default, spec.required
 
     def cell(r: dict[str, Any]) -> str:
         value = get(r)
@@ -237,7 +252,7 @@ def compile_field(header: str, spec: ColumnSpec) -> Callable[[dict[str, Any]], s
             value = default
         if not value and required:
             raise MappingError(f"{header}: no value")
-        return neutralise(value)
+        return _safe(value)
     return cell
 
 

@@ -15,35 +15,39 @@ streams from the store in record order, which is also how the failure dump's lin
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import queue
 import threading
 import time
-from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from gateway import leases
-from gateway.flows.anaplan import ImportTarget, TaskResult
+from gateway.flows.anaplan import CsvSpool, ImportTarget, TaskResult
 from gateway.flows.files import FlowFile
 from gateway.flows.model import Flow, MappingError, compile_row
-from gateway.flows.source import RecordSource, later
+from gateway.flows.source import RecordSource, later, rowversion_int
 from gateway.flows.tables import FlowRecord, FlowRun, FlowState, RecordEvent
 from gateway.store.db import insert_many
 from gateway.store.models import utcnow
 
-__all__ = ["DryRun", "FlowRunner", "RunReport", "record_hash", "set_enabled"]
+__all__ = ["DryRun", "FlowBusy", "FlowRunner", "RunReport", "record_hash", "set_enabled"]
 
 RECORDS = FlowRecord.__table__
 RUNS = FlowRun.__table__
 STATES = FlowState.__table__
 UNFINISHED = ("reading", "sending", "importing")
 Progress = Callable[[str, int, int | None], None]
+
+
+class FlowBusy(RuntimeError):
+    """Another process holds the flow's lease (one run of a flow at a time)."""
 
 
 def record_hash(row: dict[str, Any]) -> str:
@@ -158,7 +162,8 @@ class FlowRunner:
     def _renew(self, force: bool = False) -> None:
         if force or time.monotonic() - self._lease_at > self.lease_seconds / 3:
             if not leases.acquire(self.engine, f"flow:{self.flow.name}", self.owner, self.lease_seconds):
-                raise RuntimeError(f"flow {self.flow.name} is being run by another process")
+                raise FlowBusy(f"flow {self.flow.name} is being run by {leases.holder(self.engine, f'flow:{self.flow.name}')}"
+                               f"; a process that died gives it up within {self.lease_seconds:g} s")
             self._lease_at = time.monotonic()
 
     # ------------------------------------------------------------------------------ public
@@ -171,10 +176,16 @@ class FlowRunner:
             self._recover()
             watermark = since if since is not None else self.watermark()
             run_id = self._new_run("run", watermark, actor)
-            carried = self._carry_over(run_id)
-            report = RunReport(run_id, self.flow.name, "reading", changed=carried)
-            self._read(run_id, watermark, report)
-            self._send(run_id, report)
+            report = RunReport(run_id, self.flow.name, "reading")
+            row = compile_row(self.flow, self.target.headers)
+            spool = self.target.spool()
+            unmapped: list[tuple[str, str]] = []
+            try:
+                self._read(run_id, watermark, report, spool, row, unmapped)
+                report.changed += self._carry_over(run_id, spool, row, unmapped)
+                self._send(run_id, report, spool, unmapped)
+            finally:
+                spool.close()
             return self._report(run_id, report, started)
         finally:
             leases.release(self.engine, f"flow:{self.flow.name}", self.owner)
@@ -205,7 +216,15 @@ class FlowRunner:
                     "outcome": "replayed", "detail": f"{moved} records of run {run_id} sent again", "actor": actor,
                     "at": _now()}])
             report = RunReport(new_id, self.flow.name, "sending", seen=moved, changed=moved)
-            self._send(new_id, report)
+            row = compile_row(self.flow, self.target.headers)
+            spool = self.target.spool()
+            unmapped: list[tuple[str, str]] = []
+            try:
+                for skey, record in self._records(new_id):
+                    self._spool(spool, row, record, skey, unmapped)
+                self._send(new_id, report, spool, unmapped)
+            finally:
+                spool.close()
             return self._report(new_id, report, started)
         finally:
             leases.release(self.engine, f"flow:{self.flow.name}", self.owner)
@@ -252,13 +271,40 @@ class FlowRunner:
                 started_at=_now(), watermark_from=watermark, watermark_to=watermark, seen=0, changed=0, sent=0,
                 failed=0, source_requests=0, anaplan_requests=0, lease_owner=self.owner)).inserted_primary_key[0]
 
-    def _carry_over(self, run_id: int) -> int:
-        """Records whose run never reached Anaplan go with this run (their content is unconfirmed)."""
-        with self.engine.begin() as conn:
-            lost = select(RUNS.c.id).where(RUNS.c.flow == self.flow.name, RUNS.c.state.in_(("failed", "abandoned")),
-                                           RUNS.c.id != run_id)
-            return conn.execute(update(RECORDS).where(RECORDS.c.flow == self.flow.name, RECORDS.c.run_id.in_(lost))
-                                .values(run_id=run_id)).rowcount
+    def _lost_runs(self, run_id: int) -> Any:
+        return select(RUNS.c.id).where(RUNS.c.flow == self.flow.name, RUNS.c.state.in_(("failed", "abandoned")),
+                                       RUNS.c.id != run_id)
+
+    def _carry_over(self, run_id: int, spool: CsvSpool, row: Callable[[dict[str, Any]], list[str]],
+                    unmapped: list[tuple[str, str]]) -> int:
+        """Records whose run never reached Anaplan (and that this run did not read again) go with
+        this run: spooled from the store, then given to it."""
+        lost = self._lost_runs(run_id)
+        last, moved = 0, 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(RECORDS.c.id, RECORDS.c.source_key, RECORDS.c.raw)
+                                    .where(RECORDS.c.flow == self.flow.name, RECORDS.c.run_id.in_(lost),
+                                           RECORDS.c.id > last).order_by(RECORDS.c.id).limit(5000)).all()
+            if not rows:
+                break
+            for _, skey, raw in rows:
+                self._spool(spool, row, orjson.loads(raw), skey, unmapped)
+            last = rows[-1][0]
+            moved += len(rows)
+        if moved:
+            with self.engine.begin() as conn:
+                conn.execute(update(RECORDS).where(RECORDS.c.flow == self.flow.name, RECORDS.c.run_id.in_(lost),
+                                                   RECORDS.c.id <= last).values(run_id=run_id))
+        return moved
+
+    @staticmethod
+    def _spool(spool: CsvSpool, row: Callable[[dict[str, Any]], list[str]], record: dict[str, Any], key: str,
+               unmapped: list[tuple[str, str]]) -> None:
+        try:
+            spool.write(row(record), key)
+        except MappingError as exc:
+            unmapped.append((key, str(exc)))
 
     def _recover(self) -> None:
         """Finish or abandon runs a crashed process left behind (this process holds the flow's lease)."""
@@ -276,6 +322,7 @@ class FlowRunner:
             if run.state == "importing" and task_id is not None:
                 with self.engine.begin() as conn:
                     conn.execute(update(RUNS).where(RUNS.c.id == run.id).values(task_id=task_id))
+                # no spool here: the rejected rows are matched by content
                 self._conclude(run.id, self.target.wait(task_id, sleep=self.sleep), None,
                                RunReport(run.id, self.flow.name, "importing"))
                 continue
@@ -284,27 +331,34 @@ class FlowRunner:
                     state="abandoned", finished_at=_now(),
                     error=f"interrupted while {run.state}; its records go with the next run"))
 
-    def _read(self, run_id: int, watermark: str | None, report: RunReport) -> None:
+    def _read(self, run_id: int, watermark: str | None, report: RunReport, spool: CsvSpool,
+              row: Callable[[dict[str, Any]], list[str]], unmapped: list[tuple[str, str]]) -> None:
+        """Read the change window a page at a time; each page is stored in one transaction and what
+        it brought for this run is mapped into the spool."""
         read = self.source.read(self.flow, watermark)
         column = self.flow.source.changes.column
         kind = self.flow.source.changes.kind
         with self.engine.connect() as conn:
             fresh = conn.execute(select(RECORDS.c.id).where(RECORDS.c.flow == self.flow.name).limit(1)).first() is None
+        high_int = rowversion_int(watermark) if kind == "rowversion" and watermark else -1
         high = watermark
+        top_key: tuple[str, ...] | None = () if fresh else None
         for page in _prefetched(read.pages):
             self._renew()
-            if column and kind in ("rowversion", "date"):
-                for row in page:
-                    value = row.get(column)
-                    if value is not None:
-                        high = later(kind, high, str(value))
-            seen, changed = self._store_page(run_id, page, read.key, fresh)
+            if column and kind == "rowversion":
+                for value in (r.get(column) for r in page):
+                    if value:
+                        number = int.from_bytes(binascii.a2b_base64(value), "big")
+                        if number > high_int:
+                            high_int, high = number, value
+            elif column and kind == "date":
+                values = [str(v) for v in (r.get(column) for r in page) if v]
+                if values:
+                    high = later(kind, high, max(values))
+            seen, changed, top_key = self._store_page(run_id, page, read.key, top_key, report, spool, row, unmapped)
             report.seen += seen
             report.changed += changed
             report.source_requests = read.request_count
-            with self.engine.begin() as conn:
-                conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
-                    seen=report.seen, changed=report.changed, source_requests=report.source_requests))
             self.progress("read", report.seen, None)
         if kind == "modified":
             high = getattr(read, "window_end", None) or high
@@ -313,43 +367,54 @@ class FlowRunner:
         report.watermark = high
         with self.engine.begin() as conn:
             conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
-                state="sending", watermark_to=high, source_requests=report.source_requests,
-                error="; ".join(read.notes) or None))
+                state="sending", watermark_to=high, seen=report.seen, changed=report.changed,
+                source_requests=report.source_requests, error="; ".join(read.notes) or None))
 
-    def _store_page(self, run_id: int, page: list[dict[str, Any]], key: tuple[str, ...], fresh: bool
-                    ) -> tuple[int, int]:
-        """Store one page: new records inserted, changed ones updated (and given to this run), the
-        rest left alone (mode all: given to this run too). Returns (seen, changed)."""
-        keyed: dict[str, dict[str, Any]] = {}
-        for row in page:
-            keyed["|".join(str(row.get(k, "")) for k in key)] = row
+    def _store_page(self, run_id: int, page: list[dict[str, Any]], key: tuple[str, ...],
+                    top_key: tuple[str, ...] | None, report: RunReport, spool: CsvSpool,
+                    row: Callable[[dict[str, Any]], list[str]], unmapped: list[tuple[str, str]]
+                    ) -> tuple[int, int, tuple[str, ...] | None]:
+        """Store one page: new records inserted, changed ones updated, both given to this run and
+        spooled (mode all: the unchanged too). Returns (seen, changed, the highest key so far).
+
+        ``top_key`` is kept while the flow had no records when the run began: a key above every key
+        seen so far cannot be stored yet, so it needs no look-up (the first load, read in key
+        order, never looks). A repeated or out-of-order key is looked up like any other."""
+        keyed: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
+        for record in page:
+            parts = tuple(str(record.get(k, "")) for k in key)
+            keyed["|".join(parts)] = (parts, record)
+        lookup = list(keyed)
+        if top_key is not None:
+            lookup = [skey for skey, (parts, _) in keyed.items() if parts <= top_key]
+            top_key = max([top_key, *(parts for parts, _ in keyed.values())])
         existing: dict[str, tuple[int, str]] = {}
         with self.engine.begin() as conn:
-            if not fresh:
-                keys = list(keyed)
-                for i in range(0, len(keys), 2000):
-                    part = keys[i:i + 2000]
-                    for rid, skey, h in conn.execute(select(RECORDS.c.id, RECORDS.c.source_key, RECORDS.c.content_hash)
-                                                     .where(RECORDS.c.flow == self.flow.name,
-                                                            RECORDS.c.source_key.in_(part))):
-                        existing[skey] = (rid, h)
+            for i in range(0, len(lookup), 2000):
+                for rid, skey, h in conn.execute(select(RECORDS.c.id, RECORDS.c.source_key, RECORDS.c.content_hash)
+                                                 .where(RECORDS.c.flow == self.flow.name,
+                                                        RECORDS.c.source_key.in_(lookup[i:i + 2000]))):
+                    existing[skey] = (rid, h)
             now = _now()
             stamp: Any = now if self._postgres else now.strftime("%Y-%m-%d %H:%M:%S.%f")
             new, changed, unchanged, events = [], [], [], []
-            for skey, row in keyed.items():
-                raw = orjson.dumps(row)
-                digest = hashlib.blake2b(orjson.dumps(row, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+            name, system, entity = self.flow.name, self.flow.source.system, self.flow.source.entity
+            for skey, (_, record) in keyed.items():
+                raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)  # stored as hashed: keys in order
+                digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
                 found = existing.get(skey)
                 if found is None:
-                    new.append((self.flow.name, self.flow.source.system, self.flow.source.entity, skey, digest,
-                                raw.decode(), run_id, stamp))
+                    new.append((name, system, entity, skey, digest, raw.decode(), run_id, stamp))
                 elif found[1] != digest:
                     changed.append((digest, raw.decode(), run_id, stamp, found[0]))
-                    events.append({"record_id": found[0], "run_id": run_id, "flow": self.flow.name, "source_key": skey,
+                    events.append({"record_id": found[0], "run_id": run_id, "flow": name, "source_key": skey,
                                    "outcome": "changed", "detail": f"content {found[1][:8]} -> {digest[:8]}",
                                    "actor": "gateway", "at": now})
                 elif self.flow.mode == "all":
                     unchanged.append((run_id, found[0]))
+                else:
+                    continue
+                self._spool(spool, row, record, skey, unmapped)
             p = "%s" if self._postgres else "?"
             if new:
                 conn.exec_driver_sql(
@@ -364,88 +429,82 @@ class FlowRunner:
                 conn.exec_driver_sql(f"UPDATE flow_records SET run_id = {p} WHERE id = {p}", unchanged)
             if events:
                 insert_many(conn, RecordEvent.__table__, events)
-        return len(keyed), len(new) + len(changed)
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
+                seen=report.seen + len(keyed), changed=report.changed + len(new) + len(changed)))
+        return len(keyed), len(new) + len(changed), top_key
 
-    def _records(self, run_id: int, batch: int = 5000) -> Iterator[tuple[int, dict[str, Any]]]:
-        """The run's records in record order, a batch per query (keyset: no long-open cursor)."""
+    def _records(self, run_id: int, batch: int = 5000) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The run's records in record order (source key, record), a batch per query."""
         last = 0
         while True:
             with self.engine.connect() as conn:
-                rows = conn.execute(select(RECORDS.c.id, RECORDS.c.raw)
+                rows = conn.execute(select(RECORDS.c.id, RECORDS.c.source_key, RECORDS.c.raw)
                                     .where(RECORDS.c.flow == self.flow.name, RECORDS.c.run_id == run_id,
                                            RECORDS.c.id > last).order_by(RECORDS.c.id).limit(batch)).all()
             if not rows:
                 return
-            for rid, raw in rows:
-                yield rid, orjson.loads(raw)
+            for _, skey, raw in rows:
+                yield skey, orjson.loads(raw)
             last = rows[-1][0]
 
-    def _send(self, run_id: int, report: RunReport) -> None:
-        with self.engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(RECORDS).where(
-                RECORDS.c.flow == self.flow.name, RECORDS.c.run_id == run_id)).scalar() or 0
-        if total == 0:
-            self._finish(run_id, "done", None, {"note": "nothing changed: nothing sent"}, report)
-            return
+    def _send(self, run_id: int, report: RunReport, spool: CsvSpool, unmapped: list[tuple[str, str]]) -> None:
+        """Upload the spool, start the import (saying so first), wait, conclude."""
         target = self.target
-        row = compile_row(self.flow, target.headers)
-        lines = array("q")
-        unmapped: list[tuple[int, str]] = []
-
-        def rows() -> Iterator[list[str]]:
-            for rid, record in self._records(run_id):
-                try:
-                    cells = row(record)
-                except MappingError as exc:
-                    unmapped.append((rid, str(exc)))
-                    continue
-                lines.append(rid)
-                self._renew()
-                yield cells
-
-        sent = target.upload(rows(), on_rows=lambda n: self.progress("send", n, total))
-        report.sent = sent
         if unmapped:
             with self.engine.begin() as conn:
                 self._reject(conn, run_id, unmapped, "not sent")
+        if spool.count == 0:
+            report.failed = len(unmapped)
+            self._finish(run_id, "done", None, {"note": "nothing changed: nothing sent"}, report)
+            return
+        self.progress("send", 0, spool.count)
+        sent = target.upload(spool)
+        report.sent = sent
+        self.progress("send", sent, sent)
         with self.engine.begin() as conn:
             conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
                 state="importing", import_started_at=_now(), sent=sent, anaplan_requests=target.requests))
         task_id = target.start()
         with self.engine.begin() as conn:
             conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(task_id=task_id))
-        self.progress("import", sent, sent)
         result = target.wait(task_id, sleep=self.sleep)
-        self._conclude(run_id, result, lines, report, extra_failed=len(unmapped))
+        self._conclude(run_id, result, spool, report, extra_failed=len(unmapped))
 
-    def _line_ids(self, run_id: int) -> array:
-        """CSV line order of a run sent by another process: its records in order, unmappable ones left out."""
+    def _rejected_keys(self, run_id: int, result: TaskResult, spool: CsvSpool | None) -> list[tuple[str, str]]:
+        """(source key, Anaplan's reason) per rejected line: by the spool's keys, or — concluding a run
+        another process sent — by matching the dump's rows with the run's records mapped again."""
+        if spool is not None:
+            keys = spool.keys_at(result.rejected)
+            return [(keys[line], reason) for line, reason in sorted(result.rejected.items()) if line in keys]
         row = compile_row(self.flow, self.target.headers)
-        ids = array("q")
-        for rid, record in self._records(run_id):
+        wanted = {cells: result.rejected[line] for line, cells in result.cells.items()}
+        out = []
+        for skey, record in self._records(run_id):
             try:
-                row(record)
+                cells = tuple(row(record))
             except MappingError:
                 continue
-            ids.append(rid)
-        return ids
+            if cells in wanted:
+                out.append((skey, wanted[cells]))
+        return out
 
-    def _reject(self, conn: Any, run_id: int, rejected: list[tuple[int, str]], verb: str) -> None:
-        keys = {}
-        ids = [rid for rid, _ in rejected]
-        for i in range(0, len(ids), 2000):
-            for rid, skey in conn.execute(select(RECORDS.c.id, RECORDS.c.source_key).where(
-                    RECORDS.c.id.in_(ids[i:i + 2000]))):
-                keys[rid] = skey
+    def _reject(self, conn: Any, run_id: int, rejected: list[tuple[str, str]], verb: str) -> None:
+        """Mark records (by source key) with why they did not reach Anaplan, and audit it."""
         p = "%s" if self._postgres else "?"
-        conn.exec_driver_sql(f"UPDATE flow_records SET error = {p} WHERE id = {p}",
-                             [(reason, rid) for rid, reason in rejected])
+        conn.exec_driver_sql(f"UPDATE flow_records SET error = {p} WHERE flow = {p} AND source_key = {p}",
+                             [(f"{verb}: {reason}", self.flow.name, key) for key, reason in rejected])
+        ids: dict[str, int] = {}
+        keys = [k for k, _ in rejected]
+        for i in range(0, len(keys), 2000):
+            for rid, skey in conn.execute(select(RECORDS.c.id, RECORDS.c.source_key).where(
+                    RECORDS.c.flow == self.flow.name, RECORDS.c.source_key.in_(keys[i:i + 2000]))):
+                ids[skey] = rid
         insert_many(conn, RecordEvent.__table__, [
-            {"record_id": rid, "run_id": run_id, "flow": self.flow.name, "source_key": keys.get(rid, ""),
-             "outcome": "rejected", "detail": f"{verb}: {reason}", "actor": "anaplan" if verb == "rejected" else "gateway",
-             "at": _now()} for rid, reason in rejected])
+            {"record_id": ids.get(key, 0), "run_id": run_id, "flow": self.flow.name, "source_key": key,
+             "outcome": "rejected", "detail": f"{verb}: {reason}",
+             "actor": "anaplan" if verb == "rejected" else "gateway", "at": _now()} for key, reason in rejected])
 
-    def _conclude(self, run_id: int, result: TaskResult, lines: array | None, report: RunReport,
+    def _conclude(self, run_id: int, result: TaskResult, spool: CsvSpool | None, report: RunReport,
                   extra_failed: int = 0) -> None:
         report.anaplan_requests = self.target.requests
         summary = {"task": result.state, "successful": result.successful, "counts": result.counts,
@@ -456,14 +515,7 @@ class FlowRunner:
                 "go with the next run")
             self._finish(run_id, "failed", why, summary, report)
             return
-        rejected: list[tuple[int, str]] = []
-        if result.rejected:
-            ids = lines if lines is not None and len(lines) else self._line_ids(run_id)
-            first = self.target.first_data_line()
-            for line, reason in sorted(result.rejected.items()):
-                index = line - first
-                if 0 <= index < len(ids):
-                    rejected.append((ids[index], reason))
+        rejected = self._rejected_keys(run_id, result, spool) if result.rejected else []
         report.failed = len(rejected) + extra_failed
         with self.engine.begin() as conn:
             if rejected:

@@ -100,6 +100,28 @@ def anaplan_settings(url: str) -> dict[str, Any]:
             "retry_attempts": 3, "retry_max_seconds": 1.0}
 
 
+def config_toml(*, data_dir: str, flows_dir: str, anaplan_url: str, odata_url: str, page_size: int = 5000,
+                anaplan_timeout: float = 120.0, database_url: str | None = None, lease_seconds: float = 120.0) -> str:
+    """A gateway settings file (TOML) for the flows sandbox: the demo's, the benchmark's, the tests'."""
+    import json
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return repr(v) if isinstance(v, (int, float)) else json.dumps(str(v))
+
+    anaplan = {**anaplan_settings(anaplan_url), "timeout_seconds": anaplan_timeout}
+    lines = [f"data_dir = {value(data_dir)}", f"flows_dir = {value(flows_dir)}", 'log_level = "WARNING"',
+             f"flows_lease_seconds = {value(lease_seconds)}"]
+    if database_url:
+        lines.append(f"database_url = {value(database_url)}")
+    lines += ["", "[anaplan]", *(f"{k} = {value(v)}" for k, v in anaplan.items()),
+              "", "[[syspro]]", 'name = "syspro"', 'read = "odata"', "timeout_seconds = 120", "trust_env = false",
+              "", "[syspro.odata]", f"url = {value(odata_url)}", f"operator = {value(ODATA_OPERATOR)}",
+              f"password = {value(ODATA_PASSWORD)}", f"page_size = {page_size}"]
+    return "\n".join(lines) + "\n"
+
+
 def start_syspro(**settings: Any) -> tuple[SysproSim, RunningServer]:
     sim = SysproSim(SysproSimSettings(**settings))
     return sim, serve_app(sim.app)
@@ -113,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     import json
     import sys
 
-    from gateway.sandbox.anaplan_sim import AnaplanSimulator
+    from gateway.integrations.anaplan.simulator.app import AnaplanSimulator
 
     parser = argparse.ArgumentParser(prog="python -m gateway.sandbox.flows")
     parser.add_argument("--rows", type=int, default=2000, help="InvWarehouse rows")
