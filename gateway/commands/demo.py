@@ -72,12 +72,13 @@ def to_toml(values: dict, prefix: str = "") -> str:
     return text
 
 
-def demo_settings(*, data: Path, partners: Path, port: int, sandbox, drop: Path) -> dict:
+def demo_settings(*, data: Path, partners: Path, port: int, sandbox, drop: Path, syspro: dict | None = None) -> dict:
     """The demo's settings: every credential a ``secret:`` reference into the vault."""
     plex = sandbox.plex_settings(api_key="secret:plex-api-key")
     plex["soap"] = {**plex["soap"], "password": "secret:plex-soap-password"}
+    flows = {"flows_dir": str(data / "flows"), "syspro": [syspro]} if syspro else {}
     return {
-        "data_dir": str(data), "partners_dir": str(partners), "log_level": "WARNING",
+        "data_dir": str(data), "partners_dir": str(partners), "log_level": "WARNING", **flows,
         "workers": {"count": 2, "batch_size": 100, "idle_seconds": 0.2, "backoff_initial": 1.0, "backoff_max": 10.0},
         "web": {"host": "127.0.0.1", "port": port},
         "local": [{"name": "demo-drop", "path": str(drop), "archive_path": str(data / "archive"),
@@ -100,8 +101,11 @@ def store_secrets(url: str, key_file: Path) -> None:
     upgrade(url)
     engine = make_engine(url)
     vault = Vault(engine, load_key(key_file))
+    from gateway.integrations.syspro.simulator import ODATA_PASSWORD
+
     for name, value in (("plex-api-key", SIM_API_KEY), ("plex-soap-password", SIM_SOAP_PASSWORD),
-                        ("anaplan-password", DEFAULT_PASSWORD), ("sterling-password", STERLING_PASSWORD)):
+                        ("anaplan-password", DEFAULT_PASSWORD), ("sterling-password", STERLING_PASSWORD),
+                        ("syspro-odata-password", ODATA_PASSWORD)):
         vault.set(name, value)
     engine.dispose()
 
@@ -196,6 +200,48 @@ class Progress:
         self.engine.dispose()
 
 
+DEMO_STOCK_ROWS = 20_000
+
+
+def _start_flows(data: Path, sandbox) -> tuple[object, object, dict]:
+    """The SYSPRO simulator, the flows' imports in the Anaplan simulator, the example flow file."""
+    from gateway.sandbox.flows import add_flow_imports, start_syspro, stock_flow_text, syspro_settings
+
+    syspro, server = start_syspro(warehouse_rows=DEMO_STOCK_ROWS)
+    add_flow_imports(sandbox.anaplan.tenant.models[0])
+    (data / "flows").mkdir(parents=True, exist_ok=True)
+    (data / "flows" / "syspro-stock.yaml").write_text(stock_flow_text(poll_seconds=1.0), encoding="utf-8")
+    settings = syspro_settings(syspro, server)
+    settings["odata"] = {**settings["odata"], "password": "secret:syspro-odata-password"}
+    return syspro, server, settings
+
+
+def _run_flows(config: Path, out=typer.echo) -> bool:
+    """Each example flow once, with what moved; True when every run was confirmed by Anaplan."""
+    from gateway.flows import load_flow_directory, open_flow
+    from gateway.runtime import instance_id, open_runtime
+    from gateway.settings import load_settings
+
+    rt = open_runtime(load_settings(config), migrate=False)  # migrated already; alembic is not thread-safe
+    ok = True
+    try:
+        for name, ff in sorted(load_flow_directory(rt.settings.flows_dir).items()):
+            runner = open_flow(rt.settings, rt.engine, ff, owner=instance_id("demo-flows"))
+            try:
+                report = runner.run(actor="demo")
+            finally:
+                runner.source.close()
+            source = f"{ff.flow.source.system.upper()} {ff.flow.source.entity}"
+            out(f"Record flow {name}: {source} -> Anaplan import {ff.flow.target.import_id}: {report.seen} read, "
+                f"{report.sent} sent, {report.failed} rejected, {report.state} "
+                f"({report.source_requests} source and {report.anaplan_requests} Anaplan requests, "
+                f"{report.seconds:.1f} s)")
+            ok = ok and report.state == "done"
+    finally:
+        rt.engine.dispose()
+    return ok
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
@@ -232,19 +278,24 @@ def register(app: typer.Typer) -> None:
             typer.echo("Starting the Sterling, Plex and Anaplan simulators on 127.0.0.1 ...")
             sandbox = start_sandbox(plex_rate_limit=200, sterling_mailboxes=(STERLING_MAILBOX,))
             progress = None
+            syspro_server = None
+            flows_done = threading.Event()
+            flows_ok = [False]
             try:
+                _syspro, syspro_server, syspro_settings = _start_flows(data, sandbox)
                 from gateway.store.db import sqlite_url
 
                 store_secrets(sqlite_url(data), data / "secret.key")
                 config = data / "gateway.toml"
                 settings = demo_settings(data=data, partners=partners.resolve(), port=web_port, sandbox=sandbox,
-                                         drop=drop)
+                                         drop=drop, syspro=syspro_settings)
                 config.write_text("# Written by `gateway demo`: the simulators on loopback, the example partners.\n"
                                   + to_toml(settings), encoding="utf-8")
                 password = _create_login(data)
                 typer.echo(f"  Plex      {sandbox.plex.base_url}  (REST, SOAP at {sandbox.plex.soap_url})")
                 typer.echo(f"  Anaplan   {sandbox.anaplan_url}")
                 typer.echo(f"  Sterling  {sandbox.sterling.server.base_url}  (mailbox {STERLING_MAILBOX})")
+                typer.echo(f"  SYSPRO    {syspro_server.base_url}  (OData and e.net; {DEMO_STOCK_ROWS} InvWarehouse rows)")
                 typer.echo(f"Data, store and configuration in {data}")
                 if password:
                     typer.echo(f"\nPanel: http://127.0.0.1:{web_port}/   login: {DEMO_USER} / {password}\n")
@@ -257,10 +308,20 @@ def register(app: typer.Typer) -> None:
                 stop_watch = threading.Event()
                 deadline = time.monotonic() + timeout
 
+                def flows() -> None:
+                    try:
+                        flows_ok[0] = _run_flows(config)
+                    except Exception as exc:  # noqa: BLE001 - said, and the demo goes on with the EDI part
+                        err(f"record flows: {type(exc).__name__}: {exc}")
+                    finally:
+                        flows_done.set()
+
+                threading.Thread(target=flows, name="demo-flows", daemon=True).start()
+
                 def watch() -> None:
                     while not stop_watch.wait(1.0):
                         try:
-                            settled = progress.tick()
+                            settled = progress.tick() and flows_done.is_set()
                         except Exception as exc:  # noqa: BLE001 - the store is busy starting up: try again
                             settled = False
                             err(f"(progress unavailable: {type(exc).__name__})")
@@ -279,10 +340,12 @@ def register(app: typer.Typer) -> None:
                 watcher.join(5)
             finally:
                 sandbox.close()
+                if syspro_server is not None:
+                    syspro_server.stop()
                 if progress is not None:
                     progress.close()
             typer.echo(f"Stopped. The store and files are in {data}")
-            if exit_when_settled and not progress.settled.is_set():
+            if exit_when_settled and not (progress.settled.is_set() and flows_ok[0]):
                 raise typer.Exit(1)
 
         guard(body)

@@ -40,7 +40,13 @@ def make_source(settings: Settings, flow_file: FlowFile) -> RecordSource:
             raise FlowConfigError(f"flow {flow_file.flow.name}: source.connection must name one of the [[syspro]] "
                                   f"sites: {', '.join(sites)}")
         return SysproRecords(sites[name])
-    raise FlowConfigError(f"flow {flow_file.flow.name}: the {src.system} record source is not available yet")
+    if src.system == "plex":
+        from gateway.integrations.plex.records import PlexRecords
+
+        if settings.plex is None:
+            raise FlowConfigError(f"flow {flow_file.flow.name} reads Plex but [plex] is not configured")
+        return PlexRecords(settings.plex)
+    raise FlowConfigError(f"flow {flow_file.flow.name}: no {src.system} record source")
 
 
 def anaplan_client(settings: Settings, engine: Engine):

@@ -361,7 +361,7 @@ class FlowRunner:
             report.source_requests = read.request_count
             self.progress("read", report.seen, None)
         if kind == "modified":
-            high = getattr(read, "window_end", None) or high
+            high = read.window_end or high
         report.notes += read.notes
         report.source_requests = read.request_count
         report.watermark = high

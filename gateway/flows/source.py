@@ -23,6 +23,7 @@ class Read:
     key: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
     requests: list[int] = field(default_factory=lambda: [0])  # a box the source updates
+    window_end: str | None = None  # modified-date reads: the end of the window read (the next watermark)
 
     @property
     def request_count(self) -> int:

@@ -11,14 +11,15 @@ from gateway.integrations.syspro.simulator import (
     ENET_COMPANY, ENET_OPERATOR, ENET_PASSWORD, ODATA_OPERATOR, ODATA_PASSWORD, SysproSim, SysproSimSettings,
 )
 from gateway.integrations.anaplan.simulator.app import (
-    DEFAULT_PASSWORD, DEFAULT_USER, MODEL_ID, WORKSPACE_ID, SimColumnRule, SimFile, SimImport, SimTenant,
-    default_tenant,
+    DEFAULT_PASSWORD, DEFAULT_USER, MODEL_ID, WORKSPACE_ID, SimColumnRule, SimFile, SimImport, SimModel,
+    SimTenant, default_tenant,
 )
 from gateway.sandbox.server import RunningServer, serve_app
 
 STOCK_IMPORT_ID, STOCK_FILE_ID = "112000000010", "113000000010"
 SUPPLIERS_IMPORT_ID, SUPPLIERS_FILE_ID = "112000000011", "113000000011"
 GL_IMPORT_ID, GL_FILE_ID = "112000000012", "113000000012"
+PLEX_IMPORT_ID, PLEX_FILE_ID = "112000000013", "113000000013"
 STOCK_HEADERS = ["Item", "Stock Code", "Warehouse", "On Hand", "Allocated", "Unit Cost", "Source"]
 WAREHOUSE_NAMES = {"FG": "Finished Goods", "RM": "Raw Materials", "S1": "Spares", "WIP": "Work in Progress"}
 
@@ -26,10 +27,16 @@ WAREHOUSE_NAMES = {"FG": "Finished Goods", "RM": "Raw Materials", "S1": "Spares"
 def flows_tenant() -> SimTenant:
     """The default tenant plus the imports the example flows feed."""
     tenant = default_tenant()
-    model = tenant.models[0]
+    add_flow_imports(tenant.models[0])
+    return tenant
+
+
+def add_flow_imports(model: SimModel) -> None:
+    """The flows' imports and files in a simulated model (also one already served: the demo's)."""
     model.files += [SimFile(id=STOCK_FILE_ID, name="Stock_by_warehouse.csv"),
                     SimFile(id=SUPPLIERS_FILE_ID, name="Suppliers.csv"),
-                    SimFile(id=GL_FILE_ID, name="GL_accounts.csv")]
+                    SimFile(id=GL_FILE_ID, name="GL_accounts.csv"),
+                    SimFile(id=PLEX_FILE_ID, name="Plex_records.csv")]
     model.imports += [
         SimImport(id=STOCK_IMPORT_ID, name="Stock by warehouse from SYSPRO", file_id=STOCK_FILE_ID,
                   header_names=STOCK_HEADERS, key_columns=["Item"], target_name="Stock by Warehouse",
@@ -43,8 +50,10 @@ def flows_tenant() -> SimTenant:
         SimImport(id=GL_IMPORT_ID, name="GL accounts", file_id=GL_FILE_ID,
                   header_names=["Account", "Description", "Type", "Source"], key_columns=["Account"],
                   target_name="GL Accounts", rules={"Account": SimColumnRule(required=True)}),
+        SimImport(id=PLEX_IMPORT_ID, name="Plex records", file_id=PLEX_FILE_ID,
+                  header_names=["Key", "Name", "Value", "Source"], key_columns=["Key"], target_name="Plex Records",
+                  rules={"Key": SimColumnRule(required=True), "Value": SimColumnRule(type="number")}),
     ]
-    return tenant
 
 
 def syspro_settings(sim: SysproSim, server: RunningServer, **overrides: Any) -> dict[str, Any]:
@@ -120,6 +129,59 @@ def config_toml(*, data_dir: str, flows_dir: str, anaplan_url: str, odata_url: s
               "", "[syspro.odata]", f"url = {value(odata_url)}", f"operator = {value(ODATA_OPERATOR)}",
               f"password = {value(ODATA_PASSWORD)}", f"page_size = {page_size}"]
     return "\n".join(lines) + "\n"
+
+
+#: Per Plex record resource: (name column, numeric value column, changes) for the example flows and tests.
+PLEX_FLOWS: dict[str, tuple[str, str, str]] = {
+    "purchase-orders": ("poNumber", "lineItemTotal", "{kind: modified, overlap: 5m, window: 1d}"),
+    "suppliers": ("name", "", "{kind: modified, overlap: 5m, window: 7d}"),
+    "parts": ("number", "leadTimeDays", "{kind: modified, overlap: 5m, window: 30d}"),
+    "supply-items": ("supplyItemNumber", "", "{kind: snapshot}"),
+    "containers": ("serialNo", "quantity", "{kind: snapshot}"),
+    "chart-of-accounts": ("accountNumber", "", "{kind: snapshot}"),
+    "journal-entries": ("journalNumber", "", "{kind: modified, overlap: 5m, window: 7d}"),
+    "cost-centres": ("costCenterSegment", "", "{kind: snapshot}"),
+}
+
+
+def plex_flow_text(entity: str, *, poll_seconds: float = 0.2) -> str:
+    """A Plex -> Anaplan flow of one resource into the simulator's "Plex records" import."""
+    name_col, value_col, changes = PLEX_FLOWS[entity]
+    key = "costCenterSegment" if entity == "cost-centres" else "id"
+    value = f"{{column: {value_col}, default: '0'}}" if value_col else "{const: '0'}"
+    return f"""name: plex-{entity}
+description: Plex {entity} into Anaplan
+source: {{system: plex, entity: {entity}, changes: {changes}}}
+target: {{kind: import, workspace_id: {WORKSPACE_ID}, model_id: {MODEL_ID}, import_id: "{PLEX_IMPORT_ID}",
+          file_id: "{PLEX_FILE_ID}", poll_seconds: {poll_seconds}}}
+fields:
+  Key: {key}
+  Name: {{column: {name_col}, default: "-"}}
+  Value: {value}
+  Source: {{const: PLEX}}
+"""
+
+
+def start_plex(*, records: bool = True):
+    """The Plex simulator (its example suppliers, and the record resources seeded) on loopback."""
+    from gateway.integrations.plex.simulator.app import PlexSim, SimSettings
+    from gateway.integrations.plex.simulator.records import seed_records
+    from gateway.sandbox.environment import seed_partners
+
+    plex = PlexSim(SimSettings(rate_limit_per_minute=None, request_log_limit=2000))
+    plex.serve()
+    seed_partners(plex)
+    if records:
+        seed_records(plex)
+    return plex
+
+
+def plex_settings(plex: Any) -> dict[str, Any]:
+    from gateway.integrations.plex.simulator.app import SIM_API_KEY
+
+    return {"connect_url": plex.base_url, "api_key": SIM_API_KEY, "trust_env": False, "timeout_seconds": 10.0,
+            "retry": {"max_attempts": 3, "backoff_initial": 0.1, "backoff_max": 1.0, "max_retry_after": 5.0,
+                      "ambiguous_recheck_delay": 0.1}}
 
 
 def start_syspro(**settings: Any) -> tuple[SysproSim, RunningServer]:

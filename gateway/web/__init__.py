@@ -128,7 +128,7 @@ def _version() -> str:
 
 def create_app(runtime) -> FastAPI:
     """The panel for one :class:`gateway.runtime.Runtime` (its settings, store and partner files)."""
-    from gateway.web import api, pages
+    from gateway.web import api, flows, pages
     from gateway.web.metrics import Metrics
 
     settings = runtime.settings
@@ -170,6 +170,7 @@ def create_app(runtime) -> FastAPI:
     app.include_router(api.router)
     app.include_router(api.metrics_router)
     app.include_router(pages.router)
+    app.include_router(flows.router)
 
     @app.exception_handler(NotSignedIn)
     async def _not_signed_in(request: Request, exc: NotSignedIn):

@@ -1004,6 +1004,11 @@ class PlexClient:
         """``GET mdm/v1/tenants``: the auth canary (which tenants this App reaches)."""
         return self._get_list("tenants.list", "/mdm/v1/tenants", {})
 
+    def list_records(self, path: str, params: Mapping[str, Any], *, operation: str = "records.list"
+                     ) -> list[dict[str, Any]]:
+        """``GET path`` with ``params``: a whole Connect list (no server paging), for record flows."""
+        return self._get_list(operation, path, params)
+
     # ------------------------------------------------------------ suppliers
     def iter_supplier_pages(self, *, page_size: int = 500, modified_since: datetime | None = None,
                             modified_until: datetime | None = None, window: timedelta | None = None,

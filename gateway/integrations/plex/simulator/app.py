@@ -404,6 +404,8 @@ class PlexSim:
             self.purchase_orders: dict[str, dict[str, Any]] = {}
             self.ap_invoices: dict[str, dict[str, Any]] = {}
             self.sales_orders: dict[str, dict[str, Any]] = {}
+            # Record-flow resources per PCN (parts, containers, accounts, ...): see simulator/records.py
+            self.records: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
             # Number -> ids, so a look-up by PO or invoice number costs the same with 10 or 10,000 records.
             self._numbers: dict[str, dict[str, list[str]]] = {
                 "ap_invoices": {}, "purchase_orders": {}, "sales_orders": {}}
@@ -1290,6 +1292,9 @@ def create_app(sim: PlexSim) -> FastAPI:
 
     _modified = {"modifiedDate": ("modifiedDateBegin", "modifiedDateEnd"),
                  "createdDate": ("createdDateBegin", "createdDateEnd")}
+
+    from gateway.integrations.plex.simulator.records import add_record_routes
+    add_record_routes(app, sim, listing)
 
     # ------------------------------------------------------------ token (OAuth2 client credentials)
     @app.post("/op/token")
