@@ -27,26 +27,16 @@ class FlowConfigError(ValueError):
 
 
 def make_source(settings: Settings, flow_file: FlowFile) -> RecordSource:
-    """The configured source a flow reads (``[[syspro]]`` by ``source.connection``)."""
-    src = flow_file.flow.source
-    if src.system == "syspro":
-        from gateway.integrations.syspro.source import SysproRecords
+    """The configured source a flow reads, through the registry (``gateway.integrations.RECORD_SOURCES``)."""
+    from gateway.integrations import RECORD_SOURCES, record_source_class
 
-        sites = {s.name: s for s in settings.syspro}
-        if not sites:
-            raise FlowConfigError(f"flow {flow_file.flow.name} reads SYSPRO but no [[syspro]] site is configured")
-        name = src.connection or (next(iter(sites)) if len(sites) == 1 else None)
-        if name not in sites:
-            raise FlowConfigError(f"flow {flow_file.flow.name}: source.connection must name one of the [[syspro]] "
-                                  f"sites: {', '.join(sites)}")
-        return SysproRecords(sites[name])
-    if src.system == "plex":
-        from gateway.integrations.plex.records import PlexRecords
-
-        if settings.plex is None:
-            raise FlowConfigError(f"flow {flow_file.flow.name} reads Plex but [plex] is not configured")
-        return PlexRecords(settings.plex)
-    raise FlowConfigError(f"flow {flow_file.flow.name}: no {src.system} record source")
+    system = flow_file.flow.source.system
+    if system not in RECORD_SOURCES:
+        raise FlowConfigError(f"flow {flow_file.flow.name}: no {system} record source")
+    try:
+        return record_source_class(system).for_flow(settings, flow_file.flow)
+    except ValueError as exc:
+        raise FlowConfigError(str(exc)) from None
 
 
 def anaplan_client(settings: Settings, engine: Engine):

@@ -9,37 +9,10 @@ from the watermark minus the overlap), ``modified`` (Plex's modified-date window
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
 
-from gateway.flows.model import Flow
+from gateway.integrations.base import Read, RecordSource
 
-
-@dataclass
-class Read:
-    """One read's pages, and what the source learnt while giving them (filled as pages are taken)."""
-
-    pages: Iterator[list[dict[str, Any]]]
-    key: tuple[str, ...]
-    notes: list[str] = field(default_factory=list)
-    requests: list[int] = field(default_factory=lambda: [0])  # a box the source updates
-    window_end: str | None = None  # modified-date reads: the end of the window read (the next watermark)
-
-    @property
-    def request_count(self) -> int:
-        return self.requests[0]
-
-
-class RecordSource(Protocol):
-    """A system flows read records from (SYSPRO, Plex)."""
-
-    system: str
-
-    def read(self, flow: Flow, watermark: str | None, *, limit: int | None = None) -> Read: ...
-
-    def check(self) -> list[str]: ...
-
-    def close(self) -> None: ...
+__all__ = ["Read", "RecordSource", "later", "rowversion_int"]
 
 
 def rowversion_int(text: str) -> int:

@@ -10,13 +10,19 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["SOURCES", "load", "source_classes"]
+__all__ = ["RECORD_SOURCES", "SOURCES", "load", "record_source_class", "source_classes"]
 
 # kind -> "module:class" of a gateway.integrations.base.Source
 SOURCES: dict[str, str] = {
     "sterling": "gateway.integrations.sterling.source:SterlingSource",
     "sftp": "gateway.integrations.sftp.source:SftpSource",
     "local": "gateway.integrations.local.source:LocalSource",
+}
+
+# system -> "module:class" of a gateway.integrations.base.RecordSource (what record flows read)
+RECORD_SOURCES: dict[str, str] = {
+    "syspro": "gateway.integrations.syspro.source:SysproRecords",
+    "plex": "gateway.integrations.plex.records:PlexRecords",
 }
 
 # Destinations (name -> "module:class" of a gateway.integrations.base.Destination) and the document
@@ -32,3 +38,8 @@ def load(reference: str) -> Any:
 def source_classes() -> dict[str, Any]:
     """Every registered source class, by kind."""
     return {kind: load(ref) for kind, ref in SOURCES.items()}
+
+
+def record_source_class(system: str) -> Any:
+    """The record source class for ``system`` (a flow's ``source.system``)."""
+    return load(RECORD_SOURCES[system])

@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
-    "BatchItem", "BatchedDestination", "Check", "DeliveryItem", "Destination", "Intake", "Source", "SourceError",
+    "BatchItem", "BatchedDestination", "Check", "DeliveryItem", "Destination", "Intake", "Read", "RecordSource",
+    "Source", "SourceError",
 ]
 
 
@@ -72,6 +73,40 @@ class Source(Protocol):
 
     def check(self) -> list[Check]:
         """Log in, list, look at permissions: what an operator checks before going live."""
+
+
+@dataclass
+class Read:
+    """One read of a record source for a flow run: its pages, filled in as they are taken."""
+
+    pages: Any  # Iterator[list[dict]]: rows as the source gives them
+    key: tuple[str, ...]  # the key columns: a record's source key is their values joined by '|'
+    notes: list[str] = field(default_factory=list)  # what the run should say (e.g. a filter refused)
+    requests: list[int] = field(default_factory=lambda: [0])  # a box the source counts its requests in
+    window_end: str | None = None  # modified-date reads: the end of the window read (the next watermark)
+
+    @property
+    def request_count(self) -> int:
+        return self.requests[0]
+
+
+@runtime_checkable
+class RecordSource(Protocol):
+    """A system record flows read (SYSPRO, Plex): rows, not payloads; a flow run stores them as records.
+
+    Made for a flow from the gateway's settings (``for_flow``); ``read`` gives the pages of the
+    window the flow's ``changes`` describe, from the confirmed ``watermark``."""
+
+    system: ClassVar[str]
+
+    @classmethod
+    def for_flow(cls, settings: Any, flow: Any) -> RecordSource: ...
+
+    def read(self, flow: Any, watermark: str | None, *, limit: int | None = None) -> Read: ...
+
+    def check(self) -> list[str]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Plex as a record source for flows (Connect REST; specs/plex.md §3.2, §3.6, the addendum).
+"""Plex as a record source for flows (``RECORD_SOURCES["plex"]``; Connect REST; specs/plex.md §3.2, §3.6, the addendum).
 
 Resources with a changed-since filter (purchase orders, suppliers, parts, journal entries) are
 read in modified-date windows from the confirmed watermark minus the flow's overlap up to now,
@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 from gateway.flows.model import Flow, seconds
-from gateway.flows.source import Read
+from gateway.integrations.base import Read
 from gateway.integrations.plex.client import PlexClient, PlexConfig, _plex_dt
 
 
@@ -61,6 +61,12 @@ class PlexRecords:
     def __init__(self, config: PlexConfig, *, client: PlexClient | None = None) -> None:
         self.config = config
         self._client = client
+
+    @classmethod
+    def for_flow(cls, settings: Any, flow: Flow) -> PlexRecords:
+        if settings.plex is None:
+            raise ValueError(f"flow {flow.name} reads Plex but [plex] is not configured")
+        return cls(settings.plex)
 
     @property
     def client(self) -> PlexClient:

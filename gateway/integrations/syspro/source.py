@@ -1,4 +1,4 @@
-"""SYSPRO as a record source for flows: OData pages (or e.net COMFND pages) of one table.
+"""SYSPRO as a record source for flows (``RECORD_SOURCES["syspro"]``): OData pages (or e.net COMFND pages) of one table.
 
 Incremental reads, by the flow's ``changes``:
 
@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterator
 
 from gateway.flows.model import Flow, seconds
-from gateway.flows.source import Read
+from gateway.integrations.base import Read
 from gateway.integrations.syspro.client import EnetSession, ODataClient, SysproRequestError, Where, odata_literal
 from gateway.integrations.syspro.settings import SysproSettings
 
@@ -35,6 +35,18 @@ class SysproRecords:
     def __init__(self, settings: SysproSettings) -> None:
         self.settings = settings
         self._odata: ODataClient | None = None
+
+    @classmethod
+    def for_flow(cls, settings: Any, flow: Flow) -> SysproRecords:
+        """The ``[[syspro]]`` site the flow names (``source.connection``), or the only one."""
+        sites = {s.name: s for s in settings.syspro}
+        if not sites:
+            raise ValueError(f"flow {flow.name} reads SYSPRO but no [[syspro]] site is configured")
+        name = flow.source.connection or (next(iter(sites)) if len(sites) == 1 else None)
+        if name not in sites:
+            raise ValueError(f"flow {flow.name}: source.connection must name one of the [[syspro]] sites: "
+                             f"{', '.join(sites)}")
+        return cls(sites[name])
 
     @property
     def odata(self) -> ODataClient:
