@@ -16,7 +16,7 @@ from gateway.flows.runner import FlowRunner
 from gateway.flows.tables import FlowRecord, FlowRun, FlowState
 from gateway.integrations.syspro.simulator import SysproSim
 from gateway.integrations.anaplan.simulator.app import AnaplanSimulator
-from gateway.sandbox.flows import anaplan_settings, flows_tenant, start_syspro, syspro_settings
+from gateway.sandbox.flows import add_flow_actions, anaplan_settings, flows_tenant, start_syspro, syspro_settings
 from gateway.sandbox.server import RunningServer, serve_app
 from gateway.settings import Settings
 
@@ -64,5 +64,6 @@ class FlowEnv:
 def start_env(engine: Engine, data_dir: Path, **syspro: Any) -> FlowEnv:
     sim, server = start_syspro(**syspro)
     anaplan = AnaplanSimulator(tenant=flows_tenant())
+    add_flow_actions(anaplan)
     anaplan.set_faults({"rate_limit": None})
     return FlowEnv(sim, server, anaplan, serve_app(anaplan.app), engine, data_dir)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from gateway.flows.files import parse_flow_text
-from gateway.integrations.plex.records import PlexRecordError
 from gateway.integrations.plex.simulator.records import touch
 from gateway.sandbox.flows import PLEX_FLOWS, PLEX_IMPORT_ID, plex_flow_text, plex_settings, start_plex
 from tests.flows_env import start_env
@@ -84,9 +83,9 @@ def test_every_plex_resource_flows_into_anaplan_and_only_changes_are_sent_again(
 
 def test_a_resource_without_a_modified_filter_is_refused_a_modified_window(env, plex):
     text = plex_flow_text("containers").replace("{kind: snapshot}", "{kind: modified, overlap: 5m}")
-    runner = env.runner(text, settings=settings(env, plex))
-    with pytest.raises(PlexRecordError, match="no modified-date filter"):
-        runner.run()
+    report = env.runner(text, settings=settings(env, plex)).run()
+    assert report.state == "failed" and "no modified-date filter" in (report.error or "")
+    assert env.tasks(PLEX_IMPORT_ID) == 0
 
 
 def test_plex_flow_file_validates():

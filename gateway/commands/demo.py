@@ -205,10 +205,11 @@ DEMO_STOCK_ROWS = 20_000
 
 def _start_flows(data: Path, sandbox) -> tuple[object, object, dict]:
     """The SYSPRO simulator, the flows' imports in the Anaplan simulator, the example flow file."""
-    from gateway.sandbox.flows import add_flow_imports, start_syspro, stock_flow_text, syspro_settings
+    from gateway.sandbox.flows import add_flow_actions, add_flow_imports, start_syspro, stock_flow_text, syspro_settings
 
     syspro, server = start_syspro(warehouse_rows=DEMO_STOCK_ROWS)
     add_flow_imports(sandbox.anaplan.tenant.models[0])
+    add_flow_actions(sandbox.anaplan)
     (data / "flows").mkdir(parents=True, exist_ok=True)
     (data / "flows" / "syspro-stock.yaml").write_text(stock_flow_text(poll_seconds=1.0), encoding="utf-8")
     settings = syspro_settings(syspro, server)

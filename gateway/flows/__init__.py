@@ -51,18 +51,28 @@ def anaplan_client(settings: Settings, engine: Engine):
     return cfg.make_destination(budget=budget).client
 
 
+def make_target(settings: Settings, engine: Engine, flow_file: FlowFile):
+    """The Anaplan target the flow names: an import, a process, or a list (list-items API)."""
+    from gateway.integrations.anaplan.targets import ImportTarget, ListItemsTarget, ProcessTarget
+
+    assert settings.anaplan is not None
+    timeout = settings.anaplan.timeout_seconds
+    target = flow_file.flow.target
+    client = anaplan_client(settings, engine)
+    if target.kind == "process":
+        return ProcessTarget(client, target, request_timeout=timeout)
+    if target.kind == "list_items":
+        return ListItemsTarget(client, target, list(flow_file.flow.fields), request_timeout=timeout)
+    return ImportTarget(client, target, request_timeout=timeout)
+
+
 def open_flow(settings: Settings, engine: Engine, flow_file: FlowFile, *, owner: str,
               progress: Progress | None = None, lease_seconds: float = 300.0) -> FlowRunner:
     """A runner for ``flow_file`` with its source and its Anaplan target (made when first needed)."""
-    from gateway.flows.anaplan import ImportTarget
     from gateway.flows.runner import FlowRunner
 
+    if settings.anaplan is None:
+        raise FlowConfigError("record flows need the [anaplan] section (credentials)")
     source = make_source(settings, flow_file)
-    if flow_file.flow.target.kind != "import":
-        raise FlowConfigError(f"flow {flow_file.flow.name}: Anaplan {flow_file.flow.target.kind} targets are not "
-                              "available yet")
-    assert settings.anaplan is not None
-    timeout = settings.anaplan.timeout_seconds
-    return FlowRunner(engine, flow_file, source, lambda: ImportTarget(anaplan_client(settings, engine),
-                                                                      flow_file.flow.target, request_timeout=timeout),
+    return FlowRunner(engine, flow_file, source, lambda: make_target(settings, engine, flow_file),
                       owner=owner, progress=progress, lease_seconds=lease_seconds)

@@ -20,6 +20,7 @@ import hashlib
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -29,7 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from gateway import leases
-from gateway.flows.anaplan import CsvSpool, ImportTarget, TaskResult
+from gateway.integrations.anaplan.targets import CsvSpool, ImportTarget, TaskResult
 from gateway.flows.files import FlowFile
 from gateway.flows.model import Flow, MappingError, compile_row
 from gateway.flows.source import RecordSource, later, rowversion_int
@@ -48,6 +49,16 @@ Progress = Callable[[str, int, int | None], None]
 
 class FlowBusy(RuntimeError):
     """Another process holds the flow's lease (one run of a flow at a time)."""
+
+
+def _outside_errors() -> tuple[type[BaseException], ...]:
+    """What SYSPRO, Plex, Anaplan or a flow's own mapping say no with: a failed run, not a crash."""
+    from gateway.integrations.anaplan.client import AnaplanError
+    from gateway.integrations.plex.client import PlexError
+    from gateway.integrations.plex.records import PlexRecordError
+    from gateway.integrations.syspro.client import SysproError
+
+    return (AnaplanError, PlexError, PlexRecordError, SysproError, MappingError)
 
 
 def record_hash(row: dict[str, Any]) -> str:
@@ -177,15 +188,16 @@ class FlowRunner:
             watermark = since if since is not None else self.watermark()
             run_id = self._new_run("run", watermark, actor)
             report = RunReport(run_id, self.flow.name, "reading")
-            row = compile_row(self.flow, self.target.headers)
-            spool = self.target.spool()
-            unmapped: list[tuple[str, str]] = []
-            try:
-                self._read(run_id, watermark, report, spool, row, unmapped)
-                report.changed += self._carry_over(run_id, spool, row, unmapped)
-                self._send(run_id, report, spool, unmapped)
-            finally:
-                spool.close()
+            with self._failing(run_id, report):
+                row = compile_row(self.flow, self.target.headers)
+                spool = self.target.spool()
+                unmapped: list[tuple[str, str]] = []
+                try:
+                    self._read(run_id, watermark, report, spool, row, unmapped)
+                    report.changed += self._carry_over(run_id, spool, row, unmapped)
+                    self._send(run_id, report, spool, unmapped)
+                finally:
+                    spool.close()
             return self._report(run_id, report, started)
         finally:
             leases.release(self.engine, f"flow:{self.flow.name}", self.owner)
@@ -216,15 +228,16 @@ class FlowRunner:
                     "outcome": "replayed", "detail": f"{moved} records of run {run_id} sent again", "actor": actor,
                     "at": _now()}])
             report = RunReport(new_id, self.flow.name, "sending", seen=moved, changed=moved)
-            row = compile_row(self.flow, self.target.headers)
-            spool = self.target.spool()
-            unmapped: list[tuple[str, str]] = []
-            try:
-                for skey, record in self._records(new_id):
-                    self._spool(spool, row, record, skey, unmapped)
-                self._send(new_id, report, spool, unmapped)
-            finally:
-                spool.close()
+            with self._failing(new_id, report):
+                row = compile_row(self.flow, self.target.headers)
+                spool = self.target.spool()
+                unmapped: list[tuple[str, str]] = []
+                try:
+                    for skey, record in self._records(new_id):
+                        self._spool(spool, row, record, skey, unmapped)
+                    self._send(new_id, report, spool, unmapped)
+                finally:
+                    spool.close()
             return self._report(new_id, report, started)
         finally:
             leases.release(self.engine, f"flow:{self.flow.name}", self.owner)
@@ -252,6 +265,22 @@ class FlowRunner:
             conn.execute(update(STATES).where(STATES.c.flow == self.flow.name).values(
                 dry_run_sha256=self.file.text_sha256 if result.ok else None, updated_at=_now()))
         return result
+
+    @contextmanager
+    def _failing(self, run_id: int, report: RunReport) -> Iterator[None]:
+        """An outside system's refusal ends the run as failed, with its words (its records go with
+        the next run); anything else is recorded the same way and raised."""
+        try:
+            yield
+        except Exception as exc:
+            known = isinstance(exc, _outside_errors())
+            text = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            with self.engine.begin() as conn:
+                state = conn.execute(select(RUNS.c.state).where(RUNS.c.id == run_id)).scalar()
+                if state not in ("done", "failed"):
+                    self._finish(run_id, "failed", text, {"error": text}, report, conn=conn)
+            if not known:
+                raise
 
     def watermark(self) -> str | None:
         with self.engine.connect() as conn:

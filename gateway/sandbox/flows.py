@@ -20,6 +20,9 @@ STOCK_IMPORT_ID, STOCK_FILE_ID = "112000000010", "113000000010"
 SUPPLIERS_IMPORT_ID, SUPPLIERS_FILE_ID = "112000000011", "113000000011"
 GL_IMPORT_ID, GL_FILE_ID = "112000000012", "113000000012"
 PLEX_IMPORT_ID, PLEX_FILE_ID = "112000000013", "113000000013"
+STOCK_TOTALS_IMPORT_ID = "112000000014"  # reads the stock file too: the process's second step
+STOCK_PROCESS_ID = "118000000001"
+SUPPLIERS_LIST_ID, COST_CENTRES_LIST_ID = "101000000001", "101000000002"
 STOCK_HEADERS = ["Item", "Stock Code", "Warehouse", "On Hand", "Allocated", "Unit Cost", "Source"]
 WAREHOUSE_NAMES = {"FG": "Finished Goods", "RM": "Raw Materials", "S1": "Spares", "WIP": "Work in Progress"}
 
@@ -50,10 +53,25 @@ def add_flow_imports(model: SimModel) -> None:
         SimImport(id=GL_IMPORT_ID, name="GL accounts", file_id=GL_FILE_ID,
                   header_names=["Account", "Description", "Type", "Source"], key_columns=["Account"],
                   target_name="GL Accounts", rules={"Account": SimColumnRule(required=True)}),
+        SimImport(id=STOCK_TOTALS_IMPORT_ID, name="Stock totals from SYSPRO", file_id=STOCK_FILE_ID,
+                  header_names=STOCK_HEADERS, key_columns=["Stock Code", "Warehouse"], target_name="Stock Totals",
+                  rules={"On Hand": SimColumnRule(required=True, type="number")}),
         SimImport(id=PLEX_IMPORT_ID, name="Plex records", file_id=PLEX_FILE_ID,
                   header_names=["Key", "Name", "Value", "Source"], key_columns=["Key"], target_name="Plex Records",
                   rules={"Key": SimColumnRule(required=True), "Value": SimColumnRule(type="number")}),
     ]
+
+
+def add_flow_actions(anaplan: Any) -> None:
+    """A process (stock, then stock totals, from one upload) and two reference lists, in a served
+    simulator's model."""
+    from gateway.integrations.anaplan.simulator.lists import SimList, SimProcess, add_list, add_process
+
+    add_process(anaplan, MODEL_ID, SimProcess(id=STOCK_PROCESS_ID, name="Stock refresh",
+                                              actions=[STOCK_IMPORT_ID, STOCK_TOTALS_IMPORT_ID]))
+    add_list(anaplan, MODEL_ID, SimList(id=SUPPLIERS_LIST_ID, name="Suppliers",
+                                        properties=["Currency", "Tax Number", "On Hold"]))
+    add_list(anaplan, MODEL_ID, SimList(id=COST_CENTRES_LIST_ID, name="Cost Centres"))
 
 
 def syspro_settings(sim: SysproSim, server: RunningServer, **overrides: Any) -> dict[str, Any]:
@@ -67,6 +85,24 @@ def syspro_settings(sim: SysproSim, server: RunningServer, **overrides: Any) -> 
     }
     values.update(overrides)
     return values
+
+
+def suppliers_list_flow_text(*, system: str = "syspro", write_back: bool = False) -> str:
+    """Suppliers into the Anaplan Suppliers list through the list-items API (reference data)."""
+    if system == "plex":
+        source = "{system: plex, entity: suppliers, changes: {kind: modified, overlap: 5m, window: 7d}}"
+        fields = '  code: code\n  name: name\n  Currency: {const: USD}\n  On Hold: {column: status, translate: {Active: "N", Inactive: "Y"}}\n'
+    else:
+        source = "{system: syspro, entity: ApSupplier}"
+        fields = "  code: Supplier\n  name: SupplierName\n  Currency: Currency\n  Tax Number: TaxRegnNum\n  On Hold: OnHold\n"
+    return f"""name: {system}-suppliers-list
+description: Suppliers from {system} into the Anaplan Suppliers list (reference data)
+source: {source}
+target: {{kind: list_items, workspace_id: {WORKSPACE_ID}, model_id: {MODEL_ID}, list_id: "{SUPPLIERS_LIST_ID}"}}
+reference: suppliers
+write_back: {{allowed: {str(write_back).lower()}}}
+fields:
+{fields}"""
 
 
 def stock_flow_text(*, name: str = "syspro-stock", mode: str = "insert", poll_seconds: float = 0.2,
@@ -206,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sim, server = start_syspro(warehouse_rows=args.rows, page_size=args.page_size)
     anaplan = AnaplanSimulator(tenant=flows_tenant())
+    add_flow_actions(anaplan)
     anaplan.set_faults({"rate_limit": {"capacity": args.anaplan_rate, "refill_per_s": args.anaplan_rate / 60}})
 
     @anaplan.app.get("/_sim/counts")

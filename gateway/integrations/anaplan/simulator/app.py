@@ -817,6 +817,8 @@ class AnaplanSimulator:
             k = int(chunk_id)
             return Response(dump.data[k * size:(k + 1) * size], media_type="application/octet-stream")
 
+        from gateway.integrations.anaplan.simulator.lists import actions_router
+        scoped.include_router(actions_router(sim))  # processes and the list-items API
         api.include_router(scoped, prefix="/2/0/workspaces/{workspace_id}/models/{model_id}")
         api.include_router(scoped, prefix="/2/0/models/{model_id}")
 
