@@ -7,7 +7,8 @@ import importlib
 import typer
 
 MODULES = ("gateway.commands.store", "gateway.commands.pipeline", "gateway.commands.users", "gateway.commands.demo",
-           "gateway.commands.alerts", "gateway.commands.flows")
+           "gateway.commands.alerts", "gateway.commands.flows",
+           "gateway.commands.check")
 
 
 def register_all(app: typer.Typer) -> None:

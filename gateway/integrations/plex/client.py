@@ -487,6 +487,15 @@ class DataSourceResult:
 
 
 @dataclass(frozen=True)
+class DataSourceTemplate:
+    """A data source's request template: its name and each input with whether it is required."""
+
+    key: int
+    name: str | None
+    inputs: dict[str, bool]  # "@Name" -> required
+
+
+@dataclass(frozen=True)
 class PlexCall:
     """One exchange with Plex, for the document's audit trail."""
 
@@ -1075,6 +1084,17 @@ class PlexClient:
         rows = self._get_list("customers.list", "/mdm/v1/customers", _compact({"code": code}))
         return [r for r in rows if isinstance(r, dict) and (code is None or r.get("code") == code)]
 
+    def find_gl_account(self, account_number: str) -> dict[str, Any] | None:
+        """``GET mdm/v1/chart-of-accounts`` for one account number (verified client-side), or None."""
+        rows = self._get_list("gl_account.find", "/mdm/v1/chart-of-accounts", {"accountNumber": account_number})
+        return next((r for r in rows if isinstance(r, dict) and r.get("accountNumber") == account_number), None)
+
+    def list_purchase_orders(self, po_number: str) -> list[dict[str, Any]]:
+        """``GET purchasing/v1/purchase-orders`` for one PO number (both spellings of the filter, spec 6.4)."""
+        rows = self._get_list("purchase_order.list", "/purchasing/v1/purchase-orders",
+                              [("pONumber", po_number), ("poNumber", po_number)])
+        return [r for r in rows if isinstance(r, dict) and r.get("poNumber") == po_number]
+
     def poll_suppliers(self, cursor: ChangeCursor | None = None, *, overlap: timedelta = timedelta(minutes=5),
                        window: timedelta | None = None, page_size: int = 500) -> SupplierChanges:
         """Suppliers changed since ``cursor`` (all of them on the first poll) and the cursor for the next poll.
@@ -1401,13 +1421,60 @@ class PlexClient:
         service = self._service()
         params = [{"Name": name if name.startswith("@") else f"@{name}", "Value": str(value),
                    "Required": False, "Output": False} for name, value in inputs.items() if value is not None]
+        started = time.perf_counter()
+        raw = self._soap_call(op, key, started, lambda: service.ExecuteDataSource(ExecuteDataSourceRequest={
+            "DataSourceKey": str(key), "InputParameters": {"InputParameter": params}}))
+        result = self._data_source_result(key, raw)
+        detail = f"InstanceNo {result.instance_no}"
+        self._raise_data_source_error(op, key, started, raw, detail, result.instance_no)
+        flag = result.output(result_error) if result_error else None
+        if flag not in (None, "", "0", "false", "False"):
+            message = (result.output(result_message) if result_message else None) or "data source rejected the call"
+            self._record(op, "SOAP", str(key), 200, started, "PlexDataSourceError", detail)
+            raise PlexDataSourceError(message, operation=op, result_error=flag, instance_no=result.instance_no)
+        self._record(op, "SOAP", str(key), 200, started, "ok", detail)
+        return result
+
+    def data_source_template(self, key: int) -> DataSourceTemplate:
+        """``GetDataSourceRequestTemplate``: whether this account may run data source ``key`` and which
+        inputs it takes, without running it (``gateway check``). NotImplementedError when the WSDL in use
+        lacks the operation."""
+        service = self._service()
+        op = f"datasource.{key}.template"
+        try:
+            call = service.GetDataSourceRequestTemplate
+        except AttributeError:
+            raise NotImplementedError("the WSDL in use has no GetDataSourceRequestTemplate operation") from None
+        started = time.perf_counter()
+        raw = self._soap_call(op, key, started, lambda: call(dataSourceKey=key))
+        data = zeep.helpers.serialize_object(raw, dict) or {}
+        self._raise_data_source_error(op, key, started, raw, None, data.get("InstanceNo"))
+        request = data.get("ExecuteDataSourceRequest") or {}
+        params = ((request.get("InputParameters") or {}).get("InputParameter")) or []
+        inputs = {str(p["Name"]): bool(p.get("Required")) for p in params if p and p.get("Name") and not p.get("Output")}
+        self._record(op, "SOAP", str(key), 200, started, "ok")
+        return DataSourceTemplate(key, request.get("DataSourceName"), inputs)
+
+    def _raise_data_source_error(self, op: str, key: int, started: float, raw: Any, detail: str | None,
+                                 instance_no: Any) -> None:
+        data = zeep.helpers.serialize_object(raw, dict) or {}
+        if not data.get("Error"):
+            return
+        message = str(data.get("Message") or "data source error")
+        # SOAP has no status for access problems: the grant failure is only in the text (spec 7, 11.4).
+        cls = PlexPermissionError if "not authorized" in message.lower() else PlexDataSourceError
+        self._record(op, "SOAP", str(key), 200, started, cls.__name__, detail)
+        if cls is PlexPermissionError:
+            raise PlexPermissionError(message, operation=op, code=str(data.get("ErrorNo")))
+        raise PlexDataSourceError(message, operation=op, error_no=data.get("ErrorNo"), instance_no=instance_no)
+
+    def _soap_call(self, op: str, key: int, started: float, call: Callable[[], Any]) -> Any:
+        """One SOAP request; every transport and fault outcome becomes the matching :class:`PlexError`."""
         if self.soap_budget is not None:
             self.soap_budget.acquire()
-        started = time.perf_counter()
         self._soap_local.response = None
         try:
-            raw = service.ExecuteDataSource(ExecuteDataSourceRequest={
-                "DataSourceKey": str(key), "InputParameters": {"InputParameter": params}})
+            return call()
         except zeep.exceptions.Fault as exc:
             response = getattr(self._soap_local, "response", None)
             if response is not None and response.status_code not in (200, 500):
@@ -1433,25 +1500,6 @@ class PlexClient:
         except httpx.TransportError as exc:
             self._record(op, "SOAP", str(key), None, started, "PlexConnectionError", type(exc).__name__)
             raise PlexConnectionError(f"connection failed ({type(exc).__name__})", operation=op) from exc
-        result = self._data_source_result(key, raw)
-        detail = f"InstanceNo {result.instance_no}"
-        data = zeep.helpers.serialize_object(raw, dict) or {}
-        if data.get("Error"):
-            message = str(data.get("Message") or "data source error")
-            # SOAP has no status for access problems: the grant failure is only in the text (spec 7, 11.4).
-            cls = PlexPermissionError if "not authorized" in message.lower() else PlexDataSourceError
-            self._record(op, "SOAP", str(key), 200, started, cls.__name__, detail)
-            if cls is PlexPermissionError:
-                raise PlexPermissionError(message, operation=op, code=str(data.get("ErrorNo")))
-            raise PlexDataSourceError(message, operation=op, error_no=data.get("ErrorNo"),
-                                      instance_no=result.instance_no)
-        flag = result.output(result_error) if result_error else None
-        if flag not in (None, "", "0", "false", "False"):
-            message = (result.output(result_message) if result_message else None) or "data source rejected the call"
-            self._record(op, "SOAP", str(key), 200, started, "PlexDataSourceError", detail)
-            raise PlexDataSourceError(message, operation=op, result_error=flag, instance_no=result.instance_no)
-        self._record(op, "SOAP", str(key), 200, started, "ok", detail)
-        return result
 
     def _soap_transport_error(self, op: str, status: int | None) -> PlexError:
         if status == 401:

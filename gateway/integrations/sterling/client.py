@@ -341,6 +341,10 @@ class SterlingClient:
         """The id of the mailbox at ``path``; MailboxNotFound when the user cannot see it."""
         return self._mailbox_id(path)
 
+    def waiting(self, path: str) -> int:
+        """How many extractable messages the mailbox at ``path`` holds: one listing, nothing fetched."""
+        return len(self._list_mailbox(path, self._mailbox_id(path)))
+
     # ------------------------------------------------------------------ listing
     def _mailbox_id(self, path: str) -> str:
         # ?path= is a LIKE match ('_' and '%' are wildcards), so several rows can come back: match exactly.

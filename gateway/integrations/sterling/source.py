@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from gateway.integrations.base import Check, Intake
 from gateway.integrations.sterling.client import (
     MessageGone,
     PayloadSizeMismatch,
     PayloadTooLarge,
+    SterlingAuthError,
     SterlingClient,
     SterlingError,
     SterlingProtocolError,
@@ -49,11 +51,17 @@ class SterlingSource:
                 intake.take(msg.name, msg.remote_id, data, lambda msg=msg: client.acknowledge(msg))
 
     def check(self) -> list[Check]:
+        """Sign in and list each mailbox (``gateway check``): nothing is fetched or acknowledged."""
+        host = urlsplit(self.settings.base_url).netloc
         checks = []
         with SterlingClient(self.settings) as client:
             for path in self.settings.mailboxes:
                 try:
-                    checks.append(Check(f"mailbox {path}", True, f"id {client.find_mailbox(path)}"))
+                    waiting = client.waiting(path)
+                except SterlingAuthError as exc:
+                    return [Check(f"sign-in at {host}", False, str(exc))]
                 except SterlingError as exc:
                     checks.append(Check(f"mailbox {path}", False, str(exc)))
-        return checks
+                else:
+                    checks.append(Check(f"mailbox {path}", True, f"listed: {waiting} message(s) waiting"))
+        return [Check(f"sign-in at {host}", True, f"as {self.settings.username}")] + checks

@@ -181,6 +181,16 @@ class SimSettings(BaseModel):
     rate_limit_retry_after: bool = True  # False: 429s carry only the "in N seconds" message
     unique_ap_invoice: bool = True  # (supplierId, invoiceNumber); Plex's real rule is unknown (spec 13.2)
     unique_purchase_order: bool = True  # (supplier, PO_No) in PO_Add_Sim
+    # What PO_Add_Sim does with a PO number the supplier already has, when unique_purchase_order is set
+    # (tenants' data sources differ, which `gateway check --probe-duplicates` finds out): "fail" refuses it
+    # (@Result_Error), "update" changes the existing PO and returns its key, "create" makes a second PO.
+    duplicate_purchase_order: Literal["fail", "update", "create"] = "fail"
+    # The same for PO_Line_Add_Sim and a line number the PO already has.
+    duplicate_po_line: Literal["fail", "update", "create"] = "fail"
+    # GL accounts every tenant starts with (mdm/v1/chart-of-accounts): (number, name, category, active).
+    gl_accounts: list[tuple[str, str, str, bool]] = Field(default_factory=lambda: [
+        ("5000-100-00", "Purchased Materials", "Expense", True), ("2300-000-00", "Sales Tax Payable", "Liability", True),
+        ("6100-000-00", "Freight In", "Expense", True), ("5900-000-00", "Old Materials (closed)", "Expense", False)])
     purchase_order_post_status: Literal[404, 405] = 405  # purchasing/v1/purchase-orders is read-only
     ap_invoice_row_cap: int | None = None  # "limit of 1,000 invoices per call"
     po_add_key: int = DS_PO_ADD
@@ -444,6 +454,14 @@ class PlexSim:
             self.customers[cid] = {"id": cid, "code": f"CUST{i:02d}", "name": f"Customer {i} Corp",
                                    "status": "Active", "createdDate": stamp(created),
                                    "modifiedDate": stamp(created), "_tenant": tenant.pcn}
+        # The chart of accounts AP invoices are booked to (records.seed_records adds a flow's worth more).
+        accounts = self.records.setdefault(tenant.pcn, {}).setdefault("accounts", {})
+        for number, name, category, active in self.settings.gl_accounts:
+            aid = self._uuid()
+            accounts[aid] = {"id": aid, "accountNumber": number, "name": name, "categoryType": category,
+                             "active": active, "inactiveDate": None if active else stamp(now - timedelta(days=30)),
+                             "createdDate": stamp(now - timedelta(days=900)),
+                             "modifiedDate": stamp(now - timedelta(days=900)), "_tenant": tenant.pcn}
         suppliers = [r for r in self.suppliers.values() if r["_tenant"] == tenant.pcn]
         for i in range(3):
             sup = suppliers[i]
@@ -715,6 +733,16 @@ class PlexSim:
                 ("Due_Date", False, "date")], ["PO_Line_Key", "Result_Error", "Result_Message"], [], True),
         }
 
+    def data_source_template(self, user: SimSoapUser, key: int | None) -> tuple[_DsResult, _DsDef | None]:
+        """What ``GetDataSourceRequestTemplate`` answers: the data source's inputs, or the grant failure."""
+        ds = self.data_sources().get(key) if key is not None else None
+        if ds is None:
+            return _DsResult.failed(50010, f"Data source {key} was not found.", 404, "DATA_SOURCE_NOT_FOUND"), None
+        if user.data_sources is not None and ds.key not in user.data_sources:
+            return _DsResult.failed(50020, f"User is not authorized to execute data source {ds.key}.", 403,
+                                    "DATA_SOURCE_ACCESS_DENIED", ds.name), None
+        return _DsResult(name=ds.name), ds
+
     def execute_data_source(self, user: SimSoapUser, key: int | None, params: dict[str, str | None]) -> _DsResult:
         """Run a simulated data source as ``user`` (whose PCN selects the tenant). Never raises."""
         ds = self.data_sources().get(key) if key is not None else None
@@ -762,10 +790,17 @@ class PlexSim:
                          if s["_tenant"] == tenant.pcn and s["code"] == v["Supplier_Code"]), None)
         if supplier is None:
             return self._result_error(f"Supplier '{v['Supplier_Code']}' was not found.", "PO_Key")
-        if self.settings.unique_purchase_order and any(
-                p["_tenant"] == tenant.pcn and p["supplierId"] == supplier["id"] and p["poNumber"] == v["PO_No"]
-                for p in (self.purchase_orders[i] for i in self._numbers["purchase_orders"].get(v["PO_No"] or "", ()))):
+        existing = next((p for p in (self.purchase_orders[i] for i in
+                                     self._numbers["purchase_orders"].get(v["PO_No"] or "", ()))
+                         if p["_tenant"] == tenant.pcn and p["supplierId"] == supplier["id"]
+                         and p["poNumber"] == v["PO_No"]), None)
+        repeat = self.settings.duplicate_purchase_order if self.settings.unique_purchase_order else "create"
+        if existing is not None and repeat == "fail":
             return self._result_error(f"PO {v['PO_No']} already exists for supplier {supplier['code']}.", "PO_Key")
+        if existing is not None and repeat == "update":
+            existing.update(modifiedDate=stamp(self.now()), note=v.get("Note") or existing.get("note", ""))
+            return _DsResult(outputs={"PO_Key": str(existing["_poKey"]), "Result_Error": "0",
+                                      "Result_Message": None})
         ok_po, po_date = self._parse_ds_date(v.get("PO_Date"))
         ok_due, due = self._parse_ds_date(v.get("Due_Date"))
         if not (ok_po and ok_due):
@@ -829,11 +864,18 @@ class PlexSim:
                    if p["_tenant"] == tenant.pcn and p["_poKey"] == po_key), None)
         if po is None:
             return self._result_error(f"PO key {po_key} was not found.", "PO_Line_Key")
-        if any(line["lineItemNumber"] == line_no for line in po["_lines"]):
+        same = next((line for line in po["_lines"] if line["lineItemNumber"] == line_no), None)
+        repeat = self.settings.duplicate_po_line
+        if same is not None and repeat == "fail":
             return self._result_error(f"Line {line_no} already exists on PO {po['poNumber']}.", "PO_Line_Key")
         line = self._new_line(v, set())
         if isinstance(line, str):
             return self._result_error(line, "PO_Line_Key")
+        if same is not None and repeat == "update":
+            same.update({k: line[k] for k in ("description", "unitPrice", "unit", "_quantity", "_partNo", "_dueDate")},
+                        modifiedDate=line["modifiedDate"])
+            return _DsResult(outputs={"PO_Line_Key": str(same["_lineKey"]), "Result_Error": "0",
+                                      "Result_Message": None})
         self._attach_line(po, line)
         return _DsResult(outputs={"PO_Line_Key": str(line["_lineKey"]), "Result_Error": "0",
                                   "Result_Message": None})
@@ -947,7 +989,7 @@ def _soap_call_info(body: bytes) -> tuple[str | None, str | None]:
         req = _child(op, "ExecuteDataSourceRequest")
         key_el = _child(req, "DataSourceKey") if req is not None else None
         key = (key_el.text or "").strip() if key_el is not None else None
-    elif name == "ExecuteDataSourcePost":
+    elif name in ("ExecuteDataSourcePost", "GetDataSourceRequestTemplate"):
         key_el = _child(op, "dataSourceKey")
         key = (key_el.text or "").strip() if key_el is not None else None
     return name, key
@@ -997,6 +1039,8 @@ def _parse_soap_request(body: bytes) -> tuple[str, int | None, dict[str, str | N
             values += [""] * (len(names) - len(values))
         params = {n.strip(): v for n, v in zip(names, values, strict=False) if n.strip()}
         return name, key, params
+    if name == "GetDataSourceRequestTemplate":
+        return name, key_of(_child(op, "dataSourceKey")), params
     raise _SoapClientFault(f"Server did not recognize the value of HTTP Header SOAPAction: {NS_DS}/{name}.")
 
 
@@ -1040,6 +1084,39 @@ def _soap_result(operation: str, key: int | None, res: _DsResult, instance_no: i
             o = sub(outs, "OutputParameter")
             sub(o, "Value", value)
             sub(o, "Name", f"@{name}")
+    return etree.tostring(env, xml_declaration=True, encoding="utf-8")
+
+
+def _soap_template(key: int | None, res: _DsResult, inputs: list[tuple[str, bool, str]], outputs: list[str],
+                   instance_no: int) -> bytes:
+    """``GetDataSourceRequestTemplateResponse``: the request a caller would send, each input and output
+    named (the real contract, spec 4.3: ``GetTemplateResult`` = BaseResult + ExecuteDataSourceRequest)."""
+    env = etree.Element(f"{{{NS_SOAP11}}}Envelope", nsmap={"soap": NS_SOAP11, "xsi": NS_XSI})
+    body = etree.SubElement(env, f"{{{NS_SOAP11}}}Body")
+    resp = etree.SubElement(body, f"{{{NS_DS}}}GetDataSourceRequestTemplateResponse", nsmap={None: NS_DS})
+    result = etree.SubElement(resp, f"{{{NS_DS}}}GetDataSourceRequestTemplateResult")
+
+    def sub(parent: Any, name: str, text: str | None = None) -> Any:
+        el = etree.SubElement(parent, f"{{{NS_DS}}}{name}")
+        el.text = text
+        return el
+
+    sub(result, "StatusNo", "1" if res.error else "0")
+    sub(result, "Error", "true" if res.error else "false")
+    sub(result, "ErrorNo", str(res.error_no))
+    sub(result, "Message", res.message)
+    sub(result, "InstanceNo", str(instance_no))
+    if not res.error:
+        req = sub(result, "ExecuteDataSourceRequest")
+        sub(req, "DataSourceKey", str(key))
+        params = sub(req, "InputParameters")
+        for name, required, output in [(n, r, False) for n, r, _ in inputs] + [(n, False, True) for n in outputs]:
+            p = sub(params, "InputParameter")
+            sub(p, "Value")
+            sub(p, "Name", f"@{name}")
+            sub(p, "Required", "true" if required else "false")
+            sub(p, "Output", "true" if output else "false")
+        sub(req, "DataSourceName", res.name)
     return etree.tostring(env, xml_declaration=True, encoding="utf-8")
 
 
@@ -1536,9 +1613,13 @@ def create_app(sim: PlexSim) -> FastAPI:
             operation, key, params = _parse_soap_request(await request.body())
         except _SoapClientFault as exc:
             return _soap_fault("soap:Client", str(exc))
-        result = sim.execute_data_source(user, key, params)
         with sim._lock:
             instance = next(sim._instance_seq)
+        if operation == "GetDataSourceRequestTemplate":
+            found, ds = sim.data_source_template(user, key)
+            body = _soap_template(key, found, ds.inputs if ds else [], ds.outputs if ds else [], instance)
+            return Response(body, media_type="text/xml; charset=utf-8")
+        result = sim.execute_data_source(user, key, params)
         return Response(_soap_result(operation, key, result, instance), media_type="text/xml; charset=utf-8")
 
     # ------------------------------------------------------------ JSON data sources

@@ -37,8 +37,9 @@ def seed_records(sim: PlexSim, *, parts: int = 120, purchase_orders: int = 60, j
     with sim._lock:
         for tenant in sim.settings.tenants:
             pcn = tenant.pcn
-            store = sim.records.setdefault(pcn, {k: {} for k in ("parts", "supply_items", "containers", "accounts",
-                                                                 "journal_entries", "trial_balance")})
+            store = sim.records.setdefault(pcn, {})
+            for kind in ("parts", "supply_items", "containers", "accounts", "journal_entries", "trial_balance"):
+                store.setdefault(kind, {})  # the accounts a tenant starts with are kept
 
             def new(kind: str, record: dict[str, Any], days_ago: int) -> dict[str, Any]:
                 rid = sim._uuid()
