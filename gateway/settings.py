@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from gateway.alerts.settings import AlertSettings
@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     anaplan: AnaplanSettings | None = None
     alerts: AlertSettings | None = None
     syspro: list[SysproSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _invoice_gl_accounts(self) -> Settings:
+        # Invoices become Plex AP invoices, whose lines are booked to the tenant's own GL accounts: a guess
+        # would post real money to a wrong account, so there is no default.
+        if self.plex is not None and self.plex.ap_invoice_accounts is None:
+            raise ValueError("plex.ap_invoice_accounts is missing: add [plex.ap_invoice_accounts] with "
+                             "expense_account and tax_account (charge_account for freight is optional), the GL "
+                             "accounts from your Plex chart of accounts that AP invoice lines are booked to")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -161,7 +171,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         where = str(_config_path() or "environment")
-        lines = [f"{where}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{where}: " + ".".join(str(p) for p in e["loc"]) + (": " if e["loc"] else "")
+                 + e["msg"].removeprefix("Value error, ") for e in exc.errors()]
         raise SettingsError("\n".join(lines)) from None
     except (OSError, ValueError) as exc:  # unreadable file, TOML syntax
         raise SettingsError(f"{_config_path()}: {exc}") from None

@@ -27,6 +27,7 @@ from translators.translate import translate
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fixtures" / "edi" / "demo"
 PARTNERS = load_partner_directory(ROOT / "partners")
+ACCOUNTS = APInvoiceAccounts(expense_account="5000-100-00", tax_account="2300-000-00")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def client(sim: PlexSim, **overrides) -> PlexClient:
 
 def stage(c: PlexClient) -> PostStage:
     master = SupplierMaster(None, c, SupplierMatching(), owner="test")  # type: ignore[arg-type]
-    return PostStage(c, master, accounts=APInvoiceAccounts(), partners=lambda: PARTNERS, concurrency=2)
+    return PostStage(c, master, accounts=ACCOUNTS, partners=lambda: PARTNERS, concurrency=2)
 
 
 def document(name: str, supplier_code: str, doc_id: int = 1) -> Document:
@@ -202,9 +203,9 @@ def test_invoice_mapping_refuses_what_plex_cannot_take():
     canonical = json.loads(d.canonical)
     canonical["invoice_date"] = None
     with pytest.raises(ValueError, match="no invoice date"):
-        invoice_draft(d, canonical, APInvoiceAccounts())
+        invoice_draft(d, canonical, ACCOUNTS)
     canonical = json.loads(d.canonical)
-    draft = invoice_draft(d, canonical, APInvoiceAccounts(charge_account="6100-000-00"))
+    draft = invoice_draft(d, canonical, ACCOUNTS.model_copy(update={"charge_account": "6100-000-00"}))
     assert [ln.account_number for ln in draft.lines] == ["5000-100-00"] * 3 + ["6100-000-00", "2300-000-00"]
     assert draft.lines[-1].is_tax_line and draft.currency_code == "USD" and draft.po_number == "PO-88121"
 
@@ -212,7 +213,7 @@ def test_invoice_mapping_refuses_what_plex_cannot_take():
 def test_a_claim_too_big_for_the_budget_is_posted_in_part_and_the_rest_waits(sim):
     c = client(sim)
     s = PostStage(c, SupplierMaster(None, c, SupplierMatching(), owner="test"),  # type: ignore[arg-type]
-                  accounts=APInvoiceAccounts(), partners=lambda: PARTNERS, concurrency=1, time_budget=0.0)
+                  accounts=ACCOUNTS, partners=lambda: PARTNERS, concurrency=1, time_budget=0.0)
     first, second = document(*INVOICE, doc_id=1), document(*ORDER, doc_id=2)
     out = s([first, second])
     s.close()

@@ -78,6 +78,8 @@ class Sandbox:
             "retry": {"max_attempts": 3, "backoff_initial": 0.2, "backoff_max": 2.0, "max_retry_after": 5.0,
                       "ambiguous_recheck_delay": 0.2},
             "matching": {"refresh_seconds": 60.0},
+            # The simulator's chart of accounts (SimSettings.gl_accounts).
+            "ap_invoice_accounts": {"expense_account": "5000-100-00", "tax_account": "2300-000-00"},
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):

@@ -260,11 +260,14 @@ class SupplierMatching(BaseModel):
 
 
 class APInvoiceAccounts(BaseModel):
-    """GL accounts the lines of an AP invoice are booked to (the EDI invoice carries none)."""
+    """GL accounts the lines of an AP invoice are booked to (the EDI invoice carries none).
 
-    expense_account: str = "5000-100-00"
-    tax_account: str = "2300-000-00"
-    charge_account: str | None = None  # freight and other charges; None: the expense account
+    No defaults: they are the tenant's own chart of accounts (``gateway check`` looks each one up)."""
+
+    expense_account: str = Field(min_length=1, description="goods and services lines, e.g. '5000-100-00'")
+    tax_account: str = Field(min_length=1, description="the tax line, e.g. '2300-000-00'")
+    charge_account: str | None = Field(None, min_length=1, description="freight and other charges; unset: the "
+                                                                        "expense account")
 
 
 class PlexConfig(BaseModel):
@@ -288,7 +291,7 @@ class PlexConfig(BaseModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     trust_env: bool = True  # honour HTTP(S)_PROXY
     matching: SupplierMatching = Field(default_factory=SupplierMatching)
-    ap_invoice_accounts: APInvoiceAccounts = Field(default_factory=APInvoiceAccounts)
+    ap_invoice_accounts: APInvoiceAccounts | None = None  # required where invoices go to Plex (Settings checks)
     concurrency: int = Field(8, ge=1, le=64, description="documents posted at once by one process")
     batch_lookups: bool = Field(True, description=(
         "look up many records in one list request (the filter repeated, spec 2.4); each such answer is "

@@ -193,7 +193,7 @@ class PostStage:
 
     batch = True
 
-    def __init__(self, client: PlexClient, master: SupplierMaster, *, accounts: APInvoiceAccounts,
+    def __init__(self, client: PlexClient, master: SupplierMaster, *, accounts: APInvoiceAccounts | None,
                  partners: Callable[[], PartnerDirectory], concurrency: int = 8,
                  time_budget: float | None = None) -> None:
         self.client, self.master, self.accounts, self.partners = client, master, accounts, partners
@@ -279,6 +279,9 @@ class PostStage:
         canonical = json.loads(doc.canonical)
         partner = directory.get(doc.partner) if doc.partner else None
         if doc.kind == "invoice":
+            if self.accounts is None:
+                return Outcome.fail("[plex.ap_invoice_accounts] is not set: no GL accounts to book the invoice to",
+                                    code="plex.config")
             return _Posting("ap_invoice", invoice_draft(doc, canonical, self.accounts))
         if doc.kind == "purchase_order" and role_of(doc.kind, partner) == CUSTOMER:
             customer_id = self.master.customer_id(doc.supplier_code)
