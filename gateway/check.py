@@ -85,6 +85,9 @@ def check_systems(runtime, *, probe_duplicates: bool = False, supplier: str | No
         name = f"{source.kind}:{source.name}"
         if wanted(name):
             reports.append(_report(name, "source", source.check))
+    for name, run in _record_sources(runtime):
+        if wanted(name):
+            reports.append(_report(name, "source", run))
     for name, run in _destinations(runtime):
         if wanted(name):
             reports.append(_report(name, "destination", run))
@@ -104,6 +107,24 @@ def _destinations(runtime) -> list[tuple[str, Callable[[], Sequence[Check]]]]:
     if settings.anaplan is not None:
         out.append(("anaplan", lambda: _anaplan_checks(runtime)))
     return out
+
+
+def _record_sources(runtime) -> list[tuple[str, Callable[[], Sequence[Check]]]]:
+    """The systems record flows read that have their own settings ([[syspro]] sites; Plex is [plex])."""
+    return [(f"syspro:{site.name}", lambda site=site: _syspro_checks(site)) for site in runtime.settings.syspro]
+
+
+def _syspro_checks(site) -> list[Check]:
+    from gateway.integrations import record_source_class
+
+    source = record_source_class("syspro")(site)
+    name = f"{site.read} sign-in"
+    try:
+        return [Check(name, True, line) for line in source.check()]
+    except Exception as exc:  # noqa: BLE001 - the SYSPRO client's errors are written for operators
+        return [Check(name, False, str(exc) or type(exc).__name__)]
+    finally:
+        source.close()
 
 
 def _with_plex(runtime, fn):

@@ -319,3 +319,30 @@ def test_gateway_check_sftp_host_key_and_login(cli, sim, tmp_path, sshd_server):
     cfg = _config(tmp_path, sim, sftp(sshd_server.wrong_host_key))
     r = cli("check", "-c", str(cfg), "--system", "sftp")
     assert r.exit_code == 1 and "FAIL" in r.output and "host key" in r.output.lower()
+
+
+def test_syspro_sites_are_checked_odata_and_enet(tmp_path):
+    """A [[syspro]] site: the operator signs in (OData or e.net); a wrong password is a red line."""
+    from gateway.check import check_systems
+    from gateway.runtime import open_runtime
+    from gateway.sandbox.flows import start_syspro, syspro_settings
+    from gateway.settings import Settings
+
+    sim, server = start_syspro()
+    try:
+        site = syspro_settings(sim, server)
+        sites = [site, {**site, "name": "erp-enet", "read": "enet"},
+                 {**site, "name": "erp-old", "odata": {**site["odata"], "password": "not-it"}}]
+        settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'gw.db'}", syspro=sites)
+        rt = open_runtime(settings)
+        try:
+            reports = {r.system: r for r in check_systems(rt)}
+        finally:
+            rt.engine.dispose()
+    finally:
+        server.stop()
+    assert set(reports) == {"syspro:syspro", "syspro:erp-enet", "syspro:erp-old"}
+    assert reports["syspro:syspro"].ok and "accepted" in reports["syspro:syspro"].lines[0].detail
+    assert reports["syspro:erp-enet"].ok and "COMFND answers" in reports["syspro:erp-enet"].lines[0].detail
+    (line,) = reports["syspro:erp-old"].lines
+    assert line.status == "fail" and "not-it" not in line.detail and line.detail

@@ -88,7 +88,7 @@ def test_the_example_settings_file_loads_and_names_its_secrets():
     assert s.anaplan is not None and s.plex is not None
     assert s.secret_references() == {
         "sterling-password", "sftp-key-passphrase", "plex-api-key", "plex-soap-password", "anaplan-password",
-        "slack-webhook-url", "smtp-password",
+        "slack-webhook-url", "smtp-password", "syspro-odata-password",
     }
     # A real tenant: the three Anaplan roles on their own hosts (auth is not the API host).
     assert s.anaplan.url is None
@@ -136,7 +136,7 @@ def test_the_example_names_every_key_the_code_reads():
     from gateway.settings import Settings
 
     text = EXAMPLE.read_text()
-    uncommented = "\n".join(line[2:] if re.match(r"# (\[|[a-z_]+ = )", line) else line for line in text.splitlines())
+    uncommented = "\n".join(line[2:] if re.match(r"# (\[|[a-z0-9_]+ = )", line) else line for line in text.splitlines())
     # The alternative auth modes are shown one after the other; the first one stands.
     uncommented = uncommented.replace('\nauth = "certificate"', "").replace('\nauth = "oauth"', "")
     seen: dict = {}
