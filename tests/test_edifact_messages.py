@@ -73,7 +73,8 @@ def test_orders_with_decimal_comma_and_release_characters():
     assert findings == []
     assert doc["kind"] == "purchase_order" and doc["standard"] == "edifact"
     assert doc["version"] == "D96A"
-    assert doc["control"] == {"interchange": "ORD0001", "group": None, "message": "M1"}
+    assert doc["control"] == {"interchange": "ORD0001", "group": None, "message": "M1", "envelope": "interchange",
+                              "test": False, "relaxed": []}
     assert (doc["sender_id"], doc["receiver_id"]) == ("5412345000013", "4012345000009")
     assert doc["partner"] is None
     assert doc["po_number"] == "PO-4711"
@@ -240,7 +241,8 @@ def test_invoice_with_new_bgm_remit_to_fallback_charges_tax_and_totals():
     doc, findings = translate(ts)
     assert findings == []
     assert doc["kind"] == "invoice" and doc["version"] == "D01B"
-    assert doc["control"] == {"interchange": "INV0042", "group": "GRP7", "message": "MSG1"}
+    assert doc["control"] == {"interchange": "INV0042", "group": "GRP7", "message": "MSG1", "envelope": "interchange",
+                              "test": False, "relaxed": []}
     assert doc["invoice_number"] == "INV-2024-0042"  # C106 first component
     assert doc["purpose"] == "replace"
     assert doc["invoice_date"] == "2024-03-20"

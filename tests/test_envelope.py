@@ -551,26 +551,29 @@ def _x12_with(tag, new, segs=None, nth=0):
     "tag, new, where, expected",
     [
         ("IEA", ["IEA", "1", "000000002"], "interchange",
-         ("interchange.control_number_mismatch", W, "IEA", 11, None, 2, "000000002", "000000001", None, None)),
+         ("interchange.control_number_mismatch", E, "IEA", 11, None, 2, "000000002", "000000001", None, None)),
         ("IEA", ["IEA", "2", "000000001"], "interchange",
-         ("interchange.count_mismatch", W, "IEA", 11, None, 1, "2", "000000001", None, None)),
+         ("interchange.count_mismatch", E, "IEA", 11, None, 1, "2", "000000001", None, None)),
         ("GE", ["GE", "1", "2"], "group",
-         ("group.control_number_mismatch", W, "GE", 10, None, 2, "2", "000000001", "1", None)),
+         ("group.control_number_mismatch", E, "GE", 10, None, 2, "2", "000000001", "1", None)),
         ("GE", ["GE", "3", "1"], "group",
-         ("group.count_mismatch", W, "GE", 10, None, 1, "3", "000000001", "1", None)),
+         ("group.count_mismatch", E, "GE", 10, None, 1, "3", "000000001", "1", None)),
         ("SE", ["SE", "7", "0002"], "set",
-         ("transaction.control_number_mismatch", W, "SE", 9, 7, 2, "0002", "000000001", "1", "0001")),
+         ("transaction.control_number_mismatch", E, "SE", 9, 7, 2, "0002", "000000001", "1", "0001")),
         ("SE", ["SE", "6", "0001"], "set",
-         ("transaction.count_mismatch", W, "SE", 9, 7, 1, "6", "000000001", "1", "0001")),
+         ("transaction.count_mismatch", E, "SE", 9, 7, 1, "6", "000000001", "1", "0001")),
     ],
     ids=["ISA13-IEA02", "IEA01", "GS06-GE02", "GE01", "ST02-SE02", "SE01"],
 )
-def test_x12_trailer_mismatch_warnings(tag, new, where, expected):
+def test_x12_trailer_mismatches_reject_by_default(tag, new, where, expected):
     data = _x12_with(tag, new)
     assert all_findings(data) == [(where, expected)]
     (ich, sets), = read_interchanges(data)[0]
     assert ich.complete and len(sets) == 1 and len(sets[0].segments) == 7
-    assert not translate(data).interchanges[0].rejected  # warnings: the data is all there
+    result = translate(data)
+    assert not result.ok and [d.status for d in result.documents] == ["failed"]
+    assert result.documents[0].errors[-1].code == expected[0]  # the document names the envelope's error
+    assert result.interchanges[0].rejected is (where == "interchange")
 
 
 def test_x12_leading_zeros_in_counts_are_not_mismatches():
@@ -697,7 +700,7 @@ def test_x12_st_outside_a_group():
 
 @pytest.mark.parametrize(
     "junk, tag",
-    [(b"GARBAGE AFTER THE END\n", "GARBAGE AFTER THE EN"), (b"XX", "XX"), (b"REF*ZZ*X~\n", "REF*ZZ*X")],
+    [(b"GARBAGE AFTER THE END\n", "GARBAGE"), (b"XX", "XX"), (b"REF*ZZ*X~\n", "REF")],
     ids=["text", "short", "segment"],
 )
 def test_x12_junk_after_iea(junk, tag):
@@ -706,7 +709,7 @@ def test_x12_junk_after_iea(junk, tag):
     assert [type(e).__name__ for e in evs] == ["TransactionSet", "InterchangeSummary", "Finding"]
     (where, f), = all_findings(data)
     assert (where, f[:2], f[3:]) == ("file", ("file.trailing_data", W), (12, None, None, None, None, None, None))
-    assert f[2].startswith(tag)
+    assert f[2] == tag  # named by how it starts: never the raw text
     assert translate(data).ok  # a warning only
 
 
@@ -831,10 +834,10 @@ def test_edifact_groups_with_counts():
 @pytest.mark.parametrize(
     "old, new, expected",
     [
-        (b"UNE+2+G1'", b"UNE+3+G1'", ("group", ("group.count_mismatch", W, "UNE", 10, None, 1, "3", "REF002", "G1", None))),
-        (b"UNE+1+G2'", b"UNE+1+G9'", ("group", ("group.control_number_mismatch", W, "UNE", 15, None, 2, "G9", "REF002", "G2", None))),
-        (b"UNZ+2+REF002'", b"UNZ+3+REF002'", ("interchange", ("interchange.count_mismatch", W, "UNZ", 16, None, 1, "3", "REF002", None, None))),
-        (b"UNT+3+2'", b"UNT+4+2'", ("set", ("transaction.count_mismatch", W, "UNT", 9, 3, 1, "4", "REF002", "G1", "2"))),
+        (b"UNE+2+G1'", b"UNE+3+G1'", ("group", ("group.count_mismatch", E, "UNE", 10, None, 1, "3", "REF002", "G1", None))),
+        (b"UNE+1+G2'", b"UNE+1+G9'", ("group", ("group.control_number_mismatch", E, "UNE", 15, None, 2, "G9", "REF002", "G2", None))),
+        (b"UNZ+2+REF002'", b"UNZ+3+REF002'", ("interchange", ("interchange.count_mismatch", E, "UNZ", 16, None, 1, "3", "REF002", None, None))),
+        (b"UNT+3+2'", b"UNT+4+2'", ("set", ("transaction.count_mismatch", E, "UNT", 9, 3, 1, "4", "REF002", "G1", "2"))),
     ],
     ids=["UNE-count", "UNE-reference", "UNZ-counts-groups", "UNT-in-group"],
 )
@@ -852,18 +855,20 @@ def test_edifact_missing_une():
 @pytest.mark.parametrize(
     "new, where, expected",
     [
-        (["UNT", "8", "1"], "set", ("transaction.count_mismatch", W, "UNT", 11, 9, 1, "8", "REF001", None, "1")),
-        (["UNT", "9", "2"], "set", ("transaction.control_number_mismatch", W, "UNT", 11, 9, 2, "2", "REF001", None, "1")),
-        (["UNZ", "2", "REF001"], "interchange", ("interchange.count_mismatch", W, "UNZ", 12, None, 1, "2", "REF001", None, None)),
-        (["UNZ", "1", "REF009"], "interchange", ("interchange.control_number_mismatch", W, "UNZ", 12, None, 2, "REF009", "REF001", None, None)),
-        (["UNZ", "", "REF001"], "interchange", ("interchange.count_mismatch", W, "UNZ", 12, None, 1, "", "REF001", None, None)),
+        (["UNT", "8", "1"], "set", ("transaction.count_mismatch", E, "UNT", 11, 9, 1, "8", "REF001", None, "1")),
+        (["UNT", "9", "2"], "set", ("transaction.control_number_mismatch", E, "UNT", 11, 9, 2, "2", "REF001", None, "1")),
+        (["UNZ", "2", "REF001"], "interchange", ("interchange.count_mismatch", E, "UNZ", 12, None, 1, "2", "REF001", None, None)),
+        (["UNZ", "1", "REF009"], "interchange", ("interchange.control_number_mismatch", E, "UNZ", 12, None, 2, "REF009", "REF001", None, None)),
+        (["UNZ", "", "REF001"], "interchange", ("interchange.count_mismatch", E, "UNZ", 12, None, 1, "", "REF001", None, None)),
     ],
     ids=["UNT-count", "UNT-reference", "UNZ-count", "UNZ-reference", "UNZ-count-empty"],
 )
-def test_edifact_trailer_mismatch_warnings(new, where, expected):
+def test_edifact_trailer_mismatches_reject_by_default(new, where, expected):
     data = edifact(replace_seg(EDI_SEGS, new[0], new))
     assert all_findings(data) == [(where, expected)]
-    assert not translate(data).interchanges[0].rejected
+    result = translate(data)
+    assert [d.status for d in result.documents] == ["failed"]
+    assert result.interchanges[0].rejected is (where == "interchange")
 
 
 def test_edifact_missing_unt_is_an_error():

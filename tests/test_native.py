@@ -172,7 +172,7 @@ _UNB = b"UNB+UNOC:3+4012345000009:14+5412345000013:14+261122:1200+REF1'"
 _MSG = (b"UNH+1+ORDERS:D:96A:UN:EAN008'BGM+220+PO-1+9'DTM+137:20261101:102'"
         b"NAD+BY+4012345000009::9++EUROPA GMBH+HAUPTSTRASSE 5+BERLIN++10115+DE'NAD+SU+5412345000013::9'CUX+2:EUR:9'"
         b"LIN+1++4012345000016:EN'PIA+1+A-1:BP+V-1:SA'IMD+F++:::BOLT M8'QTY+21:10:PCE'PRI+AAA:2.50'"
-        b"UNS+S'CNT+2:1'UNT+13+1'")
+        b"UNS+S'CNT+2:1'UNT+14+1'")
 _UNZ = b"UNZ+1+REF1'"
 _INTERCHANGE = _UNA + _UNB + _MSG + _UNZ
 EDIFACT_EDGE_CASES = {
@@ -358,6 +358,7 @@ def test_translation_goes_through_the_c_path(monkeypatch):
     counting = Counting(BUILT)
     monkeypatch.setattr(native, "x12", counting)
     data = EDGE_CASES["plain"].replace(b"PID*F****BOLT~", b"PID*F****BOLT~PO1*2*5*EA*1.50**BP*A-2~PID*F****NUT~PID*F*08***N~")
+    data = data.replace(b"CTT*1~", b"CTT*2~").replace(b"SE*7*", b"SE*10*")
     assert translate(data).ok
     calls = {name: [r is not None for r in results] for name, results in counting.calls.items()}
     assert set(calls) >= {"split", "decimal", "lines", "passes"}, "translation did not use the C path"

@@ -300,11 +300,13 @@ def expected(doc: dict, standard: str, variant: dict, position: int = 1, group: 
     if standard == "x12":
         out["version"] = variant.get("version", "004010")
         out["sender_id"], out["receiver_id"] = "SENDER", "RECEIVER"
-        out["control"] = {"interchange": f"{control:09d}", "group": str(control + group), "message": f"{position:04d}"}
+        out["control"] = {"interchange": f"{control:09d}", "group": str(control + group), "message": f"{position:04d}",
+                          "envelope": "interchange", "test": False, "relaxed": []}
     else:
         out["version"] = variant.get("directory", "D96A")
         out["sender_id"], out["receiver_id"] = "SENDER", "RECEIVER"
-        out["control"] = {"interchange": control, "group": None, "message": str(position)}
+        out["control"] = {"interchange": control, "group": None, "message": str(position),
+                          "envelope": "interchange", "test": False, "relaxed": []}
     invoice = doc["kind"] == "invoice"
     implied = 2 if standard == "x12" and invoice else 0
     out["total_amount"] = canon_decimal(doc["total_amount"], implied)

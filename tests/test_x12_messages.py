@@ -93,7 +93,8 @@ def test_850_header_envelope_and_totals():
     assert doc["version"] == "004010"  # GS08 004010VICS without the industry suffix
     assert doc["partner"] is None
     assert (doc["sender_id"], doc["receiver_id"]) == ("ACMEBUY", "WIDGETWORKS")
-    assert doc["control"] == {"interchange": "000000101", "group": "101", "message": "0001"}
+    assert doc["control"] == {"interchange": "000000101", "group": "101", "message": "0001", "envelope": "interchange",
+                              "test": False, "relaxed": []}
     assert doc["purpose"] == "original"
     assert doc["po_number"] == "PO-1001"
     assert doc["po_date"] == "2024-03-15"

@@ -299,10 +299,12 @@ def _evaluate(summary: InterchangeSummary) -> _Eval:
                 target.status = _own_status(target.findings)
 
     for g in groups:
-        if g.findings:
+        if any(f.is_error for f in g.findings):
             g.status = AckStatus.REJECTED
         else:
             g.status = _combine([s.status for s in g.sets])
+            if g.findings and g.status is AckStatus.ACCEPTED:
+                g.status = AckStatus.ACCEPTED_WITH_ERRORS  # a relaxed check: reported, not rejected
     return _Eval(_errors_first(inter), _own_status(inter), groups, loose)
 
 

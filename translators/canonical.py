@@ -52,6 +52,11 @@ class Control(_Strict):
     interchange: str | None
     group: str | None
     message: str | None
+    # "interchange": ISA..IEA / UNB..UNZ around it; "group": a GS..GE without ISA; "none": a bare
+    # ST..SE / UNH..UNT (a de-enveloped document; sender and receiver then come from the source).
+    envelope: Literal["interchange", "group", "none"]
+    test: bool  # ISA15 T / UNB 0035 1: a test interchange
+    relaxed: list[str]  # the partner's validation.relax checks that failed and only warned here
 
 
 class Line(_Strict):

@@ -186,12 +186,13 @@ class _Envelope:
         raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------------------
-    def _f(self, code, message, seg=None, element=None, severity=Severity.ERROR, position=None, value=None):
+    def _f(self, code, message, seg=None, element=None, severity=Severity.ERROR, position=None, value=None,
+           check: str | None = None):
         return finding(
             code,
             message,
             severity=severity,
-            segment_tag=seg[0] if seg else None,
+            segment_tag=_label(seg[0]) if seg else None,
             segment_index=self.index,
             set_position=position,
             element_index=element,
@@ -199,11 +200,17 @@ class _Envelope:
             interchange_control=self.ich.info.control_number if self.ich else None,
             group_control=self.grp.info.control_number if self.grp else None,
             message_control=self.ts.control_number if self.ts else None,
+            extra={"check": check} if check else {},
         )
 
     def _w(self, code, message, seg=None, element=None, position=None, value=None):
-        """A trailer that disagrees with what was received: reported, but the data is all there."""
+        """Reported, but the data is all there (a repeated control number)."""
         return self._f(code, message, seg, element, Severity.WARNING, position, value)
+
+    def _trailer(self, check: str, code: str, message: str, seg: list, element: int, position=None, value=None):
+        """A trailer that disagrees with what was received: strict by default (the set, group or
+        interchange is rejected); a partner's ``validation.relax`` may make it a warning."""
+        return self._f(code, message, seg, element, Severity.ERROR, position, value, check)
 
     def _interchange_finding(self, f: Finding):
         if self.ich is not None:
@@ -220,7 +227,7 @@ class _Envelope:
                 finding(
                     "transaction.trailer_missing",
                     f"{ts.type} {ts.control_number or ''} has no {self.set_trailer} trailer".replace("  ", " "),
-                    segment_tag=ts.segments[-1][0],
+                    segment_tag=_label(ts.segments[-1][0]),
                     segment_index=ts.first_segment_index + len(ts.segments) - 1,
                     set_position=len(ts.segments),
                     interchange_control=ts.interchange.control_number,
@@ -314,10 +321,10 @@ class _Envelope:
         where = "after the interchange trailer" if self.ich is None else "outside any transaction set"
         if self.ich is None:
             self.events.append(
-                self._f("file.trailing_data", f"Segment {seg[0][:10]!r} {where} was ignored", seg, severity=Severity.WARNING)
+                self._f("file.trailing_data", f"Segment {_label(seg[0])} {where} was ignored", seg, severity=Severity.WARNING)
             )
         else:
-            self.ich.findings.append(self._f("interchange.content_invalid", f"Segment {seg[0][:10]!r} {where}", seg))
+            self.ich.findings.append(self._f("interchange.content_invalid", f"Segment {_label(seg[0])} {where}", seg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -612,15 +619,15 @@ class _X12Reader(_Envelope):
             count = seg[1].strip() if len(seg) > 1 else ""
             if count != str(len(ts.segments)) and count.lstrip("0") != str(len(ts.segments)):
                 ts.findings.append(
-                    self._w("transaction.count_mismatch",
-                            f"SE01 says {count or 'nothing'} segments, {len(ts.segments)} were received",
+                    self._trailer("segment_count", "transaction.count_mismatch",
+                                  f"SE01 says {count or 'nothing'} segments, {len(ts.segments)} were received",
                             seg, 1, position=len(ts.segments), value=count)
                 )
             ctl = seg[2].strip() if len(seg) > 2 else ""
-            if ctl != (ts.control_number or ""):
+            if not _same_control(ctl, ts.control_number):
                 ts.findings.append(
-                    self._w("transaction.control_number_mismatch",
-                            f"SE02 {ctl!r} differs from ST02 {ts.control_number!r}",
+                    self._trailer("set_control_number", "transaction.control_number_mismatch",
+                                  f"SE02 {ctl!r} differs from ST02 {ts.control_number!r}",
                             seg, 2, position=len(ts.segments), value=ctl)
                 )
             return self._close_set(False)
@@ -684,12 +691,12 @@ class _X12Reader(_Envelope):
             count = seg[1].strip() if len(seg) > 1 else ""
             if count.lstrip("0") != str(self.group_set_count).lstrip("0"):
                 self.grp.findings.append(
-                    self._w("group.count_mismatch", f"GE01 says {count or 'nothing'} transaction sets, {self.group_set_count} were received", seg, 1, value=count)
+                    self._trailer("group_count", "group.count_mismatch", f"GE01 says {count or 'nothing'} transaction sets, {self.group_set_count} were received", seg, 1, value=count)
                 )
             ctl = seg[2].strip() if len(seg) > 2 else ""
-            if ctl != (self.grp.info.control_number or ""):
+            if not _same_control(ctl, self.grp.info.control_number):
                 self.grp.findings.append(
-                    self._w("group.control_number_mismatch", f"GE02 {ctl!r} differs from GS06 {self.grp.info.control_number!r}", seg, 2, value=ctl)
+                    self._trailer("group_control_number", "group.control_number_mismatch", f"GE02 {ctl!r} differs from GS06 {self.grp.info.control_number!r}", seg, 2, value=ctl)
                 )
             self.grp.trailer_count = count
             return self._close_group(False)
@@ -707,12 +714,12 @@ class _X12Reader(_Envelope):
             count = seg[1].strip() if len(seg) > 1 else ""
             if count.lstrip("0") != str(len(self.ich.groups)).lstrip("0"):
                 self.ich.findings.append(
-                    self._w("interchange.count_mismatch", f"IEA01 says {count or 'nothing'} groups, {len(self.ich.groups)} were received", seg, 1, value=count)
+                    self._trailer("interchange_count", "interchange.count_mismatch", f"IEA01 says {count or 'nothing'} groups, {len(self.ich.groups)} were received", seg, 1, value=count)
                 )
             ctl = seg[2].strip() if len(seg) > 2 else ""
-            if ctl != (self.ich.info.control_number or ""):
+            if not _same_control(ctl, self.ich.info.control_number):
                 self.ich.findings.append(
-                    self._w("interchange.control_number_mismatch", f"IEA02 {ctl!r} differs from ISA13 {self.ich.info.control_number!r}", seg, 2, value=ctl)
+                    self._trailer("interchange_control_number", "interchange.control_number_mismatch", f"IEA02 {ctl!r} differs from ISA13 {self.ich.info.control_number!r}", seg, 2, value=ctl)
                 )
             return self._close_interchange(complete=True)
         if tag == "TA1" and self.ich is not None and self.grp is None:
@@ -1023,10 +1030,10 @@ class _EdifactReader(_Envelope):
             ts.segments.append(seg)
             count = e(1)
             if count.lstrip("0") != str(len(ts.segments)):
-                ts.findings.append(self._w("transaction.count_mismatch", f"UNT says {count or 'nothing'} segments, {len(ts.segments)} were received",
+                ts.findings.append(self._trailer("segment_count", "transaction.count_mismatch", f"UNT says {count or 'nothing'} segments, {len(ts.segments)} were received",
                                            seg, 1, position=len(ts.segments), value=count))
-            if e(2) != (ts.control_number or ""):
-                ts.findings.append(self._w("transaction.control_number_mismatch", f"UNT reference {e(2)!r} differs from UNH {ts.control_number!r}",
+            if not _same_control(e(2), ts.control_number):
+                ts.findings.append(self._trailer("set_control_number", "transaction.control_number_mismatch", f"UNT reference {e(2)!r} differs from UNH {ts.control_number!r}",
                                            seg, 2, position=len(ts.segments), value=e(2)))
             return self._close_set(False)
         if tag == "UNH":
@@ -1072,9 +1079,9 @@ class _EdifactReader(_Envelope):
             if self.grp is None:
                 return self._outside(seg)
             if e(1).lstrip("0") != str(self.group_set_count):
-                self.grp.findings.append(self._w("group.count_mismatch", f"UNE says {e(1) or 'nothing'} messages, {self.group_set_count} were received", seg, 1, value=e(1)))
-            if e(2) != (self.grp.info.control_number or ""):
-                self.grp.findings.append(self._w("group.control_number_mismatch", f"UNE reference {e(2)!r} differs from UNG {self.grp.info.control_number!r}", seg, 2, value=e(2)))
+                self.grp.findings.append(self._trailer("group_count", "group.count_mismatch", f"UNE says {e(1) or 'nothing'} messages, {self.group_set_count} were received", seg, 1, value=e(1)))
+            if not _same_control(e(2), self.grp.info.control_number):
+                self.grp.findings.append(self._trailer("group_control_number", "group.control_number_mismatch", f"UNE reference {e(2)!r} differs from UNG {self.grp.info.control_number!r}", seg, 2, value=e(2)))
             self.grp.trailer_count = e(1)
             return self._close_group(False)
         if tag == "UNB":
@@ -1089,9 +1096,9 @@ class _EdifactReader(_Envelope):
             if self.grp is not None:
                 self._close_group(True)
             if e(1).lstrip("0") != str(self.ich_item_count).lstrip("0") or not e(1):
-                self.ich.findings.append(self._w("interchange.count_mismatch", f"UNZ says {e(1) or 'nothing'}, {self.ich_item_count} messages or groups were received", seg, 1, value=e(1)))
-            if e(2) != (self.ich.info.control_number or ""):
-                self.ich.findings.append(self._w("interchange.control_number_mismatch", f"UNZ reference {e(2)!r} differs from UNB {self.ich.info.control_number!r}", seg, 2, value=e(2)))
+                self.ich.findings.append(self._trailer("interchange_count", "interchange.count_mismatch", f"UNZ says {e(1) or 'nothing'}, {self.ich_item_count} messages or groups were received", seg, 1, value=e(1)))
+            if not _same_control(e(2), self.ich.info.control_number):
+                self.ich.findings.append(self._trailer("interchange_control_number", "interchange.control_number_mismatch", f"UNZ reference {e(2)!r} differs from UNB {self.ich.info.control_number!r}", seg, 2, value=e(2)))
             return self._close_interchange(complete=True)
         self._outside(seg)
 
@@ -1130,6 +1137,28 @@ class _EdifactReader(_Envelope):
             self.ich.findings.append(self._f("interchange.sender_invalid", "UNB sender (S002 0004) is empty", unb, 2, Severity.WARNING))
         if not info.receiver_id:
             self.ich.findings.append(self._f("interchange.receiver_invalid", "UNB recipient (S003 0010) is empty", unb, 3, Severity.WARNING))
+
+
+def _same_control(trailer: str, header: str | None) -> bool:
+    """Whether a trailer's control number is the header's: the same text, or the same number
+    when both are digits (leading zeros are padding)."""
+    header = header or ""
+    if trailer == header:
+        return True
+    return trailer.isdecimal() and header.isdecimal() and len(trailer) <= 20 and len(header) <= 20 \
+        and int(trailer) == int(header)
+
+
+def _label(tag: object) -> str:
+    """A segment tag fit to print: the letters and digits it starts with, at most 10 (a garbled
+    tag or junk text is named by how it starts, never as raw text or a list)."""
+    while isinstance(tag, list):
+        tag = tag[0] if tag else ""
+    text = str(tag).lstrip(_WS)
+    n = 0
+    while n < len(text) and n < 10 and text[n].isascii() and text[n].isalnum():
+        n += 1
+    return text[:n] or "?"
 
 
 def _leading_blanks(piece: str) -> int:

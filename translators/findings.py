@@ -85,6 +85,8 @@ RULES: dict[str, Rule] = _rules(
     Rule("segment.mandatory_missing", L.SEGMENT, "3", "13", "Mandatory segment is missing"),
     Rule("segment.too_many", L.SEGMENT, "5", "35", "Segment exceeds its maximum use"),
     Rule("segment.element_errors", L.SEGMENT, "8", "12", "Segment has data element errors"),
+    Rule("segment.line_count_mismatch", L.SEGMENT, "8", "12", "The line count in the summary (CTT01 / CNT 2) differs from the lines received"),
+    Rule("segment.hash_total_mismatch", L.SEGMENT, "8", "12", "The hash total (CTT02) differs from the sum of the line quantities"),
     # Element (AK4 / UCD).
     Rule("element.mandatory_missing", L.ELEMENT, "1", "13", "Mandatory data element is missing"),
     Rule("element.conditional_missing", L.ELEMENT, "2", "13", "Conditionally required data element is missing"),

@@ -48,6 +48,9 @@ class InterchangeInfo:
     segment_index: int = 0  # file position of ISA / UNB (1-based)
     header: Segment = field(default_factory=list)
     charset: str | None = None
+    # No ISA / UNB was sent (a bare ST..SE or UNH..UNT, or a GS..GE alone): these values come
+    # from the caller's source hint or the partner's mapping file, not from the file.
+    bare: bool = False
 
 
 @dataclass(slots=True)

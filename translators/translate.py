@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from translators.envelope import CHUNK, read
-from translators.findings import Finding, Severity, finding
+from translators.findings import Finding, Level, Severity, finding
 from translators.mapping import STANDARD, MessageMapping, PartnerDirectory, PartnerMapping
 from translators.model import InterchangeSummary, TransactionSet
 
@@ -83,6 +83,17 @@ class InterchangeResult:
         """True when the envelope itself is broken: every document in it fails."""
         return any(f.is_error for f in self.summary.findings)
 
+    def rejection(self, ts: TransactionSet) -> Finding | None:
+        """The envelope error that fails ``ts`` (a set of this interchange): the interchange's
+        first error, else the first error of its functional group; None when neither is broken."""
+        first = next((f for f in self.summary.findings if f.is_error), None)
+        if first is None and ts.group is not None:
+            for g in self.summary.groups:
+                if g.info is ts.group:
+                    first = next((f for f in g.findings if f.is_error), None)
+                    break
+        return first
+
 
 @dataclass(slots=True)
 class Translation:
@@ -129,8 +140,15 @@ def iter_translate(
                 current = _identify(partners, ev)
             yield translate_set(ev, current)
         elif isinstance(ev, InterchangeSummary):
-            partner = current if current_ich is ev.info else None
-            yield InterchangeResult(summary=ev, partner=partner.id if partner else None)
+            if current_ich is not ev.info:
+                current_ich = ev.info
+                current = _identify_interchange(partners, ev)
+            if current is not None and current.validation.relax:
+                relax = frozenset(current.validation.relax)
+                _relax(ev.findings, relax, [])
+                for g in ev.groups:
+                    _relax(g.findings, relax, [])
+            yield InterchangeResult(summary=ev, partner=current.id if current else None)
         else:
             yield ev
 
@@ -144,10 +162,8 @@ def translate(data: bytes, partners: PartnerDirectory | None = None, source: str
         if isinstance(ev, DocumentResult):
             pending.append(ev)
         elif isinstance(ev, InterchangeResult):
-            if ev.rejected:
-                for d in pending:
-                    if d.status == "translated":
-                        d.status = "failed"
+            for d in pending:
+                _envelope_verdict(d, ev)
             result.documents += pending
             pending = []
             result.interchanges.append(ev)
@@ -157,11 +173,48 @@ def translate(data: bytes, partners: PartnerDirectory | None = None, source: str
     return result
 
 
+def _envelope_verdict(d: DocumentResult, ev: InterchangeResult) -> None:
+    """Apply the interchange's verdict to one of its documents: a broken interchange or group
+    fails it, naming the envelope error; relaxed envelope checks are recorded on it."""
+    if d.document is not None:
+        relaxed: list[str] = d.document["control"]["relaxed"]
+        for f in ev.findings:
+            check = f.extra.get("check")
+            if check and not f.is_error and f.extra.get("relaxed") and check not in relaxed:
+                if f.level is Level.INTERCHANGE or (d.transaction_set.group is not None
+                                                    and f.group_control == d.transaction_set.group.control_number):
+                    relaxed.append(check)
+    error = ev.rejection(d.transaction_set)
+    if error is not None and d.status != "ignored":
+        d.status = "failed"
+        d.findings = [*d.findings, error]  # its own list: the set's acknowledgment view stays as it was
+
+
 def _identify(partners: PartnerDirectory, ts: TransactionSet) -> PartnerMapping | None:
     ich = ts.interchange
     return partners.match(
         ts.standard, ich.sender_id, ich.sender_qualifier, ts.group.sender_id if ts.group else None
     )
+
+
+def _identify_interchange(partners: PartnerDirectory, summary: InterchangeSummary) -> PartnerMapping | None:
+    """The partner of an interchange that held no set (its envelope findings may be relaxed)."""
+    ich = summary.info
+    group = summary.groups[0].info.sender_id if summary.groups else None
+    return partners.match(ich.standard, ich.sender_id, ich.sender_qualifier, group)
+
+
+def _relax(findings: list[Finding], relax: frozenset[str], applied: list[str]) -> None:
+    """Turn the errors of the checks a partner relaxed into warnings, in place (the list is shared
+    with the acknowledgment's view); ``applied`` collects the checks that were relaxed."""
+    for n, f in enumerate(findings):
+        check = f.extra.get("check")
+        if check in relax and f.is_error:
+            findings[n] = replace(f, severity=Severity.WARNING,
+                                  message=f"{f.message} (a warning for this partner: validation.relax {check})",
+                                  extra={**f.extra, "relaxed": True})
+            if check not in applied:
+                applied.append(check)
 
 
 def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> DocumentResult:
@@ -193,12 +246,23 @@ def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> Documen
     if mapped:
         findings.extend(mapped)
     doc["partner"] = partner_id
+    control_block = doc["control"]
+    control_block["test"] = ts.interchange.test
+    control_block["envelope"] = _envelope_kind(ts)
     if partner is not None:
+        if partner.validation.relax:
+            _relax(findings, frozenset(partner.validation.relax), control_block["relaxed"])
         _apply_partner_rules(doc, ts, partner, findings)
     status = "failed" if findings and any(f.is_error for f in findings) else "translated"
     # Positional: this runs once per document (see the field order of DocumentResult).
     return DocumentResult(ts.standard, ts.type, spec[0], control, partner_id, doc, findings,
                           ts.first_segment_index, len(ts.segments), ts, status)
+
+
+def _envelope_kind(ts: TransactionSet) -> str:
+    if not ts.interchange.bare:
+        return "interchange"
+    return "group" if ts.group is not None else "none"
 
 
 def _apply_partner_rules(doc: dict, ts: TransactionSet, partner: PartnerMapping, findings: list[Finding]) -> None:

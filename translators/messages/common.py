@@ -138,7 +138,8 @@ def _flat_template(kind: str) -> dict[str, Any]:
 
 # A copy of a template is several times cheaper than building the dict key by key (one per set).
 _TEMPLATES: Final = {kind: _flat_template(kind) for kind in ("purchase_order", "invoice")}
-_CONTROL: Final[dict[str, Any]] = {"interchange": None, "group": None, "message": None}
+_CONTROL: Final[dict[str, Any]] = {"interchange": None, "group": None, "message": None, "envelope": "interchange",
+                                   "test": False, "relaxed": None}
 _PARTIES: Final[dict[str, Any]] = dict.fromkeys(PARTY_ROLES)
 
 
@@ -147,7 +148,8 @@ def new_document(kind: str, standard: str) -> dict[str, Any]:
     template = _TEMPLATES.get(kind)
     doc = template.copy() if template is not None else _flat_template(kind)
     doc["standard"] = standard
-    doc["control"] = _CONTROL.copy()
+    control = doc["control"] = _CONTROL.copy()
+    control["relaxed"] = []
     doc["parties"] = _PARTIES.copy()
     doc["lines"] = []
     doc["references"] = {}

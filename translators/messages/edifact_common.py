@@ -419,6 +419,8 @@ class Scan:
         self.tax_moa: dict[str, str] = {}
         self.tax_group_sum: str | None = None
         self.summary_moa = 0
+        self.cnt_lines: list | None = None  # CNT with 6069 = 2 (number of line items)
+        self.cnt_pos = -1
 
     # -- positions -----------------------------------------------------------------------
     def at(self, seg: list, i: int, element: int | None = None, component: int | None = None) -> dict:
@@ -950,6 +952,26 @@ def _group(name: str):
 
 _other = _group("other")
 
+
+def _cnt(s: Scan, seg: list, i: int) -> None:
+    if s.cnt_lines is None and comp(seg, 1, 1) == "2":
+        s.cnt_lines = seg
+        s.cnt_pos = i
+
+
+def check_cnt(s: Scan) -> None:
+    """CNT+2 (number of line items) against the LIN lines received: a truncated message must not
+    pass for a whole one."""
+    seg = s.cnt_lines
+    if seg is None:
+        return
+    count = comp(seg, 1, 2)
+    received = len(s.lines)
+    if count.isdecimal() and len(count) <= 15 and int(count) != received:
+        s.findings.append(finding(
+            "segment.line_count_mismatch", f"CNT+2 says {count} line items, {received} were received",
+            value=count, extra={"check": "line_count"}, **s.at(seg, s.cnt_pos, 1, 2)))
+
 HANDLERS: Final = {
     "BGM": _bgm,
     "DTM": _dtm,
@@ -978,9 +1000,11 @@ HANDLERS: Final = {
     "DGS": _other,
     "RTE": _other,
     "MTD": _other,
+    "CNT": _cnt,
 }
-"""Segment tag → handler. Tags not listed (FTX, CTA, COM, PAI, ALI, GIN, MEA, CNT ...) leave the
-context as it is: they never open a group whose DTM, RFF, QTY or MOA the mappers read."""
+"""Segment tag → handler. Tags not listed (FTX, CTA, COM, PAI, ALI, GIN, MEA ...) leave the
+context as it is: they never open a group whose DTM, RFF, QTY or MOA the mappers read (CNT's
+handler only notes the line count)."""
 
 
 def scan(ts: TransactionSet, mapping: MessageMapping, kind: str) -> Scan:
@@ -1040,6 +1064,7 @@ def fill_common(doc: dict, s: Scan) -> None:
     doc["parties"] = s.roles()
     doc["lines"] = s.lines
     doc["references"] = s.references
+    check_cnt(s)
 
 
 def document_number(s: Scan, what: str) -> str | None:

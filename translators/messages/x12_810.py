@@ -79,9 +79,13 @@ class _Invoice(X12Mapper):
     def _ctt(self, seg: list[str], i: int) -> None:
         self.line = None
         self.summary = True
+        if self.ctt is None:
+            self.ctt = seg
+            self.ctt_at = i
 
     def finish(self) -> None:
         self.finish_common()
+        self.check_ctt()
         doc = self.doc
         dates = self.hdr_dates
         if doc["invoice_date"] is None and "invoice_date" in dates:

@@ -56,10 +56,14 @@ class _PO(X12Mapper):
     def _ctt(self, seg: list[str], i: int) -> None:
         self.line = None
         self.summary = True
+        if self.ctt is None:
+            self.ctt = seg
+            self.ctt_at = i
         self.saw_ctt = True
 
     def finish(self) -> None:
         self.finish_common()
+        self.check_ctt()
         doc = self.doc
         dates = self.hdr_dates
         if doc["po_date"] is None and "po_date" in dates:

@@ -440,6 +440,8 @@ class X12Mapper:
         self.summary = False
         self.header_seen = -1  # index of BEG / BIG
         self.line_seen = -1  # index of the first PO1 / IT1
+        self.ctt: list[str] | None = None  # the CTT segment (its counts are checked at the end)
+        self.ctt_at = -1
         self.hdr_dates: dict[str, tuple[int, str]] = {}
         self.amounts: dict[str, str] = {}  # header and summary AMT: qualifier → amount
         self.summary_amounts: dict[str, str] = {}
@@ -478,7 +480,8 @@ class X12Mapper:
 
     # -- findings ----------------------------------------------------------------------------
     def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
-            value: str | None = None, tag: str | None = None, component: int | None = None) -> None:
+            value: str | None = None, tag: str | None = None, component: int | None = None,
+            check: str | None = None) -> None:
         segs = self.segs
         if tag is None:
             tag = segs[i][0] if 0 <= i < len(segs) else None
@@ -497,6 +500,7 @@ class X12Mapper:
                 interchange_control=ich,
                 group_control=grp,
                 message_control=msg,
+                extra={"check": check} if check is not None else {},
             )
         )
 
@@ -1061,6 +1065,34 @@ class X12Mapper:
                         address["lines"] = list(a["lines"])
                         party["address"] = address
                     parties[roles[slot][0]] = party
+
+    def check_ctt(self) -> None:
+        """CTT01 (number of line items) against the lines received, CTT02 (hash total) against the
+        sum of their quantities: a truncated set must not pass for a whole one."""
+        seg = self.ctt
+        if seg is None:
+            return
+        i = self.ctt_at
+        count = text(seg, 1)
+        received = len(self.lines_out)
+        if count is not None and count.isdecimal() and len(count) <= 6 and int(count) != received:
+            self.add("segment.line_count_mismatch", f"CTT01 says {count} line items, {received} were received",
+                     i, 1, value=count, check="line_count")
+        stated = text(seg, 2)
+        digits = stated.replace(".", "").lstrip("-+") if stated is not None else ""
+        if not digits.isdecimal() or len(digits) > 15:
+            return  # absent, or not a number (the element check reports it)
+        # X12: a hash total sums the values' digits regardless of decimal points and signs, and
+        # keeps only the rightmost digits when the sum outgrows the element.
+        total = 0
+        for line in self.lines_out:
+            q = line["quantity"]
+            if q is not None:
+                total += int(q.replace(".", "").lstrip("-") or "0")
+        if total % 10 ** 10 != int(digits) % 10 ** 10:  # CTT02 is R10
+            self.add("segment.hash_total_mismatch",
+                     f"CTT02 hash total {stated} differs from the sum of the line quantities' digits, {total}",
+                     i, 2, value=stated, check="hash_total")
 
     def missing_segment(self, tag: str, what: str, i: int) -> None:
         """A mandatory segment absent; positioned where it was expected (segment ``i``).
