@@ -684,10 +684,15 @@ def test_x12_same_st02_in_different_groups_is_fine():
 def test_x12_segment_outside_a_set(position, seg, index):
     segs = X12_SEGS[:position] + [seg] + X12_SEGS[position:]
     data = render_x12(segs).encode()
+    # A stray segment is a set of its own, refused (its header is missing); the real set goes on.
     assert all_findings(data) == [
-        ("interchange", ("interchange.content_invalid", E, "REF", index, None, None, None, "000000001", "1", None))]
+        ("set", ("transaction.header_invalid", E, "REF", index, 1, None, None, "000000001", "1", None))]
     assert segments(data) == segs
-    assert [s[0] for s in transaction_sets(data)[0].segments] == ["ST", "BEG", "REF", "N1", "PO1", "CTT", "SE"]
+    sets = transaction_sets(data)
+    assert [[s[0] for s in t.segments] for t in sets if t.type] == [["ST", "BEG", "REF", "N1", "PO1", "CTT", "SE"]]
+    result = translate(data)
+    assert [(d.type, d.status) for d in result.documents] == sorted(
+        [("", "failed"), ("850", "translated")], key=lambda x: x[0] != ("" if position < 3 else "850"))
 
 
 def test_x12_st_outside_a_group():
@@ -1015,7 +1020,8 @@ def test_edifact_duplicate_message_reference():
 def test_edifact_segment_outside_a_message():
     segs = EDI_SEGS[:1] + [["FTX", "AAI"]] + EDI_SEGS[1:]
     data = edifact(segs)
-    assert all_findings(data) == [("interchange", ("interchange.content_invalid", E, "FTX", 3, None, None, None, "REF001", None, None))]
+    assert all_findings(data) == [("set", ("transaction.header_invalid", E, "FTX", 3, 1, None, None, "REF001", None, None))]
+    assert [(d.type, d.status) for d in translate(data).documents] == [("", "failed"), ("ORDERS", "translated")]
 
 
 def test_edifact_junk_after_unz():

@@ -60,6 +60,11 @@ def detect(head: bytes) -> tuple[str | None, int, str | None]:
         return "x12", i, None
     if rest.startswith((b"UNA", b"UNB")):
         return "edifact", i, None
+    # A bare transaction set or group (ST / GS, no ISA) or a bare message (UNH, no UNB).
+    if rest[:2] in (b"ST", b"GS") and len(rest) > 2 and not rest[2:3].isalnum() and rest[2:3] not in b" \t\r\n":
+        return "x12", i, None
+    if rest[:3] == b"UNH" and len(rest) > 3 and not rest[3:4].isalnum() and rest[3:4] not in b" \t\r\n":
+        return "edifact", i, None
     # Junk before the envelope (a comment line, a mail header): find the first envelope.
     m = _START.search(head, i)
     if m:

@@ -222,7 +222,13 @@ class _Envelope:
         ts = self.ts
         if ts is None:
             return
-        if trailer_missing:
+        if trailer_missing and not ts.type:
+            # Stray segments the sender never counted as a set (no header, no trailer).
+            if self.grp is not None and ts.group is self.grp.info:
+                self.group_set_count -= 1
+            elif ts.group is None and self.ich is not None:
+                self.ich_item_count -= 1
+        if trailer_missing and ts.type:
             ts.findings.append(
                 finding(
                     "transaction.trailer_missing",
@@ -277,6 +283,29 @@ class _Envelope:
         self.grp = None
         self.set_controls.clear()
 
+    def _open_bare(self, d: Delimiters) -> None:
+        """A set, group or message with no interchange header: read it in an interchange of its
+        own, marked bare (its sender and receiver come from the caller's source or partner)."""
+        info = InterchangeInfo(standard=self.standard, delimiters=d, segment_index=self.index + 1, bare=True)
+        self.ich = InterchangeSummary(info=info)
+        self.ich_item_count = 0
+        self.set_controls.clear()
+
+    def _open_broken_set(self, seg: list) -> None:
+        """A segment inside an interchange but outside any set: its set's header is corrupt. The
+        segments up to the next trailer or header become a set of their own that is refused,
+        so that the intact sets beside it go on."""
+        assert self.ich is not None
+        findings: list[Finding] = []
+        ts = TransactionSet(self.standard, "", None, None, [seg], self.index, self.ich.info,
+                            self.grp.info if self.grp else None, None, findings)
+        self._open_set(ts, SetSummary("", None, findings, None, None, None), None, seg)
+        header = "ST" if self.standard == "x12" else "UNH"
+        findings.append(self._f(
+            "transaction.header_invalid",
+            f"Segment {_label(seg[0])} is not in a transaction set: its {header} is missing or corrupt; "
+            f"the segments up to the next trailer or {header} are refused", seg, position=1))
+
     def _close_interchange(self, complete: bool, at_eof: bool = False):
         if self.ich is None:
             return
@@ -285,6 +314,8 @@ class _Envelope:
             self._close_set(trailer_missing=True)
         if self.grp is not None:
             self._close_group(trailer_missing=True)
+        if self.ich.info.bare:
+            complete = True  # no interchange header, so no trailer to expect
         self.ich.complete = complete
         if not complete:
             # An EDIFACT file whose every message is complete and which simply ends without
@@ -319,6 +350,9 @@ class _Envelope:
     def _outside(self, seg):
         """A segment that belongs to no transaction set."""
         where = "after the interchange trailer" if self.ich is None else "outside any transaction set"
+        tag = seg[0] if isinstance(seg[0], str) else ""
+        if self.ich is not None and self.ts is None and tag not in _TRAILERS:
+            return self._open_broken_set(seg)
         if self.ich is None:
             self.events.append(
                 self._f("file.trailing_data", f"Segment {_label(seg[0])} {where} was ignored", seg, severity=Severity.WARNING)
@@ -368,7 +402,14 @@ class _X12Reader(_Envelope):
                 buf = buf.lstrip(_WS)
                 if not buf:
                     return ""
-                if not buf.startswith("ISA"):
+                bare = _bare_x12(buf, final)
+                if bare is None:
+                    return buf  # need more text
+                if bare is not False:
+                    self.delims = bare
+                    self.newline_mode = bare.segment == "\n"
+                    self._open_bare(bare)
+                elif not buf.startswith("ISA"):
                     if len(buf) < 3 and not final:
                         return buf
                     nxt = buf.find("ISA")
@@ -381,14 +422,15 @@ class _X12Reader(_Envelope):
                     if nxt < 0:
                         return ""
                     buf = buf[nxt:]
-                header = self._detect(buf, final)
-                if header is None:
-                    return buf  # need more text
-                if header is False:
-                    return ""  # unusable ISA: reported, rest of file dropped
-                isa, consumed = header
-                self._segment(isa)
-                buf = buf[consumed:]
+                if bare is False:
+                    header = self._detect(buf, final)
+                    if header is None:
+                        return buf  # need more text
+                    if header is False:
+                        return ""  # unusable ISA: reported, rest of file dropped
+                    isa, consumed = header
+                    self._segment(isa)
+                    buf = buf[consumed:]
             d = self.delims
             assert d is not None
             term = d.segment
@@ -636,7 +678,7 @@ class _X12Reader(_Envelope):
                 self._close_set(True)
             if self.ich is None:
                 return self._outside(seg)
-            if self.grp is None:
+            if self.grp is None and not self.ich.info.bare:
                 self.ich.findings.append(self._f("interchange.content_invalid", "ST outside a functional group (no GS)", seg))
             st01 = seg[1].strip() if len(seg) > 1 else ""
             st02 = seg[2].strip() if len(seg) > 2 else ""
@@ -688,6 +730,8 @@ class _X12Reader(_Envelope):
         if tag == "GE":
             if self.grp is None:
                 return self._outside(seg)
+            if ts is not None:
+                self._close_set(True)
             count = seg[1].strip() if len(seg) > 1 else ""
             if count.lstrip("0") != str(self.group_set_count).lstrip("0"):
                 self.grp.findings.append(
@@ -832,7 +876,15 @@ class _EdifactReader(_Envelope):
                     buf = buf[end:]
                     self.index += 1
                     continue
-                if not buf.startswith("UNB"):
+                if buf.startswith("UNH") and not buf[3].isalnum() and buf[3] not in _WS:
+                    # A bare message: the UNA's service characters, else the defaults with the
+                    # element separator the UNH shows.
+                    d = self.una or (_DEFAULT_EDIFACT if buf[3] == "+" else
+                                     Delimiters(element=buf[3], component=":", segment="'", release="?"))
+                    self.una = None
+                    self._set_delimiters(d)
+                    self._open_bare(d)
+                elif not buf.startswith("UNB"):
                     nxt = min((p for p in (buf.find("UNB"), buf.find("UNA")) if p >= 0), default=-1)
                     if nxt < 0 and not final:
                         self._junk_seen(buf[:-3])
@@ -842,13 +894,14 @@ class _EdifactReader(_Envelope):
                         return ""
                     buf = buf[nxt:]
                     continue
-                d = self.una or self._sniff(buf)
-                if d is None:
-                    if not final:
-                        return buf
-                    d = Delimiters(element="+", component=":", segment="'", release="?")
-                self.una = None
-                self._set_delimiters(d)
+                else:
+                    d = self.una or self._sniff(buf)
+                    if d is None:
+                        if not final:
+                            return buf
+                        d = Delimiters(element="+", component=":", segment="'", release="?")
+                    self.una = None
+                    self._set_delimiters(d)
             d = self.delims
             assert d is not None
             term = d.segment
@@ -1078,6 +1131,8 @@ class _EdifactReader(_Envelope):
         if tag == "UNE":
             if self.grp is None:
                 return self._outside(seg)
+            if ts is not None:
+                self._close_set(True)
             if e(1).lstrip("0") != str(self.group_set_count):
                 self.grp.findings.append(self._trailer("group_count", "group.count_mismatch", f"UNE says {e(1) or 'nothing'} messages, {self.group_set_count} were received", seg, 1, value=e(1)))
             if not _same_control(e(2), self.grp.info.control_number):
@@ -1137,6 +1192,31 @@ class _EdifactReader(_Envelope):
             self.ich.findings.append(self._f("interchange.sender_invalid", "UNB sender (S002 0004) is empty", unb, 2, Severity.WARNING))
         if not info.receiver_id:
             self.ich.findings.append(self._f("interchange.receiver_invalid", "UNB recipient (S003 0010) is empty", unb, 3, Severity.WARNING))
+
+
+def _bare_x12(buf: str, final: bool) -> Delimiters | bool | None:
+    """The delimiters of a bare ST / GS (no ISA) at the start of ``buf``; False when ``buf`` does
+    not start so, None when more text is needed. The terminator is the first character after
+    the tag that is neither a letter, a digit, the element separator nor a blank (a line break
+    makes a newline-terminated file); the component separator is ':' unless only '>' is seen."""
+    if buf[:2] not in ("ST", "GS") or len(buf) < 3:
+        return False if len(buf) >= 3 or final else None
+    el = buf[2]
+    if el.isalnum() or el in _WS:
+        return False
+    head = buf[:4096]
+    for k in range(3, len(head)):
+        c = head[k]
+        if c == el or c.isalnum() or c in " \t":
+            continue
+        term = "\n" if c in "\r\n" else c
+        comp = ">" if ">" in head and ":" not in head and term != ">" else ":"
+        if comp in (el, term):
+            comp = next(x for x in ":>^|" if x not in (el, term))
+        return Delimiters(element=el, component=comp, segment=term)
+    if not final and len(head) < 4096:
+        return None
+    return Delimiters(element=el, component=":", segment="\n")
 
 
 def _same_control(trailer: str, header: str | None) -> bool:
@@ -1279,4 +1359,6 @@ def _comp(seg: list, n: int, c: int = 1) -> str:
 
 
 _EDIFACT_ENVELOPE: Final = frozenset({"UNT", "UNH", "UNG", "UNE", "UNB", "UNZ"})
+# Trailers (and headers of what encloses a set): out of place, they are reported, never a set.
+_TRAILERS: Final = frozenset({"SE", "GE", "IEA", "ISA", "GS", "ST", "UNT", "UNE", "UNZ", "UNB", "UNG", "UNH", "UNA", "TA1"})
 _DEFAULT_EDIFACT: Final = Delimiters(element="+", component=":", segment="'", release="?")

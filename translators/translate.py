@@ -127,22 +127,31 @@ class Translation:
 
 
 def iter_translate(
-    chunks: Iterable[bytes], partners: PartnerDirectory | None = None
+    chunks: Iterable[bytes], partners: PartnerDirectory | None = None, partner: str | None = None
 ) -> Iterator[DocumentResult | InterchangeResult | Finding]:
-    """Translate a byte stream; memory is bounded by the largest transaction set."""
+    """Translate a byte stream; memory is bounded by the largest transaction set.
+
+    ``partner`` is what the source knows of the sender (a drop folder's configured partner, a
+    Sterling mailbox ``/<Partner>/Inbox``): the partner id used when no interchange header
+    names a known sender, and for bare sets and messages (no ISA / UNB) the source of their
+    sender id.
+    """
     partners = partners or PartnerDirectory()
+    hint = partners.get(partner) if partner else None
     current: PartnerMapping | None = None
     current_ich = None
     for ev in read(chunks):
         if isinstance(ev, TransactionSet):
             if ev.interchange is not current_ich:
                 current_ich = ev.interchange
-                current = _identify(partners, ev)
+                if ev.interchange.bare:
+                    _fill_bare(ev, hint)
+                current = _identify(partners, ev) or hint
             yield translate_set(ev, current)
         elif isinstance(ev, InterchangeSummary):
             if current_ich is not ev.info:
                 current_ich = ev.info
-                current = _identify_interchange(partners, ev)
+                current = _identify_interchange(partners, ev) or hint
             if current is not None and current.validation.relax:
                 relax = frozenset(current.validation.relax)
                 _relax(ev.findings, relax, [])
@@ -153,12 +162,13 @@ def iter_translate(
             yield ev
 
 
-def translate(data: bytes, partners: PartnerDirectory | None = None, source: str | None = None) -> Translation:
-    """Translate a whole file held in memory."""
+def translate(data: bytes, partners: PartnerDirectory | None = None, source: str | None = None,
+              partner: str | None = None) -> Translation:
+    """Translate a whole file held in memory (``partner``: see :func:`iter_translate`)."""
     result = Translation(source=source)
     pending: list[DocumentResult] = []
     chunks = (data[i : i + CHUNK] for i in range(0, max(len(data), 1), CHUNK))
-    for ev in iter_translate(chunks, partners):
+    for ev in iter_translate(chunks, partners, partner):
         if isinstance(ev, DocumentResult):
             pending.append(ev)
         elif isinstance(ev, InterchangeResult):
@@ -197,6 +207,46 @@ def _identify(partners: PartnerDirectory, ts: TransactionSet) -> PartnerMapping 
     )
 
 
+def _fill_bare(ts: TransactionSet, hint: PartnerMapping | None) -> None:
+    """Sender and receiver of a bare set or message: the group's (GS02 / GS03, UNG) where one was
+    sent, else the sender id of the partner the source named (the first in its mapping file)."""
+    ich = ts.interchange
+    group = ts.group
+    if group is not None:
+        ich.sender_id = ich.sender_id or group.sender_id
+        ich.receiver_id = ich.receiver_id or group.receiver_id
+    if hint is not None and not ich.sender_id:
+        idents = hint.identifiers.x12 if ts.standard == "x12" else hint.identifiers.edifact
+        if idents:
+            ich.sender_id, ich.sender_qualifier = idents[0].id, idents[0].qualifier
+
+
+def _bare_header(ts: TransactionSet, findings: list[Finding]) -> None:
+    """A bare set or message must begin with its header segment (BEG / BIG / BGM) right after
+    ST / UNH: without an envelope, nothing else vouches that it is whole."""
+    header = _HEADERS.get((ts.standard, ts.type))
+    if header is None:
+        return
+    segs = ts.segments
+    tags = [s[0] if isinstance(s[0], str) else "" for s in segs]
+    if header not in tags:
+        findings.append(_at_header(ts, "segment.mandatory_missing",
+                                   f"The bare {ts.type} has no {header} segment: it is refused",
+                                   severity=Severity.ERROR))
+    elif len(tags) > 1 and tags[1] != header:
+        at = 1
+        findings.append(finding(
+            "segment.unexpected",
+            f"Segment {tags[at] or '?'} comes before {header} in a bare {ts.type}: it is refused",
+            segment_tag=tags[at] or "?", segment_index=ts.first_segment_index + at, set_position=at + 1,
+            interchange_control=ts.interchange.control_number,
+            group_control=ts.group.control_number if ts.group else None, message_control=ts.control_number))
+
+
+_HEADERS: dict[tuple[str, str], str] = {("x12", "850"): "BEG", ("x12", "810"): "BIG", ("edifact", "ORDERS"): "BGM",
+                                        ("edifact", "INVOIC"): "BGM"}
+
+
 def _identify_interchange(partners: PartnerDirectory, summary: InterchangeSummary) -> PartnerMapping | None:
     """The partner of an interchange that held no set (its envelope findings may be relaxed)."""
     ich = summary.info
@@ -228,6 +278,13 @@ def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> Documen
     findings = ts.findings  # shared with the envelope's SetSummary, so acknowledgments see mapping findings
     spec = MESSAGES.get(key)
     partner_id = partner.id if partner else None
+    relaxed: list[str] = []
+    if partner is not None and partner.validation.relax:
+        _relax(findings, frozenset(partner.validation.relax), relaxed)
+    if spec is None and not ts.type and any(f.is_error for f in findings):
+        # A set whose header is corrupt or missing: refused on its own (its siblings go on).
+        return DocumentResult(ts.standard, ts.type, None, control, partner_id, None, findings,
+                              ts.first_segment_index, len(ts.segments), ts, "failed")
     if spec is None:
         findings.append(
             _at_header(
@@ -242,6 +299,8 @@ def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> Documen
         return DocumentResult(ts.standard, ts.type, None, control, partner_id, None, findings,
                               ts.first_segment_index, len(ts.segments), ts, "ignored")
     mapping: MessageMapping = partner.mapping if partner else STANDARD
+    if ts.interchange.bare:
+        _bare_header(ts, findings)
     doc, mapped = _mapper(key)(ts, mapping)
     if mapped:
         findings.extend(mapped)
@@ -249,9 +308,10 @@ def translate_set(ts: TransactionSet, partner: PartnerMapping | None) -> Documen
     control_block = doc["control"]
     control_block["test"] = ts.interchange.test
     control_block["envelope"] = _envelope_kind(ts)
+    control_block["relaxed"] = relaxed
     if partner is not None:
         if partner.validation.relax:
-            _relax(findings, frozenset(partner.validation.relax), control_block["relaxed"])
+            _relax(findings, frozenset(partner.validation.relax), relaxed)  # the mapper's (CTT, CNT)
         _apply_partner_rules(doc, ts, partner, findings)
     status = "failed" if findings and any(f.is_error for f in findings) else "translated"
     # Positional: this runs once per document (see the field order of DocumentResult).
