@@ -659,6 +659,8 @@ class _X12Reader(_Envelope):
                 return self._outside(seg)
             ts.segments.append(seg)
             count = seg[1].strip() if len(seg) > 1 else ""
+            if not ts.type:
+                return self._close_set(False)  # a set already refused for its header
             if count != str(len(ts.segments)) and count.lstrip("0") != str(len(ts.segments)):
                 ts.findings.append(
                     self._trailer("segment_count", "transaction.count_mismatch",
@@ -1082,6 +1084,8 @@ class _EdifactReader(_Envelope):
                 return self._outside(seg)
             ts.segments.append(seg)
             count = e(1)
+            if not ts.type:
+                return self._close_set(False)  # a message already refused for its header
             if count.lstrip("0") != str(len(ts.segments)):
                 ts.findings.append(self._trailer("segment_count", "transaction.count_mismatch", f"UNT says {count or 'nothing'} segments, {len(ts.segments)} were received",
                                            seg, 1, position=len(ts.segments), value=count))

@@ -50,6 +50,7 @@ RULES: dict[str, Rule] = _rules(
     Rule("file.not_edi", L.FILE, None, None, "The file is neither X12 nor EDIFACT"),
     Rule("file.encoding", L.FILE, None, "21", "The bytes cannot be decoded in the declared character set"),
     Rule("file.trailing_data", L.FILE, None, "33", "Data after the last interchange trailer"),
+    Rule("file.no_messages", L.FILE, None, None, "The file holds envelopes but no transaction set or message"),
     # Interchange envelope (TA1 / UCI).
     Rule("interchange.header_invalid", L.INTERCHANGE, "022", "12", "Interchange header is malformed"),
     Rule("interchange.separator_invalid", L.INTERCHANGE, "026", "20", "A separator character is invalid"),

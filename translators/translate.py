@@ -109,7 +109,7 @@ class Translation:
         return (
             not any(f.is_error for f in self.file_findings)
             and all(d.status != "failed" for d in self.documents)
-            and not any(i.rejected for i in self.interchanges)
+            and not any(f.is_error for i in self.interchanges for f in i.findings)
         )
 
     @property
@@ -123,7 +123,9 @@ class Translation:
             out += [f for f in i.findings if f.is_error]
         for d in self.documents:
             out += d.errors
-        return sorted(out, key=lambda f: f.segment_index or 0)
+        # A document failed by its envelope repeats the envelope's error: listed once.
+        unique = list({id(f): f for f in out}.values())
+        return sorted(unique, key=lambda f: f.segment_index or 0)
 
 
 def iter_translate(
@@ -180,7 +182,22 @@ def translate(data: bytes, partners: PartnerDirectory | None = None, source: str
         else:
             result.file_findings.append(ev)
     result.documents += pending
+    if not result.documents and result.ok:
+        result.file_findings.append(nothing_found(result.interchanges))
     return result
+
+
+def nothing_found(interchanges: list[InterchangeResult]) -> Finding:
+    """The error for a file that held envelopes but no set or message: never an empty success."""
+    if interchanges:
+        summary = interchanges[-1].summary
+        info = summary.info
+        header = info.header or (summary.groups[0].info.header if summary.groups else [])
+        tag = header[0] if header and isinstance(header[0], str) else ("ISA" if info.standard == "x12" else "UNB")
+        return finding("file.no_messages", f"The {tag} envelope holds no transaction set or message",
+                       segment_tag=tag, segment_index=info.segment_index or 1,
+                       interchange_control=info.control_number)
+    return finding("file.no_messages", "The file holds no transaction set or message", segment_index=1)
 
 
 def _envelope_verdict(d: DocumentResult, ev: InterchangeResult) -> None:
