@@ -436,13 +436,25 @@ def _x12_env(summary: InterchangeSummary, sender, receiver, line_break: str) -> 
     comp = d.component if (_usable(d.component, (element, segment)) and not unknown_component) else _pick(
         ":>^<\\|", (element, segment, d.repetition)
     )
-    env = _X12Env(element, comp, segment, d.repetition, ours, theirs, _line_end(segment, line_break))
-    for p in (ours, theirs):
+    explicit = [p for p, given in ((ours, sender), (theirs, receiver)) if given is not None]
+    for p in explicit:  # the caller's own values: a mistake of the caller
         if len(p.id) > 15 or (p.qualifier and len(p.qualifier) > 2):
             raise ValueError(f"{p} does not fit the ISA (id at most 15, qualifier 2 characters)")
         if any(ch in p.id + (p.qualifier or "") for ch in (element, comp, segment)):
             raise ValueError(f"{p} holds a delimiter of the interchange")
-    return env
+    received = [p for p in (ours, theirs) if p not in explicit]
+    if any(len(p.id) > 15 or (p.qualifier and len(p.qualifier) > 2) for p in received):
+        return None  # the received ISA names a party no ISA can address: no acknowledgment
+    text = "".join(p.id + (p.qualifier or "") for p in (ours, theirs))
+    if any(ch in text for ch in (element, comp, segment)):
+        # A received id holds a delimiter: answer with delimiters that it does not hold.
+        element = next((c for c in (element, *"*|^!") if _usable(c) and c not in text), "")
+        segment = next((c for c in (segment, *"~!|'") if _usable(c, (element,)) and c not in text), "")
+        comp = next((c for c in (comp, *":>^<\\|") if _usable(c, (element, segment)) and c not in text), "")
+        if not (element and segment and comp):
+            return None
+    return _X12Env(element, comp, segment, d.repetition if d.repetition not in (element, comp, segment) else None,
+                   ours, theirs, _line_end(segment, line_break))
 
 
 def _x12_clean(value: str, env: _X12Env, limit: int = 99) -> str:

@@ -878,7 +878,7 @@ class _EdifactReader(_Envelope):
                     buf = buf[end:]
                     self.index += 1
                     continue
-                if buf.startswith("UNH") and not buf[3].isalnum() and buf[3] not in _WS:
+                if buf.startswith("UNH") and len(buf) > 3 and not buf[3].isalnum() and buf[3] not in _WS:
                     # A bare message: the UNA's service characters, else the defaults with the
                     # element separator the UNH shows.
                     d = self.una or (_DEFAULT_EDIFACT if buf[3] == "+" else

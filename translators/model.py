@@ -152,10 +152,10 @@ def component(segment: Segment, n: int, c: int) -> str:
 def render_segment(segment: Segment, standard: str, d: Delimiters) -> str:
     """Write one segment back as EDI text (escaping EDIFACT service characters)."""
     if standard == "x12":
-        return d.element.join(segment) + d.segment
+        return d.element.join(e if isinstance(e, str) else d.component.join(e) for e in segment) + d.segment
     table = _release_table(d)
-    out = [segment[0]]
-    for el in segment[1:]:
+    out: list[str] = []
+    for el in segment:
         if isinstance(el, list):
             out.append(d.component.join([p.translate(table) for p in el]) if table else d.component.join(el))
         else:

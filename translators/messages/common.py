@@ -17,6 +17,10 @@ class ValueProblem(ValueError):
         self.code = code
 
 
+# The longest numeric element of X12 (R/N, 18 in 005010's longest) and EDIFACT (n..35).
+MAX_NUMBER_LENGTH: Final = 35
+
+
 def decimal_text(value: str, implied: int = 0, decimal_mark: str = ".") -> str | None:
     """Normalise a numeric EDI value to a canonical decimal string.
 
@@ -28,6 +32,15 @@ def decimal_text(value: str, implied: int = 0, decimal_mark: str = ".") -> str |
         return None
     if decimal_mark != "." or "," in v:
         v = v.replace(decimal_mark, ".").replace(",", ".")
+    # A plain decimal only: an exponent (1E100000000) would make a number millions of digits long.
+    body = v[1:] if v[:1] in "+-" else v
+    whole, dot, fraction = body.partition(".")
+    if not (whole.isdecimal() or fraction.isdecimal()) or (whole and not whole.isdecimal()) \
+            or (fraction and not fraction.isdecimal()) or not body.isascii():
+        raise ValueProblem("element.invalid_number", f"{value[:40]!r} is not a plain decimal number")
+    if len(body) > MAX_NUMBER_LENGTH:
+        raise ValueProblem("element.too_long",
+                           f"{value[:40]!r} has {len(body)} characters: more than any EDI number ({MAX_NUMBER_LENGTH})")
     try:
         d = Decimal(v)
     except InvalidOperation:

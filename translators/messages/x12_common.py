@@ -229,10 +229,10 @@ def _is_zero(v: str) -> bool:
 def _plain_number(v: str) -> str:
     """'1.000' → '1', '010' → '10' (for terms text); anything odd stays as sent."""
     try:
-        d = Decimal(v)
-    except Exception:
+        plain = decimal_text(v)  # bounded: no exponent, at most MAX_NUMBER_LENGTH characters
+    except ValueProblem:
         return v
-    return format(d.normalize(), "f") if d.is_finite() else v
+    return format(Decimal(plain).normalize(), "f") if plain is not None else v
 
 
 def _ranks(codes: list[str]) -> dict[str, int]:
