@@ -75,37 +75,44 @@ def _read(path: Path) -> bytes | None:
 def translate(files: Files, partners: PartnersOption = None) -> None:
     """Translate EDI files into canonical documents: a JSON array on stdout.
 
-    Exit 0 when every file translated; otherwise 1, with one line per error on stderr naming
-    the file, the segment and its position, the code and the message.
+    Files are streamed (read in 1 MB chunks, each document written as it is made). Exit 0 when
+    every file translated; otherwise 1, with one line per error on stderr naming the file, the
+    segment and its position, the code and the message.
     """
 
     def body():
+        from gateway.commands.translating import translate_file
+
         directory = _load_partners(partners)
         ok = True
-        out = sys.stdout
-        out.write("[")
-        first = True
-        for path, result in _translations(files, directory):
-            if result is None:
+        out = sys.stdout.buffer
+        out.write(b"[")
+        first = [True]
+        for path in files:
+            if not _readable_file(path):
                 ok = False
                 continue
-            for doc in result.canonical:
-                out.write(("\n" if first else ",\n") + json.dumps(doc, ensure_ascii=False, indent=2))
-                first = False
-            errors = result.errors()
-            if errors:
+            try:
+                ok = translate_file(path, directory, out, first, _err) and ok
+            except OSError as exc:
+                _err(f"{path}: cannot be read: {exc.strerror or exc}")
                 ok = False
-                for f in errors:
-                    _err(f.describe(str(path)))
-            elif not result.ok:
-                ok = False
-                _err(f"{path}: not translated")
-        out.write("\n]\n" if not first else "]\n")
+        out.write(b"]\n" if first[0] else b"\n]\n")
         out.flush()
         if not ok:
             raise typer.Exit(1)
 
     _guard(body)
+
+
+def _readable_file(path: Path) -> bool:
+    if path.is_dir():
+        _err(f"{path}: is a folder, not a file")
+    elif not path.exists():
+        _err(f"{path}: no such file")
+    else:
+        return True
+    return False
 
 
 @app.command()
@@ -114,56 +121,41 @@ def validate(
     partners: PartnersOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check EDI files: print every finding and the acknowledgment that would be sent."""
+    """Check EDI files: print every finding and the acknowledgment that would be sent (streamed)."""
 
     def body():
-        from translators.acks import build_acknowledgment
+        from gateway.commands.translating import validate_file
 
         directory = _load_partners(partners)
         now = datetime.now(timezone.utc)
         ok = True
         reports = []
-        for path, result in _translations(files, directory):
-            if result is None:
+        for path in files:
+            if not _readable_file(path):
                 ok = False
                 continue
-            ok = ok and result.ok
-            findings = list(result.file_findings)
-            for i in result.interchanges:
-                findings += i.findings
-            for d in result.documents:
-                findings += d.findings
-            findings.sort(key=lambda f: f.segment_index or 0)
-            acks = []
-            for n, i in enumerate(result.interchanges, 1):
-                ack = build_acknowledgment(
-                    i.summary, now=now, interchange_control=f"{n:09d}", group_control=str(n)
-                )
-                if ack is not None:
-                    acks.append(ack)
-            if as_json:
-                reports.append(
-                    {
-                        "file": str(path),
-                        "ok": result.ok,
-                        "documents": [
-                            {"type": d.type, "control": d.control, "status": d.status, "partner": d.partner}
-                            for d in result.documents
-                        ],
-                        "findings": [f.to_dict() for f in findings],
-                        "acknowledgments": [{"kind": a.kind, "text": a.text} for a in acks],
-                    }
-                )
+            try:
+                report = validate_file(path, directory, now)
+            except OSError as exc:
+                _err(f"{path}: cannot be read: {exc.strerror or exc}")
+                ok = False
                 continue
-            verdict = "ok" if result.ok else "REJECTED" if not result.documents else "has errors"
-            typer.echo(f"{path}: {verdict} — {len(result.documents)} document(s), {len(findings)} finding(s)")
-            for d in result.documents:
-                typer.echo(f"  {d.type} {d.control.get('message') or '?'}: {d.status}" + (f" (partner {d.partner})" if d.partner else ""))
+            ok = ok and report["ok"]
+            findings = report["findings"]
+            if as_json:
+                reports.append({**report, "findings": [f.to_dict() for f in findings]})
+                continue
+            docs = report["documents"]
+            verdict = "ok" if report["ok"] else "REJECTED" if not docs else "has errors"
+            typer.echo(f"{path}: {verdict} — {len(docs)} document(s), {len(findings)} finding(s)")
+            for d in docs:
+                typer.echo(f"  {d['type'] or '?'} {d['control'].get('message') or '?'}: {d['status']}"
+                           + (f" (partner {d['partner']})" if d["partner"] else ""))
             for f in findings:
                 typer.echo(f"  {f.severity.value:7} {f.where()}: {f.code}: {f.message}")
-            for a in acks:
-                typer.echo(f"  acknowledgment ({a.kind}):")
-                for line in a.text.splitlines():
+            for a in report["acknowledgments"]:
+                typer.echo(f"  acknowledgment ({a['kind']}):")
+                for line in a["text"].splitlines():
                     typer.echo(f"    {line}")
         if as_json:
             typer.echo(json.dumps(reports, indent=2, ensure_ascii=False))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from translators.envelope import CHUNK, read
 from translators.findings import Finding, Level, Severity, finding
 from translators.mapping import STANDARD, MessageMapping, PartnerDirectory, PartnerMapping
-from translators.model import InterchangeSummary, TransactionSet
+from translators.model import GroupInfo, InterchangeSummary, TransactionSet
 
 # (standard, message type) → (canonical kind, module, function)
 MESSAGES: dict[tuple[str, str], tuple[str, str, str]] = {
@@ -86,10 +86,14 @@ class InterchangeResult:
     def rejection(self, ts: TransactionSet) -> Finding | None:
         """The envelope error that fails ``ts`` (a set of this interchange): the interchange's
         first error, else the first error of its functional group; None when neither is broken."""
+        return self.rejection_in(ts.group)
+
+    def rejection_in(self, group: GroupInfo | None) -> Finding | None:
+        """:meth:`rejection` for a set of ``group`` (None: a set outside any group)."""
         first = next((f for f in self.summary.findings if f.is_error), None)
-        if first is None and ts.group is not None:
+        if first is None and group is not None:
             for g in self.summary.groups:
-                if g.info is ts.group:
+                if g.info is group:
                     first = next((f for f in g.findings if f.is_error), None)
                     break
         return first

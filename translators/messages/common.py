@@ -37,7 +37,9 @@ def decimal_text(value: str, implied: int = 0, decimal_mark: str = ".") -> str |
     whole, dot, fraction = body.partition(".")
     if not (whole.isdecimal() or fraction.isdecimal()) or (whole and not whole.isdecimal()) \
             or (fraction and not fraction.isdecimal()) or not body.isascii():
-        raise ValueProblem("element.invalid_number", f"{value[:40]!r} is not a plain decimal number")
+        exponent = "e" in body.lower() and body.lower().replace("e", "", 1).lstrip("+-").replace(".", "").isdecimal()
+        raise ValueProblem("element.invalid_number", f"{value[:40]!r} is not a plain decimal number (no exponent)"
+                           if exponent else f"{value[:40]!r} is not a number")
     if len(body) > MAX_NUMBER_LENGTH:
         raise ValueProblem("element.too_long",
                            f"{value[:40]!r} has {len(body)} characters: more than any EDI number ({MAX_NUMBER_LENGTH})")
