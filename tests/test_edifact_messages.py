@@ -99,6 +99,7 @@ def test_orders_with_decimal_comma_and_release_characters():
         "line_number": "1", "quantity": "12.5", "uom": "KGM", "unit_price": "9.50", "amount": "118.75",
         "buyer_part": "B-200", "supplier_part": "A-100", "gtin": "4006381333931",
         "description": "STAHLSCHRAUBE M8X40 VERZINKT DIN 933 GEWINDE", "requested_delivery": "2024-04-05",
+        "po_number": None,
     }
     # Zero-padded quantity; the price is per 100 (PRI 5284) → per piece.
     assert (two["quantity"], two["unit_price"], two["amount"]) == ("200", "2.5", "500.00")
@@ -162,9 +163,14 @@ def test_bgm_old_and_new_forms_and_purposes():
     new = hand_set("UNH+1+ORDERS:D:01B:UN'BGM+220:::ORDER+PO-2:3:1+4+AB'DTM+137:20240101:102'UNS+S'UNT+5+1'")
     assert (translate(old)[0]["po_number"], translate(old)[0]["purpose"]) == ("PO-1", "cancel")
     assert (translate(new)[0]["po_number"], translate(new)[0]["purpose"]) == ("PO-2", "change")
-    for code, name in (("9", "original"), ("5", "replace"), ("7", "duplicate"), ("31", "copy"), ("43", "43")):
+    for code, name in (("9", "original"), ("5", "replace"), ("7", "duplicate"), ("31", "copy"),
+                       ("43", "additional_transmission"), ("99", "99")):
         ts = hand_set(f"UNH+1+ORDERS:D:96A:UN'BGM+220+X+{code}'DTM+137:20240101:102'UNS+S'UNT+5+1'")
-        assert translate(ts)[0]["purpose"] == name
+        doc, findings = translate(ts)
+        assert doc["purpose"] == name
+        # An unknown purpose is kept raw, with a warning naming BGM 1225.
+        assert [(f.code, f.segment_tag, f.element_index, f.is_error) for f in findings] == (
+            [("element.invalid_code", "BGM", 3, False)] if code == "99" else [])
 
 
 def test_decimal_comma_from_the_interchange_delimiters():

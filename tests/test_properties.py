@@ -185,6 +185,7 @@ def documents(standard: str, kind: str, alphabet: str):
         "gtin": opt(st.text("0123456789", min_size=8, max_size=14) | text),
         "description": opt(text),
         "requested_delivery": opt(iso_dates),
+        "po_number": st.none(),  # the writer states the order once, in the header
     }).map(_line(standard))
     purposes = st.sampled_from(PURPOSE_NAMES[standard])
     fields = {

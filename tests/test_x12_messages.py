@@ -125,8 +125,8 @@ def test_850_lines_qualifier_driven_parts_and_per_line_dates():
     assert [ln["line_number"] for ln in lines] == ["1", "2", "3"]
     # PO1*1: VP first, BP second, UP third — the qualifier decides, not the position.
     assert (lines[0]["buyer_part"], lines[0]["supplier_part"], lines[0]["gtin"]) == ("AC-100", "WW-778", "012345678905")
-    # PO1*2: CB is not a standard buyer qualifier; VN is a supplier one.
-    assert (lines[1]["buyer_part"], lines[1]["supplier_part"]) == (None, "VEND-200")
+    # PO1*2: CB (buyer's catalog number) is a standard buyer qualifier; VN is a supplier one.
+    assert (lines[1]["buyer_part"], lines[1]["supplier_part"]) == ("CUST-200", "VEND-200")
     # Zero-padded quantities, prices as sent.
     assert [ln["quantity"] for ln in lines] == ["16", "5", "120"]
     assert [ln["unit_price"] for ln in lines] == ["12.50", "3.4", "0.75"]

@@ -70,6 +70,7 @@ class Line(_Strict):
     gtin: str | None
     description: str | None
     requested_delivery: IsoDate | None
+    po_number: str | None  # the order the line belongs to (an invoice line's RFF+ON / REF*PO)
 
 
 class Charge(_Strict):

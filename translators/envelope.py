@@ -405,7 +405,7 @@ class _X12Reader(_Envelope):
                 bare = _bare_x12(buf, final)
                 if bare is None:
                     return buf  # need more text
-                if bare is not False:
+                if isinstance(bare, Delimiters):
                     self.delims = bare
                     self.newline_mode = bare.segment == "\n"
                     self._open_bare(bare)
@@ -422,7 +422,7 @@ class _X12Reader(_Envelope):
                     if nxt < 0:
                         return ""
                     buf = buf[nxt:]
-                if bare is False:
+                if not isinstance(bare, Delimiters):
                     header = self._detect(buf, final)
                     if header is None:
                         return buf  # need more text
@@ -881,11 +881,11 @@ class _EdifactReader(_Envelope):
                 if buf.startswith("UNH") and len(buf) > 3 and not buf[3].isalnum() and buf[3] not in _WS:
                     # A bare message: the UNA's service characters, else the defaults with the
                     # element separator the UNH shows.
-                    d = self.una or (_DEFAULT_EDIFACT if buf[3] == "+" else
-                                     Delimiters(element=buf[3], component=":", segment="'", release="?"))
+                    bare_d = self.una or (_DEFAULT_EDIFACT if buf[3] == "+" else
+                                          Delimiters(element=buf[3], component=":", segment="'", release="?"))
                     self.una = None
-                    self._set_delimiters(d)
-                    self._open_bare(d)
+                    self._set_delimiters(bare_d)
+                    self._open_bare(bare_d)
                 elif not buf.startswith("UNB"):
                     nxt = min((p for p in (buf.find("UNB"), buf.find("UNA")) if p >= 0), default=-1)
                     if nxt < 0 and not final:
@@ -897,13 +897,13 @@ class _EdifactReader(_Envelope):
                     buf = buf[nxt:]
                     continue
                 else:
-                    d = self.una or self._sniff(buf)
-                    if d is None:
+                    sniffed = self.una or self._sniff(buf)
+                    if sniffed is None:
                         if not final:
                             return buf
-                        d = Delimiters(element="+", component=":", segment="'", release="?")
+                        sniffed = Delimiters(element="+", component=":", segment="'", release="?")
                     self.una = None
-                    self._set_delimiters(d)
+                    self._set_delimiters(sniffed)
             d = self.delims
             assert d is not None
             term = d.segment

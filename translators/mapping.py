@@ -199,7 +199,7 @@ class PartNumberQualifiers(_Model):
     Listing a key replaces the standard list for it; keys left out keep the standard list.
     """
 
-    buyer: list[Code] = Field(default_factory=lambda: ["BP", "IN", "SK"],
+    buyer: list[Code] = Field(default_factory=lambda: ["BP", "IN", "SK", "CB", "PI"],
                               description="Qualifiers of the buyer's (our) part number")
     supplier: list[Code] = Field(default_factory=lambda: ["VP", "SA", "VN", "VC", "MG", "SN"],
                                  description="Qualifiers of the supplier's part number")

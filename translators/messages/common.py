@@ -37,9 +37,9 @@ def decimal_text(value: str, implied: int = 0, decimal_mark: str = ".") -> str |
     whole, dot, fraction = body.partition(".")
     if not (whole.isdecimal() or fraction.isdecimal()) or (whole and not whole.isdecimal()) \
             or (fraction and not fraction.isdecimal()) or not body.isascii():
-        exponent = "e" in body.lower() and body.lower().replace("e", "", 1).lstrip("+-").replace(".", "").isdecimal()
+        has_exponent = "e" in body.lower() and body.lower().replace("e", "", 1).lstrip("+-").replace(".", "").isdecimal()
         raise ValueProblem("element.invalid_number", f"{value[:40]!r} is not a plain decimal number (no exponent)"
-                           if exponent else f"{value[:40]!r} is not a number")
+                           if has_exponent else f"{value[:40]!r} is not a number")
     if len(body) > MAX_NUMBER_LENGTH:
         raise ValueProblem("element.too_long",
                            f"{value[:40]!r} has {len(body)} characters: more than any EDI number ({MAX_NUMBER_LENGTH})")
@@ -171,6 +171,13 @@ def new_document(kind: str, standard: str) -> dict[str, Any]:
     if kind != "purchase_order":
         doc["charges"] = []
     return doc
+
+
+def common_order(lines: list[dict[str, Any]]) -> str | None:
+    """The order number every line names, when they name one and the same; None when lines
+    reference different orders (an invoice over several orders has no single po_number)."""
+    orders = {line["po_number"] for line in lines if line["po_number"] is not None}
+    return orders.pop() if len(orders) == 1 else None
 
 
 def translate_code(table: dict[str, str], value: str | None) -> str | None:

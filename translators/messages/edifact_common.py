@@ -74,6 +74,15 @@ PURPOSES: Final = {
     "2": "add",
     "3": "delete",
     "6": "confirmation",
+    "8": "status",
+    "13": "request",
+    "16": "proposal",
+    "17": "cancel_reissue",
+    "18": "reissue",
+    "19": "seller_change",
+    "43": "additional_transmission",
+    "46": "provisional",
+    "47": "definitive",
 }
 """BGM 1225 message function code → canonical purpose; other codes pass through raw."""
 
@@ -419,6 +428,7 @@ class Scan:
         self.tax_moa: dict[str, str] = {}
         self.tax_group_sum: str | None = None
         self.summary_moa = 0
+        self.first_money_currency: str | None = None  # the currency of the first MOA that names one
         self.cnt_lines: list | None = None  # CNT with 6069 = 2 (number of line items)
         self.cnt_pos = -1
 
@@ -683,8 +693,12 @@ def _rff(s: Scan, seg: list, i: int) -> None:
     elif section == DETAIL:
         if ctx in _LINE_CTX:
             s.ctx = "lrff"
-            if q == "ON" and v and s.po_ref_line is None:
-                s.po_ref_line = v
+            if q == "ON" and v:
+                if s.po_ref_line is None:
+                    s.po_ref_line = v
+                line = s.line
+                if line is not None and line["po_number"] is None:
+                    line["po_number"] = v  # the order this line belongs to
 
 
 def _nad(s: Scan, seg: list, i: int) -> None:
@@ -759,6 +773,17 @@ def _moa(s: Scan, seg: list, i: int) -> None:
     el = _c1(seg)
     q = el[0].strip()
     raw = el[1].strip() if len(el) > 1 else ""
+    if len(el) > 2:
+        cur = el[2].strip()
+        if cur:
+            base = s.currency or s.first_money_currency
+            if base is None:
+                s.first_money_currency = cur
+            elif cur != base:
+                # The same amount restated in another currency (6345 differs from the
+                # message's): checked, never counted a second time.
+                s.num(seg, i, raw, used=False)
+                return
     section, ctx = s.section, s.ctx
     if section == DETAIL:
         line = s.line
@@ -1057,7 +1082,12 @@ def fill_common(doc: dict, s: Scan) -> None:
     control["group"] = group.control_number if group else None
     control["message"] = (comp(unh, 1) if unh else "") or ts.control_number
     if s.bgm is not None:
-        doc["purpose"] = purpose(comp(s.bgm, 3))
+        code = comp(s.bgm, 3).strip()
+        doc["purpose"] = purpose(code)
+        if code and code not in PURPOSES:
+            s.findings.append(finding(
+                "element.invalid_code", f"BGM 1225 message function {code!r} is not a code the gateway names; kept as sent",
+                severity=WARNING, value=code, **s.at(s.bgm, s.bgm_pos or 0, 3)))
     cur = s.currency or s.money_currency
     if cur:
         doc["currency"] = s.lk.currency.get(cur, cur)

@@ -36,6 +36,7 @@ from translators.messages.edifact_common import (
     scan,
     stamped,
 )
+from translators.messages.common import common_order
 from translators.model import TransactionSet
 
 
@@ -47,7 +48,7 @@ def map_invoic(ts: TransactionSet, mapping: MessageMapping = STANDARD) -> tuple[
     check_bgm(s)
     doc["invoice_number"] = document_number(s, "invoice")
     doc["invoice_date"] = s.header_date("invoice_date")
-    doc["po_number"] = s.po_ref or s.po_ref_party or s.po_ref_line
+    doc["po_number"] = s.po_ref or s.po_ref_party or common_order(s.lines)
     doc["due_date"] = s.header_date("due_date") or s.pat_due
     t = s.tax_moa
     doc["tax_amount"] = t.get("176") or t.get("150") or t.get("124") or s.tax_group_sum

@@ -18,7 +18,9 @@ from typing import Any, Final
 
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
-from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, Checks, TDS, X12Mapper, base_codes, purpose_name, raw, tables, text
+from translators.messages.common import common_order
+from translators.messages.x12_common import (CTT, HEADER, IGNORE, LINE, Checks, TDS, X12Mapper, base_codes, purpose_name, raw,
+                                               tables, text, unknown_purpose)
 from translators.model import TransactionSet
 
 _TABLES: Final = tables({**base_codes(), "BIG": HEADER, "IT1": LINE, "TDS": TDS, "CTT": CTT,
@@ -53,6 +55,9 @@ class _Invoice(X12Mapper):
         self.date(seg, i, 3)  # the PO date: checked, not part of the canonical invoice
         doc["po_number"] = text(seg, 4)
         doc["purpose"] = purpose_name(raw(seg, 8))
+        if unknown_purpose(raw(seg, 8)):
+            self.add("element.invalid_code", f"BIG08 purpose {raw(seg, 8)!r} is not a code the gateway names; kept as sent",
+                     i, 8, severity=Severity.WARNING, value=raw(seg, 8))
 
     def _it1(self, seg: list[str], i: int, checks: Checks | None) -> None:
         self._item(seg, i, checks)
@@ -95,7 +100,7 @@ class _Invoice(X12Mapper):
         else:
             doc["due_date"] = self.itd_due
         if doc["po_number"] is None:
-            doc["po_number"] = doc["references"].get("PO")
+            doc["po_number"] = doc["references"].get("PO") or common_order(self.lines_out)
         tax = self.tax_summary if self.tax_summary is not None else self.tax_lines
         doc["tax_amount"] = format(tax, "f") if tax is not None else None
         doc["charges"] = self.doc_charges or self.line_charges

@@ -15,7 +15,8 @@ from typing import Any, Final
 
 from translators.findings import Finding, Severity
 from translators.mapping import MessageMapping
-from translators.messages.x12_common import CTT, HEADER, IGNORE, LINE, Checks, X12Mapper, base_codes, purpose_name, raw, tables, text
+from translators.messages.x12_common import (CTT, HEADER, IGNORE, LINE, Checks, X12Mapper, base_codes, purpose_name, raw, tables,
+                                               text, unknown_purpose)
 from translators.model import TransactionSet
 
 _TABLES: Final = tables({**base_codes(), "BEG": HEADER, "PO1": LINE, "CTT": CTT,
@@ -43,6 +44,9 @@ class _PO(X12Mapper):
         self.header_seen = i
         doc = self.doc
         doc["purpose"] = purpose_name(raw(seg, 1))
+        if unknown_purpose(raw(seg, 1)):
+            self.add("element.invalid_code", f"BEG01 purpose {raw(seg, 1)!r} is not a code the gateway names; kept as sent",
+                     i, 1, severity=Severity.WARNING, value=raw(seg, 1))
         doc["po_number"] = text(seg, 3)
         doc["po_date"] = self.date(seg, i, 5)
 
@@ -70,9 +74,8 @@ class _PO(X12Mapper):
             doc["po_date"] = dates["po_date"][1]
         if "requested_delivery" in dates:
             doc["requested_delivery"] = dates["requested_delivery"][1]
-        total = self.amounts.get("TT") or self.summary_amounts.get("TT") or self.summary_amounts.get("1")
-        if total is None and not self.saw_ctt:
-            total = self.line_tt
+        # AMT*TT is the order's total wherever it stands (also inside the last PO1 loop, before CTT).
+        total = self.amounts.get("TT") or self.summary_amounts.get("TT") or self.line_tt or self.summary_amounts.get("1")
         doc["total_amount"] = total
         if self.header_seen < 0:
             self.missing_segment("BEG", "beginning segment for purchase order", 1)

@@ -40,8 +40,12 @@ PURPOSES: Final = {
     "06": "confirmation",
     "07": "duplicate",
     "08": "status",
+    "13": "request",
     "15": "resubmission",
+    "16": "proposal",
+    "17": "cancel_reissue",
     "18": "reissue",
+    "19": "seller_change",
     "22": "information_copy",
 }
 
@@ -220,6 +224,11 @@ def purpose_name(code: str | None) -> str | None:
     if not code:
         return None
     return PURPOSES.get(code, code)
+
+
+def unknown_purpose(code: str | None) -> bool:
+    """A purpose code (353) the gateway does not name: kept raw, with a warning."""
+    return bool(code) and code not in PURPOSES
 
 
 def _is_zero(v: str) -> bool:
@@ -731,7 +740,9 @@ class X12Mapper:
                 self.party_tax_rank = rank
             return
         if self.line is not None:
-            return  # line-level references are not part of the canonical line
+            if q == "PO" and self.line["po_number"] is None:
+                self.line["po_number"] = v  # the order this line belongs to (invoices of several orders)
+            return  # other line-level references are not part of the canonical line
         keep = self.plan.refs
         if keep is not None and q not in keep:
             return
