@@ -150,3 +150,42 @@ def test_test_interchanges_are_marked_translated_and_acknowledged(name):
     assert ack is not None and ack.interchange_status.value == "accepted"
     production = read(name).replace(b"*T*>", b"*P*>").replace(b"++++++1'", b"'")
     assert translate(production).documents[0].document["control"]["test"] is False
+
+
+# -- 6. values -----------------------------------------------------------------------------------
+
+
+def test_amounts_restated_in_another_currency_are_not_counted_twice():
+    result = translate(read("edifact_invoic_restated_currency_two_orders.edi"))
+    (d,) = result.documents
+    doc = d.document
+    assert d.ok and doc["currency"] == "EUR"
+    assert doc["charges"] == [{"code": "FC", "description": "FREIGHT", "amount": "50.00"}]  # not 50 + 56.13
+    assert (doc["total_amount"], doc["tax_amount"]) == ("100.00", "19.00")  # not 19 + 21.33
+
+
+@pytest.mark.parametrize("name, orders", [("edifact_invoic_restated_currency_two_orders.edi", ["PO-100", "PO-200"]),
+                                          ("x12_810_two_orders_buyer_codes.x12", ["PO-300", "PO-301"])])
+def test_an_invoice_over_several_orders_has_no_header_po_number(name, orders):
+    (d,) = translate(read(name)).documents
+    validate_canonical(d.document)
+    assert d.document["po_number"] is None
+    assert [line["po_number"] for line in d.document["lines"]] == orders
+    same = read(name).replace(orders[1].encode(), orders[0].encode())
+    assert translate(same).documents[0].document["po_number"] == orders[0]  # one order: it is the invoice's
+
+
+def test_buyer_catalog_and_purchaser_item_codes_are_buyer_parts():
+    (d,) = translate(read("x12_810_two_orders_buyer_codes.x12")).documents
+    assert [line["buyer_part"] for line in d.document["lines"]] == ["CAT-1", "ITEM-2"]
+
+
+def test_amt_tt_before_ctt_is_the_total_and_an_unknown_purpose_is_kept_with_a_warning():
+    (d,) = translate(read("x12_850_amt_tt_before_ctt.x12")).documents
+    assert d.ok and d.document["total_amount"] == "25"
+    assert d.document["purpose"] == "77"
+    (w,) = d.findings
+    assert (w.code, w.segment_tag, w.element_index, w.is_error, w.value) == ("element.invalid_code", "BEG", 1, False, "77")
+    original = read("x12_850_amt_tt_before_ctt.x12").replace(b"BEG*77*", b"BEG*00*")
+    (d,) = translate(original).documents
+    assert d.document["purpose"] == "original" and d.findings == []
