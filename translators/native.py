@@ -1,11 +1,11 @@
-"""The optional hand-written C behind the readers and the X12 mappers, built by setup.py:
-translators/_x12.c (the X12 reader's loop and the mappers' value work) and translators/_edifact.c
-(the EDIFACT reader's loop).
+"""The optional hand-written C tokenizers behind the readers, built by setup.py:
+translators/_x12.c and translators/_edifact.c (each splits ordinary segments into elements in
+one pass; no business rule lives in C).
 
 ``x12`` and ``edifact`` are the compiled modules, or None where they were not built (no C
-compiler, ``EDI_GATEWAY_PURE=1``): the readers and the mappers then run their pure-Python path,
-which gives the same segments, events and documents. Each reader and mapper looks them up here
-when it starts, so tests can set them to None to compare both paths.
+compiler, ``EDI_GATEWAY_PURE=1``): the readers then run their pure-Python path, which gives the
+same segments and events. Each reader looks them up here when it starts, so tests can set them
+to None to compare both paths.
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ class InterchangeResult:
 
     summary: InterchangeSummary
     partner: str | None
+    _verdicts: dict[int, Finding | None] | None = field(default=None, repr=False)
 
     @property
     def findings(self) -> list[Finding]:
@@ -90,13 +91,15 @@ class InterchangeResult:
 
     def rejection_in(self, group: GroupInfo | None) -> Finding | None:
         """:meth:`rejection` for a set of ``group`` (None: a set outside any group)."""
-        first = next((f for f in self.summary.findings if f.is_error), None)
-        if first is None and group is not None:
+        verdicts = self._verdicts
+        if verdicts is None:
+            # Worked out once per interchange: an interchange may hold thousands of groups.
+            top = next((f for f in self.summary.findings if f.is_error), None)
+            verdicts = {id(None): top}
             for g in self.summary.groups:
-                if g.info is group:
-                    first = next((f for f in g.findings if f.is_error), None)
-                    break
-        return first
+                verdicts[id(g.info)] = top or next((f for f in g.findings if f.is_error), None)
+            self._verdicts = verdicts
+        return verdicts.get(id(group), verdicts[id(None)])
 
 
 @dataclass(slots=True)
@@ -207,7 +210,7 @@ def nothing_found(interchanges: list[InterchangeResult]) -> Finding:
 def _envelope_verdict(d: DocumentResult, ev: InterchangeResult) -> None:
     """Apply the interchange's verdict to one of its documents: a broken interchange or group
     fails it, naming the envelope error; relaxed envelope checks are recorded on it."""
-    if d.document is not None:
+    if d.document is not None and ev.partner is not None:
         relaxed: list[str] = d.document["control"]["relaxed"]
         for f in ev.findings:
             check = f.extra.get("check")

@@ -19,11 +19,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
-from translators import native
 from translators.canonical import LINE_FIELDS, new_document
 from translators.findings import Finding, Severity, finding
 from translators.mapping import STANDARD, MessageMapping
-from translators.messages.common import ValueProblem, decimal_text, x12_date
+from translators.messages.common import MAX_NUMBER_LENGTH, ValueProblem, decimal_text, x12_date
 from translators.model import InterchangeInfo, TransactionSet
 
 ERROR: Final = Severity.ERROR
@@ -163,13 +162,6 @@ CHECKS_4010: Final = {
 
 
 Spec = tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]
-# The C primitives (translators/_x12.c) behind num, _item and passes, where built.
-FastDecimal = Callable[[str, int], "str | None"]
-FastItem = Callable[..., "dict[str, Any] | None"]  # (segment, uoms, parts, empty line, spec[, ranks])
-FastPasses = Callable[[list[str], bytes], bool]  # (segment, Checks.packed)
-FastPid = Callable[[list[str], "bytes | None", "dict[str, Any] | None", bool], "bool | None"]
-# (segments, start, line tag, line checks, PID checks, uoms, parts, empty line, lines out)
-FastLines = Callable[..., "tuple[int, dict[str, Any], list[str], bool] | None"]
 
 
 def _has(seg: list[str], n: int, k: int) -> bool:
@@ -353,21 +345,10 @@ _EMPTY_LINE: Final[dict[str, Any]] = dict.fromkeys(LINE_FIELDS)
 
 
 class Checks:
-    """A segment's checks: ``spec`` for the Python code, ``packed`` for the C path — for the
-    mandatory elements (kind M) and each syntax note (its kind), how many elements and their
-    positions, one byte each."""
+    """A segment's checks: its mandatory elements and syntax notes (see CHECKS)."""
 
     def __init__(self, spec: Spec):
         self.spec = spec
-        mandatory, notes = spec
-        packed = bytearray(b"M")
-        packed.append(len(mandatory))
-        packed += bytes(mandatory)
-        for kind, els in notes:
-            packed += kind.encode("ascii")
-            packed.append(len(els))
-            packed += bytes(els)
-        self.packed = bytes(packed)
 
 
 # Tag → (handler code, checks or None).
@@ -383,30 +364,6 @@ def tables(codes: dict[str, int]) -> tuple[Table, Table]:
         packed = {tag: Checks(spec) for tag, spec in checks.items()}
         out.append({tag: (code, packed.get(tag)) for tag, code in codes.items()})
     return out[0], out[1]
-
-
-class _CPath:
-    """The C primitives of one build of translators/_x12.c (None each where it is not built)."""
-
-    def __init__(self, c: Any):
-        self.module = c
-        self.decimal: FastDecimal | None = c.decimal if c is not None else None
-        self.item: FastItem | None = c.item if c is not None else None
-        self.passes: FastPasses | None = c.passes if c is not None else None
-        self.pid: FastPid | None = c.description if c is not None else None
-        self.lines: FastLines | None = c.lines if c is not None else None
-
-
-_C_PATH: list[_CPath] = [_CPath(None)]
-
-
-def _c_path() -> _CPath:
-    """The C primitives in use now (``native.x12`` is looked up per mapper: tests switch it)."""
-    c = native.x12
-    current = _C_PATH[0]
-    if current.module is not c:
-        current = _C_PATH[0] = _CPath(c)
-    return current
 
 
 class X12Mapper:
@@ -444,7 +401,7 @@ class X12Mapper:
         self.line: dict[str, Any] | None = None
         self.line_date_rank = 1 << 30
         self.line_desc08 = False
-        self.line_parts: dict[str, int] | None = {}  # None: ask the C path (see _parts)
+        self.line_parts: dict[str, int] = {}  # the rank of the qualifier each part number came from
         self.line_seg: list[str] = []  # the PO1 / IT1 of the line loop
         self.summary = False
         self.header_seen = -1  # index of BEG / BIG
@@ -477,15 +434,6 @@ class X12Mapper:
         self.old_dtm = bool(version) and version is not None and version[:6].isdecimal() and version[:6] < "004010"
         self.table = tables[0] if self.old_dtm else tables[1]
         self.lines_out: list[dict[str, Any]] = self.doc["lines"]
-        c = _c_path()
-        self.fast_decimal = c.decimal
-        self.fast_item = c.item
-        self.fast_passes = c.passes
-        self.fast_pid = c.pid
-        pid = self.table.get("PID")
-        # The C line loop reads PIDs as _pid does: only where the table sends PID there.
-        self.fast_lines = c.lines if pid is not None and pid[0] == PID else None
-        self.pid_checks: bytes | None = pid[1].packed if pid is not None and pid[1] is not None else None
 
     # -- findings ----------------------------------------------------------------------------
     def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
@@ -529,13 +477,8 @@ class X12Mapper:
         v = seg[n]
         if not v:
             return None
-        fast = self.fast_decimal
-        if fast is not None:
-            d = fast(v, implied)
-            if d is not None:
-                return d
         # Fast paths for the common shapes; anything else goes through decimal_text.
-        if v.isdecimal() and v.isascii():
+        if v.isdecimal() and v.isascii() and len(v) <= MAX_NUMBER_LENGTH:
             if implied:
                 q, r = divmod(int(v), 10**implied)
                 return f"{q}.{r:0{implied}d}"
@@ -571,11 +514,7 @@ class X12Mapper:
         table = self.table
         n1_loop = N1_LOOP
         segs = self.segs
-        fast_lines = self.fast_lines
-        resume = 0  # the C line loop read the segments before this one
         for i in range(len(segs)):
-            if i < resume:
-                continue
             seg = segs[i]
             tag = seg[0]
             entry = table.get(tag)
@@ -586,16 +525,8 @@ class X12Mapper:
             if self.party is not None and tag not in n1_loop:
                 self.party = None
             # The common segments first: one line item is a PO1 / IT1 and a PID or two. They
-            # check themselves (the C path checks and maps each in one call, and reads the plain
-            # lines that follow in the same call).
+            # check themselves.
             if code == LINE:
-                if fast_lines is not None:
-                    plan = self.plan
-                    done = fast_lines(segs, i, self.line_tag, checks.packed if checks is not None else None,
-                                      self.pid_checks, plan.uom, plan.parts, _EMPTY_LINE, self.lines_out)
-                    if done is not None:
-                        resume = self._lines_read(i, done)
-                        continue
                 self.line_item(seg, i, checks)
                 continue
             if code == PID:
@@ -648,10 +579,8 @@ class X12Mapper:
 
     def _checked(self, seg: list[str], i: int, checks: Checks | None) -> None:
         """A segment's syntax checks (None for none): findings when it fails them."""
-        if checks is not None:
-            fast = self.fast_passes
-            if not (passes(seg, checks.spec) if fast is None else fast(seg, checks.packed)):
-                self._check(seg, i, checks.spec)
+        if checks is not None and not passes(seg, checks.spec):
+            self._check(seg, i, checks.spec)
 
     def _check(self, seg: list[str], i: int, spec) -> None:
         """The explaining check of a segment that failed its fast predicate."""
@@ -821,12 +750,6 @@ class X12Mapper:
                 self.line_date_rank = rank + offset
 
     def _pid(self, seg: list[str], i: int, checks: Checks | None) -> None:
-        fast = self.fast_pid
-        if fast is not None:
-            desc08 = fast(seg, checks.packed if checks is not None else None, self.line, self.line_desc08)
-            if desc08 is not None:  # it passed its checks and was read
-                self.line_desc08 = desc08
-                return
         self._checked(seg, i, checks)
         line = self.line
         if line is None:
@@ -918,11 +841,6 @@ class X12Mapper:
         if line is None:
             return
         best = self.line_parts
-        if best is None:
-            best = self.line_parts = {}
-            fast = self.fast_item
-            assert fast is not None  # only the C path leaves the ranks to be asked for
-            fast(self.line_seg, self.plan.uom, plan_parts, _EMPTY_LINE, None, best)
         n = len(seg)
         for k in range(start, min(n, start + 20), 2):
             q = seg[k]
@@ -968,12 +886,6 @@ class X12Mapper:
         if self.line_seen < 0:
             self.line_seen = i
         plan = self.plan
-        fast = self.fast_item
-        if fast is not None:
-            line = fast(seg, plan.uom, plan.parts, _EMPTY_LINE, checks.packed if checks is not None else None)
-            if line is not None:  # checks passed, every value plain: nothing to report
-                self._open_line(line, seg, None)
-                return line
         self._checked(seg, i, checks)
         n = len(seg)
         uom = seg[3].strip() if n > 3 else ""
@@ -1003,24 +915,8 @@ class X12Mapper:
         self._parts(seg, i, 6)
         return line
 
-    def _lines_read(self, i: int, done: tuple[int, dict[str, Any], list[str], bool]) -> int:
-        """The state the line loop leaves after the C path read segments ``i`` up to ``stop``
-        (lines already in ``lines_out``), as :meth:`_item`, :meth:`_open_line` and :meth:`_pid`
-        leave it; returns ``stop``."""
-        stop, line, seg, desc08 = done
-        self.summary = False
-        if self.line_seen < 0:
-            self.line_seen = i
-        self.line = line
-        self.line_seg = seg
-        self.line_date_rank = 1 << 30
-        self.line_desc08 = desc08
-        self.line_parts = None  # the C path gives the ranks when a LIN asks (see _parts)
-        return stop
-
-    def _open_line(self, line: dict[str, Any], seg: list[str], ranks: dict[str, int] | None) -> None:
-        """The line loop starts; ``ranks``: the rank of the qualifier each part number came from
-        (None when the C path read the line: it gives them when a LIN needs them)."""
+    def _open_line(self, line: dict[str, Any], seg: list[str], ranks: dict[str, int]) -> None:
+        """The line loop starts; ``ranks``: the rank of the qualifier each part number came from."""
         self.line = line
         self.line_seg = seg
         self.line_date_rank = 1 << 30
