@@ -117,6 +117,8 @@ def decimals(places: int = 4, signed: bool = True, max_int: int = 10**9):
 iso_dates = st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)).map(date.isoformat)
 currencies = st.sampled_from(["USD", "EUR", "GBP", "JPY", "CHF", "PLN"])
 uoms = st.sampled_from(["EA", "CA", "PC", "KGM", "PCE", "BX", "LB", "C62"])
+x12_uoms = st.sampled_from(["EA", "CA", "PC", "BX", "LB", "KG"])  # X12 355 is ID 2/2
+x12_quantities = decimals(places=2, signed=False, max_int=10**5)
 ID_QUALIFIERS = {"x12": ["1", "9", "91", "92", "ZZ", "UL"], "edifact": ["9", "16", "91", "92", "ZZZ"]}
 # Not PO / ON: an invoice reads its PO number from those (see expected()).
 REF_QUALIFIERS = {"x12": ["IA", "DP", "VR", "CT", "ZZ", "AH", "VN"], "edifact": ["CT", "AAK", "DQ", "IA", "VN", "ZZZ", "AAB"]}
@@ -176,8 +178,9 @@ def documents(standard: str, kind: str, alphabet: str):
     line = st.fixed_dictionaries({
         "line_number": opt(st.integers(1, 99999).map(str) | text),
         # An X12 IT1 without IT102 / IT104 is refused (rightly).
-        "quantity": decimals(signed=False) if x12_invoice else opt(decimals(signed=False)),
-        "uom": opt(uoms),
+        # X12 IT102 is R 1/10 and PO102 R 1/15 (digits, zero padding included).
+        "quantity": (x12_quantities if x12_invoice else opt(x12_quantities if x12 else decimals(signed=False))),
+        "uom": opt(x12_uoms if standard == "x12" else uoms),
         "unit_price": decimals() if x12_invoice else opt(decimals()),
         "amount": opt(decimals()),
         "buyer_part": opt(text),

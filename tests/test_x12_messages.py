@@ -142,7 +142,7 @@ def test_850_lines_qualifier_driven_parts_and_per_line_dates():
 def test_850_partner_mapping_changes_qualifiers_codes_and_references():
     mapping = MessageMapping(
         part_numbers=PartNumberQualifiers(buyer=["CB", "BP"], supplier=["VN"], gtin=[]),
-        translations=Translations(uom={"CA": "CS"}, currency={"USD": "US-DOLLAR"}),
+        translations=Translations(uom={"CA": "CS"}, currency={"USD": "USN"}),
         references=["IA"],
     )
     doc, findings = one("850_4010_lines.x12", mapping)
@@ -152,7 +152,7 @@ def test_850_partner_mapping_changes_qualifiers_codes_and_references():
     assert [ln["supplier_part"] for ln in lines] == [None, "VEND-200", None]  # VP is no longer a supplier code
     assert [ln["gtin"] for ln in lines] == [None, None, None]
     assert [ln["uom"] for ln in lines] == ["CS", "EA", "CS"]
-    assert doc["currency"] == "US-DOLLAR"
+    assert doc["currency"] == "USN"  # translated, then checked: an ISO 4217 code
     assert doc["references"] == {"IA": "V-5521"}
 
 
@@ -307,8 +307,8 @@ def test_810_due_date_terms_text_and_line_level_charges():
         "BIG*240105*INV-1**PO-7***CR*05",
         "N1*VN*SUPPLIER CO*24*12-3456789",
         "N1*RE*REMIT CO",
-        "ITD*05*3****20240204*30",
-        "ITD*08*3*1.5*20240115",
+        "ITD*05*3****240204*30",
+        "ITD*08*3*1.5*240115",
         "IT1*1*1080*EA*3.61**IN*001719653*UP*022108955228",
         "TXI*ST*1.25",
         "SAC*A*I410***2350",

@@ -52,9 +52,11 @@ from translators.canonical import empty_line
 from translators.findings import Finding, Severity, finding
 from translators.mapping import MessageMapping
 from translators.messages.common import ValueProblem, decimal_text, edifact_date, problem_finding
+from translators.codelists import digits, edifact_number_limit, is_currency, is_unit
 from translators.model import TransactionSet
 
 WARNING: Final = Severity.WARNING
+ERROR: Final = Severity.ERROR
 
 # Sections of a message.
 HEADER: Final = 0
@@ -428,7 +430,8 @@ class Scan:
         self.tax_moa: dict[str, str] = {}
         self.tax_group_sum: str | None = None
         self.summary_moa = 0
-        self.first_money_currency: str | None = None  # the currency of the first MOA that names one
+        self.first_money_currency: str | None = None
+        self.currency_at: tuple[list, int] | None = None  # the CUX that named the currency  # the currency of the first MOA that names one
         self.cnt_lines: list | None = None  # CNT with 6069 = 2 (number of line items)
         self.cnt_pos = -1
 
@@ -448,6 +451,13 @@ class Scan:
         uses the value, a warning when it does not (still reported in the acknowledgment)."""
         if not value:
             return None
+        if len(value) > 15:
+            limit = edifact_number_limit(seg[0] if isinstance(seg[0], str) else "", self.ts.version)
+            if limit is not None and digits(value) > limit:
+                self.findings.append(finding(
+                    "element.too_long", f"{value[:40]!r} has {digits(value)} digits: at most {limit} in {self.ts.version}",
+                    severity=ERROR if used else WARNING, value=value[:40], **self.at(seg, i, element, component)))
+                return None
         # Fast path for the common shapes (digits, digits + decimal mark + digits); the result
         # is what decimal_text gives.
         if value.isascii():
@@ -725,6 +735,7 @@ def _cux(s: Scan, seg: list, i: int) -> None:
             cur = comp(seg, 1, 2) or comp(seg, 2, 2)
             if cur:
                 s.currency = cur
+                s.currency_at = (seg, i)
 
 
 def _pat(s: Scan, seg: list, i: int) -> None:
@@ -788,7 +799,7 @@ def _moa(s: Scan, seg: list, i: int) -> None:
     if section == DETAIL:
         line = s.line
         r = _LINE_AMOUNT.get(q) if line is not None and ctx in _LINE_CTX else None
-        value = raw if raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
+        value = raw if len(raw) <= 15 and raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
         if r is not None and value is not None and line is not None and r < s.line_qty_rank[1]:
             line["amount"] = value
             s.line_qty_rank[1] = r
@@ -917,12 +928,17 @@ def _qty(s: Scan, seg: list, i: int) -> None:
     line = s.line
     r = s.qty_rank.get(q) if line is not None and s.section == DETAIL and s.ctx in _LINE_CTX else None
     raw = el[1].strip() if len(el) > 1 else ""
-    value = raw if raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
+    value = raw if len(raw) <= 15 and raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=r is not None)
     if value is not None and r is not None and line is not None and r < s.line_qty_rank[0]:
         s.line_qty_rank[0] = r
         line["quantity"] = value
         uom = el[2].strip() if len(el) > 2 else ""
-        line["uom"] = s.lk.uom.get(uom, uom) if uom else None
+        unit = s.lk.uom.get(uom, uom) if uom else None
+        line["uom"] = unit
+        if unit is not None and not is_unit(unit, "edifact"):
+            s.findings.append(finding(
+                "element.invalid_code", f"QTY unit {uom!r} is not shaped as a UN/ECE Recommendation 20 code "
+                "(6411, an..3); kept as sent", severity=WARNING, value=uom[:40], **s.at(seg, i, 1, 3)))
 
 
 def _pri(s: Scan, seg: list, i: int) -> None:
@@ -930,7 +946,7 @@ def _pri(s: Scan, seg: list, i: int) -> None:
     q = el[0].strip()
     used = s.section == DETAIL and s.line is not None
     raw = el[1].strip() if len(el) > 1 else ""
-    value = raw if raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=used)
+    value = raw if len(raw) <= 15 and raw.isdecimal() and raw.isascii() and raw[0] != "0" else s.num(seg, i, raw, used=used)
     n = len(el)
     basis = s.num(seg, i, el[4].strip(), 1, 5, used) if n > 4 and el[4].strip() else None
     if not used:
@@ -1090,7 +1106,13 @@ def fill_common(doc: dict, s: Scan) -> None:
                 severity=WARNING, value=code, **s.at(s.bgm, s.bgm_pos or 0, 3)))
     cur = s.currency or s.money_currency
     if cur:
-        doc["currency"] = s.lk.currency.get(cur, cur)
+        doc["currency"] = code = s.lk.currency.get(cur, cur)
+        if not is_currency(code):
+            where = s.currency_at or (s.bgm or ["UNH"], s.bgm_pos or 0)
+            s.findings.append(finding(
+                "element.invalid_code", f"Currency {cur!r} is not an ISO 4217 code; kept as sent", severity=WARNING,
+                value=cur[:40],
+                **s.at(where[0], where[1], 1, 2)))
     doc["parties"] = s.roles()
     doc["lines"] = s.lines
     doc["references"] = s.references

@@ -22,6 +22,7 @@ from typing import Any, Final
 from translators.canonical import LINE_FIELDS, new_document
 from translators.findings import Finding, Severity, finding
 from translators.mapping import STANDARD, MessageMapping
+from translators.codelists import X12_DT_8_FROM, digits, is_currency, is_unit, x12_number_limit
 from translators.messages.common import MAX_NUMBER_LENGTH, ValueProblem, decimal_text, x12_date
 from translators.model import InterchangeInfo, TransactionSet
 
@@ -477,6 +478,12 @@ class X12Mapper:
         v = seg[n]
         if not v:
             return None
+        if len(v) > 6:
+            limit = x12_number_limit(seg[0], n)
+            if limit is not None and digits(v) > limit:
+                self.add("element.too_long", f"{self._name(seg[0], n)} has {digits(v)} digits: at most {limit}",
+                         i, n, value=v.strip()[:40])
+                return None
         # Fast paths for the common shapes; anything else goes through decimal_text.
         if v.isdecimal() and v.isascii() and len(v) <= MAX_NUMBER_LENGTH:
             if implied:
@@ -503,6 +510,19 @@ class X12Mapper:
             return None
         if century and len(v) == 6 and v.isdecimal():
             v = century + v
+        elif v.isdecimal() and len(v) in (6, 8) and self.version and self.version[:6].isdecimal():
+            # DT is CCYYMMDD from 004010 on: a 6-digit date there is refused (its century is a
+            # guess). Before 004010 DT is YYMMDD, but CCYYMMDD was widely sent for the year 2000:
+            # read, with a warning.
+            if self.version[:6] >= X12_DT_8_FROM and len(v) == 6:
+                self.add("element.invalid_date",
+                         f"{self._name(seg[0], n)} {v!r} is not a CCYYMMDD date, as {self.version[:6]} writes dates",
+                         i, n, value=v)
+                return None
+            if self.version[:6] < X12_DT_8_FROM and len(v) == 8:
+                self.add("element.invalid_date",
+                         f"{self._name(seg[0], n)} {v!r} has 8 digits where {self.version[:6]} writes YYMMDD; "
+                         "read as CCYYMMDD", i, n, severity=WARNING, value=v)
         try:
             return x12_date(v)
         except ValueProblem as p:
@@ -684,7 +704,10 @@ class X12Mapper:
             return
         c = text(seg, 2)
         if c:
-            self.doc["currency"] = self.plan.currency.get(c, c)
+            code = self.doc["currency"] = self.plan.currency.get(c, c)
+            if not is_currency(code):
+                self.add("element.invalid_code", f"CUR02 {c!r} is not an ISO 4217 currency code; kept as sent", i, 2,
+                         severity=WARNING, value=c[:40])
 
     def _dtm_value(self, seg: list[str], i: int) -> str | None:
         fn, pn = (6, 7) if self.old_dtm else (5, 6)
@@ -890,7 +913,14 @@ class X12Mapper:
         n = len(seg)
         uom = seg[3].strip() if n > 3 else ""
         if uom:
+            sent = uom
             uom = plan.uom.get(uom, uom)
+            if not is_unit(uom, "x12"):
+                wrong_length = len(uom) != 2
+                self.add("element.too_long" if len(uom) > 2 else "element.too_short" if len(uom) < 2
+                         else "element.invalid_code",
+                         f"{self._name(seg[0], 3)} {sent!r} is not an X12 unit of measure code (355, 2 characters)",
+                         i, 3, severity=ERROR if wrong_length else WARNING, value=sent[:40])
         line = _EMPTY_LINE.copy()  # cheaper than a dict display of ten keys
         if n > 1:
             line["line_number"] = seg[1].strip() or None
