@@ -34,7 +34,7 @@ import pycountry
 X12_NUMBERS: Final[dict[tuple[str, int], tuple[str, int]]] = {
     ("PO1", 2): ("330", 15),  # quantity ordered, R
     ("PO1", 4): ("212", 17),  # unit price, R
-    ("IT1", 2): ("358", 10),  # quantity invoiced, R
+    ("IT1", 2): ("358", 15),  # quantity invoiced, R (1/10 in 004010, 1/15 from 005010: the larger)
     ("IT1", 4): ("212", 17),  # unit price, R
     ("AMT", 2): ("782", 18),  # monetary amount, R
     ("TDS", 1): ("610", 15),  # amount, N2
@@ -90,7 +90,7 @@ def _historic_currencies() -> frozenset[str]:
 @lru_cache(maxsize=512)
 def is_currency(code: str) -> bool:
     """An ISO 4217 alphabetic currency code, current (pycountry) or historic."""
-    if len(code) != 3 or not code.isascii():
+    if len(code) != 3 or not code.isascii() or not code.isupper():
         return False
     return pycountry.currencies.get(alpha_3=code) is not None or code in _historic_currencies()
 
