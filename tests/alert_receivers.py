@@ -21,6 +21,24 @@ from starlette.routing import Route
 from gateway.sandbox.server import serve_app
 
 TOKEN_PATH = "/services/T000/B000/SeCrEtToKeN42"  # the part of a Slack webhook URL that is a credential
+SECRET_KEY = "jt6LSPw0Qk0DzWqHt2fA3k0rYbq3CqfUWV3WlfsHh9E="  # a Fernet key for these tests only
+
+
+def cli_runner(monkeypatch):
+    """``run(*args, input=None)``: the gateway CLI in this process, with the test vault key and no
+    settings file from the environment."""
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    monkeypatch.setenv("GATEWAY_SECRET_KEY", SECRET_KEY)
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    runner = CliRunner()
+
+    def run(*args, input=None):
+        return runner.invoke(app, list(args), input=input)
+
+    return run
 
 
 class WebhookReceiver:
@@ -52,14 +70,7 @@ class WebhookReceiver:
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[dict]:
         """Block until ``count`` requests arrived (a condition, not a sleep)."""
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while len(self.requests) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{len(self.requests)} webhook request(s) arrived, {count} expected")
-                self._arrived.wait(left)
-            return [b for _, b in self.requests]
+        return [b for _, b in _wait(self._arrived, self.requests, count, timeout, "webhook request(s)")]
 
     def __enter__(self) -> WebhookReceiver:
         self.server = serve_app(self.app)
@@ -84,14 +95,19 @@ class Mailbox:
         return "250 Message accepted for delivery"
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Message]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.messages) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{len(self.messages)} e-mail(s) arrived, {count} expected")
-                self._cond.wait(left)
-            return [m for _, _, m in self.messages]
+        return [m for _, _, m in _wait(self._cond, self.messages, count, timeout, "e-mail(s)")]
+
+
+def _wait(cond: threading.Condition, items: list, count: int, timeout: float, what: str) -> list:
+    """Wait on ``cond`` until ``items`` holds ``count`` entries; a copy of them."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while len(items) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{len(items)} {what} arrived, {count} expected")
+            cond.wait(left)
+        return list(items)
 
 
 def _free_port() -> int:

@@ -10,14 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from gateway.cli import app
-from tests.alert_receivers import TOKEN_PATH, WebhookReceiver
+from tests.alert_receivers import SECRET_KEY, TOKEN_PATH, WebhookReceiver, cli_runner
 from tests.pipeline_fixtures import ROOT
 
 GATEWAY = [sys.executable, "-m", "gateway.cli"]
-SECRET_KEY = "jt6LSPw0Qk0DzWqHt2fA3k0rYbq3CqfUWV3WlfsHh9E="  # a Fernet key for these tests only
 
 
 def _config(tmp_path: Path, extra: str) -> Path:
@@ -40,14 +37,7 @@ format = "slack"
 
 @pytest.fixture
 def cli(monkeypatch):
-    monkeypatch.setenv("GATEWAY_SECRET_KEY", SECRET_KEY)
-    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
-    runner = CliRunner()
-
-    def run(*args, input=None):
-        return runner.invoke(app, list(args), input=input)
-
-    return run
+    return cli_runner(monkeypatch)
 
 
 def test_alerts_test_command(cli, tmp_path):

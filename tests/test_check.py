@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from gateway.check import status_of
-from gateway.cli import app
 from gateway.integrations.anaplan.check import check_anaplan
 from gateway.integrations.anaplan.client import AnaplanSettings
 from gateway.integrations.anaplan.simulator.app import INVOICES_FILE_ID
@@ -17,9 +15,9 @@ from gateway.integrations.plex.check import PlexUses, check_plex, probe_duplicat
 from gateway.integrations.plex.client import PlexClient, PlexConfig
 from gateway.integrations.plex.simulator.app import SIM_SOAP_PASSWORD, SIM_SOAP_READONLY_USER
 from gateway.sandbox.environment import start_sandbox
+from tests.alert_receivers import cli_runner
 from tests.pipeline_fixtures import PARTNERS
 
-SECRET_KEY = "jt6LSPw0Qk0DzWqHt2fA3k0rYbq3CqfUWV3WlfsHh9E="
 
 
 @pytest.fixture(scope="module")
@@ -248,14 +246,7 @@ def _toml(values: dict) -> str:
 
 @pytest.fixture
 def cli(monkeypatch):
-    monkeypatch.setenv("GATEWAY_SECRET_KEY", SECRET_KEY)
-    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
-    runner = CliRunner()
-
-    def run(*args, input=None):
-        return runner.invoke(app, list(args), input=input)
-
-    return run
+    return cli_runner(monkeypatch)
 
 
 def _secrets(cli, cfg: Path, **values: str) -> None:
