@@ -337,3 +337,23 @@ def test_syspro_sites_are_checked_odata_and_enet(tmp_path):
     assert reports["syspro:erp-enet"].ok and "COMFND answers" in reports["syspro:erp-enet"].lines[0].detail
     (line,) = reports["syspro:erp-old"].lines
     assert line.status == "fail" and "not-it" not in line.detail and line.detail
+
+
+def test_gateway_check_probe_duplicates_from_the_command_line(cli, sim, tmp_path):
+    from gateway.integrations.anaplan.simulator.app import DEFAULT_PASSWORD
+    from gateway.integrations.plex.simulator.app import SIM_API_KEY
+    from gateway.sandbox.environment import STERLING_PASSWORD
+
+    sim.plex.settings.duplicate_purchase_order = "create"
+    cfg = _config(tmp_path, sim)
+    _secrets(cli, cfg, **{"plex-key": SIM_API_KEY, "anaplan-pw": DEFAULT_PASSWORD, "sterling-pw": STERLING_PASSWORD})
+    r = cli("check", "-c", str(cfg), "--system", "plex", "--probe-duplicates", "--json")
+    assert r.exit_code == 0, r.output
+    plex, probe = json.loads(r.output)
+    assert plex["system"] == "plex" and probe["system"] == "plex: duplicate probe"
+    header = probe["checks"][0]
+    assert header["status"] == "ok" and header["detail"].startswith("a repeated create makes a second PO")
+    # The supplier came from a partner file (plex.supplier_code), as none was named.
+    number = header["detail"].split("Probe PO ")[1].split()[0]
+    made = [p for p in sim.plex.state(log=False)["purchase_orders"] if p["poNumber"] == number]
+    assert len(made) == 2 and {p["_supplierCode"] for p in made} <= {"ACME01", "EUROCOMP"}
