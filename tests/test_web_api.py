@@ -513,14 +513,17 @@ def test_files_held_back_are_forced_through_or_split_again_by_operators_only(rt,
         trail = [(e.stage, e.outcome, e.actor) for e in s.exec(select(Event).where(Event.interchange_id == dup))]
     assert any(actor == "olga" for _, _, actor in trail)
 
-    # The overview offers the action to operators (with the CSRF token), not to viewers.
+    # The overview lists the held file; its page offers the action to operators (with the CSRF token),
+    # not to viewers.
     op = client_for(rt)
     sign_in(op, "olga")
-    page = op.get("/")
+    assert f'href="/interchanges/{junk}"' in op.get("/").text
+    page = op.get(f"/interchanges/{junk}")
     assert f'action="/interchanges/{junk}/retry"' in page.text and "Split again" in page.text
+    assert "not EDI" in page.text  # the file itself, shown before anyone acts
     viewer = client_for(rt)
     sign_in(viewer, "victor")
-    assert f"/interchanges/{junk}/retry" not in viewer.get("/").text
+    assert f"/interchanges/{junk}/retry" not in viewer.get(f"/interchanges/{junk}").text
     from tests.test_web_support import csrf_of
 
     r = op.post(f"/interchanges/{junk}/retry", data={"reason": "translator fixed", "csrf_token": csrf_of(page.text)},

@@ -51,7 +51,7 @@ def test_every_page_renders_for_a_viewer_without_actions(rt):
     c = client_for(rt)
     sign_in(c, "victor")
     pages = {
-        "/": ["Overview", "Documents per hour", "northwind-retail"],
+        "/": ["Needs a person", "Documents received per hour", "northwind-retail"],
         "/documents": ["NW-4471"],
         f"/documents/{done}": ["BEG*00*SA*NW-4471", "Timeline", "Canonical document", "Acknowledgment"],
         "/partners": ["northwind-retail", "europa-components"],

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+from gateway.store.models import utcnow
 from gateway.web.actions import BulkJobs, Conflict, NotFound
 from gateway.web.auth import Forbidden, NotSignedIn, Throttle
 from gateway.web.queries import BadRequest
@@ -141,6 +142,7 @@ def create_app(runtime) -> FastAPI:
     app.state.throttle = Throttle()
     app.state.redactor = Redactor(settings)
     app.state.cache = TTLCache()
+    app.state.started_at = utcnow()
     app.state.metrics = Metrics(runtime)
 
     configured = settings.web.session_secret.get_secret_value() if settings.web.session_secret else None

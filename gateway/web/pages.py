@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlmodel import Session
 
 from gateway.pipeline.machine import RESTING, STATES, StageName
@@ -29,6 +30,7 @@ from gateway.web.auth import (
     sign_out,
 )
 from gateway.web.queries import BadRequest
+from gateway.web.wording import plain_markup
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
@@ -48,9 +50,26 @@ def _dt(value: datetime | None, seconds: bool = True) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M") + " UTC"
 
 
-def _ago(value: datetime | None) -> str:
+def _iso(value: datetime) -> str:
+    return queries.as_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _when(value: datetime | None, seconds: bool = True) -> Markup | str:
+    """A time people read in their own zone: UTC in the page, turned local by app.js, UTC on hover."""
+    if value is None:
+        return "—"
+    text = _dt(value, seconds)
+    return Markup('<time datetime="{}" data-local="{}" title="{}">{}</time>').format(
+        _iso(value), "s" if seconds else "m", text, text)
+
+
+def _ago(value: datetime | None) -> Markup | str:
     if value is None:
         return "never"
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(_iso(value), _dt(value), _ago_text(value))
+
+
+def _ago_text(value: datetime) -> str:
     delta = (datetime.now(timezone.utc) - queries.as_utc(value)).total_seconds()
     future = delta < 0
     delta = abs(delta)
@@ -77,9 +96,9 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
-templates.env.filters.update(dt=_dt, ago=_ago, pretty=_pretty, pct=_pct)
+templates.env.filters.update(dt=_dt, when=_when, ago=_ago, ago_text=_ago_text, pretty=_pretty, pct=_pct)
 templates.env.globals.update(STATES=STATES, STAGES=STAGES, KINDS=queries.KINDS, SORTS=list(queries.SORTS),
-                             RESTING_STATES=RESTING_STATES, urlencode=urlencode)
+                             RESTING_STATES=RESTING_STATES, urlencode=urlencode, plain_error=plain_markup)
 
 
 def flash(request: Request, kind: str, text: str) -> None:
@@ -93,15 +112,24 @@ def render(request: Request, name: str, context: dict | None = None, status: int
         user = None
     ctx = dict(context or {})
     redactor = request.app.state.redactor
+    ctx.setdefault("outages", _outages(request) if user else [])
     ctx.update(
         user=user,
         csrf=csrf_token(request),
-        flashes=request.session.pop("flash", []) if user else [],
+        # A page's own refresh in the background must not eat a message meant for the next page.
+        flashes=request.session.pop("flash", []) if user and not request.headers.get("x-panel-refresh") else [],
         path=request.url.path,
         redact=redactor.text,
         redact_data=redactor.data,
     )
     return templates.TemplateResponse(request, name, ctx, status_code=status)
+
+
+def _outages(request: Request) -> list[dict]:
+    try:
+        return views.outages(request)
+    except Exception:  # noqa: BLE001 - the banner must never take a page down with it
+        return []
 
 
 def render_error(request: Request, status: int, message: str) -> Response:
@@ -164,7 +192,9 @@ def logout(request: Request, user: Viewer, _: Annotated[None, Depends(csrf)]) ->
 def overview_page(request: Request, user: Viewer) -> Response:
     data = views.overview(request)
     peak = max((h["count"] for h in data["per_hour"]), default=0)
-    return render(request, "overview.html", {"o": data, "peak": peak})
+    every = request.query_params.get("refresh", "")
+    refresh = min(max(int(every), 2), 600) if every.isascii() and every.isdigit() and len(every) < 4 else 15
+    return render(request, "overview.html", {"o": data, "peak": peak, "refresh": refresh})
 
 
 @router.get("/sources")
@@ -259,6 +289,40 @@ def document_reprocess(request: Request, doc_id: int, user: Actor, reason: Annot
     return _back(f"/documents/{doc_id}")
 
 
+@router.get("/interchanges/{interchange_id}")
+def interchange_page(request: Request, interchange_id: int, user: Viewer) -> Response:
+    """A file as received: segments, findings, what forcing it through would give, its difference to the
+    file it repeats; operators force it or split it again from here, with a reason."""
+    from gateway.web.held import interchange_view
+
+    rt = views.runtime(request)
+    with Session(rt.engine) as s:
+        i = interchange_view(s, rt, interchange_id)
+    if i is None:
+        raise NotFound(f"interchange {interchange_id}: no such file")
+    return render(request, "interchange.html", {"i": i})
+
+
+@router.get("/interchanges/{interchange_id}/raw")
+def interchange_raw(request: Request, interchange_id: int, user: Viewer) -> Response:
+    """The file exactly as received (the bytes are immutable)."""
+    from gateway.store.models import Interchange, RawPayload
+
+    with Session(views.runtime(request).engine) as s:
+        ich, raw = s.get(Interchange, interchange_id), s.get(RawPayload, interchange_id)
+        if ich is None or raw is None:
+            raise NotFound(f"interchange {interchange_id}: no such file")
+        return download(raw.data, ich.remote_name or f"interchange-{interchange_id}.edi", "application/octet-stream")
+
+
+def download(data: bytes | str, filename: str, media_type: str) -> Response:
+    """A file to save: the name made safe for the header, never rendered by the browser."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in filename.rsplit("/", 1)[-1])[:120] or "download"
+    body = data.encode("utf-8") if isinstance(data, str) else data
+    return Response(body, media_type=media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{safe}"'})
+
+
 @router.post("/interchanges/{interchange_id}/{action}")
 def interchange_post(request: Request, interchange_id: int, action: str, user: Actor,
                      reason: Annotated[str, Form()] = "") -> Response:
@@ -266,8 +330,8 @@ def interchange_post(request: Request, interchange_id: int, action: str, user: A
     interchange_action(views.runtime(request).engine, interchange_id, action, actor=user.username, reason=reason)
     request.app.state.cache.clear()
     done = "forced through" if action == "force" else "sent back to be split again"
-    flash(request, "ok", f"Interchange {interchange_id} {done}.")
-    return _back("/")
+    flash(request, "ok", f"File {interchange_id} {done}.")
+    return _back(f"/interchanges/{interchange_id}")
 
 
 @router.post("/documents/{doc_id}/supplier")

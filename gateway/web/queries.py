@@ -162,7 +162,7 @@ class DocumentFilter:
 LIST_COLUMNS = (
     Document.id, Document.created_at, Document.updated_at, Document.partner, Document.kind, Document.standard,
     Document.message_type, Document.po_number, Document.invoice_number, Document.interchange_control,
-    Document.message_control, Document.state, Document.stage, Document.error, Document.attempts,
+    Document.message_control, Document.state, Document.stage, Document.error, Document.error_code, Document.attempts,
 )
 
 
@@ -205,6 +205,7 @@ def _row(r) -> dict:
         "state": r.state,
         "stage": r.stage,
         "error": (r.error[:300] + "…") if r.error and len(r.error) > 300 else r.error,
+        "error_code": r.error_code,
         "attempts": r.attempts,
     }
 
@@ -487,13 +488,32 @@ def budgets(session: Session, settings, *, now: datetime | None = None) -> list[
     out = []
     for name in sorted(set(used) | set(holds)):
         system = "plex" if name.startswith("plex") else "anaplan" if name.startswith("anaplan") else name.split(":")[0]
-        out.append({"budget": name, "system": system, "used_last_minute": used.get(name, 0),
+        out.append({"budget": name, "system": system, "label": budget_label(name), "used_last_minute": used.get(name, 0),
                     "limit_per_minute": budget_limit(settings, name), "held_until": holds.get(name)})
-    for system in ("plex", "anaplan"):
-        if not any(b["system"] == system for b in out):
-            out.append({"budget": system, "system": system, "used_last_minute": 0,
-                        "limit_per_minute": budget_limit(settings, system), "held_until": None})
-    return out
+    for name in ("plex-connect", "anaplan"):
+        if getattr(settings, name.split("-")[0], None) is None:
+            continue
+        if not any(b["label"] == budget_label(name) for b in out):
+            out.append({"budget": name, "system": name.split("-")[0], "label": budget_label(name),
+                        "used_last_minute": 0, "limit_per_minute": budget_limit(settings, name), "held_until": None})
+    # Several keys of one kind (rare) keep one label each, told apart by a number.
+    seen: dict[str, int] = {}
+    for b in sorted(out, key=lambda b: b["budget"]):
+        seen[b["label"]] = seen.get(b["label"], 0) + 1
+        if seen[b["label"]] > 1:
+            b["label"] += f" ({seen[b['label']]})"
+    return sorted(out, key=lambda b: b["label"])
+
+
+def budget_label(name: str) -> str:
+    """One name per budget for people: the store's key names a credential by its hash, never shown."""
+    if name.startswith("plex-soap"):
+        return "Plex SOAP"
+    if name.startswith("plex"):
+        return "Plex REST"
+    if name.startswith("anaplan"):
+        return "Anaplan"
+    return name.split(":")[0]
 
 
 def sources(session: Session, settings, *, now: datetime | None = None) -> list[dict]:

@@ -10,6 +10,8 @@ from gateway.web.onboarding import DRAFT_SUFFIX, current_draft, folder_file, val
 
 OVERVIEW_TTL = 10.0  # seconds: the counts group a whole table; a page view must not pay that each time
 ACTIVITY_TTL = 30.0
+QUEUE_TTL = 5.0  # the landing page refreshes itself every 15 s
+OUTAGE_TTL = 5.0  # the banner on every page
 
 
 def runtime(request: Request):
@@ -25,10 +27,41 @@ def overview(request: Request) -> dict:
             return queries.overview(s)
 
     data = dict(cache.get("overview", OVERVIEW_TTL, make))
+    data["queue"] = work_queue(request)
     with Session(rt.engine) as s:
-        data["sources"] = queries.sources(s, rt.settings)
+        data["sources"] = [x for x in queries.sources(s, rt.settings) if x["configured"]]
         data["budgets"] = queries.budgets(s, rt.settings)
+    data["outages"] = outages(request)
     return data
+
+
+def work_queue(request: Request) -> dict:
+    """What needs a person: counts and oldest ages (cached like the overview), the newest problems (fresh)."""
+    from gateway.web import queue
+
+    rt = runtime(request)
+
+    def make():
+        with Session(rt.engine) as s:
+            return queue.counts(s)
+
+    data = dict(request.app.state.cache.get("queue", QUEUE_TTL, make))
+    with Session(rt.engine) as s:
+        data["problems"] = queue.newest_problems(s)
+    return data
+
+
+def outages(request: Request) -> list[dict]:
+    """Sources and destinations failing now: since when, the last error, what to do (every page's banner)."""
+    from gateway.web.outage import failing_parts
+
+    rt = runtime(request)
+
+    def make():
+        with Session(rt.engine) as s:
+            return failing_parts(s, rt.settings, started_at=request.app.state.started_at)
+
+    return request.app.state.cache.get("outages", OUTAGE_TTL, make)
 
 
 def _identifiers(p) -> list[str]:

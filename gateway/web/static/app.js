@@ -46,6 +46,45 @@
     }
   }
 
+  // Times: the page says UTC; show them in the viewer's own zone, UTC on hover.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function localTimes(root) {
+    root.querySelectorAll("time[data-local]").forEach(function (t) {
+      var d = new Date(t.getAttribute("datetime"));
+      if (isNaN(d.getTime())) { return; }
+      var text = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + pad(d.getHours()) + ":" + pad(d.getMinutes());
+      if (t.dataset.local === "s") { text += ":" + pad(d.getSeconds()); }
+      t.title = t.title || t.textContent;
+      t.textContent = text;
+      t.removeAttribute("data-local");
+    });
+    root.querySelectorAll("svg text[data-hour]").forEach(function (t) {
+      var d = new Date(t.dataset.hour);
+      if (!isNaN(d.getTime())) { t.textContent = pad(d.getHours()); }
+    });
+  }
+  localTimes(document);
+
+  // The overview refreshes its live part by itself (not while someone types in it).
+  var live = document.getElementById("live");
+  if (live && live.dataset.refresh) {
+    setInterval(function () {
+      var active = document.activeElement;
+      if (active && live.contains(active) && ["INPUT", "TEXTAREA", "SELECT"].indexOf(active.tagName) >= 0) { return; }
+      fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html", "X-Panel-Refresh": "1" } })
+        .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.text(); })
+        .then(function (html) {
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          var fresh = doc.getElementById("live");
+          if (fresh) { live.innerHTML = fresh.innerHTML; localTimes(live); }
+          var banner = doc.getElementById("outage"), old = document.getElementById("outage");
+          if (old && !banner) { old.remove(); }
+          else if (banner && old) { old.innerHTML = banner.innerHTML; localTimes(old); }
+          else if (banner) { document.querySelector("main").before(banner); localTimes(banner); }
+        }).catch(function () { /* transient; next tick */ });
+    }, Number(live.dataset.refresh) * 1000);
+  }
+
   // Forms that change things ask once more when they say so.
   document.querySelectorAll("form[data-confirm]").forEach(function (f) {
     f.addEventListener("submit", function (ev) { if (!window.confirm(f.dataset.confirm)) { ev.preventDefault(); } });
