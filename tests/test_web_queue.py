@@ -98,7 +98,7 @@ def test_a_failing_source_puts_a_banner_on_every_page_with_since_last_error_and_
                            last_error_at=utcnow()))
         s.add(SourceStatus(source="sftp:removed-long-ago", last_poll_at=since, last_error="gone", last_error_at=since))
     viewer = _viewer(rt)
-    for path in ("/", "/documents", "/partners", "/sources", "/acknowledgments"):
+    for path in ("/", "/documents", "/partners", "/sources", f"/interchanges/{424242}"):
         page = viewer.get(path)
         banner = re.search(r'<div class="outage" id="outage".*?</div>\s*</div>', page.text, re.S)
         assert banner, path
