@@ -40,13 +40,24 @@ from gateway.store.db import reading, transaction
 from gateway.store.models import Event, Interchange, SourceStatus, utcnow
 from translators.mapping import AckSettings
 
-__all__ = ["ACK_MAX_AGE", "AckTarget", "ack_file_name", "ack_target", "send_acknowledgments"]
+__all__ = ["ACK_MAX_AGE", "ACK_STATUSES", "AckTarget", "ack_file_name", "ack_target", "send_acknowledgments",
+           "worst_ack_status"]
 
 log = structlog.get_logger("gateway.acks")
 
 ACK_MAX_AGE = timedelta(days=7)
 BATCH = 500
 LEASE = "acks:send"
+
+
+# What an acknowledgment says of the interchange it answers, best to worst.
+ACK_STATUSES = ("accepted", "accepted_with_errors", "partially_accepted", "rejected")
+
+
+def worst_ack_status(acks) -> str | None:
+    """One verdict for the acknowledgments built for an interchange (a TA1 and a 997 may ride together)."""
+    statuses = [str(a.status) for a in acks]
+    return max(statuses, key=ACK_STATUSES.index) if statuses else None
 
 
 @dataclass(frozen=True)

@@ -178,3 +178,20 @@ def test_pages_are_usable_at_phone_width(browser, panel):
             assert link.is_displayed() and link.rect["x"] + link.rect["width"] <= 390, (path, link.text)
         shoot(browser, name)
     assert "failed" in _text(browser, "doc-state")
+
+
+def test_acknowledgments_are_listed_filtered_and_downloadable(browser, panel):
+    browser.get(panel.url + "/acknowledgments")
+    rows = browser.find_elements("css selector", "#acks tr.ack")
+    assert {r.get_attribute("data-status") for r in rows} >= {"accepted", "rejected"}
+    shoot(browser, "acknowledgments")
+    from selenium.webdriver.support.ui import Select
+
+    Select(_by_id(browser, "a-status")).select_by_visible_text("rejected")
+    _by_id(browser, "a-search").click()
+    _wait(browser, lambda d: "status=rejected" in d.current_url)
+    rows = browser.find_elements("css selector", "#acks tr.ack")
+    assert rows and {r.get_attribute("data-status") for r in rows} == {"rejected"}
+    assert "rejects 850" in rows[0].text
+    link = rows[0].find_element("link text", "Download")
+    assert link.get_attribute("href").endswith(f"/acknowledgments/{rows[0].get_attribute('data-interchange')}")

@@ -37,6 +37,7 @@ from sqlalchemy import or_, text, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, select
 
+from gateway.acks_outbound import worst_ack_status
 from gateway.logging import get_logger, scrub_text
 from gateway.pipeline.machine import (
     CHAINED,
@@ -410,6 +411,7 @@ class Worker:
         acks = split.acknowledgments
         row.ack = "\n".join(a.text for a in acks) or None
         row.ack_kind = "+".join(dict.fromkeys(a.kind for a in acks))[:10] or None
+        row.ack_status = worst_ack_status(acks)
         counts: dict[str, int] = {}
         for d in split.rows:
             counts[d["state"]] = counts.get(d["state"], 0) + 1

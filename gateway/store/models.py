@@ -36,6 +36,7 @@ class Interchange(SQLModel, table=True):
         Index("ix_interchanges_source_remote", "source", "remote_id"),
         Index("ix_interchanges_envelope", "sender_id", "receiver_id", "control_number"),
         Index("ix_interchanges_state_next", "state", "next_attempt_at"),
+        Index("ix_interchanges_ack_status_received", "ack_status", "received_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -59,6 +60,8 @@ class Interchange(SQLModel, table=True):
     forced: bool = Field(default=False, description="an operator forced this duplicate through")
     document_count: int = 0
     ack_kind: str | None = Field(default=None, max_length=10, description="997 | 999 | TA1 | CONTRL")
+    ack_status: str | None = Field(default=None, max_length=20, description=(
+        "what the acknowledgment says: accepted | accepted_with_errors | partially_accepted | rejected"))
     ack: str | None = _text()
     ack_sent_to: str | None = Field(default=None, max_length=1000)
     ack_sent_at: datetime | None = _ts()

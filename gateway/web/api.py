@@ -184,6 +184,28 @@ def job(request: Request, job_id: str, user: ReadUser) -> Any:
     return _redacted(request, j.as_dict())
 
 
+@router.get("/acknowledgments", summary="Acknowledgments built, newest first: verdict, sent or why not")
+def acknowledgments(
+    request: Request,
+    user: ReadUser,
+    partner: str | None = Query(None, description="partner id; '-' for unknown senders"),
+    status: str | None = Query(None, description="accepted, accepted_with_errors, partially_accepted or rejected"),
+    sent: str | None = Query(None, description="sent or not_sent"),
+    kind: str | None = Query(None, description="997, 999, TA1 or CONTRL"),
+    since: str | None = Query(None, description="YYYY-MM-DD or ISO date-time (UTC): received from"),
+    until: str | None = Query(None, description="YYYY-MM-DD (inclusive) or ISO date-time"),
+    limit: int = Query(queries.DEFAULT_LIMIT, description=f"1-{queries.MAX_LIMIT}"),
+    after: str | None = Query(None, description="the 'next' cursor of the previous page"),
+) -> Any:
+    from gateway.web import acks
+
+    rt = views.runtime(request)
+    flt = acks.AckFilter.parse(request.query_params)
+    with Session(rt.engine) as s:
+        page = acks.list_acks(s, flt, partners=rt.partners(), settings=rt.settings, limit=limit, after=after)
+    return _redacted(request, page)
+
+
 @router.get("/sources", summary="Every source: last poll, last success, last error")
 def sources(request: Request, user: ReadUser) -> Any:
     rt = views.runtime(request)

@@ -225,6 +225,42 @@ def alerts_test(request: Request, user: Actor) -> Response:
     return _back("/sources")
 
 
+# --------------------------------------------------------------------------------------------- acknowledgments
+
+@router.get("/acknowledgments")
+def acknowledgments_page(request: Request, user: Viewer) -> Response:
+    from gateway.web import acks
+
+    q = request.query_params
+    rt = views.runtime(request)
+    form = {k: q.get(k, "") for k in acks.FILTER_KEYS}
+    keep = {k: v for k, v in form.items() if v}
+    page, error = None, None
+    try:
+        flt = acks.AckFilter.parse(q)
+        with Session(rt.engine) as s:
+            page = acks.list_acks(s, flt, partners=rt.partners(), settings=rt.settings, after=q.get("after") or None)
+    except BadRequest as exc:
+        error = str(exc)
+    return render(request, "acknowledgments.html", {
+        "page": page, "error": error, "form": form, "keep": keep, "filtered": bool(keep), "after": q.get("after"),
+        "partners": sorted(p.id for p in rt.partners()), "STATUS_WORDS": acks.STATUS_WORDS, "ACK_KINDS": acks.ACK_KINDS,
+    }, status=400 if error else 200)
+
+
+@router.get("/acknowledgments/{interchange_id}")
+def acknowledgment_download(request: Request, interchange_id: int, user: Viewer) -> Response:
+    """The acknowledgment as built (the file the partner gets), to save."""
+    from gateway.acks_outbound import ack_file_name
+    from gateway.store.models import Interchange
+
+    with Session(views.runtime(request).engine) as s:
+        ich = s.get(Interchange, interchange_id)
+        if ich is None or not ich.ack:
+            raise NotFound(f"interchange {interchange_id}: no acknowledgment")
+        return download(ich.ack, ack_file_name(ich.id, ich.ack_kind, ich.control_number), "text/plain; charset=utf-8")
+
+
 # --------------------------------------------------------------------------------------------- documents
 
 @router.get("/documents")
@@ -264,8 +300,28 @@ def _document_page(request: Request, doc_id: int, *, error: str | None = None, s
         d = queries.document_detail(s, doc_id)
     if d is None:
         raise NotFound(f"document {doc_id}: no such document")
+    d["ack_note"] = _ack_note(request, d["interchange_id"])
     return render(request, "document.html", {"d": d, "error": error, "form": form or {},
                                              "working": d["state"] not in RESTING_STATES}, status=status)
+
+
+def _ack_note(request: Request, interchange_id: int) -> dict | None:
+    """The interchange's acknowledgment: its verdict, and sent or why not (as on the acknowledgments page)."""
+    from gateway.web.acks import STATUS_WORDS, delivery_note
+    from gateway.store.models import Interchange
+
+    rt = views.runtime(request)
+    with Session(rt.engine) as s:
+        ich = s.get(Interchange, interchange_id)
+        if ich is None or not ich.ack:
+            return None
+        status = ich.ack_status
+        if status is None:
+            from gateway.alerts.rules import ack_verdict
+
+            status = ack_verdict(ich.ack).status
+        return {"status": status, "words": STATUS_WORDS.get(status, status),
+                "delivery": delivery_note(ich, rt.partners(), rt.settings)}
 
 
 @router.get("/documents/{doc_id}")

@@ -66,6 +66,9 @@ def _parse_when(name: str, text: str, *, end: bool) -> datetime:
     return as_utc(value)
 
 
+parse_when = _parse_when  # for the other lists' date filters (acknowledgments, jobs)
+
+
 @dataclass(frozen=True)
 class DocumentFilter:
     """A selection of documents: what the list, the bulk reprocess and the API share."""
