@@ -89,3 +89,27 @@ def test_operator_dry_runs_switches_on_runs_and_finds_a_record(panel):
     wait_for(lambda: len(env.runs("syspro-stock")) == 2 and env.runs("syspro-stock")[-1].state == "done")
     assert len(env.imported(STOCK_IMPORT_ID)) == 300
     assert "replay" in c.get("/flows/syspro-stock").text
+
+
+def test_drift_page_shows_differences_side_by_side_and_an_operator_decides(panel):
+    from gateway.flows.drift import Finding, record
+
+    env, rt = panel
+    record(rt.engine, "partner", "acme-fasteners", [
+        Finding("ACME01", "tax_id_differs", {"name": "Acme Fasteners Inc.", "tax_ids": ["34-1234567"]},
+                {"code": "ACME01", "name": "Acme Fasteners Inc.", "status": "Active", "tax_id": "34-9999999"})])
+    viewer = TestClient(create_app(rt))
+    sign_in(viewer, "victor")
+    page = viewer.get("/drift")
+    assert page.status_code == 200 and "34-1234567" in page.text and "34-9999999" in page.text
+    assert 'id="check"' not in page.text
+    c = TestClient(create_app(rt))
+    token = sign_in(c, "olga")
+    no_reason = c.post("/drift/1/approve", data={"csrf_token": token, "reason": ""})
+    assert no_reason.status_code == 409 and "say why" in no_reason.text
+    assert c.post("/drift/1/approve", data={"reason": "x"}).status_code == 403  # no CSRF token
+    done = c.post("/drift/1/approve", data={"csrf_token": token, "reason": "the partner uses its parent's id"},
+                  follow_redirects=False)
+    assert done.status_code == 303
+    page = c.get("/drift")
+    assert "No open differences." in page.text and "the partner uses its parent" in page.text and "olga" in page.text

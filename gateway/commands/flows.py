@@ -195,6 +195,30 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(0 if report.state == "done" else 1)
         guard(body)
 
+    @flows_app.command("drift")
+    def drift(config: ConfigOption = None,
+              check: Annotated[bool, typer.Option("--check", help="Compare now (lists read back, partners).")] = False
+              ) -> None:
+        """Reference data drift: Anaplan lists and partners' Plex suppliers against the ERP master."""
+        def body() -> None:
+            from gateway.flows.drift import open_drift, scan_all
+
+            rt = runtime(config)
+            try:
+                if check:
+                    for report in scan_all(rt.settings, rt.engine, rt.partners()):
+                        typer.echo(report.line())
+                rows = open_drift(rt.engine)
+            finally:
+                rt.engine.dispose()
+            for r in rows:
+                typer.echo(f"#{r.id} {r.kind} {r.subject} {r.key}: {r.issue.replace('_', ' ')}; theirs {r.theirs}; "
+                           f"ERP {r.erp or 'none'}" + ("; write-back proposed (approve it in the panel)"
+                                                       if r.proposal else ""))
+            if not rows:
+                typer.echo("no open differences")
+        guard(body)
+
     for verb, on in (("on", True), ("off", False)):
         def switch(name: str, config: ConfigOption = None, flows: Dir = None, _on: bool = on) -> None:
             def body() -> None:

@@ -48,6 +48,7 @@ class Delivery:
         self.plex = PlexClient(settings.plex, budget_backend=StoreRateBudgetBackend(engine),
                                key_provider=self._key_provider(runtime))
         self.master = SupplierMaster(engine, self.plex, settings.plex.matching, owner=runtime.instance)
+        self.master.on_refreshed = lambda: _check_partner_suppliers(runtime)
         self.match = MatchStage(engine, self.master, settings.plex.matching, runtime.partners)
         self.post = PostStage(self.plex, self.master, accounts=settings.plex.ap_invoice_accounts,
                               partners=runtime.partners, concurrency=settings.plex.concurrency,
@@ -110,6 +111,13 @@ class Delivery:
         self.plex.close()
         if self.anaplan is not None:
             self.anaplan.destination.client.close()
+
+
+def _check_partner_suppliers(runtime: Any) -> None:
+    """Each partner's Plex supplier against the refreshed master: drift shown on the panel's drift page."""
+    from gateway.flows.drift import scan_partners
+
+    scan_partners(runtime.engine, runtime.partners())
 
 
 def build_stages(runtime: Any) -> dict:

@@ -97,3 +97,30 @@ class RecordEvent(SQLModel, table=True):
     detail: str | None = Field(default=None, sa_type=Text)
     actor: str = Field(default="gateway", max_length=100)
     at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class Drift(SQLModel, table=True):
+    """A difference between reference data in Anaplan (or what a partner's documents carry) and the
+    ERP master, shown side by side until it is gone or an operator decided on it."""
+
+    __tablename__ = "drift"
+    __table_args__ = (Index("ix_drift_state_kind", "state", "kind"),
+                      Index("ix_drift_subject", "kind", "subject", "key", "issue"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=20, description="reference | partner")
+    subject: str = Field(max_length=100, description="the reference flow's name, or the partner id")
+    key: str = Field(max_length=200, description="the item's code (supplier code, cost centre)")
+    issue: str = Field(max_length=30, description="missing_in_erp | renamed | deactivated | missing_in_plex | "
+                                                  "inactive | tax_id_differs")
+    theirs: str | None = Field(default=None, sa_type=Text, description="JSON: what Anaplan (or the partner) has")
+    erp: str | None = Field(default=None, sa_type=Text, description="JSON: what the ERP master has")
+    proposal: str | None = Field(default=None, sa_type=Text, description="JSON: the write-back an approval makes")
+    state: str = Field(default="open", max_length=20,
+                       description="open | approved | written | failed | rejected | resolved")
+    decided_by: str | None = Field(default=None, max_length=100)
+    decided_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    reason: str | None = Field(default=None, sa_type=Text)
+    error: str | None = Field(default=None, sa_type=Text)
+    detected_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

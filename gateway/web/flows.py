@@ -159,3 +159,57 @@ def flow_run_now(request: Request, name: str, user: Actor) -> Response:
 def flow_replay(request: Request, name: str, run_id: int, user: Actor) -> Response:
     return _in_background(request, name, f"a replay of run {run_id}",
                           lambda r: r.replay(run_id, actor=user.username))
+
+
+# --------------------------------------------------------------------------------------------- drift
+
+@router.get("/drift")
+def drift_page(request: Request, user: Viewer) -> Response:
+    return _drift_page(request)
+
+
+def _drift_page(request: Request, error: str | None = None, status: int = 200) -> Response:
+    from gateway.flows.drift import decided_drift, open_drift
+
+    engine = views.runtime(request).engine
+    rows = [(r, _loads(r.theirs), _loads(r.erp), _loads(r.proposal)) for r in open_drift(engine)]
+    decided = [(r, _loads(r.proposal)) for r in decided_drift(engine)]
+    return _pages().render(request, "drift.html", {"rows": rows, "decided": decided, "error": error},
+                           status=status)
+
+
+def _loads(text: str | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+@router.post("/drift/check")
+def drift_check(request: Request, user: Actor) -> Response:
+    from gateway.flows.drift import scan_all
+
+    rt = views.runtime(request)
+    try:
+        reports = scan_all(rt.settings, rt.engine, rt.partners())
+    except Exception as exc:  # noqa: BLE001 - Anaplan or the store said no: shown on the page
+        return _drift_page(request, error=f"check failed: {exc}", status=502)
+    found = sum(len(r.findings) for r in reports)
+    _pages().flash(request, "ok", f"Checked {len(reports)} lists and partners: {found} difference(s).")
+    return RedirectResponse("/drift", status_code=303)
+
+
+@router.post("/drift/{drift_id}/{verdict}")
+def drift_decide(request: Request, drift_id: int, verdict: str, user: Actor,
+                 reason: Annotated[str, Form()] = "") -> Response:
+    from gateway.flows.drift import DriftDecisionError, decide, plex_writer
+    from gateway.web.actions import NotFound
+
+    if verdict not in ("approve", "reject"):
+        raise NotFound(f"no such decision {verdict!r}")
+    rt = views.runtime(request)
+    write = plex_writer(rt.settings.plex) if rt.settings.plex is not None else None
+    try:
+        state = decide(rt.engine, drift_id, approve=verdict == "approve", actor=user.username, reason=reason,
+                       write=write)
+    except DriftDecisionError as exc:
+        return _drift_page(request, error=str(exc), status=409)
+    _pages().flash(request, "ok" if state != "failed" else "error", f"Difference #{drift_id}: {state}.")
+    return RedirectResponse("/drift", status_code=303)

@@ -1022,6 +1022,19 @@ class PlexClient:
         return self._get_list(operation, path, params)
 
     # ------------------------------------------------------------ suppliers
+    def save_supplier(self, code: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the supplier ``code``, or update it when Plex has it (looked up first: never a duplicate).
+
+        An update sends the whole record back with ``fields`` changed (Connect's PUT replaces)."""
+        existing = [r for r in self._get_list("suppliers.list", "/mdm/v1/suppliers", {"code": code})
+                    if r.get("code") == code]
+        if existing:
+            record = {k: v for k, v in existing[0].items() if k != "id"}
+            record.update(fields)
+            return self._send("suppliers.update", "PUT", f"/mdm/v1/suppliers/{existing[0]['id']}", body=record)
+        return self._send("suppliers.create", "POST", "/mdm/v1/suppliers",
+                          body={"code": code, "status": "Active", "type": "Supplier", **fields})
+
     def iter_supplier_pages(self, *, page_size: int = 500, modified_since: datetime | None = None,
                             modified_until: datetime | None = None, window: timedelta | None = None,
                             code: str | None = None, status: str | None = None) -> Iterator[list[Supplier]]:

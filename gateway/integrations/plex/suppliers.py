@@ -104,6 +104,7 @@ class SupplierMaster:
         self._snapshot_stamp: tuple | None = None
         self._checked_at = 0.0
         self._customers: Snapshot | None = None
+        self.on_refreshed: Callable[[], None] | None = None  # e.g. the partners' drift check, after each refresh
 
     # ---------------------------------------------------------------- suppliers
     def ensure_fresh(self) -> None:
@@ -169,6 +170,11 @@ class SupplierMaster:
         log.info("plex.suppliers.refreshed", changed=len(rows))
         with self._lock:
             self._snapshot_stamp = None  # re-read now
+        if self.on_refreshed is not None:
+            try:
+                self.on_refreshed()
+            except Exception as exc:  # noqa: BLE001 - a failed check must not fail the refresh
+                log.warning("plex.suppliers.after_refresh_failed", error=f"{type(exc).__name__}: {exc}")
         return len(rows)
 
     def _tax_ids(self, started) -> None:
