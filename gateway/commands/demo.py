@@ -205,13 +205,18 @@ DEMO_STOCK_ROWS = 20_000
 
 def _start_flows(data: Path, sandbox) -> tuple[object, object, dict]:
     """The SYSPRO simulator, the flows' imports in the Anaplan simulator, the example flow file."""
-    from gateway.sandbox.flows import add_flow_actions, add_flow_imports, start_syspro, stock_flow_text, syspro_settings
+    from gateway.integrations.plex.simulator.records import seed_records
+    from gateway.sandbox.flows import (
+        add_flow_actions, add_flow_imports, plex_flow_text, start_syspro, stock_flow_text, syspro_settings,
+    )
 
     syspro, server = start_syspro(warehouse_rows=DEMO_STOCK_ROWS)
     add_flow_imports(sandbox.anaplan.tenant.models[0])
     add_flow_actions(sandbox.anaplan)
+    seed_records(sandbox.plex)
     (data / "flows").mkdir(parents=True, exist_ok=True)
     (data / "flows" / "syspro-stock.yaml").write_text(stock_flow_text(poll_seconds=1.0), encoding="utf-8")
+    (data / "flows" / "plex-parts.yaml").write_text(plex_flow_text("parts", poll_seconds=1.0), encoding="utf-8")
     settings = syspro_settings(syspro, server)
     settings["odata"] = {**settings["odata"], "password": "secret:syspro-odata-password"}
     return syspro, server, settings
@@ -233,7 +238,8 @@ def _run_flows(config: Path, out=typer.echo) -> bool:
             finally:
                 runner.source.close()
             source = f"{ff.flow.source.system.upper()} {ff.flow.source.entity}"
-            out(f"Record flow {name}: {source} -> Anaplan import {ff.flow.target.import_id}: {report.seen} read, "
+            out(f"Record flow {name}: {source} -> Anaplan {ff.flow.target.kind} "
+                f"{ff.flow.target.import_id or ff.flow.target.process_id or ff.flow.target.list_id}: {report.seen} read, "
                 f"{report.sent} sent, {report.failed} rejected, {report.state} "
                 f"({report.source_requests} source and {report.anaplan_requests} Anaplan requests, "
                 f"{report.seconds:.1f} s)")

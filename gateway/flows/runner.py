@@ -427,6 +427,8 @@ class FlowRunner:
             now = _now()
             stamp: Any = now if self._postgres else now.strftime("%Y-%m-%d %H:%M:%S.%f")
             new, changed, unchanged, events = [], [], [], []
+            out_rows: list[list[str]] = []
+            out_keys: list[str] = []
             name, system, entity = self.flow.name, self.flow.source.system, self.flow.source.entity
             for skey, (_, record) in keyed.items():
                 raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)  # stored as hashed: keys in order
@@ -443,7 +445,12 @@ class FlowRunner:
                     unchanged.append((run_id, found[0]))
                 else:
                     continue
-                self._spool(spool, row, record, skey, unmapped)
+                try:
+                    out_rows.append(row(record))
+                    out_keys.append(skey)
+                except MappingError as exc:
+                    unmapped.append((skey, str(exc)))
+            spool.write_many(out_rows, out_keys)
             p = "%s" if self._postgres else "?"
             if new:
                 conn.exec_driver_sql(

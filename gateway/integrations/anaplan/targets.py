@@ -72,6 +72,13 @@ class CsvSpool:
         self.keys.write(key.replace("\n", " ") + "\n")
         self.count += 1
 
+    def write_many(self, rows: list[list[str]], keys: list[str]) -> None:
+        """A page's rows at once (one call each into the csv writer and the keys file)."""
+        if rows:
+            self._writer.writerows(rows)
+            self.keys.write("\n".join(k.replace("\n", " ") for k in keys) + "\n")
+            self.count += len(rows)
+
     def blocks(self, size: int) -> Iterator[bytes]:
         """The file's bytes in blocks of ``size`` (chunks may cut a row: Anaplan joins them in order)."""
         self.file.flush()
