@@ -226,3 +226,38 @@ def test_enet_reads_a_table_when_odata_is_not_licensed(env: FlowEnv):
     n = len(env.syspro.company.table("GenMaster"))
     assert (report.state, report.sent) == ("done", n)
     assert env.syspro.requests["enet logon"] >= 1 and env.syspro.requests["enet logoff"] >= 1
+
+
+SYSPRO_ENTITIES = {  # table -> (its key columns, a name column)
+    "ApSupplier": (["Supplier"], "SupplierName"), "ApInvoice": (["Supplier", "Invoice"], "Reference"),
+    "ApInvoicePay": (["Supplier", "Invoice", "EntryNumber"], "PaymentReference"),
+    "ArCustomer": (["Customer"], "Name"), "ArInvoice": (["Customer", "Invoice", "DocumentType"], "CustomerPoNumber"),
+    "GenMaster": (["Company", "GlCode"], "Description"), "InvMaster": (["StockCode"], "Description"),
+    "InvWarehouse": (["StockCode", "Warehouse"], "DefaultBin"), "PorMasterHdr": (["PurchaseOrder"], "Supplier"),
+    "PorMasterDetail": (["PurchaseOrder", "Line"], "MStockCode"),
+}
+
+
+@pytest.mark.parametrize("entity", sorted(SYSPRO_ENTITIES))
+def test_every_syspro_table_flows_into_anaplan(env: FlowEnv, entity: str):
+    from gateway.sandbox.flows import PLEX_FILE_ID, PLEX_IMPORT_ID
+
+    key, name = SYSPRO_ENTITIES[entity]
+    template = "/".join("{" + k + "}" for k in key)
+    text = f"""name: syspro-{entity.lower()}
+source: {{system: syspro, entity: {entity}, changes: {{kind: rowversion, column: TimeStamp}}}}
+target: {{kind: import, workspace_id: {WORKSPACE_ID}, model_id: {MODEL_ID}, import_id: "{PLEX_IMPORT_ID}",
+          file_id: "{PLEX_FILE_ID}", poll_seconds: 0.05}}
+fields:
+  Key: {{template: "{entity}:{template}"}}
+  Name: {{column: {name}, default: "-"}}
+  Value: {{const: "1"}}
+  Source: {{const: SYSPRO}}
+"""
+    n = len(env.syspro.company.table(entity))
+    report = env.runner(text).run()
+    assert (report.state, report.seen, report.sent, report.failed) == ("done", n, n, 0), report.line()
+    assert sum(1 for k in env.imported(PLEX_IMPORT_ID) if k[0].startswith(entity + ":")) == n
+    env.syspro.touch(entity, 2)
+    again = env.runner(text).run()
+    assert (again.seen, again.sent) == (2, 2)  # only the rows whose rowversion moved
