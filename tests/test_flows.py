@@ -261,3 +261,28 @@ fields:
     env.syspro.touch(entity, 2)
     again = env.runner(text).run()
     assert (again.seen, again.sent) == (2, 2)  # only the rows whose rowversion moved
+
+
+def test_a_switched_on_flow_runs_on_its_schedule_and_an_off_one_does_not(env: FlowEnv, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from gateway.flows.files import load_flow_directory
+    from gateway.flows.schedule import due_flows, run_due_flows
+    from gateway.runtime import Runtime
+
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "syspro-stock.yaml").write_text(stock())
+    (folder / "syspro-gl.yaml").write_text(gl_flow("insert").replace("mode: insert", "mode: insert\nschedule: {every_minutes: 5}"))
+    flows = load_flow_directory(folder)
+    assert due_flows(env.engine, flows) == []  # both off
+    runner = env.runner(stock())
+    assert runner.dry_run(5).ok
+    set_enabled(env.engine, flows["syspro-stock"], True, "olga")
+    assert due_flows(env.engine, flows) == ["syspro-stock"]
+    rt = Runtime(settings=env.settings().model_copy(update={"flows_dir": folder}), engine=env.engine)
+    reports = run_due_flows(rt)
+    assert [(r.flow, r.state, r.sent) for r in reports] == [("syspro-stock", "done", 1200)]
+    assert due_flows(env.engine, flows) == []  # ran a moment ago: due again in 15 minutes
+    later = datetime.now(timezone.utc) + timedelta(minutes=16)
+    assert due_flows(env.engine, flows, now=later) == ["syspro-stock"]

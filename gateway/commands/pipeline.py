@@ -294,6 +294,14 @@ def serve(config: Path | None, *, poll: bool, workers: int | None, web: bool, wh
         t = threading.Thread(target=_logged(run_alerts, log, "alerts"), args=(rt, stop), name="alerts", daemon=True)
         t.start()
         parts.append(("alerts", t))
+    if poll and rt.settings.anaplan is not None and rt.settings.flows_dir.is_dir():
+        # Switched-on record flows run on their schedule beside the pollers (one run of a flow at a time).
+        from gateway.flows.schedule import run_flow_schedule
+
+        t = threading.Thread(target=_logged(run_flow_schedule, log, "flows"), args=(rt, stop), name="flows",
+                             daemon=True)
+        t.start()
+        parts.append(("flows", t))
     if web:
         server = _start_web(rt, log, parts)
     if not parts:

@@ -226,10 +226,16 @@ def compile_field(header: str, spec: ColumnSpec) -> Callable[[dict[str, Any]], s
     strip, date, translate, default, required = spec.strip, spec.date, spec.translate, spec.default, spec.required
     if spec.template is not None:
         names = spec.columns()
-        template = spec.template
+        # the same template with the names as positions: one format() per record, no dict to build
+        index = {n: i for i, n in enumerate(dict.fromkeys(names))}
+        positional = "".join(literal.replace("{", "{{").replace("}", "}}")
+                             + ("" if field is None else "{" + str(index[field]) + (f"!{conv}" if conv else "")
+                                + (f":{spec_}" if spec_ else "") + "}")
+                             for literal, field, spec_, conv in string.Formatter().parse(spec.template or ""))
+        unique = list(index)
 
         def get(r: dict[str, Any]) -> str:
-            return template.format_map({n: _text(r.get(n)).strip() if strip else _text(r.get(n)) for n in names})
+            return positional.format(*[_text(r.get(n)).strip() if strip else _text(r.get(n)) for n in unique])
     else:
         column = spec.column
         if not (date or translate or required) and default is None:  # the common case: a plain column
