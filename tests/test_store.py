@@ -345,51 +345,42 @@ def test_planned_outcomes_share_the_text_of_a_shared_detail_and_keep_their_own_a
     assert [planned[n][0].state for n in (1, 2, 3, 4)] == ["done", "done", "matched", "failed"]
 
 
-def test_sqlite_writers_take_turns_through_the_queue_and_give_it_back_however_they_end(tmp_path):
-    import fcntl
-    import os
+def test_sqlite_writers_wait_their_turn_and_a_lock_never_given_back_ends_in_database_is_locked(tmp_path):
     import subprocess
     import sys
     import time as clock
 
     from gateway.store.db import make_engine
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    path = tmp_path / "q.db"
+    engine = make_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (v INT)"))
-    queue_file = tmp_path / "q.db-writer"
-    assert queue_file.exists()
-    # Every way a write transaction ends gives the turn back: the next one goes through at once.
-    with pytest.raises(ValueError):
-        with engine.begin() as conn:
-            conn.execute(text("INSERT INTO t VALUES (1)"))
-            raise ValueError("rolled back")
-    conn = engine.connect()
-    conn.execute(text("INSERT INTO t VALUES (2)"))
-    conn.close()  # closed inside its transaction
-    with transaction(engine) as s:
-        s.connection().execute(text("INSERT INTO t VALUES (3)"))
-    # Another process holds the turn: our writer waits for it, and goes as soon as it is given back.
+    # Another process holds the write lock for half a second: our writer waits for it (BEGIN
+    # IMMEDIATE, SQLite's busy handler), then goes, rather than failing.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
-         " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(0.5)", str(queue_file)],
-        stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(0.5); c.execute('COMMIT')",
+         str(path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     started = clock.monotonic()
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO t VALUES (4)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
     waited = clock.monotonic() - started
     holder.wait(10)
-    assert 0.3 < waited < 2.0
-    with reading(engine) as s:
-        assert s.connection().execute(text("SELECT v FROM t ORDER BY v")).scalars().all() == [3, 4]
-    # A turn never given back (a hung writer) ends in the store's usual "database is locked".
-    fd = os.open(queue_file, os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    assert 0.2 < waited < 5.0
+    # A reader does not wait for a writer: it reads the last committed snapshot.
+    blocker = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); c.execute('INSERT INTO t VALUES (9)'); print('held', flush=True);"
+         " time.sleep(2); c.execute('ROLLBACK')", str(path)], stdout=subprocess.PIPE, text=True)
     try:
-        slow = make_engine(f"sqlite:///{tmp_path / 'q.db'}", lock_timeout=0.2)
+        assert blocker.stdout.readline().strip() == "held"
+        with reading(engine) as s:
+            assert s.connection().execute(text("SELECT v FROM t")).scalars().all() == [1]
+        # A turn never given back within the lock timeout ends in the store's usual "database is locked".
+        slow = make_engine(f"sqlite:///{path}", lock_timeout=0.2)
         with pytest.raises(OperationalError, match="database is locked"), slow.begin() as conn:
             conn.execute(text("INSERT INTO t VALUES (5)"))
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        blocker.wait(10)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +11,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random
@@ -42,7 +37,8 @@ def _prepare(url: str) -> str:
 
 
 def make_engine(url: str, *, echo: bool = False, lock_timeout: float = 30.0) -> Engine:
-    """An engine tuned for many short transactions from several threads or processes.
+    """An engine tuned for many short transactions from several threads (SQLite: one ``gateway run``
+    process; PostgreSQL: any number of processes).
 
     ``lock_timeout``: how long a SQLite writer waits for its turn before "database is locked"."""
     url = _prepare(url)
@@ -60,9 +56,6 @@ def make_engine(url: str, *, echo: bool = False, lock_timeout: float = 30.0) -> 
             cur.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
             cur.close()
 
-        path = url.split("///", 1)[-1]
-        queue = _WriterQueue(path + "-writer", lock_timeout) if path and path != ":memory:" else None
-
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # pragma: no cover
             options = conn.get_execution_options()
@@ -76,100 +69,12 @@ def make_engine(url: str, *, echo: bool = False, lock_timeout: float = 30.0) -> 
             if conn.info.get("synchronous") != sync:
                 conn.exec_driver_sql(f"PRAGMA synchronous={sync}")
                 conn.info["synchronous"] = sync
-            if queue is not None:
-                queue.enter(conn.info)
-            try:
-                # Writers take the lock at BEGIN instead of failing mid-transaction on upgrade.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            except BaseException:
-                if queue is not None:
-                    queue.leave(conn.info)
-                raise
+            # Writers take the lock at BEGIN (waiting in SQLite's busy handler for their turn) instead
+            # of failing mid-transaction on upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        if queue is not None:
-            # Leave the queue once the transaction is over on the file: after COMMIT / ROLLBACK ran
-            # (SQLAlchemy's commit and rollback events come before), or when the pool drops the connection.
-            dialect = engine.dialect
-            commit, rollback = dialect.do_commit, dialect.do_rollback
-
-            def do_commit(dbapi_connection: Any) -> None:
-                try:
-                    commit(dbapi_connection)
-                finally:
-                    queue.leave(_info(dbapi_connection))
-
-            def do_rollback(dbapi_connection: Any) -> None:
-                try:
-                    rollback(dbapi_connection)
-                finally:
-                    queue.leave(_info(dbapi_connection))
-
-            dialect.do_commit, dialect.do_rollback = do_commit, do_rollback  # type: ignore[method-assign]
-            for dropped in ("invalidate", "soft_invalidate", "close", "detach"):
-                event.listen(engine, dropped, lambda _dbapi, record, *_: queue.leave(record.info))
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-class _WriterQueue:
-    """SQLite write transactions of every thread and process on one store, one at a time, in turn.
-
-    SQLite lets one writer in; the others wait in its busy handler, which sleeps 1, 2, 5 ... up to
-    100 ms between looks, so the lock sits free while its waiters sleep (idle CPU, slower
-    pipeline). Waiting here instead — a lock per process, then a file lock the processes share,
-    looked at every few hundred microseconds — hands the turn on as soon as it is given back.
-    SQLite's own lock still guards the data; this only decides who asks for it next. A process
-    that dies gives its file lock back with it.
-    """
-
-    HELD = "gateway_writer_queue"
-
-    def __init__(self, path: str, timeout: float = 30.0) -> None:
-        self.path, self.timeout = path, timeout
-        self._turn = threading.Lock()
-        self._fd: int | None = None
-
-    def enter(self, info: dict) -> None:
-        if info.get(self.HELD):
-            return
-        deadline = time.monotonic() + self.timeout
-        if not self._turn.acquire(timeout=self.timeout):
-            raise _locked()
-        try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            delay = 0.0002
-            while True:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise _locked() from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.002)
-        except BaseException:
-            self._turn.release()
-            raise
-        info[self.HELD] = True
-
-    def leave(self, info: dict) -> None:
-        if info.pop(self.HELD, False):
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                self._turn.release()
-
-
-def _info(dbapi_connection: Any) -> dict:
-    try:
-        return dbapi_connection.info
-    except (AttributeError, NotImplementedError):  # the engine's first look at the server: no pool record
-        return {}
-
-
-def _locked() -> OperationalError:
-    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
 
 
 _READ_ONLY = "gateway_read_only"

@@ -51,7 +51,6 @@ import zeep.helpers
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 from pydantic.alias_generators import to_camel
 
-from gateway.destinations.http import StdlibTransport
 
 __all__ = [
     "APInvoice", "APInvoiceDraft", "APInvoiceLine", "ChangeCursor", "DataSourceBinding", "DataSourceResult",
@@ -764,8 +763,8 @@ def _same_ap_invoice(row: Mapping[str, Any], number: str, supplier_code: str, su
 
 
 class _ZeepTransport(zeep.Transport):
-    """zeep's transport over httpx (the standard library's HTTP beneath, as for REST): requests'
-    own stack cost a third of every SOAP call's CPU. Answers go to zeep as they came."""
+    """zeep's transport over httpx, the one HTTP client of the gateway (zeep's own goes through
+    requests). Answers go to zeep as they came."""
 
     def __init__(self, http: httpx.Client, *, timeout: float, operation_timeout: float,
                  connect_timeout: float) -> None:
@@ -822,10 +821,8 @@ class PlexClient:
                                           backend=backend, clock=clock, sleep=sleep)
         self._timeout = httpx.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds)
         self._list_timeout = httpx.Timeout(config.list_timeout_seconds, connect=config.connect_timeout_seconds)
-        # A request or more per document: the standard library's HTTP under httpx costs a third of httpcore's CPU.
         self._http = httpx.Client(base_url=config.connect_url.rstrip("/"), timeout=self._timeout,
-                                  trust_env=config.trust_env,
-                                  transport=transport or StdlibTransport(trust_env=config.trust_env),
+                                  trust_env=config.trust_env, transport=transport,
                                   headers={"Accept": "application/json"})
         self._urls: dict[str, httpx.URL] = {}
         self._api_key_auth = _ApiKeyAuth(config.api_key, key_provider)
@@ -1390,7 +1387,6 @@ class PlexClient:
                     raise PlexConfigError("no SOAP web-service account configured", operation="soap")
                 http = httpx.Client(auth=(acct.username, acct.password.get_secret_value()),
                                     trust_env=self.config.trust_env,
-                                    transport=StdlibTransport(trust_env=self.config.trust_env),
                                     event_hooks={"response": [self._remember_soap_response]})
                 transport = _ZeepTransport(http, timeout=self.config.connect_timeout_seconds * 3,
                                            operation_timeout=self.config.timeout_seconds,
