@@ -21,19 +21,32 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Select
 from sqlmodel import Session, select
 
-from gateway.pipeline.machine import STAGE_FROM, STAGE_ORDER, STATES, StageName, reprocess
+from gateway.integrations import DESTINATIONS
+from gateway.pipeline.machine import KINDS, LEGACY_STAGES, STATES, DeliveryState, InterchangeState, StageName, reprocess
 from gateway.store.db import is_postgres, transaction
-from gateway.store.models import Document, Event, Interchange, utcnow
+from gateway.store.models import Delivery, Document, Event, Interchange, utcnow
 
 __all__ = [
     "KINDS", "ReprocessReport", "Selection", "force_duplicate", "parse_when", "reprocess_documents",
     "retry_interchange", "select_documents",
 ]
 
-KINDS = ("purchase_order", "invoice")
 BATCH = 500  # documents per transaction when reprocessing a large selection
-_STAGES = tuple(s.value for s in StageName)
-STAGE_VALUES_BY_STATE = {state.value: stage for state, stage in STAGE_FROM.items()}
+
+
+def stage_names() -> tuple[str, ...]:
+    """Where a document can be, and be sent back to: its steps, then every registered destination."""
+    return (*(s.value for s in StageName), *DESTINATIONS)
+
+
+def stage_name(value: str | None) -> str | None:
+    """A stage as operators may name it (``post``, ``forward`` and ``confirm`` as before deliveries)."""
+    if value is None:
+        return None
+    value = LEGACY_STAGES.get(value, value)
+    if value not in stage_names():
+        raise ValueError(f"unknown stage {value!r}; choose from {', '.join(stage_names())}")
+    return value
 
 
 def _aware(ts: datetime) -> datetime:
@@ -78,7 +91,7 @@ def select_documents(
     """
     _check_choice("kind", kind, KINDS)
     _check_choice("state", state, STATES)
-    _check_choice("stage", stage, _STAGES)
+    stage = stage_name(stage)
     if since is not None and until is not None and _aware(since) > _aware(until):
         raise ValueError(f"the range is reversed: since {since.isoformat()} is after until {until.isoformat()}")
     stmt = select(Document)
@@ -165,28 +178,36 @@ def _chunks(seq: Sequence[int], n: int):
         yield seq[i : i + n]
 
 
-def _why_not(doc: Document, from_stage: StageName | None, now: datetime) -> str | None:
+def _why_not(doc: Document, deliveries: list[Delivery], from_stage: str | None, now: datetime) -> str | None:
     """Why ``doc`` cannot be reprocessed (from ``from_stage``), or None when it can."""
     if doc.lease_owner and doc.lease_until and _aware(doc.lease_until) > now:
         return f"document {doc.id} is being worked on by {doc.lease_owner}; try again shortly"
-    if from_stage is None:
-        return None  # back to the stage it is at or failed at
-    reached = _reached(doc)
-    if STAGE_ORDER.index(from_stage) > reached:
-        return (f"document {doc.id} has not got past {STAGE_ORDER[reached].value}; it cannot skip ahead to "
-                f"{from_stage.value} (reprocess it from {STAGE_ORDER[reached].value} or earlier)")
+    busy = next((d for d in deliveries if d.state == DeliveryState.BATCHED.value
+                 or (d.lease_owner and d.lease_until and _aware(d.lease_until) > now)), None)
+    if busy is not None:
+        return f"document {doc.id} is on its way to {busy.destination}; try again once that is over"
+    if from_stage is None or from_stage == StageName.TRANSLATE.value:
+        return None  # back to the step or destination it is at or failed at, or from the start
+    if from_stage == StageName.MATCH.value:
+        if doc.state in ("received", "ignored", "duplicate") or (doc.stage == StageName.TRANSLATE.value):
+            return (f"document {doc.id} has not got past translate; it cannot skip ahead to match "
+                    "(reprocess it from translate or earlier)")
+        return None
+    if from_stage not in {d.destination for d in deliveries}:
+        reached = doc.stage or StageName.TRANSLATE.value
+        return (f"document {doc.id} has not got past {reached}; it cannot skip ahead to {from_stage} "
+                f"(reprocess it from {reached} or earlier)")
     return None
 
 
-def _reached(doc: Document) -> int:
-    """How far along the path ``doc`` got: the index of the furthest stage it may be restarted from."""
-    if doc.state == "done":
-        return len(STAGE_ORDER) - 1
-    if doc.state in STAGE_VALUES_BY_STATE:
-        return STAGE_ORDER.index(STAGE_VALUES_BY_STATE[doc.state])
-    if doc.stage in _STAGES:  # failed or waiting for a person at this stage
-        return STAGE_ORDER.index(StageName(doc.stage))
-    return 0  # ignored or duplicate: only translation again
+def _deliveries(s: Session, ids: Sequence[int]) -> dict[int, list[Delivery]]:
+    found: dict[int, list[Delivery]] = {i: [] for i in ids}
+    q = select(Delivery).where(Delivery.document_id.in_(list(ids))).order_by(Delivery.id)
+    if is_postgres(s.get_bind()):
+        q = q.with_for_update()
+    for d in s.exec(q).all():
+        found[d.document_id].append(d)
+    return found
 
 
 def reprocess_documents(
@@ -211,12 +232,7 @@ def reprocess_documents(
     if not actor or not actor.strip():
         raise ValueError("an actor is required to reprocess")
     actor, reason = actor.strip()[:100], reason.strip()
-    stage = None
-    if from_stage is not None:
-        try:
-            stage = StageName(from_stage)
-        except ValueError:
-            raise ValueError(f"unknown stage {from_stage!r}; choose from {', '.join(_STAGES)}") from None
+    stage = stage_name(from_stage.value if isinstance(from_stage, StageName) else from_stage)
     if isinstance(selection, Selection) and selection.empty:
         raise ValueError("name the documents to reprocess: ids or at least one filter")
     strict = not isinstance(selection, Select) and (
@@ -239,8 +255,9 @@ def reprocess_documents(
         problems = []
         with Session(engine) as s:
             for chunk in _chunks(ids, BATCH):
+                deliveries = _deliveries(s, chunk)
                 for doc in s.exec(select(Document).where(Document.id.in_(chunk))).all():
-                    why = _why_not(doc, stage, now)
+                    why = _why_not(doc, deliveries[doc.id], stage, now)
                     if why:
                         problems.append(why)
         if problems:
@@ -251,14 +268,16 @@ def reprocess_documents(
             q = select(Document).where(Document.id.in_(chunk)).order_by(Document.id)
             if is_postgres(engine):
                 q = q.with_for_update()
-            for doc in s.exec(q).all():
-                why = _why_not(doc, stage, now)
+            docs = s.exec(q).all()
+            deliveries = _deliveries(s, [d.id for d in docs])
+            for doc in docs:
+                why = _why_not(doc, deliveries[doc.id], stage, now)
                 if why:
                     if strict:  # claimed between the check and now: all or nothing still holds
                         raise ValueError(why + "; nothing was changed")
                     report.skipped.append((doc.id, why))
                     continue
-                s.add(reprocess(doc, actor=actor, reason=reason, from_stage=stage, now=now))
+                s.add(reprocess(doc, deliveries[doc.id], actor=actor, reason=reason, from_stage=stage, now=now))
                 # An expired claim of a hung worker must not let its late outcome land on the new run.
                 doc.lease_owner = doc.lease_until = None
                 report.done += 1
@@ -286,12 +305,12 @@ def force_duplicate(engine: Engine, interchange_id: int, *, actor: str, reason: 
     now = now or utcnow()
     with transaction(engine) as s:
         ich = _interchange_for_operator(s, interchange_id, reason)
-        if ich.state != "duplicate":
+        if ich.state != InterchangeState.DUPLICATE.value:
             raise ValueError(f"interchange {interchange_id} is not a duplicate (it is {ich.state}); only a "
                              "duplicate can be forced through")
         previous = ich.error
         ich.forced = True
-        ich.state = "received"
+        ich.state = InterchangeState.RECEIVED.value
         ich.error = None
         ich.attempts = 0
         ich.next_attempt_at = ich.lease_owner = ich.lease_until = None
@@ -310,14 +329,14 @@ def retry_interchange(engine: Engine, interchange_id: int, *, actor: str, reason
     now = now or utcnow()
     with transaction(engine) as s:
         ich = _interchange_for_operator(s, interchange_id, reason)
-        if ich.state != "failed":
+        if ich.state != InterchangeState.FAILED.value:
             raise ValueError(f"interchange {interchange_id} has not failed (it is {ich.state})")
         has_docs = s.exec(select(Document.id).where(Document.interchange_id == ich.id).limit(1)).first()
         if has_docs is not None:
             raise ValueError(f"interchange {interchange_id} has documents: reprocess those instead "
                              f"(gateway reprocess --from-stage translate ...)")
         previous = ich.error
-        ich.state = "received"
+        ich.state = InterchangeState.RECEIVED.value
         ich.error = None
         ich.next_attempt_at = ich.lease_owner = ich.lease_until = None
         s.add(Event(interchange_id=ich.id, stage="intake", outcome="retry", actor=actor.strip()[:100] or "operator",

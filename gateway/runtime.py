@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 from sqlalchemy import func
@@ -45,6 +46,9 @@ class Runtime:
     _partners_checked: float = field(default=float("-inf"), repr=False)
     monotonic: Callable[[], float] = field(default=time.monotonic, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Clients an integration's parts share in this process (e.g. one Plex client for matching and
+    # delivery), by integration name; see gateway.pipeline.wiring.
+    resources: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def partners(self) -> PartnerDirectory:
         """The partner files in force: the folder's, overridden by those activated in the panel.

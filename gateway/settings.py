@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from gateway.alerts.settings import AlertSettings
-from gateway.integrations import source_classes
+from gateway.integrations import DESTINATIONS, source_classes
 from gateway.integrations.anaplan.client import AnaplanSettings
 from gateway.integrations.base import Source
 from gateway.integrations.local.settings import LocalSettings
@@ -27,6 +27,8 @@ from gateway.integrations.plex.client import PlexConfig
 from gateway.integrations.sftp.settings import SftpSettings
 from gateway.integrations.sterling.settings import SterlingSettings
 from gateway.integrations.syspro.settings import SysproSettings
+from gateway.pipeline.machine import KINDS
+from gateway.pipeline.routing import DEFAULT_ROUTES
 
 SECRET_PREFIX = "secret:"
 
@@ -41,6 +43,8 @@ class WorkerSettings(BaseModel):
     max_attempts: int = Field(8, ge=1, description="tries of a transient fault at one stage before failing")
     backoff_initial: float = Field(2.0, ge=0)
     backoff_max: float = Field(600.0, ge=0)
+    wait_max_seconds: float = Field(300.0, gt=0, description=(
+        "longest look-again for a busy, locked or throttling destination (waits use no attempt)"))
 
 
 class WebSettings(BaseModel):
@@ -74,6 +78,10 @@ class Settings(BaseSettings):
     anaplan: AnaplanSettings | None = None
     alerts: AlertSettings | None = None
     syspro: list[SysproSettings] = Field(default_factory=list)
+    routing: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_ROUTES.items()},
+                                          description="document kind -> destinations, in order")
+    destinations: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "settings of registered destinations that have no section of their own, by name"))
 
     @model_validator(mode="after")
     def _invoice_gl_accounts(self) -> Settings:
@@ -84,6 +92,19 @@ class Settings(BaseSettings):
                              "expense_account and tax_account (charge_account for freight is optional), the GL "
                              "accounts from your Plex chart of accounts that AP invoice lines are booked to")
         return self
+
+    @field_validator("routing")
+    @classmethod
+    def _known_destinations(cls, routing: dict[str, list[str]]) -> dict[str, list[str]]:
+        for kind, names in routing.items():
+            if kind not in KINDS:
+                raise ValueError(f"{kind!r} is not a document kind ({', '.join(KINDS)})")
+            unknown = [n for n in names if n not in DESTINATIONS]
+            if unknown:
+                raise ValueError(f"{kind}: unknown destination {unknown[0]!r} (known: {', '.join(DESTINATIONS)})")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind}: a destination is listed twice")
+        return {**{k: list(v) for k, v in DEFAULT_ROUTES.items()}, **routing}
 
     @classmethod
     def settings_customise_sources(

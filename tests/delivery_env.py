@@ -11,14 +11,14 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from gateway.delivery import Delivery
 from gateway.intake import take
 from gateway.pipeline.machine import RESTING
+from gateway.pipeline.wiring import Pipeline
 from gateway.pipeline.worker import Worker
 from gateway.runtime import Runtime, open_runtime
 from gateway.sandbox.environment import Sandbox, start_sandbox
 from gateway.settings import Settings
-from gateway.store.models import Document, Event
+from gateway.store.models import Delivery, Document, Event
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fixtures" / "edi" / "demo"
@@ -28,10 +28,11 @@ RESTING_STATES = {s.value for s in RESTING}
 
 @dataclass
 class Gateway:
-    """One gateway process in a test: runtime, delivery stages and a worker driven by :meth:`settle`."""
+    """One gateway process in a test: runtime, its pipeline (steps, destinations) and a worker driven by
+    :meth:`settle`."""
 
     runtime: Runtime
-    delivery: Delivery
+    pipeline: Pipeline
     worker: Worker
     sandbox: Sandbox
 
@@ -54,6 +55,15 @@ class Gateway:
         docs = [d for d in self.documents() if all(getattr(d, k) == v for k, v in where.items())]
         assert len(docs) == 1, f"{len(docs)} documents match {where}"
         return docs[0]
+
+    def deliveries(self, doc_id: int) -> dict[str, Delivery]:
+        """A document's deliveries by destination."""
+        with Session(self.engine) as s:
+            return {d.destination: d for d in s.exec(select(Delivery).where(Delivery.document_id == doc_id)).all()}
+
+    def reference(self, doc_id: int, destination: str = "plex") -> str | None:
+        found = self.deliveries(doc_id).get(destination)
+        return found.reference if found is not None else None
 
     def events(self, doc_id: int) -> list[Event]:
         with Session(self.engine) as s:
@@ -88,11 +98,11 @@ def gateway(store_url: str, data_dir: Path, *, sandbox: Sandbox | None = None, p
     own = sandbox is None
     sandbox = sandbox or start_sandbox(plex_rate_limit=None)
     runtime = open_runtime(settings_for(sandbox, store_url, data_dir, plex=plex, anaplan=anaplan), migrate=False)
-    delivery = Delivery(runtime)
+    pipeline = Pipeline.configure(runtime)
     try:
-        yield Gateway(runtime, delivery, Worker(runtime, stages=delivery.stages()), sandbox)
+        yield Gateway(runtime, pipeline, Worker(runtime, pipeline=pipeline), sandbox)
     finally:
-        delivery.close()
+        pipeline.close()
         runtime.engine.dispose()
         if own:
             sandbox.close()

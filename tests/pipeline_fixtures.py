@@ -53,3 +53,50 @@ def store_payload(engine, data: bytes, name: str = "in.x12", source: str = "test
         s.flush()
         s.add(RawPayload(interchange_id=ich.id, data=data))
         return ich.id
+
+
+class FakeDestination:
+    """A destination for pipeline tests: ``fn(item) -> Outcome`` per delivery, or ``batch=True``:
+    ``fn(items) -> {delivery_id: Outcome}``; records what it was given."""
+
+    def __init__(self, name: str, fn, *, batch: bool = False) -> None:
+        self.name, self.fn, self.batch = name, fn, batch
+        self.calls: list[list] = []
+
+    def deliver(self, items):
+        self.calls.append(list(items))
+        if self.batch:
+            return self.fn(items)
+        return {i.delivery_id: self.fn(i) for i in items}
+
+    def check(self):
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def step(fn, *, batch: bool = False):
+    """A document step for pipeline tests from ``fn(doc, runtime) -> Outcome`` (or, ``batch``,
+    ``fn(docs, runtime) -> {doc_id: Outcome}``)."""
+    if batch:
+        return fn
+
+    def run(docs, runtime):
+        return {d.id: fn(d, runtime) for d in docs}
+    return run
+
+
+def pipeline(*, match=None, batch: bool = False, destinations=()):
+    """A pipeline with the given match step (per document, or ``batch``) and destinations."""
+    from gateway.pipeline.wiring import Pipeline
+
+    return Pipeline(steps={"match": step(match, batch=batch)} if match is not None else {},
+                    destinations={d.name: d for d in destinations})
+
+
+def matched(doc, runtime):
+    """A match step that finds supplier S-1 for everything."""
+    from gateway.integrations.base import Outcome
+
+    return Outcome.ok({"supplier": "S-1"}, supplier_code="S-1")

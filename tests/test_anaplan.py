@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from gateway.integrations.anaplan.client import (
-    AnaplanAuthError, AnaplanBatch, AnaplanClient, AnaplanConfigError, AnaplanDestination,
+    AnaplanAuthError, AnaplanBatch, AnaplanClient, AnaplanConfigError, AnaplanImports,
     AnaplanEndpoints, AnaplanImportConfig, BasicAuth, CertificateAuth, Const, CsvFormat,
     InMemoryRequestBudget, OAuth2RefreshTokenAuth, RequestCounter, RetryPolicy, build_csv, neutralise_cell,
 )
@@ -128,9 +128,9 @@ def make_client(sim: Sim, auth: Any = None, **kwargs: Any) -> AnaplanClient:
                          endpoints=AnaplanEndpoints.single_host(sim.base_url), **kwargs)
 
 
-def make_destination(sim: Sim, auth: Any = None, **kwargs: Any) -> AnaplanDestination:
+def make_destination(sim: Sim, auth: Any = None, **kwargs: Any) -> AnaplanImports:
     lock = kwargs.pop("file_lock", None)
-    return AnaplanDestination(make_client(sim, auth, **kwargs), file_lock=lock, lock_timeout_s=30)
+    return AnaplanImports(make_client(sim, auth, **kwargs), file_lock=lock, lock_timeout_s=30)
 
 
 def po_config(**overrides: Any) -> AnaplanImportConfig:
@@ -451,7 +451,7 @@ class _NoLock:
         yield
 
 
-def _run_two_batches(dest: AnaplanDestination) -> list[Any]:
+def _run_two_batches(dest: AnaplanImports) -> list[Any]:
     cfg = po_config(chunk_size=64)
     batches = [batch(f"c{n}", [po_doc(f"{n}-{i}", f"PO-{n}{i}", ["1", str(n + 2)]) for i in range(6)],
                      cfg) for n in range(2)]

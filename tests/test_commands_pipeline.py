@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from gateway.commands import pipeline as pipeline_commands
-from gateway.pipeline.machine import Outcome, StageName
+from gateway.integrations.base import Outcome
 from gateway.pipeline.worker import Worker
 from gateway.store import Document, Event, Interchange, make_engine, transaction, utcnow
-from tests.pipeline_fixtures import PARTNERS, ROOT, make_runtime, store_payload, x12_850
+from tests.pipeline_fixtures import PARTNERS, ROOT, make_runtime, pipeline, store_payload, x12_850
 
 GATEWAY = [sys.executable, "-m", "gateway.cli"]
 
@@ -41,7 +41,7 @@ def setup(store_url, tmp_path):
     """Three Northwind POs failed at match, one broken at translate; a config file pointing at the store."""
     rt = make_runtime(store_url, tmp_path)
     store_payload(rt.engine, x12_850(700, ["PO-1", "PO-2", "PO-3", "BAD-4"], broken=(4,)), "nw.x12")
-    Worker(rt, stages={StageName.MATCH: lambda d, _: Outcome.fail("no supplier")}).run_until_idle()
+    Worker(rt, pipeline=pipeline(match=lambda d, _: Outcome.fail("no supplier"))).run_until_idle()
     with Session(rt.engine) as s:
         ids = list(s.exec(select(Document.id).order_by(Document.id)).all())
     yield rt, _config(tmp_path, store_url), ids
@@ -114,7 +114,7 @@ def test_reprocess_large_selection_shows_progress(setup, monkeypatch):
         (["--reason", "r"], "gateway reprocess: name the documents: ids, or at least one of --partner --kind "
                             "--state --stage --since --until"),
         (["--state", "broken", "--reason", "r", "--yes"], "gateway reprocess: unknown state 'broken'; choose from "
-         "received, translated, matched, posted, forwarded, done, failed, needs_attention, duplicate, ignored"),
+         "received, translated, delivering, done, failed, needs_attention, duplicate, ignored"),
         (["--kind", "asn", "--reason", "r", "--yes"], "gateway reprocess: unknown kind 'asn'; choose from "
                                                       "purchase_order, invoice"),
         (["--since", "last week", "--reason", "r"], "gateway reprocess: 'last week' is not a date (YYYY-MM-DD) or "
@@ -122,7 +122,7 @@ def test_reprocess_large_selection_shows_progress(setup, monkeypatch):
         (["--since", "2026-02-01", "--until", "2026-01-01", "--reason", "r"], "gateway reprocess: the range is "
          "reversed: since 2026-02-01T00:00:00+00:00 is after until 2026-01-01T23:59:59.999999+00:00"),
         (["1", "--from-stage", "polish", "--reason", "r"], "gateway reprocess: unknown stage 'polish'; choose from "
-                                                           "translate, match, post, forward, confirm"),
+                                                           "translate, match, plex, anaplan"),
         (["--partner", "nobody", "--reason", "r", "--yes"], "gateway reprocess: no document matches (partner nobody)"),
     ],
 )
@@ -152,7 +152,7 @@ def test_reprocess_refuses_a_document_in_flight(setup):
 def test_interchanges_force_and_its_refusals(setup):
     rt, cfg, _ = setup
     dup = store_payload(rt.engine, x12_850(700, ["PO-1"]), "again.x12")
-    Worker(rt, stages={}).run_until_idle()
+    Worker(rt, pipeline=pipeline()).split_interchanges()
     r = _invoke("interchanges", "force", str(dup), "-c", str(cfg))
     assert (r.exit_code, r.stderr.strip()) == (2, "gateway interchanges force: --reason is required (say why, for "
                                                   "the audit trail)")
@@ -275,7 +275,7 @@ def test_gateway_poll_once_takes_a_dropped_file_then_a_worker_splits_it(tmp_path
     assert not (drop / "po.x12").exists() and [p.read_bytes() for p in archive.iterdir()] == [data]
     engine = make_engine(url)
     rt = make_runtime(url, tmp_path)
-    Worker(rt, stages={}).run_until_idle()
+    Worker(rt, pipeline=pipeline()).split_interchanges()
     with Session(engine) as s:
         assert [d.po_number for d in s.exec(select(Document).order_by(Document.id))] == ["PO-1", "PO-2"]
     engine.dispose()

@@ -1,5 +1,6 @@
-"""The forward and confirm stages against the Anaplan simulator: batching, one uploader per file,
-429 and locked models sent back with ``after``, configuration errors failing the batch."""
+"""Anaplan as a batched destination against its simulator: deliveries gathered into batches, a batch
+a work item the worker sends, looks at and concludes for its members; one batch per file at a
+time; busy, locked and throttled waits use no attempt; configuration errors fail the batch."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from gateway.delivery import Delivery
+from gateway.integrations.anaplan.destination import AnaplanDestination
 from gateway.partners import load_partner_directory
-from gateway.pipeline.machine import OutcomeKind, StageName
+from gateway.pipeline import batches as batch_work
+from gateway.pipeline.wiring import Pipeline
 from gateway.pipeline.worker import Worker
 from gateway.runtime import instance_id, open_runtime
 from gateway.sandbox.environment import numbered_documents, start_sandbox
 from gateway.store import transaction
-from gateway.store.models import AnaplanBatch, Document, Event, Interchange, utcnow
+from gateway.store.models import Batch, Delivery, Document, Event, Interchange, utcnow
 from tests.delivery_env import DEMO, PARTNERS, RESTING_STATES, settings_for
 from translators.translate import translate
 
@@ -34,8 +36,9 @@ def sandbox():
 
 
 def posted_documents(engine, count: int, *, kinds: tuple[str, ...] = ("invoice", "purchase_order")) -> list[int]:
-    """Documents already matched and posted: ready for Anaplan."""
+    """Documents already matched and in Plex: their Anaplan deliveries are due."""
     ids = []
+    now = utcnow()
     with transaction(engine) as s:
         for name, data in numbered_documents(DEMO, count * 2):
             d = translate(data, DIRECTORY, source=name).documents[0]
@@ -45,11 +48,13 @@ def posted_documents(engine, count: int, *, kinds: tuple[str, ...] = ("invoice",
             s.add(ich)
             s.flush()
             doc = Document(interchange_id=ich.id, position=1, partner=d.partner, kind=d.kind, standard=d.standard,
-                           state="posted", stage="forward", canonical=json.dumps(d.document), supplier_code="ACME01",
-                           plex_key="x", po_number=d.document.get("po_number"),
+                           state="delivering", stage="anaplan", canonical=json.dumps(d.document),
+                           supplier_code="ACME01", po_number=d.document.get("po_number"),
                            invoice_number=d.document.get("invoice_number"))
             s.add(doc)
             s.flush()
+            s.add(Delivery(document_id=doc.id, destination="plex", position=1, state="done", reference=f"P-{doc.id}"))
+            s.add(Delivery(document_id=doc.id, destination="anaplan", position=2, state="pending", next_attempt_at=now))
             ids.append(doc.id)
     return ids
 
@@ -63,16 +68,15 @@ def orders_the_second_without_lines(engine, count: int) -> list[int]:
     return ids
 
 
-def stored(engine, ids: list[int]) -> list[Document]:
-    """These documents as a worker claims them: fresh from the store."""
-    with Session(engine, expire_on_commit=False) as s:
-        return [s.get(Document, i) for i in ids]
-
-
 def runtime_for(sandbox, store_url, tmp_path, **anaplan):
     rt = open_runtime(settings_for(sandbox, store_url, tmp_path, anaplan=anaplan), migrate=False)
     rt.instance = instance_id("test")
     return rt
+
+
+def worker(rt, **kw) -> Worker:
+    """A worker with Anaplan alone (Plex is done for these documents)."""
+    return Worker(rt, pipeline=Pipeline(destinations={"anaplan": AnaplanDestination.configure(rt)}), **kw)
 
 
 def settle(workers: list[Worker], engine, timeout: float = 60.0) -> list[Document]:
@@ -88,249 +92,120 @@ def settle(workers: list[Worker], engine, timeout: float = 60.0) -> list[Documen
         time.sleep(0.05)
 
 
-def test_documents_wait_for_the_batch_to_fill_then_go_in_one_import(sandbox, store_url, tmp_path):
+def anaplan_of(engine, doc_ids) -> list[Delivery]:
+    with Session(engine) as s:
+        return [s.exec(select(Delivery).where(Delivery.document_id == i, Delivery.destination == "anaplan")).one()
+                for i in doc_ids]
+
+
+def all_batches(engine) -> list[Batch]:
+    with Session(engine) as s:
+        return list(s.exec(select(Batch).order_by(Batch.id)).all())
+
+
+def trail(engine, doc_id) -> list[tuple[str, str]]:
+    with Session(engine) as s:
+        return [(e.stage, e.outcome) for e in s.exec(select(Event).where(Event.document_id == doc_id)
+                                                     .order_by(Event.id)).all()]
+
+
+def test_deliveries_join_one_batch_which_goes_when_full(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=6, max_age=60)
     ids = posted_documents(rt.engine, 10, kinds=("invoice",))
-    delivery = Delivery(rt)
-    forward = delivery.stages()[StageName.FORWARD]
-
-    def docs(chosen):  # as the worker claims them: fresh from the store
-        with Session(rt.engine, expire_on_commit=False) as s:
-            return [s.get(Document, i) for i in chosen]
-
-    first = forward(docs(ids[:4]), rt)
-    # Four of six, and more on their way (posted, not yet in a batch): nobody sends yet. They wait
-    # (no attempt used) until the batch wakes them, ten seconds at most.
-    assert {o.kind for o in first.values()} == {OutcomeKind.WAIT}
-    assert all(0 < o.after <= 10.0 for o in first.values())
+    w = worker(rt)
+    w.batch_size = 4
+    w.run_once()
+    # Four of six, more on their way: they joined the open batch, nothing was sent.
+    [batch] = all_batches(rt.engine)
+    assert (batch.state, batch.member_count, batch.key) == ("open", 4, "invoice")
     assert sandbox.anaplan.snapshot()["requests"] == {}
-    second = forward(docs(ids[4:8]), rt)
-    # The batch is full: sent with all eight documents it holds; these four are forwarded at once.
-    assert {o.kind for o in second.values()} == {OutcomeKind.OK}
+    assert [(d.state, d.batch_id, d.next_attempt_at) for d in anaplan_of(rt.engine, ids[:4])] == [
+        ("batched", batch.id, None)] * 4
+    w.run_once()
+    # Full: sent at once, with the eight it holds; the last two go in the next batch.
+    [first] = all_batches(rt.engine)
+    assert (first.state, first.member_count) == ("running", 8)
+    assert first.reference and json.loads(first.result)["members"] == sorted(
+        d.id for d in anaplan_of(rt.engine, ids[:8]))
+    docs = settle([w], rt.engine)
+    assert [d.state for d in docs] == ["done"] * 10
+    assert [(b.state, b.member_count) for b in all_batches(rt.engine)] == [("done", 8), ("done", 2)]
+    assert len(sandbox.anaplan.snapshot()["imported_rows"]["112000000002"]) == 10
+    went = anaplan_of(rt.engine, ids)
+    assert all(d.state == "done" and d.reference.startswith(f"batch {d.batch_id}, task ") for d in went)
+    # Each member: one event when it joined, one when its batch concluded it.
+    assert {tuple(trail(rt.engine, i)) for i in ids} == {(("anaplan", "join"), ("anaplan", "ok"))}
+
+
+def test_members_write_no_event_while_the_import_runs(sandbox, store_url, tmp_path):
+    sandbox.anaplan.set_faults({"task_timing": {"queue_s": 0.2, "run_s": 1.0}})
+    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=3, max_age=60, poll_interval=0.05)
+    ids = posted_documents(rt.engine, 3, kinds=("invoice",))
+    docs = settle([worker(rt)], rt.engine)
+    assert [d.state for d in docs] == ["done"] * 3
+    polls = [t for t in sandbox.anaplan.snapshot()["tasks"]][0]["pollTimes"]
+    assert len(polls) >= 5  # looked at many times ...
+    assert all(trail(rt.engine, i) == [("anaplan", "join"), ("anaplan", "ok")] for i in ids)  # ... two events each
     with Session(rt.engine) as s:
-        [batch] = s.exec(select(AnaplanBatch)).all()
-    assert batch.state == "running" and batch.document_count == 8 and batch.task_id
-    assert json.loads(batch.result)["members"] == ids[:8]
-    # One of the documents that sent it polls the import; the others are not woken to hear "running".
-    assert json.loads(batch.result)["poller"] == ids[4]
-    assert all(d.next_attempt_at is None for d in docs(ids[:8]))
-    # The first four come back: their batch is running, so they are forwarded too.
-    again = forward(docs(ids[:4]), rt)
-    assert {o.kind for o in again.values()} == {OutcomeKind.OK}
-    assert all(o.changes["anaplan_batch_id"] == batch.id for o in again.values())
-    # Confirm reads the result for each document.
-    confirm = delivery.stages()[StageName.CONFIRM]
-    deadline = time.monotonic() + 10
-    while True:
-        out = confirm(docs(ids[:8]), rt)
-        if {o.kind for o in out.values()} == {OutcomeKind.OK} or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert {o.kind for o in out.values()} == {OutcomeKind.OK}
-    assert out[ids[0]].detail["anaplan"]["counts"]["successful"] == 8
-    assert len(sandbox.anaplan.snapshot()["imported_rows"]["112000000002"]) == 8
-    delivery.close()
-
-
-def test_forwarded_documents_sleep_through_the_import_and_a_late_sleep_is_settled(sandbox, store_url, tmp_path):
-    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=4, max_age=60)
-    ids = posted_documents(rt.engine, 4, kinds=("invoice",))
-    delivery = Delivery(rt)
-    forward = delivery.stages()[StageName.FORWARD]
-    with Session(rt.engine, expire_on_commit=False) as s:
-        docs = [s.get(Document, i) for i in ids]
-    out = forward(docs, rt)
-    # Sent and running: forwarded, and confirm not due before the first poll (the first member) or
-    # before the batch wakes them (the others): no claim just to hear "still running".
-    assert {o.kind for o in out.values()} == {OutcomeKind.OK}
-    assert 0 < out[ids[0]].after <= 1.0 and all(out[i].after == 10.0 for i in ids[1:])
-    later = utcnow() + timedelta(seconds=10)
-    with transaction(rt.engine) as s:
-        for d in s.exec(select(Document).where(Document.id.in_(ids))).all():
-            d.state, d.stage, d.next_attempt_at = "forwarded", "confirm", later  # as the worker stores them
-
-    def due() -> list[bool]:
-        with Session(rt.engine) as s:
-            return [d.next_attempt_at.replace(tzinfo=None) <= utcnow().replace(tzinfo=None)
-                    for d in s.exec(select(Document).where(Document.id.in_(ids)).order_by(Document.id)).all()]
-
-    with rt.engine.begin() as conn:
-        forward.settle(conn, ids, utcnow())
-    assert due() == [False] * 4  # still running: they sleep on
-    # Another process read the finished import and woke the members before these sleeps were stored.
-    with transaction(rt.engine) as s:
-        [batch] = s.exec(select(AnaplanBatch)).all()
-        batch.state = "done"
-    with rt.engine.begin() as conn:
-        forward.settle(conn, ids, utcnow())
-    assert due() == [True] * 4
-    delivery.close()
-
-
-def _claimed_in_a_chain(engine, ids: list[int]) -> list:
-    """These documents as a claim that matched and posted them sees them, while the store still holds
-    them as translated (the claim stores its outcomes when it ends)."""
-    from gateway.pipeline.worker import ClaimedDocument
-
-    with Session(engine, expire_on_commit=False) as s:
-        docs = [s.get(Document, i) for i in ids]
-    claimed = [ClaimedDocument(**{c.name: getattr(d, c.name) for c in Document.__table__.columns}) for d in docs]
-    with transaction(engine) as s:
-        for d in s.exec(select(Document).where(Document.id.in_(ids))).all():
-            d.state, d.stage, d.supplier_code = "translated", "match", None
-    return claimed
-
-
-@pytest.mark.parametrize("fills", [True, False], ids=["full", "nothing-more-coming"])
-def test_the_claim_that_completes_a_batch_sends_it_with_its_own_documents(sandbox, store_url, tmp_path, fills):
-    rt = runtime_for(sandbox, store_url, tmp_path, batch={"max_documents": 4 if fills else 1000,
-                                                          "max_age_seconds": 60, "min_age_seconds": 0.0})
-    ids = posted_documents(rt.engine, 4, kinds=("invoice",))
-    delivery = Delivery(rt)
-    forward = delivery.stages()[StageName.FORWARD]
-    chained = _claimed_in_a_chain(rt.engine, ids[2:])
-    with Session(rt.engine, expire_on_commit=False) as s:
-        waiting = [s.get(Document, i) for i in ids[:2]]
-    first = forward(waiting, rt)
-    # The other two are still being posted: the first two wait for them.
-    assert {o.kind for o in first.values()} == {OutcomeKind.WAIT}
-    assert sandbox.anaplan.snapshot()["imported_rows"] == {}
-    second = forward(chained, rt)
-    # The claim that posted the last two sends at once, with them in it as that claim sees them.
-    assert {o.kind for o in second.values()} == {OutcomeKind.OK}
-    with Session(rt.engine) as s:
-        [batch] = s.exec(select(AnaplanBatch)).all()
-    assert json.loads(batch.result)["members"] == ids
-    deadline = time.monotonic() + 10
-    while not sandbox.anaplan.snapshot()["imported_rows"] and time.monotonic() < deadline:
-        time.sleep(0.05)  # the simulator runs the import task on its own time
-    [rows] = sandbox.anaplan.snapshot()["imported_rows"].values()
-    assert len(rows) == 4 and all("ACME01" in json.dumps(r) for r in rows), rows
-    delivery.close()
-
-
-def test_two_claims_finishing_together_send_one_batch_without_sleeping(sandbox, store_url, tmp_path):
-    rt = runtime_for(sandbox, store_url, tmp_path, batch={"max_documents": 1000, "max_age_seconds": 60,
-                                                          "min_age_seconds": 0.0})
-    ids = posted_documents(rt.engine, 4, kinds=("invoice",))
-    delivery = Delivery(rt)
-    forward = delivery.stages()[StageName.FORWARD]
-    first, second = _claimed_in_a_chain(rt.engine, ids[:2]), _claimed_in_a_chain(rt.engine, ids[2:])
-    # The first claim forwards while the second is still posting: more is coming, it sleeps.
-    early = forward(first, rt)
-    assert {o.kind for o in early.values()} == {OutcomeKind.WAIT} and all(o.after > 1 for o in early.values())
-    # The second forwards before the first claim's postings are stored: they are joining this batch,
-    # so it waits a moment instead of sending without them (or sleeping like the first).
-    late = forward(second, rt)
-    assert {o.kind for o in late.values()} == {OutcomeKind.WAIT} and all(o.after <= 0.1 for o in late.values())
-    assert sandbox.anaplan.snapshot()["imported_rows"] == {}
-    with transaction(rt.engine) as s:  # the first claim ends
-        for d in s.exec(select(Document).where(Document.id.in_(ids[:2]))).all():
-            d.state, d.stage, d.supplier_code = "posted", "forward", "ACME01"
-    assert {o.kind for o in forward(second, rt).values()} == {OutcomeKind.OK}
-    with Session(rt.engine) as s:
-        [batch] = s.exec(select(AnaplanBatch)).all()
-    assert json.loads(batch.result)["members"] == ids and json.loads(batch.result)["poller"] == ids[2]
-    delivery.close()
+        batch_events = [e.outcome for e in s.exec(select(Event).where(Event.batch_id.is_not(None),
+                                                                      Event.document_id.is_(None))).all()]
+    assert batch_events == ["sent", "done"]
 
 
 def test_a_document_that_made_no_row_fails_and_the_rest_of_a_clean_import_is_done(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=3, max_age=60)
     ids = orders_the_second_without_lines(rt.engine, 3)
-    delivery = Delivery(rt)
-    stages = delivery.stages()
-
-    def docs():
-        return stored(rt.engine, ids)
-
-    assert {o.kind for o in stages[StageName.FORWARD](docs(), rt).values()} == {OutcomeKind.OK}
-    deadline = time.monotonic() + 10
-    while True:
-        out = stages[StageName.CONFIRM](docs(), rt)
-        if OutcomeKind.WAIT not in {o.kind for o in out.values()} or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert [out[i].kind for i in ids] == [OutcomeKind.OK, OutcomeKind.FAIL, OutcomeKind.OK]
-    assert "no lines to import" in out[ids[1]].error and out[ids[1]].code == "anaplan.rejected"
-    with Session(rt.engine) as s:
-        [batch] = s.exec(select(AnaplanBatch)).all()
+    docs = settle([worker(rt)], rt.engine)
+    assert [(d.state, d.stage) for d in docs] == [("done", None), ("failed", "anaplan"), ("done", None)]
+    assert "no lines to import" in docs[1].error and docs[1].error_code == "anaplan.rejected"
+    [batch] = all_batches(rt.engine)
     result = json.loads(batch.result)
-    assert batch.state == "done" and result["status"] == "partial" and list(result["failed"]) == [str(ids[1])]
+    bare = anaplan_of(rt.engine, ids[1:2])[0]
+    assert batch.state == "done" and result["status"] == "partial" and list(result["failed"]) == [str(bare.id)]
+    assert (bare.state, bare.batch_id) == ("failed", batch.id)
     assert len(sandbox.anaplan.snapshot()["imported_rows"]["112000000001"]) == 4  # two orders, two lines each
-    delivery.close()
-
-
-def test_the_end_of_an_import_concludes_the_members_nobody_holds_in_one_go(sandbox, store_url, tmp_path):
-    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=4, max_age=60)
-    ids = orders_the_second_without_lines(rt.engine, 4)
-    delivery = Delivery(rt)
-    stages = delivery.stages()
-
-    def docs(chosen):
-        return stored(rt.engine, chosen)
-
-    assert {o.kind for o in stages[StageName.FORWARD](docs(ids[:2]), rt).values()} == {OutcomeKind.WAIT}
-    assert {o.kind for o in stages[StageName.FORWARD](docs(ids[2:]), rt).values()} == {OutcomeKind.OK}
-    # As the workers stored those outcomes: the first two sleep on in posted, the last two are
-    # forwarded, and the claim of ids[2] goes on to confirm it (it holds its lease).
-    with transaction(rt.engine) as s:
-        for d in s.exec(select(Document).where(Document.id.in_(ids[2:]))).all():
-            d.state, d.stage = "forwarded", "confirm"
-        held = s.get(Document, ids[2])
-        held.lease_owner, held.lease_until = "another-worker", utcnow() + timedelta(seconds=60)
-    deadline = time.monotonic() + 10
-    while True:
-        out = stages[StageName.CONFIRM](docs(ids[2:3]), rt)
-        if out[ids[2]].kind is not OutcomeKind.WAIT or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert out[ids[2]].kind is OutcomeKind.OK
-    with Session(rt.engine) as s:
-        rows = {d.id: d for d in s.exec(select(Document).where(Document.id.in_(ids))).all()}
-        trail = {i: [(e.stage, e.outcome, e.actor) for e in s.exec(
-            select(Event).where(Event.document_id == i).order_by(Event.id)).all()] for i in ids}
-    # Nobody came back for the three nobody held: the poller concluded them as their own claims would.
-    assert [(rows[i].state, rows[i].stage, rows[i].lease_owner) for i in ids] == [
-        ("done", None, None), ("failed", "confirm", None), ("forwarded", "confirm", "another-worker"),
-        ("done", None, None)]
-    assert rows[ids[1]].error_code == "anaplan.rejected" and "no lines to import" in rows[ids[1]].error
-    assert trail[ids[0]] == [("forward", "ok", rt.instance), ("confirm", "ok", rt.instance)]
-    assert trail[ids[1]] == [("forward", "ok", rt.instance), ("confirm", "fail", rt.instance)]
-    assert trail[ids[2]] == [] and trail[ids[3]] == [("confirm", "ok", rt.instance)]
-    delivery.close()
 
 
 def test_an_old_batch_goes_although_it_is_not_full(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_documents=1000, max_age=0.2)
     posted_documents(rt.engine, 3, kinds=("invoice",))
-    delivery = Delivery(rt)
-    docs = settle([Worker(rt, stages=delivery.stages())], rt.engine)
+    docs = settle([worker(rt)], rt.engine)
     assert [d.state for d in docs] == ["done"] * 3
-    with Session(rt.engine) as s:
-        batches = s.exec(select(AnaplanBatch)).all()
-    assert [(b.state, b.document_count) for b in batches] == [("done", 3)]
-    delivery.close()
+    assert [(b.state, b.member_count) for b in all_batches(rt.engine)] == [("done", 3)]
 
 
-def test_a_batch_goes_early_when_nothing_more_is_coming(sandbox, store_url, tmp_path):
-    rt = runtime_for(sandbox, store_url, tmp_path, max_documents=1000, max_age=3600)
-    posted_documents(rt.engine, 3, kinds=("invoice",))
-    delivery = Delivery(rt)
+def test_a_batch_waits_while_more_is_coming_and_goes_early_when_nothing_is(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, batch={"max_documents": 1000, "max_age_seconds": 3600,
+                                                          "min_age_seconds": 0.1})
+    ids = posted_documents(rt.engine, 3, kinds=("invoice",))
+    # The third is still on its way to Plex (which this process does not deliver to): more is coming.
+    with transaction(rt.engine) as s:
+        d = s.get(Document, ids[2])
+        d.stage = "plex"
+        for x in s.exec(select(Delivery).where(Delivery.document_id == ids[2])).all():
+            x.state, x.reference, x.next_attempt_at = ("pending", None, utcnow()) if x.destination == "plex" else (
+                "blocked", None, None)
+    w = worker(rt)
     started = time.monotonic()
-    docs = settle([Worker(rt, stages=delivery.stages())], rt.engine)
-    assert [d.state for d in docs] == ["done"] * 3 and time.monotonic() - started < 30
-    with Session(rt.engine) as s:
-        assert [(b.state, b.document_count) for b in s.exec(select(AnaplanBatch)).all()] == [("done", 3)]
-    delivery.close()
+    while time.monotonic() - started < 1.0:
+        w.run_until_idle()
+        time.sleep(0.05)
+    [batch] = all_batches(rt.engine)
+    assert (batch.state, batch.member_count) == ("open", 2)
+    assert sandbox.anaplan.snapshot()["requests"] == {}
+    with transaction(rt.engine) as s:  # Plex refuses it: nothing more is coming
+        s.get(Document, ids[2]).state = "failed"
+    docs = settle([w], rt.engine, timeout=30)
+    assert [d.state for d in docs] == ["done", "done", "failed"] and time.monotonic() - started < 30
+    assert [(b.state, b.member_count) for b in all_batches(rt.engine)] == [("done", 2)]
 
 
 def test_two_processes_never_upload_to_one_file_at_once(sandbox, store_url, tmp_path):
-    # Slow imports and small batches: without the file lease, a second batch would land mid-import.
+    # Slow imports and small batches: without one batch at a time per file, a second would land mid-import.
     sandbox.anaplan.set_faults({"task_timing": {"queue_s": 0.1, "run_s": 0.3}})
     runtimes = [runtime_for(sandbox, store_url, tmp_path / str(n), max_documents=5, max_age=0.05) for n in range(2)]
     posted_documents(runtimes[0].engine, 24)
-    deliveries = [Delivery(rt) for rt in runtimes]
-    workers = [Worker(rt, stages=d.stages()) for rt, d in zip(runtimes, deliveries)]
+    workers = [worker(rt) for rt in runtimes]
     for w in workers:
         w.batch_size = 4
     stop = threading.Event()
@@ -352,11 +227,8 @@ def test_two_processes_never_upload_to_one_file_at_once(sandbox, store_url, tmp_
     assert states == ["done"] * 24
     snap = sandbox.anaplan.snapshot()
     assert snap["file_conflicts"] == []
-    with Session(runtimes[0].engine) as s:
-        batches = s.exec(select(AnaplanBatch).order_by(AnaplanBatch.id)).all()
-    members = [m for b in batches for m in json.loads(b.result or "{}").get("members", [])]
-    assert sorted(members) == sorted(set(members)) and len(members) == 24, [  # each document in one batch
-        (b.id, b.import_name, b.state, b.error, json.loads(b.result or "{}").get("members")) for b in batches]
+    members = [m for b in all_batches(runtimes[0].engine) for m in json.loads(b.result or "{}").get("members", [])]
+    assert sorted(members) == sorted(set(members)) and len(members) == 24  # each delivery in one batch
     by_file: dict[str, list[tuple[float, float]]] = {}
     for task in snap["tasks"]:
         by_file.setdefault(task["importId"], []).append((task["creationTime"] / 1000, max(task["pollTimes"])))
@@ -365,49 +237,73 @@ def test_two_processes_never_upload_to_one_file_at_once(sandbox, store_url, tmp_
         assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))  # one at a time
     rows = snap["imported_rows"]
     assert sum(len(v) for v in rows.values()) == 12 + 2 * 12  # invoices: a row each; orders: two lines each
-    for d in deliveries:
-        d.close()
 
 
-def test_429_and_a_locked_model_send_the_documents_back_with_after(sandbox, store_url, tmp_path):
+def _due_now(engine, batch_id: int) -> None:
+    with transaction(engine) as s:
+        s.get(Batch, batch_id).next_attempt_at = utcnow() - timedelta(seconds=1)
+
+
+def test_429_and_a_locked_model_are_waits_that_use_no_attempt_and_show_on_the_batch(sandbox, store_url, tmp_path):
     rt = runtime_for(sandbox, store_url, tmp_path, max_age=0)
     ids = posted_documents(rt.engine, 2, kinds=("invoice",))
     sandbox.anaplan.set_faults({"burst_429": [{"count": 5, "route": "PUT */chunks/*", "retry_after": 4}]})
-    delivery = Delivery(rt)
-    forward = delivery.stages()[StageName.FORWARD]
-    with Session(rt.engine, expire_on_commit=False) as s:
-        docs = [s.get(Document, i) for i in ids]
-    out = forward(docs, rt)
-    assert {o.kind for o in out.values()} == {OutcomeKind.RETRY}
-    assert all(o.after == 4 and o.code == "anaplan.retry" and "429" in o.error for o in out.values())
-    with Session(rt.engine) as s:
-        [batch] = s.exec(select(AnaplanBatch)).all()
-    assert batch.state == "open" and batch.lease_until is not None  # sent again after the wait, not before
-    assert forward(docs, rt)[ids[0]].kind is OutcomeKind.WAIT
-    # Locked model: the same, with the simulator's 423.
+    w = worker(rt)
+    w.run_until_idle()
+    [batch] = all_batches(rt.engine)
+    assert (batch.state, batch.attempts, batch.waits) == ("open", 0, 1) and "429" in batch.error
+    due = batch.next_attempt_at.replace(tzinfo=None) - utcnow().replace(tzinfo=None)
+    assert timedelta(seconds=3) < due <= timedelta(seconds=4)  # Anaplan's Retry-After, not sooner
+    assert [d.state for d in anaplan_of(rt.engine, ids)] == ["batched"] * 2  # the wait shows on their batch
+    # Locked model: the same, with the simulator's 423; still no attempt used, the wait grows.
     sandbox.anaplan.set_faults({"burst_429": [], "model_state": {"state": "LOCKED", "count": 10}})
-    with transaction(rt.engine) as s:
-        b = s.get(AnaplanBatch, batch.id)
-        b.lease_until = utcnow() - timedelta(seconds=1)
-    out = forward(docs, rt)
-    assert {o.kind for o in out.values()} == {OutcomeKind.RETRY} and "423" in out[ids[0]].error
+    _due_now(rt.engine, batch.id)
+    w.run_until_idle()
+    [batch] = all_batches(rt.engine)
+    assert (batch.state, batch.attempts, batch.waits) == ("open", 0, 2) and "423" in batch.error
     # Once Anaplan lets us, the same batch goes.
     sandbox.anaplan.set_faults({"model_state": None})
-    with transaction(rt.engine) as s:
-        b = s.get(AnaplanBatch, batch.id)
-        b.lease_until = utcnow() - timedelta(seconds=1)
-    assert {o.kind for o in forward(docs, rt).values()} == {OutcomeKind.OK}
-    delivery.close()
+    _due_now(rt.engine, batch.id)
+    docs = settle([w], rt.engine)
+    assert [d.state for d in docs] == ["done"] * 2
+    assert all(trail(rt.engine, i) == [("anaplan", "join"), ("anaplan", "ok")] for i in ids)
+    with Session(rt.engine) as s:
+        batch_events = [e.outcome for e in s.exec(select(Event).where(Event.batch_id == batch.id,
+                                                                      Event.document_id.is_(None))).all()]
+    assert batch_events == ["wait", "sent", "done"]  # one event when the wait began, not one per look
 
 
 def test_a_mapping_that_does_not_fit_the_import_fails_the_batch_without_uploading(sandbox, store_url, tmp_path):
     sandbox.anaplan.set_faults({"import_headers": {"112000000002": ["Invoice Number", "Invoice Date", "Amount"]}})
     rt = runtime_for(sandbox, store_url, tmp_path, max_age=0)
     posted_documents(rt.engine, 2, kinds=("invoice",))
-    delivery = Delivery(rt)
-    docs = settle([Worker(rt, stages=delivery.stages())], rt.engine)
-    assert [(d.state, d.stage, d.error_code) for d in docs] == [("failed", "forward", "anaplan.batch_failed")] * 2
+    docs = settle([worker(rt)], rt.engine)
+    assert [(d.state, d.stage, d.error_code) for d in docs] == [("failed", "anaplan", "anaplan.batch_failed")] * 2
     assert "not mapped: 'Amount'" in docs[0].error
+    assert [b.state for b in all_batches(rt.engine)] == ["failed"]
     requests = sandbox.anaplan.snapshot()["requests"]
     assert not any("/chunks/" in route for route in requests)
-    delivery.close()
+
+
+def test_a_batch_whose_sender_died_is_sent_again_when_its_lease_expires(sandbox, store_url, tmp_path):
+    rt = runtime_for(sandbox, store_url, tmp_path, batch={"max_documents": 1000, "max_age_seconds": 3600,
+                                                          "min_age_seconds": 3600})
+    ids = posted_documents(rt.engine, 3, kinds=("invoice",))
+    now = utcnow()
+    dead = worker(rt, name="dead", clock=lambda: now)
+    dead.run_once()  # the deliveries join a batch ...
+    [batch] = all_batches(rt.engine)
+    _due_now(rt.engine, batch.id)
+    row = batch_work._claim(dead, ["anaplan"])  # ... which "dead" claims, starts sending, and dies
+    assert row is not None and row["id"] == batch.id
+    batch_work._set(dead, batch.id, state="sending")
+    lease = dead.lease
+    early = worker(rt, name="early", clock=lambda: now + lease - timedelta(seconds=1))
+    early.run_until_idle()
+    assert all_batches(rt.engine)[0].state == "sending"  # not before the lease runs out
+    skew = lease + timedelta(seconds=1)  # one lease period on, time going on from there
+    later = worker(rt, name="later", clock=lambda: utcnow() + skew)
+    docs = settle([later], rt.engine)
+    assert [d.state for d in docs] == ["done"] * 3
+    assert [(b.state, b.member_count) for b in all_batches(rt.engine)] == [("done", 3)]
+    assert all(trail(rt.engine, i) == [("anaplan", "join"), ("anaplan", "ok")] for i in ids)

@@ -1,4 +1,4 @@
-"""The post stage against the Plex simulator: one document at a time, each fault on its own.
+"""Plex as a destination against its simulator: one delivery at a time, each fault on its own.
 
 What matters is the simulator's state (exactly one record) and the outcome the pipeline gets.
 """
@@ -6,6 +6,7 @@ What matters is the simulator's state (exactly one record) and the outcome the p
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,11 @@ from gateway.integrations.plex.client import (
     APInvoiceAccounts, OAuthClientCredentials, PlexClient, PlexConfig, RetryPolicy, SupplierMatching,
 )
 from gateway.partners import load_partner_directory
-from gateway.pipeline.machine import OutcomeKind
+from gateway.integrations.base import DeliveryItem, OutcomeKind
 from gateway.sandbox.environment import seed_partners
 from gateway.integrations.plex.simulator.app import (
     SIM_API_KEY, SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_SOAP_PASSWORD, SIM_SOAP_USER, PlexSim, SimSettings,
 )
-from gateway.store.models import Document
 from translators.translate import translate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,12 +60,13 @@ def stage(c: PlexClient) -> PostStage:
     return PostStage(c, master, accounts=ACCOUNTS, partners=lambda: PARTNERS, concurrency=2)
 
 
-def document(name: str, supplier_code: str, doc_id: int = 1) -> Document:
+def document(name: str, supplier_code: str, doc_id: int = 1) -> DeliveryItem:
+    """The Plex delivery (id ``doc_id``) of the demo document in ``name``, as the worker hands it over."""
     result = translate((DEMO / name).read_bytes(), PARTNERS, source=name)
     d = result.documents[0]
-    return Document(id=doc_id, interchange_id=1, position=1, partner=d.partner, kind=d.kind, standard=d.standard,
-                    message_type=d.type, canonical=json.dumps(d.document), supplier_code=supplier_code,
-                    sender_id="X")
+    return DeliveryItem(delivery_id=doc_id, document_id=doc_id, destination="plex", kind=d.kind, partner=d.partner,
+                        standard=d.standard, message_type=d.type, canonical=json.loads(json.dumps(d.document)),
+                        supplier_code=supplier_code)
 
 
 INVOICE = ("acme-fasteners-810-INV-10234.x12", "ACME01")
@@ -89,7 +90,7 @@ def test_invoice_posted_with_its_audit_detail(sim):
     out = post(client(sim), INVOICE)
     assert out.kind is OutcomeKind.OK
     [record] = invoices(sim)
-    assert out.changes["plex_key"] == f"ap_invoice:{record['id']}"
+    assert out.reference == f"ap_invoice:{record['id']}"
     plex = out.detail["plex"]
     assert plex["disposition"] == "created" and plex["response"]["voucherNumber"] == record["voucherNumber"]
     assert [c["operation"] for c in out.detail["calls"]] == ["ap_invoice.find", "ap_invoice.create"]
@@ -130,7 +131,7 @@ def test_purchase_order_through_soap_survives_an_error_after_commit(sim):
     assert out.kind is OutcomeKind.OK, out.error
     pos = [p for p in sim.state(log=False)["purchase_orders"] if p["poNumber"] == "EC-7781"]
     assert len(pos) == 1 and pos[0]["lineItemCount"] == 2
-    assert out.changes["plex_key"] == f"purchase_order:{pos[0]['_poKey']}"
+    assert out.reference == f"purchase_order:{pos[0]['_poKey']}"
     assert out.detail["plex"]["record"] == "purchase_order" and out.detail["plex"]["recovered"] is True
 
 
@@ -144,11 +145,13 @@ def test_customer_orders_become_sales_orders(sim):
                                                       if p["poNumber"] != "NW-4471"]
 
 
-def test_429_with_a_long_retry_after_goes_back_to_the_pipeline_with_after(sim):
+def test_429_with_a_long_retry_after_goes_back_to_the_pipeline_as_a_wait(sim):
     sim.add_fault(kind="throttle_retry_after", surface="rest", method="GET", path="/accounting/v1/ap-invoices",
                   retry_after=7)
     out = post(client(sim), INVOICE)
-    assert out.kind is OutcomeKind.RETRY and out.code == "plex.throttled" and out.after == 7
+    # A wait, not a failed attempt: the worker looks again when Plex said.
+    assert out.kind is OutcomeKind.WAIT and out.code == "plex.throttled" and out.after == 7
+    assert "throttling" in out.error
     assert invoices(sim) == []
 
 
@@ -178,9 +181,7 @@ def test_401_reauthenticates_once(sim):
     # Refused again after the one re-authentication: the document fails, no third try.
     sim.add_fault(kind="unauthorized", surface="rest", method="GET", path="/accounting/v1/ap-invoices", times=2)
     other = document(*INVOICE)
-    canonical = json.loads(other.canonical)
-    canonical["invoice_number"] = "INV-10234-B"
-    other.canonical = json.dumps(canonical)
+    other = replace(other, canonical={**other.canonical, "invoice_number": "INV-10234-B"})
     s = stage(client(sim, api_key=None, oauth=oauth))
     out = s([other])[1]
     s.close()
@@ -189,8 +190,7 @@ def test_401_reauthenticates_once(sim):
 
 
 def test_plex_validation_errors_fail_with_plexs_message(sim):
-    d = document(*INVOICE)
-    d.supplier_code = "NOSUCH"
+    d = replace(document(*INVOICE), supplier_code="NOSUCH")
     s = stage(client(sim))
     out = s([d])[1]
     s.close()
@@ -200,11 +200,10 @@ def test_plex_validation_errors_fail_with_plexs_message(sim):
 
 def test_invoice_mapping_refuses_what_plex_cannot_take():
     d = document(*INVOICE)
-    canonical = json.loads(d.canonical)
-    canonical["invoice_date"] = None
+    canonical = {**d.canonical, "invoice_date": None}
     with pytest.raises(ValueError, match="no invoice date"):
         invoice_draft(d, canonical, ACCOUNTS)
-    canonical = json.loads(d.canonical)
+    canonical = dict(d.canonical)
     draft = invoice_draft(d, canonical, ACCOUNTS.model_copy(update={"charge_account": "6100-000-00"}))
     assert [ln.account_number for ln in draft.lines] == ["5000-100-00"] * 3 + ["6100-000-00", "2300-000-00"]
     assert draft.lines[-1].is_tax_line and draft.currency_code == "USD" and draft.po_number == "PO-88121"

@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import Session, select
 
 from gateway.store.db import make_engine, sqlite_url
-from gateway.store.models import Document, Event, Interchange, User
+from gateway.store.models import Delivery, Document, Event, Interchange, User
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +48,7 @@ def test_demo_settles_with_the_outcome_the_readme_promises(tmp_path):
     engine = make_engine(sqlite_url(data))
     with Session(engine) as s:
         docs = {d.invoice_number or d.po_number: d for d in s.exec(select(Document)).all()}
+        went = {(x.document_id, x.destination): x for x in s.exec(select(Delivery)).all()}
         interchanges = s.exec(select(Interchange)).all()
         user = s.exec(select(User).where(User.username == "operator")).one()
         events = {d.id: s.exec(select(Event).where(Event.document_id == d.id).order_by(Event.id)).all()
@@ -62,10 +63,11 @@ def test_demo_settles_with_the_outcome_the_readme_promises(tmp_path):
     for number, record in (("INV-10234", "ap_invoice"), ("EC-INV-5521", "ap_invoice"),
                            ("EC-7781", "purchase_order"), ("NW-4471", "sales_order")):
         doc = docs[number]
-        assert doc.state == "done" and doc.plex_key.startswith(record + ":"), (number, doc.state, doc.error)
-        post = next(e for e in events[doc.id] if e.stage == "post" and e.outcome == "ok")
+        assert doc.state == "done" and went[(doc.id, "plex")].reference.startswith(record + ":"), (
+            number, doc.state, doc.error)
+        post = next(e for e in events[doc.id] if e.stage == "plex" and e.outcome == "ok")
         assert json.loads(post.detail)["plex"]["disposition"] == "created"
-        confirm = next(e for e in events[doc.id] if e.stage == "confirm" and e.outcome == "ok")
+        confirm = next(e for e in events[doc.id] if e.stage == "anaplan" and e.outcome == "ok")
         assert json.loads(confirm.detail)["anaplan"]["counts"]["failed"] == 0
     # The broken one failed with its reason; the unknown supplier waits for a person.
     broken = docs["NW-4480"]

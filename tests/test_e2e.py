@@ -62,12 +62,14 @@ def test_purchase_orders_and_invoices_from_x12_and_edifact_reach_plex_and_anapla
         for name, number in (("INV-10234", "invoice_number"), ("EC-INV-5521", "invoice_number"),
                              ("EC-7781", "po_number"), ("NW-4471", "po_number")):
             d = gw.document(**{number: name})
-            assert d.state == "done" and d.plex_key and d.anaplan_batch_id, (name, d.state, d.error)
-            post = [e for e in gw.events(d.id) if e.stage == "post"][-1]
+            went = gw.deliveries(d.id)
+            assert d.state == "done" and went["plex"].reference and went["anaplan"].batch_id, (name, d.state, d.error)
+            assert [(x.state, x.position) for x in (went["plex"], went["anaplan"])] == [("done", 1), ("done", 2)]
+            post = [e for e in gw.events(d.id) if e.stage == "plex"][-1]
             assert json.loads(post.detail)["plex"]["disposition"] == "created"
-            # The trail walks the whole path, in order (waits for the batch repeat a stage, nothing else).
-            assert list(dict.fromkeys(e.stage for e in gw.events(d.id))) == [
-                "translate", "match", "post", "forward", "confirm"]
+            # The trail walks the whole path, in order: one event per step, joining the batch, its end.
+            assert [(e.stage, e.outcome) for e in gw.events(d.id)] == [
+                ("translate", "ok"), ("match", "ok"), ("plex", "ok"), ("anaplan", "join"), ("anaplan", "ok")]
         globex = gw.document(invoice_number="77-5510")
         assert globex.state == "needs_attention" and globex.stage == "match" and json.loads(globex.candidates) is not None
         broken = gw.document(po_number="NW-4480")
@@ -117,14 +119,17 @@ def test_no_duplicate_is_created_under_timeouts_5xx_and_429(store_url, tmp_path)
             assert all(f["fired"] >= 1 for f in plex.state(log=False)["faults"]), plex.state(log=False)["faults"]
             # Every posting that met an ambiguous failure ended on the one record (found again, not re-created).
             for d in gw.documents():
-                posts = [json.loads(e.detail) for e in gw.events(d.id) if e.stage == "post" and e.outcome == "ok"]
+                posts = [json.loads(e.detail) for e in gw.events(d.id) if e.stage == "plex" and e.outcome == "ok"]
                 assert len(posts) == 1
                 creates = [c for c in posts[0]["calls"] if c["operation"].endswith(".create") and c["outcome"] == "ok"]
                 assert len(creates) <= 1
-            # A 429 whose Retry-After exceeds what the client waits in-process goes back with `after`.
+            # A 429 whose Retry-After exceeds what the client waits in-process goes back as a wait: Plex's
+            # delay, no attempt used.
             nw = gw.document(po_number="NW-4471")
-            throttled = [json.loads(e.detail) for e in gw.events(nw.id) if e.stage == "post" and e.outcome == "retry"]
-            assert throttled and throttled[0]["code"] == "plex.throttled" and throttled[0]["next_attempt_in_s"] == 1.0
+            waits = [e for e in gw.events(nw.id) if e.stage == "plex" and e.outcome == "wait"]
+            throttled = [json.loads(e.detail) for e in waits]
+            assert throttled and throttled[0]["code"] == "plex.throttled" and throttled[0]["next_look_in_s"] == 1.0
+            assert all(e.attempt is None for e in waits)
             # Anaplan: every row once.
             rows = anaplan_rows(sandbox)
             assert len(rows["invoices"]) == 2 and len(rows["po_lines"]) == 4
@@ -144,7 +149,7 @@ def test_a_failure_dump_row_fails_exactly_its_document_and_reprocessing_finishes
         failed = [d for d in docs if d.state == "failed"]
         assert len(failed) == 1, [(d.id, d.state, d.error) for d in docs]
         bad = failed[0]
-        assert bad.stage == "confirm" and bad.error_code == "anaplan.rejected"
+        assert bad.stage == "anaplan" and bad.error_code == "anaplan.rejected"
         assert "Row rejected by the simulator" in bad.error and "row 1" in bad.error
         assert all(d.state == "done" for d in docs if d.id != bad.id)
         number = bad.invoice_number or bad.po_number
@@ -166,5 +171,6 @@ def test_a_failure_dump_row_fails_exactly_its_document_and_reprocessing_finishes
         assert number in {r[column] for r in rows["invoices" if bad.invoice_number else "po_lines"]}
         assert plex_records(gw.sandbox) == plex_before  # Plex untouched by the reprocess
         trail = [(e.stage, e.outcome) for e in gw.events(bad.id)]
-        assert ("confirm", "fail") in trail and trail[-1] == ("confirm", "ok")
+        assert ("anaplan", "fail") in trail and trail[-1] == ("anaplan", "ok")
+        assert [x for x in trail if x[0] == "plex"] == [("plex", "ok")]  # posted once
         assert any(e.outcome == "reprocess" and e.actor == "alice" for e in gw.events(bad.id))

@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import Session, select
 
 from gateway.integrations.plex.matching import (
-    CUSTOMER, SUPPLIER, ChoiceError, MatchStage, choose_supplier, evidence, match,
+    CUSTOMER, SUPPLIER, ChoiceError, MatchStep, choose_supplier, evidence, match,
 )
 from gateway.integrations.plex.suppliers import Counterparty, Snapshot, SupplierMaster, normalize_name
 from gateway.integrations.plex.client import PlexClient, PlexConfig, SupplierMatching
@@ -188,12 +188,12 @@ class _NoPlex:
         raise AssertionError(f"Plex was called ({name}) although the cache is fresh")
 
 
-def _stage(engine, partners) -> MatchStage:
+def _stage(engine, partners) -> MatchStep:
     master = SupplierMaster(engine, _NoPlex(), SETTINGS, owner="test")  # type: ignore[arg-type]
-    return MatchStage(engine, master, SETTINGS, lambda: partners)
+    return MatchStep(engine, master, SETTINGS, lambda: partners)
 
 
-def _apply(engine, doc_id: int, stage: MatchStage) -> Document:
+def _apply(engine, doc_id: int, stage: MatchStep) -> Document:
     with Session(engine, expire_on_commit=False) as s:  # stages run outside transactions, as in the worker
         d = s.get(Document, doc_id)
     out = stage([d])[doc_id]
@@ -216,21 +216,24 @@ def test_operator_choice_is_stored_and_used_from_then_on(engine, partners):
     assert _apply(engine, second_id, stage).state == State.NEEDS_ATTENTION
 
     chosen = choose_supplier(engine, first.id, "BORST", actor="alice")
-    assert chosen.state == State.MATCHED and chosen.stage == StageName.POST and chosen.supplier_code == "BORST"
+    # Back to matching with the choice on record: the worker's match finds the alias and routes it.
+    assert chosen.state == State.TRANSLATED and chosen.stage == StageName.MATCH and chosen.supplier_code == "BORST"
     with Session(engine) as s:
         aliases = s.exec(select(SupplierAlias)).all()
         events = s.exec(select(Event).where(Event.document_id == first.id).order_by(Event.id)).all()
         second = s.get(Document, second_id)
     assert {a.key for a in aliases} == {"supplier:sender:GLOBEXIND", "supplier:name:globex industrial supply"}
     assert all(a.supplier_code == "BORST" and a.created_by == "alice" and a.partner == "" for a in aliases)
-    assert events[-1].actor == "alice" and events[-1].outcome == "ok" and "operator" in events[-1].detail
+    assert events[-1].actor == "alice" and events[-1].outcome == "chosen" and "operator" in events[-1].detail
+    rematched = _apply(engine, first.id, stage)
+    assert rematched.state == State.DELIVERING and rematched.supplier_code == "BORST"
     # The other waiting document went back to matching, and now matches through the alias.
     assert second.state == State.TRANSLATED and second.stage == StageName.MATCH
     again = _apply(engine, second_id, stage)
-    assert again.state == State.MATCHED and again.supplier_code == "BORST"
+    assert again.state == State.DELIVERING and again.supplier_code == "BORST"
     # ... and so does every later document from that sender.
     third = _apply(engine, _add_doc(engine, partner=None, sender="GLOBEXIND", supplier_name="GX SUPPLY"), stage)
-    assert third.state == State.MATCHED and third.supplier_code == "BORST"
+    assert third.state == State.DELIVERING and third.supplier_code == "BORST"
     with Session(engine) as s:
         last = s.exec(select(Event).where(Event.document_id == third.id).order_by(Event.id.desc())).first()
     assert json.loads(last.detail)["rule"] == "alias (sender)"
@@ -244,8 +247,8 @@ def test_choose_supplier_refuses_what_it_cannot_do(engine, partners):
         choose_supplier(engine, waiting.id, "NOPE42", actor="bob")
     with pytest.raises(ChoiceError, match="does not exist"):
         choose_supplier(engine, 987654, "ACME01", actor="bob")
-    done_id = _add_doc(engine, partner=None, sender="NEW2", supplier_name="x", state="posted", stage="forward")
-    with pytest.raises(ChoiceError, match="posted at forward"):
+    done_id = _add_doc(engine, partner=None, sender="NEW2", supplier_name="x", state="delivering", stage="plex")
+    with pytest.raises(ChoiceError, match="delivering at plex"):
         choose_supplier(engine, done_id, "ACME01", actor="bob")
     with Session(engine) as s:
         assert s.exec(select(SupplierAlias)).all() == []

@@ -17,10 +17,10 @@ from gateway.operations import (
     retry_interchange,
     select_documents,
 )
-from gateway.pipeline.machine import Outcome, StageName
+from gateway.integrations.base import Outcome
 from gateway.pipeline.worker import Worker
 from gateway.store import Document, Event, Interchange, transaction, utcnow
-from tests.pipeline_fixtures import ROOT, make_runtime, store_payload, x12_850
+from tests.pipeline_fixtures import ROOT, FakeDestination, make_runtime, pipeline as make_pipeline, store_payload, x12_850
 
 DEMO = ROOT / "fixtures" / "edi" / "demo"
 
@@ -37,13 +37,19 @@ def _failing_match(doc, _rt):
     return Outcome.ok(supplier_code="S-1") if doc.kind == "invoice" else Outcome.fail("supplier not found in Plex")
 
 
+def _worker(runtime, match=_failing_match) -> Worker:
+    """Matching as given; Plex busy (its deliveries wait), so a matched document stays delivering."""
+    busy = FakeDestination("plex", lambda i: Outcome.wait(3600, reason="Plex busy"))
+    return Worker(runtime, pipeline=make_pipeline(match=match, destinations=[busy]))
+
+
 @pytest.fixture
 def pipeline(runtime):
-    """Northwind POs (one broken), an Acme invoice and a Europa order, driven to matched / failed."""
+    """Northwind POs (one broken), an Acme invoice and a Europa order, driven to delivering / failed."""
     nw = store_payload(runtime.engine, x12_850(900, ["NW-1", "NW-2", "NW-3"], broken=(3,)), "nw.x12")
     acme = store_payload(runtime.engine, (DEMO / "acme-fasteners-810-INV-10234.x12").read_bytes(), "acme.x12")
     eu = store_payload(runtime.engine, (DEMO / "europa-components-ORDERS-EC-7781.edi").read_bytes(), "eu.edi")
-    Worker(runtime, stages={StageName.MATCH: _failing_match}).run_until_idle()
+    _worker(runtime).run_until_idle()
     return {"nw": nw, "acme": acme, "eu": eu}
 
 
@@ -67,8 +73,8 @@ def _doc(engine, **where) -> Document:
 def test_the_pipeline_fixture_has_what_the_tests_need(runtime, pipeline):
     docs = _snapshot(runtime.engine)[0]
     states = sorted((d[1], d[2]) for d in docs)
-    assert states == [("failed", "match"), ("failed", "match"), ("failed", "match"), ("failed", "translate"),
-                      ("matched", "post")]
+    assert states == [("delivering", "plex"), ("failed", "match"), ("failed", "match"), ("failed", "match"),
+                      ("failed", "translate")]
 
 
 def test_reprocess_by_id_resumes_at_the_failed_stage_with_an_audit_event(runtime, pipeline):
@@ -82,8 +88,8 @@ def test_reprocess_by_id_resumes_at_the_failed_stage_with_an_audit_event(runtime
     assert (ev.stage, ev.outcome, ev.actor) == ("match", "reprocess", "alice")
     assert json.loads(ev.detail) == {"reason": "supplier added in Plex", "from_state": "failed", "from_stage": "match"}
     # And the worker takes it from there.
-    Worker(runtime, stages={StageName.MATCH: lambda d, rt: Outcome.ok()}).run_until_idle()
-    assert _doc(runtime.engine, id=doc.id).state == "matched"
+    _worker(runtime, match=lambda d, rt: Outcome.ok()).run_until_idle()
+    assert _doc(runtime.engine, id=doc.id).state == "delivering"
 
 
 def test_reprocess_by_filter_touches_only_the_matching_documents(runtime, pipeline):
@@ -105,14 +111,14 @@ def test_reprocess_by_filter_touches_only_the_matching_documents(runtime, pipeli
 
 def test_reprocess_from_a_chosen_stage(runtime, pipeline):
     inv = _doc(runtime.engine, kind="invoice")
-    assert inv.state == "matched"
+    assert inv.state == "delivering"
     report = reprocess_documents(runtime.engine, [inv.id], actor="carol", reason="re-derive after mapping change",
                                  from_stage="translate")
     assert report.done == 1
     after = _doc(runtime.engine, id=inv.id)
     assert (after.state, after.stage) == ("received", "translate")
-    Worker(runtime, stages={StageName.MATCH: _failing_match}).run_until_idle()
-    assert _doc(runtime.engine, id=inv.id).state == "matched"
+    _worker(runtime).run_until_idle()
+    assert _doc(runtime.engine, id=inv.id).state == "delivering"
 
 
 def test_reprocess_by_date_range(runtime, pipeline):
@@ -189,7 +195,7 @@ def test_force_duplicate_rules(runtime):
     data = x12_850(950, ["PO-1"])
     first = store_payload(runtime.engine, data, "a.x12")
     second = store_payload(runtime.engine, x12_850(950, ["PO-1", "PO-2"]), "b.x12")
-    Worker(runtime, stages={}).run_until_idle()
+    _worker(runtime).split_interchanges()
     before = _snapshot(runtime.engine)
     with pytest.raises(ValueError, match="no interchange with id 424242"):
         force_duplicate(runtime.engine, 424242, actor="x", reason="r")
@@ -205,12 +211,12 @@ def test_force_duplicate_rules(runtime):
 def test_retry_interchange_only_for_a_failed_one_without_documents(runtime):
     junk = store_payload(runtime.engine, b"not edi", "junk.txt")
     good = store_payload(runtime.engine, x12_850(960, ["PO-1"]), "good.x12")
-    Worker(runtime, stages={}).run_until_idle()
+    _worker(runtime).split_interchanges()
     with pytest.raises(ValueError, match="has not failed"):
         retry_interchange(runtime.engine, good, actor="x", reason="r")
     ich = retry_interchange(runtime.engine, junk, actor="x", reason="translator fixed")
     assert ich.state == "received"
-    Worker(runtime, stages={}).run_until_idle()
+    _worker(runtime).split_interchanges()
     with Session(runtime.engine) as s:
         assert s.get(Interchange, junk).state == "failed"
         assert [e.outcome for e in s.exec(select(Event).where(Event.interchange_id == junk).order_by(Event.id))] == [

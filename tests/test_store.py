@@ -14,16 +14,19 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
 from gateway.partners import load_partner_directory
+from gateway.integrations.base import Outcome
 from gateway.pipeline.machine import (
-    Outcome,
-    RetryPolicy,
+    DeliveryRow,
     StageName,
     State,
     apply_outcome,
+    delivery_transition,
+    derive,
     reprocess,
 )
+from gateway.retry import Backoff
 from gateway.pipeline.translation import envelope_duplicate, retranslate, split_interchange, translation_event
-from gateway.store import Document, Event, Interchange, RawPayload, transaction, utcnow
+from gateway.store import Delivery, Document, Event, Interchange, RawPayload, transaction, utcnow
 from gateway.store.db import (
     current_revision,
     durable,
@@ -150,35 +153,105 @@ def _doc(engine, state=State.TRANSLATED, stage=StageName.MATCH) -> int:
         return d.id
 
 
-def test_outcomes_move_the_document_and_write_one_event_each(engine):
+def test_step_outcomes_move_the_document_and_write_one_event_each(engine):
     doc_id = _doc(engine)
-    policy = RetryPolicy(max_attempts=2, initial=10)
+    policy = Backoff(attempts=2, initial=10)
     now = utcnow()
     with transaction(engine) as s:
         d = s.get(Document, doc_id)
-        s.add(apply_outcome(d, StageName.MATCH, Outcome.ok(supplier_code="S-1"), now=now, actor="w1"))
+        s.add(apply_outcome(d, StageName.MATCH, Outcome.retry("Plex's supplier master is not read yet"), now=now,
+                            retry=policy, actor="w1"))
     with transaction(engine) as s:
         d = s.get(Document, doc_id)
-        assert (d.state, d.stage, d.supplier_code) == ("matched", "post", "S-1")
-        s.add(apply_outcome(d, StageName.POST, Outcome.retry("Plex answered 503"), now=now, retry=policy))
-    with transaction(engine) as s:
-        d = s.get(Document, doc_id)
-        assert (d.state, d.stage, d.attempts) == ("matched", "post", 1)
+        assert (d.state, d.stage, d.attempts) == ("translated", "match", 1)
         assert d.next_attempt_at is not None and d.next_attempt_at.replace(tzinfo=now.tzinfo) >= now + timedelta(seconds=9)
-        s.add(apply_outcome(d, StageName.POST, Outcome.retry("Plex answered 503"), now=now, retry=policy))
+        s.add(apply_outcome(d, StageName.MATCH, Outcome.retry("Plex's supplier master is not read yet"), now=now,
+                            retry=policy))
     with transaction(engine) as s:
         d = s.get(Document, doc_id)
-        assert (d.state, d.stage) == ("failed", "post")
+        assert (d.state, d.stage) == ("failed", "match")
         assert "gave up after 2 attempts" in d.error
-        s.add(reprocess(d, actor="alice", reason="Plex is back"))
+        s.add(reprocess(d, [], actor="alice", reason="Plex is back"))
+    with transaction(engine) as s:
+        d = s.get(Document, doc_id)
+        assert (d.state, d.stage, d.attempts, d.error) == ("translated", "match", 0, None)
+        s.add(apply_outcome(d, StageName.MATCH, Outcome.ok(supplier_code="S-1"), now=now))
     with Session(engine) as s:
         d = s.get(Document, doc_id)
-        assert (d.state, d.stage, d.attempts, d.error) == ("matched", "post", 0, None)
+        # Matched: delivering, its route not chosen yet (the worker routes it in the same transaction).
+        assert (d.state, d.stage, d.supplier_code) == ("delivering", None, "S-1")
         trail = s.exec(select(Event).where(Event.document_id == doc_id).order_by(Event.id)).all()
     assert [(e.stage, e.outcome, e.actor) for e in trail] == [
-        ("match", "ok", "w1"), ("post", "retry", "gateway"), ("post", "fail", "gateway"), ("post", "reprocess", "alice"),
-    ]
-    assert json.loads(trail[-1].detail)["reason"] == "Plex is back"
+        ("match", "retry", "w1"), ("match", "fail", "gateway"), ("match", "reprocess", "alice"),
+        ("match", "ok", "gateway")]
+    assert json.loads(trail[2].detail)["reason"] == "Plex is back"
+
+
+def _row(destination="plex", position=1, state="pending", **kw):
+    return DeliveryRow(kw.pop("id", position), 1, destination, position, state, **kw)
+
+
+def test_a_routed_document_is_what_its_deliveries_say():
+    def derived(*rows):
+        d = derive(rows)
+        return d.state.value, d.stage, d.unblock
+
+    assert derived() == ("done", None, ())  # routed nowhere
+    assert derived(_row(state="blocked"), _row("anaplan", 2, "blocked")) == ("delivering", "plex", (1,))
+    assert derived(_row(state="done"), _row("anaplan", 2, "blocked")) == ("delivering", "anaplan", (2,))
+    assert derived(_row(state="skipped"), _row("anaplan", 2, "waiting")) == ("delivering", "anaplan", ())
+    assert derived(_row(state="done"), _row("anaplan", 2, "batched")) == ("delivering", "anaplan", ())
+    assert derived(_row(state="done"), _row("anaplan", 2, "skipped")) == ("done", None, ())
+    failed = derive([_row(state="failed", error="Plex refused it"), _row("anaplan", 2, "blocked")])
+    assert (failed.state, failed.stage, failed.error, failed.unblock) == (State.FAILED, "plex", "Plex refused it", ())
+    # Two destinations at one position go side by side; the next waits for both.
+    assert derived(_row(state="done"), _row("fake", 1, "pending", id=3), _row("anaplan", 2, "blocked")) == (
+        "delivering", "fake", ())
+
+
+def test_delivery_outcomes_count_attempts_but_not_waits():
+    now = utcnow()
+    retry, wait = Backoff(attempts=3, initial=2), Backoff(initial=1, maximum=4)
+    row = _row(attempts=1)
+    values, event = delivery_transition(row, Outcome.retry("503"), now=now, retry=retry, wait=wait)
+    assert (values["state"], values["attempts"], event["outcome"], event["attempt"]) == ("pending", 2, "retry", 2)
+    assert values["next_attempt_at"] == now + timedelta(seconds=4)
+    values, event = delivery_transition(_row(attempts=2), Outcome.retry("503"), now=now, retry=retry, wait=wait)
+    assert (values["state"], event["outcome"]) == ("failed", "fail") and "gave up after 3" in values["error"]
+    values, event = delivery_transition(row, Outcome.wait(reason="model locked"), now=now, retry=retry, wait=wait)
+    assert (values["state"], values["waits"], values["error"], event["attempt"]) == ("waiting", 1, "model locked", None)
+    assert "attempts" not in values
+    again = _row(state="waiting", waits=5)
+    values, event = delivery_transition(again, Outcome.wait(reason="model locked"), now=now, retry=retry, wait=wait)
+    assert event is None and values["next_attempt_at"] == now + timedelta(seconds=4)  # capped; no event per look
+    values, event = delivery_transition(again, Outcome.ok(reference="ap_invoice:7"), now=now)
+    assert (values["state"], values["reference"], values["waits"], event["outcome"]) == ("done", "ap_invoice:7", 0, "ok")
+
+
+def test_reprocess_from_a_destination_sends_it_and_those_after_it_back(engine):
+    doc_id = _doc(engine, State.FAILED, StageName.MATCH)
+    now = utcnow()
+    with transaction(engine) as s:
+        d = s.get(Document, doc_id)
+        d.stage = "anaplan"
+        plex = Delivery(document_id=doc_id, destination="plex", position=1, state="done", reference="ap_invoice:1")
+        anaplan = Delivery(document_id=doc_id, destination="anaplan", position=2, state="failed", attempts=3,
+                           error="rejected", batch_id=None)
+        s.add_all([plex, anaplan])
+        s.flush()
+        with pytest.raises(ValueError, match="never went to fake"):
+            reprocess(d, [plex, anaplan], actor="a", reason="r", from_stage="fake", now=now)
+        ev = reprocess(d, [plex, anaplan], actor="a", reason="model fixed", now=now)
+        assert (d.state, d.stage, ev.stage) == ("delivering", "anaplan", "anaplan")
+        assert (plex.state, plex.reference) == ("done", "ap_invoice:1")  # Plex is not posted again
+        assert (anaplan.state, anaplan.attempts, anaplan.error, anaplan.next_attempt_at) == ("pending", 0, None, now)
+        reprocess(d, [plex, anaplan], actor="a", reason="post again", from_stage="post", now=now)  # the old name
+        assert (d.stage, plex.state, anaplan.state, plex.reference) == ("plex", "pending", "blocked", "ap_invoice:1")
+        reprocess(d, [plex, anaplan], actor="a", reason="mapping fixed", from_stage="translate", now=now)
+        assert (d.state, plex.state, anaplan.state) == ("received", "blocked", "blocked")
+        anaplan.state = "batched"
+        with pytest.raises(ValueError, match="on its way to anaplan"):
+            reprocess(d, [plex, anaplan], actor="a", reason="r", now=now)
 
 
 def test_attention_wait_and_reprocess_rules(engine):
@@ -192,12 +265,12 @@ def test_attention_wait_and_reprocess_rules(engine):
         ev2 = apply_outcome(d, StageName.MATCH, Outcome.wait(after=3), now=now)
         assert ev2.attempt is None and d.attempts == 0 and d.state == "translated"
         with pytest.raises(ValueError):
-            reprocess(d, actor="bob", reason="  ")
+            reprocess(d, [], actor="bob", reason="  ")
         d.lease_owner, d.lease_until = "w9", now + timedelta(seconds=30)
         with pytest.raises(ValueError, match="being worked on"):
-            reprocess(d, actor="bob", reason="retry", now=now)
+            reprocess(d, [], actor="bob", reason="retry", now=now)
         d.lease_owner = d.lease_until = None
-        reprocess(d, actor="bob", reason="from the top", from_stage=StageName.TRANSLATE, now=now)
+        reprocess(d, [], actor="bob", reason="from the top", from_stage=StageName.TRANSLATE, now=now)
         assert (d.state, d.stage) == ("received", "translate")
 
 
@@ -332,9 +405,9 @@ def test_planned_outcomes_share_the_text_of_a_shared_detail_and_keep_their_own_a
     docs = [SimpleNamespace(id=n, interchange_id=7, attempts=a) for n, a in ((1, 0), (2, 0), (3, 0), (4, 1))]
     done = Outcome.ok({"anaplan": {"batch": 3, "rows": 2}})
     again = Outcome.retry("Plex is down", code="plex.unavailable", detail={"plex": "503"})
-    planned = plan_outcomes([(d, StageName.CONFIRM, done, None) for d in docs[:2]]
-                            + [(d, StageName.POST, again, 1.0) for d in docs[2:]], actor="t", now=now,
-                            retry=RetryPolicy(max_attempts=2, initial=1.0, maximum=1.0))
+    planned = plan_outcomes([(d, StageName.MATCH, done, None) for d in docs[:2]]
+                            + [(d, StageName.MATCH, again, 1.0) for d in docs[2:]], actor="t", now=now,
+                            retry=Backoff(attempts=2, initial=1.0, maximum=1.0))
     [e1], [e2], [e3], [e4] = (planned[n][1] for n in (1, 2, 3, 4))
     assert [json.loads(e["detail"]) for e in (e1, e2)] == [{"anaplan": {"batch": 3, "rows": 2}}] * 2
     assert e1["detail"] is e2["detail"]  # one text for both
@@ -342,7 +415,7 @@ def test_planned_outcomes_share_the_text_of_a_shared_detail_and_keep_their_own_a
     assert json.loads(e3["detail"]) == {"plex": "503", "error": "Plex is down", "code": "plex.unavailable",
                                         "next_attempt_in_s": 1.0}
     assert json.loads(e4["detail"])["gave_up_after"] == 2
-    assert [planned[n][0].state for n in (1, 2, 3, 4)] == ["done", "done", "matched", "failed"]
+    assert [planned[n][0].state for n in (1, 2, 3, 4)] == ["delivering", "delivering", "translated", "failed"]
 
 
 def test_sqlite_writers_wait_their_turn_and_a_lock_never_given_back_ends_in_database_is_locked(tmp_path):

@@ -253,19 +253,19 @@ def test_reprocess_after_the_fault_is_cleared_reaches_done(rt, api, delivery):
     delivery.plex_fault = "Plex refused the sales order: customer NWR01 is on hold"
     doc_id = ingest(rt, x12_850(201, ["NW-9001"]), delivery=delivery)[0]
     d = api.get(f"/api/documents/{doc_id}").json()
-    assert (d["state"], d["stage"]) == ("failed", "post") and "on hold" in d["error"]
-    assert [e["detail"].get("plex", {}).get("status") for e in d["plex"] if e["stage"] == "post"] == [422]
+    assert (d["state"], d["stage"]) == ("failed", "plex") and "on hold" in d["error"]
+    assert [e["detail"].get("plex", {}).get("status") for e in d["plex"] if e["stage"] == "plex"] == [422]
+    assert [(x["destination"], x["state"]) for x in d["deliveries"]] == [("plex", "failed"), ("anaplan", "blocked")]
 
     delivery.plex_fault = None
     r = api.post(f"/api/documents/{doc_id}/reprocess", json={"reason": "customer released in Plex"})
-    assert r.status_code == 200 and (r.json()["state"], r.json()["stage"]) == ("matched", "post")
+    assert r.status_code == 200 and (r.json()["state"], r.json()["stage"]) == ("delivering", "plex")
     delivery.worker(rt).run_until_idle()
     d = api.get(f"/api/documents/{doc_id}").json()
     assert d["state"] == "done" and d["plex_key"] == f"SO-{doc_id}"
     trail = [(e["stage"], e["outcome"], e["actor"]) for e in d["events"]]
-    assert ("post", "reprocess", "olga") in trail
-    assert trail[-3:] == [("post", "ok", "test-worker"), ("forward", "ok", "test-worker"),
-                          ("confirm", "ok", "test-worker")]
+    assert ("plex", "reprocess", "olga") in trail
+    assert trail[-2:] == [("plex", "ok", "test-worker"), ("anaplan", "ok", "test-worker")]
     assert [e for e in d["events"] if e["outcome"] == "reprocess"][0]["detail"]["reason"] == \
         "customer released in Plex"
 
@@ -505,9 +505,10 @@ def test_files_held_back_are_forced_through_or_split_again_by_operators_only(rt,
 
     r = api.post(f"/api/interchanges/{dup}/force", json={"reason": "resent on purpose"})
     assert r.status_code == 200 and r.json()["state"] == "received" and r.json()["forced"] is True
+    from gateway.pipeline.wiring import Pipeline
     from gateway.pipeline.worker import Worker
 
-    Worker(rt, stages={}, name="test-worker").run_until_idle()  # the forced duplicate is split after all
+    Worker(rt, pipeline=Pipeline(), name="test-worker").split_interchanges()  # the forced duplicate is split after all
     assert [d.po_number for d in docs_where(rt.engine, interchange_id=dup)] == ["DUP-1"]
     with Session(rt.engine) as s:
         trail = [(e.stage, e.outcome, e.actor) for e in s.exec(select(Event).where(Event.interchange_id == dup))]

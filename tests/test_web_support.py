@@ -1,8 +1,8 @@
 """Helpers for the panel's tests (API, pages, browser): a runtime, users, documents driven by the real worker.
 
-Only the delivery stages after translation are stand-ins (:class:`FakeDelivery`): small functions
-returning outcomes, applied by the real :class:`gateway.pipeline.worker.Worker` through the state
-machine, with a switch to make Plex "fail" and "recover".
+Only matching and the destinations are stand-ins (:class:`FakeDelivery`): small functions returning
+outcomes, stored by the real :class:`gateway.pipeline.worker.Worker` through the state machine,
+with a switch to make Plex "fail" and "recover".
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from gateway.pipeline.machine import Outcome, StageName
+from gateway.integrations.base import Outcome
 from gateway.pipeline.worker import Worker
 from gateway.store import ApiToken, Document, Event, User, transaction, utcnow
 from gateway.web import create_app
 from gateway.web.security import hash_password, new_api_token, token_hash
-from tests.pipeline_fixtures import make_runtime, store_payload, x12_850
+from tests.pipeline_fixtures import FakeDestination, make_runtime, pipeline, store_payload, x12_850
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "fixtures" / "edi" / "demo"
@@ -89,7 +89,7 @@ def sign_in(client: TestClient, username: str, password: str = PASSWORD) -> str:
 
 
 class FakeDelivery:
-    """Match, post, forward, confirm as tiny stage functions; ``plex_fault`` makes posting fail."""
+    """Matching, Plex and Anaplan as tiny functions; ``plex_fault`` makes posting fail."""
 
     def __init__(self):
         self.plex_fault: str | None = None
@@ -103,32 +103,29 @@ class FakeDelivery:
                                                             {"code": "NWR02", "name": "Northwind Retail Grp", "score": 90}]))
         return Outcome.ok({"rule": "partner"}, supplier_code=doc.supplier_code or "NWR01")
 
-    def post(self, doc, rt):
+    def post(self, item):
         if self.plex_fault:
             return Outcome.fail(self.plex_fault, code="plex.rejected",
                                 detail={"plex": {"status": 422, "body": {"message": self.plex_fault}}})
-        return Outcome.ok({"plex": {"status": 201, "id": f"SO-{doc.id}", "disposition": "created"}},
-                          plex_key=f"SO-{doc.id}")
+        return Outcome.ok({"plex": {"status": 201, "id": f"SO-{item.document_id}", "disposition": "created"}},
+                          reference=f"SO-{item.document_id}")
 
-    def forward(self, doc, rt):
-        return Outcome.ok({"anaplan": {"batch": 1, "rows": 1}})
-
-    def confirm(self, doc, rt):
-        return Outcome.ok({"anaplan": {"task": "T1", "result": "success", "failures": 0}})
-
-    def stages(self) -> dict:
-        return {StageName.MATCH: self.match, StageName.POST: self.post, StageName.FORWARD: self.forward,
-                StageName.CONFIRM: self.confirm}
+    def forward(self, item):
+        return Outcome.ok({"anaplan": {"batch": 1, "rows": 1, "task": "T1", "result": "success", "failures": 0}},
+                          reference="batch 1, task T1")
 
     def worker(self, rt) -> Worker:
-        return Worker(rt, stages=self.stages(), name="test-worker")
+        return Worker(rt, pipeline=pipeline(match=self.match, destinations=[
+            FakeDestination("plex", self.post), FakeDestination("anaplan", self.forward)]), name="test-worker")
 
 
 def ingest(rt, data: bytes, name: str = "in.x12", delivery: FakeDelivery | None = None) -> list[int]:
     """Store an interchange and run the real worker on it (translation only, or with fake delivery)."""
     ich = store_payload(rt.engine, data, name)
-    worker = delivery.worker(rt) if delivery else Worker(rt, stages={}, name="test-worker")
-    worker.run_until_idle()
+    if delivery:
+        delivery.worker(rt).run_until_idle()
+    else:
+        Worker(rt, pipeline=pipeline(), name="test-worker").split_interchanges()
     with Session(rt.engine) as s:
         return list(s.exec(select(Document.id).where(Document.interchange_id == ich).order_by(Document.position)))
 

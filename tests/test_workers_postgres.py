@@ -1,4 +1,5 @@
-"""Three worker processes on one PostgreSQL store: 1,000 documents, each split once and processed once."""
+"""Three worker processes on one PostgreSQL store: 1,000 documents, each split once, matched once and
+delivered once."""
 
 from __future__ import annotations
 
@@ -20,31 +21,43 @@ INTERCHANGES, SETS = 20, 50  # 1,000 documents
 
 
 def _record_stage(log_path: str):
-    """The match stage of this test: appends ``doc_id pid`` per call, then says ok."""
+    """The match step of this test: appends ``match doc_id pid`` per call, then says ok."""
 
     def match(doc, _runtime):
-        from gateway.pipeline.machine import Outcome
+        from gateway.integrations.base import Outcome
 
         with open(log_path, "a") as f:
-            f.write(f"{doc.id} {os.getpid()}\n")
-        time.sleep(0.001)  # a stage takes time: let the processes interleave
+            f.write(f"match {doc.id} {os.getpid()}\n")
+        time.sleep(0.001)  # a step takes time: let the processes interleave
         return Outcome.ok(supplier_code="S-1")
 
     return match
+
+
+def _record_delivery(log_path: str):
+    """The destination of this test: appends ``plex doc_id pid`` per delivery, then says done."""
+
+    def deliver(item):
+        from gateway.integrations.base import Outcome
+
+        with open(log_path, "a") as f:
+            f.write(f"plex {item.document_id} {os.getpid()}\n")
+        return Outcome.ok(reference=f"P-{item.document_id}")
+
+    return deliver
 
 
 def _worker_process(url: str, data_dir: str, log_path: str, ready, go, stop) -> None:
     """A separate OS process: two worker threads on the shared store until told to stop."""
     import threading
 
-    from gateway.pipeline.machine import StageName
     from gateway.pipeline.worker import Worker
-    from tests.pipeline_fixtures import make_runtime
+    from tests.pipeline_fixtures import FakeDestination, make_runtime, pipeline
 
     rt = make_runtime(url, Path(data_dir), batch_size=20, lease_seconds=120)
     rt.instance = f"proc{os.getpid()}"
-    stages = {StageName.MATCH: _record_stage(log_path)}
-    workers = [Worker(rt, stages=stages, name=f"proc{os.getpid()}/w{n}") for n in range(2)]
+    shared = pipeline(match=_record_stage(log_path), destinations=[FakeDestination("plex", _record_delivery(log_path))])
+    workers = [Worker(rt, pipeline=shared, name=f"proc{os.getpid()}/w{n}") for n in range(2)]
     ready.set()
     go.wait(60)
     local_stop = threading.Event()
@@ -80,8 +93,8 @@ def test_three_worker_processes_process_each_document_exactly_once(postgres_url,
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             with Session(engine) as s:
-                matched = s.exec(select(func.count()).select_from(Document).where(Document.state == "matched")).one()
-            if matched == INTERCHANGES * SETS:
+                done = s.exec(select(func.count()).select_from(Document).where(Document.state == "done")).one()
+            if done == INTERCHANGES * SETS:
                 break
             assert all(p.is_alive() for p in procs), "a worker process died"
             time.sleep(0.2)
@@ -96,18 +109,19 @@ def test_three_worker_processes_process_each_document_exactly_once(postgres_url,
             if p.is_alive():
                 p.kill()
 
-    calls: Counter[int] = Counter()
+    calls: Counter[tuple[str, int]] = Counter()
     per_process: Counter[str] = Counter()
     for path in logs:
         if Path(path).exists():
             for line in Path(path).read_text().splitlines():
-                doc_id, pid = line.split()
-                calls[int(doc_id)] += 1
+                what, doc_id, pid = line.split()
+                calls[(what, int(doc_id))] += 1
                 per_process[pid] += 1
     with Session(engine) as s:
         docs = s.exec(select(Document.id, Document.state, Document.lease_owner)).all()
         ichs = s.exec(select(Interchange)).all()
         match_events = Counter(s.exec(select(Event.document_id).where(Event.stage == "match")).all())
+        plex_events = Counter(s.exec(select(Event.document_id).where(Event.stage == "plex")).all())
         translate_events = Counter(s.exec(
             select(Event.document_id).where(Event.stage == "translate", Event.document_id.is_not(None))).all())
         split_events = Counter(s.exec(
@@ -117,9 +131,10 @@ def test_three_worker_processes_process_each_document_exactly_once(postgres_url,
     assert all(i.state == "split" and i.document_count == SETS for i in ichs)
     assert split_events == {i.id: 1 for i in ichs}  # each interchange split exactly once
     assert translate_events == {i: 1 for i in ids}
-    assert calls == {i: 1 for i in ids}  # each document's stage ran exactly once
-    assert match_events == {i: 1 for i in ids}
-    assert all(d.state == "matched" and d.lease_owner is None for d in docs)
+    # Each document matched exactly once and delivered exactly once.
+    assert calls == {(what, i): 1 for i in ids for what in ("match", "plex")}
+    assert match_events == {i: 1 for i in ids} and plex_events == {i: 1 for i in ids}
+    assert all(d.state == "done" and d.lease_owner is None for d in docs)
     print("calls per process:", dict(per_process))
     assert len(per_process) >= 2, f"the work was not shared: {dict(per_process)}"
     engine.dispose()

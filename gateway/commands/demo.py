@@ -158,15 +158,19 @@ class Progress:
         self.started = time.monotonic()
         self.settled = threading.Event()
         self._last: str | None = None
+        self.deliveries: dict[int, list] = {}
 
     def snapshot(self) -> tuple[int, list]:
         from sqlmodel import Session, select
 
-        from gateway.store.models import Document, Interchange
+        from gateway.store.models import Delivery, Document, Interchange
 
         with Session(self.engine) as s:
             received = s.exec(select(Interchange.state)).all()
             docs = s.exec(select(Document).order_by(Document.id)).all()
+            self.deliveries = {}
+            for d in s.exec(select(Delivery).order_by(Delivery.position)).all():
+                self.deliveries.setdefault(d.document_id, []).append(d)
         return len([r for r in received if r != "received"]), docs
 
     def tick(self) -> bool:
@@ -190,7 +194,8 @@ class Progress:
         self.out("\nEvery document has come to rest:")
         for d in docs:
             number = d.invoice_number or d.po_number or "?"
-            where = {"done": f"in Plex as {d.plex_key}, in Anaplan batch {d.anaplan_batch_id}",
+            went = ", ".join(f"{x.destination}: {x.reference or x.state}" for x in self.deliveries.get(d.id, []))
+            where = {"done": went or "delivered nowhere (no destination is configured for it)",
                      "needs_attention": "waits for a person to choose the Plex supplier (panel: Needs attention)",
                      "failed": f"failed at {d.stage}: {d.error}"}.get(d.state, d.error or "")
             self.out(f"  #{d.id:<3} {d.partner or 'unknown sender':18} {d.message_type or d.kind or '?':7} "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["RECORD_SOURCES", "SOURCES", "load", "record_source_class", "source_classes"]
+__all__ = ["DESTINATIONS", "DOCUMENT_STEPS", "RECORD_SOURCES", "SOURCES", "load", "record_source_class", "source_classes"]
 
 # kind -> "module:class" of a gateway.integrations.base.Source
 SOURCES: dict[str, str] = {
@@ -25,8 +25,16 @@ RECORD_SOURCES: dict[str, str] = {
     "plex": "gateway.integrations.plex.records:PlexRecords",
 }
 
-# Destinations (name -> "module:class" of a gateway.integrations.base.Destination) and the document
-# steps integrations provide join this registry with the deliveries table (docs/seam.md).
+# name -> "module:class" of a gateway.integrations.base.Destination (or BatchedDestination)
+DESTINATIONS: dict[str, str] = {
+    "plex": "gateway.integrations.plex.destination:PlexDestination",
+    "anaplan": "gateway.integrations.anaplan.destination:AnaplanDestination",
+}
+
+# document step -> "module:class" of a step an integration provides (runs before any delivery)
+DOCUMENT_STEPS: dict[str, str] = {
+    "match": "gateway.integrations.plex.matching:MatchStep",
+}
 
 
 def load(reference: str) -> Any:

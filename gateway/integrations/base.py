@@ -13,12 +13,79 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
-    "BatchItem", "BatchedDestination", "Check", "DeliveryItem", "Destination", "Intake", "Read", "RecordSource",
-    "Source", "SourceError",
+    "BatchItem", "BatchOutcome", "BatchOutcomeKind", "BatchedDestination", "Check", "DeliveryItem", "Destination",
+    "Intake", "Outcome", "OutcomeKind", "Read", "RecordSource", "Source", "SourceError",
 ]
+
+
+class OutcomeKind(StrEnum):
+    OK = "ok"  # the work is done: on to what comes next
+    RETRY = "retry"  # a transient fault: again later, with backoff, using an attempt, up to a limit
+    FAIL = "fail"  # a permanent fault: failed here until someone reprocesses
+    ATTENTION = "attention"  # a person must decide (unmatched or ambiguous supplier, ...)
+    WAIT = "wait"  # the other side is busy, locked or throttling, or a budget is spent: later, no attempt used
+    SKIP = "skip"  # nothing to do here for this document (e.g. no import configured for its kind)
+    IGNORE = "ignore"  # not a document the gateway delivers
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a step or a destination says happened to one item.
+
+    ``changes`` are document columns a document step sets (e.g. the canonical JSON); ``reference``
+    is what a destination now holds for a delivery (e.g. ``"ap_invoice:7"``); ``after`` the seconds
+    until the next look (RETRY, WAIT: the outside system's own delay), None for the policy's."""
+
+    kind: OutcomeKind
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    code: str | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    after: float | None = None
+    reference: str | None = None
+
+    @classmethod
+    def ok(cls, detail: Mapping[str, Any] | None = None, *, reference: str | None = None,
+           after: float | None = None, **changes: Any) -> Outcome:
+        return cls(OutcomeKind.OK, detail or {}, changes=changes, after=after, reference=reference)
+
+    @classmethod
+    def retry(cls, error: str, *, code: str | None = None, after: float | None = None,
+              detail: Mapping[str, Any] | None = None, **changes: Any) -> Outcome:
+        return cls(OutcomeKind.RETRY, detail or {}, error=error, code=code, after=after, changes=changes)
+
+    @classmethod
+    def fail(cls, error: str, *, code: str | None = None, detail: Mapping[str, Any] | None = None,
+             **changes: Any) -> Outcome:
+        return cls(OutcomeKind.FAIL, detail or {}, error=error, code=code, changes=changes)
+
+    @classmethod
+    def attention(cls, reason: str, *, code: str | None = None, detail: Mapping[str, Any] | None = None,
+                  **changes: Any) -> Outcome:
+        return cls(OutcomeKind.ATTENTION, detail or {}, error=reason, code=code, changes=changes)
+
+    @classmethod
+    def wait(cls, after: float | None = None, detail: Mapping[str, Any] | None = None, *, reason: str | None = None,
+             code: str | None = None, **changes: Any) -> Outcome:
+        """Not now, no attempt used: ``reason`` is shown on the document while it waits."""
+        return cls(OutcomeKind.WAIT, detail or {}, error=reason, code=code, after=after, changes=changes)
+
+    @classmethod
+    def skip(cls, reason: str, detail: Mapping[str, Any] | None = None) -> Outcome:
+        return cls(OutcomeKind.SKIP, detail or {}, error=reason)
+
+    @classmethod
+    def ignore(cls, reason: str, detail: Mapping[str, Any] | None = None, **changes: Any) -> Outcome:
+        return cls(OutcomeKind.IGNORE, detail or {}, error=reason, changes=changes)
+
+    @classmethod
+    def duplicate(cls, reason: str, detail: Mapping[str, Any] | None = None, **changes: Any) -> Outcome:
+        return cls(OutcomeKind.DUPLICATE, detail or {}, error=reason, changes=changes)
 
 
 class SourceError(Exception):
@@ -150,24 +217,89 @@ class BatchItem:
     result: Mapping[str, Any] = field(default_factory=dict)
 
 
+class BatchOutcomeKind(StrEnum):
+    RUNNING = "running"  # sent; the outside run goes on: look again ``after`` seconds
+    DONE = "done"  # over: ``members`` holds each member's outcome (OK or FAIL)
+    RETRY = "retry"  # a transient fault, or a run worth repeating: send again later, using an attempt
+    WAIT = "wait"  # busy, locked, throttled: later, no attempt used
+    FAIL = "fail"  # a permanent fault (configuration, credentials): every member fails with ``error``
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What sending or looking at a batch came to. The worker writes it: the batch and, once it is over,
+    every member's delivery, in one transaction."""
+
+    kind: BatchOutcomeKind
+    after: float | None = None
+    reference: str | None = None
+    result: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    code: str | None = None
+    members: Mapping[int, Outcome] = field(default_factory=dict)  # by delivery id
+
+    @classmethod
+    def running(cls, after: float, *, reference: str | None = None,
+                result: Mapping[str, Any] | None = None) -> BatchOutcome:
+        return cls(BatchOutcomeKind.RUNNING, after=after, reference=reference, result=result or {})
+
+    @classmethod
+    def done(cls, members: Mapping[int, Outcome], *, result: Mapping[str, Any] | None = None,
+             error: str | None = None) -> BatchOutcome:
+        return cls(BatchOutcomeKind.DONE, members=members, result=result or {}, error=error)
+
+    @classmethod
+    def retry(cls, error: str, *, after: float | None = None, code: str | None = None,
+              result: Mapping[str, Any] | None = None) -> BatchOutcome:
+        return cls(BatchOutcomeKind.RETRY, after=after, error=error, code=code, result=result or {})
+
+    @classmethod
+    def wait(cls, reason: str, *, after: float | None = None, code: str | None = None,
+             result: Mapping[str, Any] | None = None) -> BatchOutcome:
+        return cls(BatchOutcomeKind.WAIT, after=after, error=reason, code=code, result=result or {})
+
+    @classmethod
+    def fail(cls, error: str, *, code: str | None = None, result: Mapping[str, Any] | None = None) -> BatchOutcome:
+        return cls(BatchOutcomeKind.FAIL, error=error, code=code, result=result or {})
+
+
 class Destination(Protocol):
-    """Somewhere deliveries go (Plex, Anaplan, ...). ``deliver`` returns an outcome per delivery id."""
+    """Somewhere deliveries go (Plex, Anaplan, ...). ``deliver`` returns an outcome per delivery id.
+
+    Made by ``configure(runtime)``, which returns None when the settings do not configure it."""
 
     name: ClassVar[str]
 
-    def deliver(self, items: Sequence[DeliveryItem]) -> Mapping[int, Any]: ...
+    def deliver(self, items: Sequence[DeliveryItem]) -> Mapping[int, Outcome]: ...
 
     def check(self) -> list[Check]: ...
 
     def close(self) -> None: ...
 
 
-class BatchedDestination(Destination, Protocol):
-    """A destination that takes many deliveries in one go (Anaplan: one upload and import per batch)."""
+@runtime_checkable
+class BatchedDestination(Protocol):
+    """A destination that takes many deliveries in one go (Anaplan: one upload and import per batch).
+
+    The worker puts each delivery into the open batch of its :meth:`batch_key`; a batch is due when
+    it holds ``max_members`` or is ``max_age`` seconds old, or ``min_age`` old with nothing more on its
+    way. Batches of one :meth:`exclusive` name are sent one at a time (one Anaplan data file)."""
+
+    name: ClassVar[str]
+    max_members: int
+    max_age: float
+    min_age: float
 
     def batch_key(self, item: DeliveryItem) -> str | None:
-        """The batch (import, process, list) ``item`` joins; None: nothing to send for it."""
+        """The batch (import, process, list) ``item`` joins; None: nothing to send for it (skipped)."""
 
-    def send(self, batch: BatchItem, members: Sequence[DeliveryItem]) -> Any: ...
+    def exclusive(self, key: str) -> str:
+        """A name no two batches being sent or run may share at once (e.g. the data file they upload to)."""
 
-    def poll(self, batch: BatchItem, members: Sequence[DeliveryItem]) -> Any: ...
+    def send(self, batch: BatchItem, members: Sequence[DeliveryItem]) -> BatchOutcome: ...
+
+    def poll(self, batch: BatchItem, members: Sequence[DeliveryItem]) -> BatchOutcome: ...
+
+    def check(self) -> list[Check]: ...
+
+    def close(self) -> None: ...

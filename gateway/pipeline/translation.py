@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from gateway.pipeline.machine import Outcome, StageName, State, initial_state
+from gateway.integrations.base import Outcome
+from gateway.pipeline.machine import StageName, State, initial_state
 from gateway.store.models import Document, Event, Interchange
 from translators.acks import Acknowledgment, build_acknowledgment
 from translators.findings import Finding
@@ -98,6 +99,8 @@ def _document_values(ich: Interchange, position: int, d: DocumentResult, rejecte
         "edi": d.edi,
         "first_segment_index": d.first_segment_index,
         "findings": findings_json(d.findings),
+        "test": bool(getattr(ts.interchange, "test", False)),
+        "next_attempt_at": now,
         "created_at": now,
         "updated_at": now,
     }

@@ -1,22 +1,23 @@
-"""Workers: they drive interchanges and documents through the state machine, from the store.
+"""Workers: they drive interchanges, documents, deliveries and batches through the state machine.
 
-A worker loops over two kinds of work, each claimed with a lease so any number of workers, in
-any number of processes, share it without doing anything twice:
+A worker loops over four kinds of work, each claimed with a lease so any number of workers, in
+any number of processes (PostgreSQL; on SQLite one process, its workers threads), share it without
+doing anything twice, the longest-waiting first:
 
 1. **Split** — interchanges in state ``received`` are translated into one document per
    transaction set. The documents, their first audit events, the acknowledgment and the
    interchange's new state (``split``, ``failed`` or ``duplicate``) are committed in one
    transaction, so an interchange is split exactly once or not at all.
-2. **Stages** — documents in a working state whose stage is registered (``gateway.delivery``
-   provides them; ``translate`` is here) are claimed a batch at a time, the stage runs *outside*
-   any transaction (stages make HTTP calls), and the outcomes are applied with
-   :func:`~gateway.pipeline.machine.apply_outcome` in one transaction per batch — only for the
-   documents whose lease this worker still holds.
+2. **Document steps** — documents at ``translate`` (reprocessed) or ``match`` run the step (the
+   integration that provides it: ``gateway.integrations.DOCUMENT_STEPS``); a matched document is
+   routed: its deliveries are created in the transaction that stores the match.
+3. **Deliveries** — due deliveries go to their destination (``gateway.pipeline.deliveries``).
+4. **Batches** — due batches are sent or looked at (``gateway.pipeline.batches``).
 
-Claims take ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the ``BEGIN IMMEDIATE`` write lock
-serialises them. A worker that dies leaves leases that expire (``workers.lease_seconds``): the
-work comes back to whoever claims next, and the dead worker's late outcome, if it ever arrives,
-is dropped because its lease is gone.
+Steps and destinations run *outside* any transaction (they make HTTP calls) and return outcomes;
+the outcomes are stored in one transaction per claim, only for the work whose lease this worker
+still holds. A worker that dies leaves leases that expire (``workers.lease_seconds``): the work
+comes back to whoever claims next, and the dead worker's late outcome is dropped.
 """
 
 from __future__ import annotations
@@ -38,24 +39,18 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, select
 
 from gateway.acks_outbound import worst_ack_status
+from gateway.integrations.base import Outcome, OutcomeKind
 from gateway.logging import get_logger, scrub_text
+from gateway.pipeline import batches, deliveries
 from gateway.pipeline.machine import (
-    CHAINED,
     DOCUMENT_LIMITS,
-    PATH,
-    STAGE_FROM,
-    STAGE_TO,
-    STATE_BEFORE,
-    Outcome,
-    OutcomeKind,
-    RetryPolicy,
-    StageName,
+    STEP_FROM,
+    InterchangeState,
     Planned,
+    StageName,
     State,
     fit_values,
-    is_batch,
     plan_outcomes,
-    settler,
     store_outcomes,
     string_limits,
 )
@@ -77,7 +72,9 @@ from gateway.store.db import (
     retry_conflicts,
     transaction,
 )
-from gateway.store.models import Document, Event, Interchange, RawPayload, utcnow
+from gateway.pipeline.wiring import Pipeline
+from gateway.retry import Backoff
+from gateway.store.models import Batch, Delivery, Document, Event, Interchange, RawPayload, utcnow
 
 __all__ = ["ClaimedDocument", "StageResult", "TranslateStage", "Worker", "describe_exception", "is_transient", "release_leases"]
 
@@ -132,6 +129,22 @@ class StageResult:
 
 
 @dataclass(slots=True)
+class _Routed:
+    """A matched document as routing reads it: the claimed columns, with what the match changed."""
+
+    document: Any
+    target: Any
+
+    @property
+    def id(self) -> int:
+        return self.document.id
+
+    def __getattr__(self, name: str) -> Any:
+        changed = self.target.values()
+        return changed[name] if name in changed else getattr(self.document, name)
+
+
+@dataclass(slots=True)
 class _SplitResult:
     interchange: Interchange  # detached, with the envelope fields the translation filled in
     split: Split | None
@@ -144,23 +157,24 @@ class CycleReport:
     """What one pass of :meth:`Worker.run_once` did (the tests and the logs read it)."""
 
     split: int = 0
-    processed: int = 0
+    processed: int = 0  # documents at a step
+    delivered: int = 0  # deliveries run
+    batches: int = 0  # batches worked
     applied: int = 0
     lost: int = 0  # outcomes dropped because another worker had taken the lease
     released: int = 0
 
     @property
     def busy(self) -> bool:
-        return bool(self.split or self.processed)
+        return bool(self.split or self.processed or self.delivered or self.batches)
 
 
 class TranslateStage:
-    """The ``translate`` stage for documents sent back to it (reprocess): re-read the raw bytes.
+    """The ``translate`` step for documents sent back to it (reprocess): re-read the raw bytes.
 
-    A batch stage, so documents of one interchange reprocessed together cost one translation.
+    Given every claimed document at once, so documents of one interchange reprocessed together cost
+    one translation.
     """
-
-    batch = True
 
     def __call__(self, docs: list[Document], runtime: Any) -> dict[int, Outcome]:
         from translators.translate import translate
@@ -192,14 +206,6 @@ class TranslateStage:
         return out
 
 
-def _advanced(result: StageResult, state: State, stage: StageName) -> ClaimedDocument:
-    """The claimed document as its successful stage left it, for the next stage on the same claim."""
-    values = dict(vars(result.document))
-    values.update(result.outcome.changes)
-    values.update(state=state.value, stage=stage.value, error=None, error_code=None, attempts=0)
-    return ClaimedDocument(**values)
-
-
 def _raw_bytes(session: Session, ich: Interchange) -> bytes | None:
     """The stored bytes; a content duplicate forced through may fall back to its original's."""
     seen: set[int] = set()
@@ -217,13 +223,12 @@ def _raw_bytes(session: Session, ich: Interchange) -> bytes | None:
 class Worker:
     """One worker: call :meth:`run` in a thread (or :meth:`run_once` / :meth:`run_until_idle` in tests).
 
-    ``stages`` maps a :class:`StageName` to ``stage(doc, runtime) -> Outcome`` (or, marked
-    ``batch = True``, ``stage(docs, runtime) -> {doc_id: Outcome}``); by default
-    ``gateway.delivery.build_stages(runtime)``. ``translate`` is always available.
+    ``pipeline`` holds the document steps and destinations this worker runs (by default those the
+    runtime's settings configure, found through the registry); ``translate`` is always available.
     """
 
     runtime: Any
-    stages: Mapping[Any, Callable] | None = None
+    pipeline: Pipeline | None = None
     name: str | None = None
     clock: Callable[[], datetime] = utcnow
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -235,20 +240,17 @@ class Worker:
         self.interchange_batch = max(1, ws.batch_size // 10)
         self.lease = timedelta(seconds=ws.lease_seconds)
         self.idle_seconds = ws.idle_seconds
-        self.retry = RetryPolicy(max_attempts=ws.max_attempts, initial=ws.backoff_initial, maximum=ws.backoff_max)
-        if self.stages is None:
-            from gateway.delivery import build_stages
-
-            self.stages = build_stages(self.runtime)
-        stages = {StageName(k): v for k, v in dict(self.stages).items()}
-        stages.setdefault(StageName.TRANSLATE, TranslateStage())
-        self.stages = stages
+        self.retry = Backoff(attempts=ws.max_attempts, initial=ws.backoff_initial, maximum=ws.backoff_max)
+        self.wait = Backoff(attempts=1, initial=min(1.0, ws.wait_max_seconds), maximum=ws.wait_max_seconds)
+        if self.pipeline is None:
+            self.pipeline = Pipeline.configure(self.runtime)
+        self.steps: dict[StageName, Callable] = {StageName.TRANSLATE: TranslateStage()}
+        for name, step in self.pipeline.steps.items():
+            self.steps[StageName(name)] = step
         if self.name is None:
             self.name = f"{self.runtime.instance}/w{next(_serial)}"
         self.name = self.name[:100]
         self.postgres = is_postgres(self.engine)
-        # The states a document must be in for one of our stages to run on it, in pipeline order.
-        self.claimable = [STATE_BEFORE[s].value for _, s, _ in PATH if s in stages]
         self.log = log.bind(worker=self.name)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -258,7 +260,8 @@ class Worker:
         if stop is not None:
             self.stop_event = stop
         stop = self.stop_event
-        self.log.info("worker_started", stages=sorted(s.value for s in self.stages))
+        self.log.info("worker_started", steps=sorted(s.value for s in self.steps),
+                      destinations=sorted(self.pipeline.destinations))
         try:
             while not stop.is_set():
                 try:
@@ -277,7 +280,7 @@ class Worker:
                 self.log.exception("worker_release_failed")
 
     def run_once(self) -> CycleReport:
-        """Split what is waiting, then run one batch of document stages."""
+        """Split what is waiting, then one claim of document steps, of deliveries and of batches."""
         report = CycleReport()
         report.split = self.split_interchanges()
         if self.stop_event.is_set():
@@ -290,15 +293,28 @@ class Worker:
             report.applied, report.lost = applied, lost
             if unprocessed:
                 report.released = self.release(unprocessed)
+        if self.stop_event.is_set():
+            return report
+        claimed = deliveries.claim_deliveries(self, self.batch_size)
+        if claimed:
+            report.delivered = len(claimed)
+            results = deliveries.deliver(self, claimed)
+            applied, lost = self.store_deliveries(results)
+            report.applied += applied
+            report.lost += lost
+        if not self.stop_event.is_set():
+            report.batches = batches.run_batches(self)
         return report
 
     def run_until_idle(self, max_cycles: int = 10_000) -> CycleReport:
-        """Run cycles until nothing is left to do now (documents waiting for a later retry stay); for tests."""
+        """Run cycles until nothing is left to do now (work waiting for a later time stays); for tests."""
         total = CycleReport()
         for _ in range(max_cycles):
             r = self.run_once()
             total.split += r.split
             total.processed += r.processed
+            total.delivered += r.delivered
+            total.batches += r.batches
             total.applied += r.applied
             total.lost += r.lost
             if not r.busy:
@@ -310,7 +326,7 @@ class Worker:
     def split_interchanges(self) -> int:
         """Claim interchanges waiting in ``received``; split each and commit it atomically at once, so
         its documents move on while the next is translated (and no write lock is held for long)."""
-        claimed = self._claim(Interchange, [Interchange.state == "received"], self.interchange_batch)
+        claimed = self._claim(Interchange, [Interchange.state == InterchangeState.RECEIVED.value], self.interchange_batch)
         for ich in claimed:
             self._commit_split(self._split_one(ich))
         return len(claimed)
@@ -357,7 +373,7 @@ class Worker:
         src = r.interchange
         row = s.exec(
             select(Interchange)
-            .where(Interchange.id == src.id, Interchange.lease_owner == self.name, Interchange.state == "received")
+            .where(Interchange.id == src.id, Interchange.lease_owner == self.name, Interchange.state == InterchangeState.RECEIVED.value)
             .with_for_update()
         ).first()
         if row is None:
@@ -365,7 +381,7 @@ class Worker:
             return False
         row.lease_owner = row.lease_until = None
         if r.split is None:
-            row.state, row.error = "failed", r.error
+            row.state, row.error = InterchangeState.FAILED.value, r.error
             row.attempts += 1
             s.add(self._interchange_event(row, "fail", {"error": r.error}, now, r.duration_ms))
             return True
@@ -376,7 +392,7 @@ class Worker:
         if not row.forced:
             original = self._envelope_original(s, row)
             if original is not None:
-                row.state = "duplicate"
+                row.state = InterchangeState.DUPLICATE.value
                 row.duplicate_of = original.id
                 row.document_count = 0
                 row.error = (
@@ -405,7 +421,7 @@ class Worker:
                       for d in split.rows]
             insert_many(conn, Event.__table__, events)
         row.document_count = len(split.rows)
-        row.state = "failed" if split.failed else "split"
+        row.state = (InterchangeState.FAILED if split.failed else InterchangeState.SPLIT).value
         row.error = split.error
         row.attempts += 1
         acks = split.acknowledgments
@@ -438,7 +454,7 @@ class Worker:
         # A later copy may have been split first (the earlier one's envelope was not known yet).
         return s.exec(
             select(Interchange)
-            .where(*same_envelope(row), Interchange.state == "split")
+            .where(*same_envelope(row), Interchange.state == InterchangeState.SPLIT.value)
             .order_by(Interchange.id)
             .limit(1)
         ).first()
@@ -449,88 +465,71 @@ class Worker:
                      detail=json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str),
                      actor=self.name, at=now, duration_ms=duration_ms, attempt=row.attempts or None)
 
-    # -- document stages ----------------------------------------------------------------------------
+    # -- document steps -----------------------------------------------------------------------------
 
     def claim_documents(self, limit: int | None = None) -> list[Document]:
-        """Lease up to ``limit`` documents that one of our stages can run on now (detached copies)."""
-        if not self.claimable:
-            return []
-        return self._claim(Document, [Document.state.in_(self.claimable)], limit or self.batch_size)
+        """Lease up to ``limit`` documents at a step (detached copies), the longest waiting first.
+
+        Without a ``match`` step (no integration provides one) translated documents are routed as
+        they are; with no destination configured either, they wait at translated."""
+        states = [State.RECEIVED.value]
+        if StageName.MATCH in self.steps or self.pipeline.destinations:
+            states.append(State.TRANSLATED.value)  # with nowhere to go, they wait at translated
+        return self._claim(Document, [Document.state.in_(states)], limit or self.batch_size)
 
     def run_stages(self, docs: Sequence[Document]) -> tuple[list[StageResult], list[Document]]:
-        """Run each document's stage, outside any transaction; returns the results and what was not run.
-
-        Documents are left unrun when the worker is asked to stop; their leases are renewed while a
-        long batch runs so no other worker takes them meanwhile.
-        """
+        """Run each document's step, outside any transaction; returns the results and what was not run
+        (the worker was asked to stop)."""
         groups: dict[StageName, list[Document]] = {}
         for d in docs:
-            groups.setdefault(STAGE_FROM[State(d.state)], []).append(d)
+            groups.setdefault(STEP_FROM[State(d.state)], []).append(d)
         results: list[StageResult] = []
         pending = list(docs)
-        renewed_at = time.monotonic()
-        for _, stage, _ in PATH:
-            group = groups.get(stage)
-            if not group:
+        for step in (StageName.TRANSLATE, StageName.MATCH):
+            group = groups.get(step)
+            if not group or self.stop_event.is_set():
                 continue
-            fn = self.stages[stage]
-            if self.stop_event.is_set():
-                break
-            if is_batch(fn):
-                ran = self._run_batch(stage, fn, group)
-                results += ran
-                done = {d.id for d in group}
-                pending = [d for d in pending if d.id not in done]
+            fn = self.steps.get(step)
+            if fn is None:  # nothing provides it: the documents go on as they are
+                passed = Outcome.ok({step.value: "no integration provides this step"})
+                results += [StageResult(d, step, passed, 0.0) for d in group]
             else:
-                ran = []
-                for d in group:
-                    if self.stop_event.is_set():
-                        break
-                    if time.monotonic() - renewed_at > self.lease.total_seconds() / 2:
-                        self._renew([p.id for p in pending])
-                        renewed_at = time.monotonic()
-                    ran.append(self._run_one(stage, fn, d))
-                    pending = [p for p in pending if p.id != d.id]
-                results += ran
-            following = STAGE_TO[stage]
-            nxt = STAGE_FROM.get(following)
-            if nxt in CHAINED and nxt in self.stages:
-                groups.setdefault(nxt, []).extend(_advanced(r, following, nxt) for r in ran
-                                                  if r.outcome.kind is OutcomeKind.OK)
+                results += self._run_step(step, fn, group)
+            done = {d.id for d in group}
+            pending = [d for d in pending if d.id not in done]
         return results, pending
 
-    def _run_one(self, stage: StageName, fn: Callable, doc: Document) -> StageResult:
-        t0 = time.perf_counter()
-        try:
-            outcome = fn(doc, self.runtime)
-            if not hasattr(outcome, "kind"):
-                outcome = Outcome.fail(f"the {stage.value} stage returned {type(outcome).__name__}, not an outcome",
-                                       code="stage.bad_result")
-        except Exception as exc:  # noqa: BLE001 - every fault becomes the document's outcome
-            outcome = self._outcome_of(exc, stage, [doc.id])
-        return StageResult(doc, stage, outcome, (time.perf_counter() - t0) * 1000)
-
-    def _run_batch(self, stage: StageName, fn: Callable, docs: list[Document]) -> list[StageResult]:
+    def _run_step(self, step: StageName, fn: Callable, docs: list[Document]) -> list[StageResult]:
         t0 = time.perf_counter()
         try:
             outcomes = fn(list(docs), self.runtime) or {}
-            missing = Outcome.fail(f"the {stage.value} stage gave no outcome for this document", code="stage.no_outcome")
+            missing = Outcome.fail(f"the {step.value} step gave no outcome for this document", code="stage.no_outcome")
         except Exception as exc:  # noqa: BLE001
-            outcomes, missing = {}, self._outcome_of(exc, stage, [d.id for d in docs])
+            if len(docs) > 1:  # one document's fault is not the others': each alone, then
+                return [r for d in docs for r in self._run_step(step, fn, [d])]
+            outcomes, missing = {}, self.outcome_of(exc, step.value, [d.id for d in docs])
         each = (time.perf_counter() - t0) * 1000 / max(1, len(docs))
-        return [StageResult(d, stage, outcomes.get(d.id, missing), each) for d in docs]
+        results = []
+        for d in docs:
+            outcome = outcomes.get(d.id, missing)
+            if not isinstance(outcome, Outcome):
+                outcome = Outcome.fail(f"the {step.value} step returned {type(outcome).__name__}, not an outcome",
+                                       code="stage.bad_result")
+            results.append(StageResult(d, step, outcome, each))
+        return results
 
-    def _outcome_of(self, exc: BaseException, stage: StageName, ids: list[int]) -> Outcome:
+    def outcome_of(self, exc: BaseException, where: str, ids: list[int]) -> Outcome:
+        """A fault raised by a step or a destination as the outcome of what it was given."""
         error = describe_exception(exc)
         if is_transient(exc):
-            self.log.warning("stage_transient_fault", stage=stage.value, documents=ids[:20], error=error)
+            self.log.warning("transient_fault", at=where, documents=ids[:20], error=error)
             return Outcome.retry(error, code=getattr(exc, "code", None) or "stage.transient",
                                  after=getattr(exc, "retry_after", None))
-        self.log.error("stage_crashed", stage=stage.value, documents=ids[:20], error=error, exc_info=exc)
-        return Outcome.fail(f"the {stage.value} stage failed: {error}", code=getattr(exc, "code", None) or "stage.error")
+        self.log.error("crashed", at=where, documents=ids[:20], error=error, exc_info=exc)
+        return Outcome.fail(f"{where} failed: {error}", code=getattr(exc, "code", None) or "stage.error")
 
     def apply(self, results: Sequence[StageResult]) -> tuple[int, int]:
-        """Apply outcomes in one transaction, only where our lease still holds; (applied, lost)."""
+        """Store step outcomes in one transaction, only where our lease still holds; (applied, lost)."""
         if not results:
             return 0, 0
         try:
@@ -543,35 +542,22 @@ class Worker:
         except Exception:  # noqa: BLE001 - find the outcome that cannot be stored; the others go on
             self.log.exception("apply_batch_failed", documents=len(results))
         applied = lost = 0
-        per_document: dict[int, list[StageResult]] = {}
         for r in results:
-            per_document.setdefault(r.document.id, []).append(r)
-        for doc_id, chain in per_document.items():
-            # A document's results go together (the first releases the lease the next needs); failing
-            # that, the first stage's alone (a later stage's work is found again when it reruns).
-            first = chain[0]
-            attempts = [chain, chain[:1]] if len(chain) > 1 else [chain]
-            for n, attempt in enumerate(attempts):
+            try:
+                a, lo = retry_conflicts(lambda: self._apply_all([r]))  # noqa: B023 - called at once
+            except _STORE_DOWN:
+                self.log.exception("apply_store_unavailable", document=r.document.id)
+                a = lo = 0  # still leased: tried again once the lease expires
+            except Exception as exc:  # noqa: BLE001
+                self.log.exception("apply_failed", document=r.document.id, stage=r.stage.value)
+                fallback = StageResult(r.document, r.stage, Outcome.fail(
+                    f"the outcome of {r.stage.value} could not be stored: {describe_exception(exc)}",
+                    code="stage.store_failed"), r.duration_ms)
                 try:
-                    a, lo = retry_conflicts(lambda: self._apply_all(attempt))  # noqa: B023 - called at once
-                    break
-                except _STORE_DOWN:
-                    self.log.exception("apply_store_unavailable", document=doc_id)
+                    a, lo = self._apply_all([fallback])
+                except Exception:  # noqa: BLE001 - leave it leased: it is tried again after expiry
+                    self.log.exception("apply_fallback_failed", document=r.document.id)
                     a = lo = 0
-                    break  # still leased: tried again once the lease expires
-                except Exception as exc:  # noqa: BLE001
-                    self.log.exception("apply_failed", document=doc_id, stage=attempt[-1].stage.value)
-                    if n + 1 < len(attempts):
-                        continue
-                    fallback = StageResult(first.document, first.stage, Outcome.fail(
-                        f"the outcome of {first.stage.value} could not be stored: {describe_exception(exc)}",
-                        code="stage.store_failed"), first.duration_ms)
-                    try:
-                        with transaction(self.engine) as s:
-                            a, lo = self._apply(s, [fallback])
-                    except Exception:  # noqa: BLE001 - leave it leased: it is tried again after expiry
-                        self.log.exception("apply_fallback_failed", document=doc_id)
-                        a = lo = 0
             applied += a
             lost += lo
         return applied, lost
@@ -581,9 +567,6 @@ class Worker:
         with transaction(self.engine) as s:
             return self._write(s, results, planned)
 
-    def _apply(self, s: Session, results: Sequence[StageResult]) -> tuple[int, int]:
-        return self._write(s, results, self._plan(results))
-
     def _plan(self, results: Sequence[StageResult]) -> Planned:
         """Decided before the transaction: on SQLite the write lock is held only for the statements,
         not for this work (the attempts counted from are the claimed ones: nobody else writes a
@@ -592,7 +575,8 @@ class Worker:
                              actor=self.name, now=self.clock(), retry=self.retry)
 
     def _write(self, s: Session, results: Sequence[StageResult], planned: Planned) -> tuple[int, int]:
-        """Store the planned outcomes of the documents whose lease this worker still holds."""
+        """Store the planned outcomes of the documents whose lease this worker still holds, and route
+        those that were matched."""
         table = Document.__table__
         q = select(table.c.id).where(table.c.id.in_(list(planned)), table.c.lease_owner == self.name)
         if self.postgres:
@@ -607,15 +591,27 @@ class Worker:
                                  outcome=r.outcome.kind.value)
         conn = s.connection()
         written = store_outcomes(conn, {doc_id: p for doc_id, p in planned.items() if doc_id in held})
-        settled: dict[StageName, list[int]] = {}
-        for r in results:
-            if r.document.id in held:
-                settled.setdefault(r.stage, []).append(r.document.id)
-        for stage, doc_ids in settled.items():
-            settle = settler(self.stages.get(stage))
-            if settle is not None:
-                settle(conn, doc_ids, self.clock())
+        matched = [_Routed(r.document, planned[r.document.id][0]) for r in results
+                   if r.document.id in held and r.stage is StageName.MATCH and r.outcome.kind is OutcomeKind.OK]
+        if matched:
+            deliveries.route_documents(conn, matched, routes=self.runtime.settings.routing,
+                                       configured=self.pipeline.destinations, partners=self.runtime.partners(),
+                                       now=self.clock())
         return written, lost
+
+    def store_deliveries(self, results: Sequence[Any]) -> tuple[int, int]:
+        """Store delivery outcomes in one transaction (see :func:`gateway.pipeline.deliveries.store_delivery_results`)."""
+        if not results:
+            return 0, 0
+
+        def store() -> tuple[int, int]:
+            with transaction(self.engine) as s:
+                return deliveries.store_delivery_results(self, s, results)
+        try:
+            return retry_conflicts(store)
+        except _STORE_DOWN:
+            self.log.exception("deliveries_store_unavailable", deliveries=len(results))
+            return 0, 0
 
     # -- leases -------------------------------------------------------------------------------------
 
@@ -630,12 +626,14 @@ class Worker:
         with reader(self.engine).connect() as conn:
             if conn.execute(select(model.id).where(*where, free, due).limit(1)).first() is None:
                 return []
-        pick = select(model.id).where(*where, free, due).order_by(model.id).limit(limit)
+        # Fair: the longest waiting first (documents are due from when they became ready), not by id alone.
+        order = (model.id,) if model is Interchange else (model.next_attempt_at, model.id)
+        pick = select(model.id).where(*where, free, due).order_by(*order).limit(limit)
         if self.postgres:
             pick = pick.with_for_update(skip_locked=True)
         claim = update(model).where(model.id.in_(pick)).values(lease_owner=self.name, lease_until=until)
         if model is Document:
-            # Documents are claimed by the hundred at every stage: the lease is one UPDATE in a short
+            # Documents are claimed by the hundred at every step: the lease is one UPDATE in a short
             # write transaction, the columns are read after it (ours now: nobody else writes them) as
             # plain values, no ORM objects.
             with transaction(self.engine) as s:
@@ -677,10 +675,10 @@ class Worker:
 
 
 def release_leases(engine, owner: str) -> int:
-    """Release every interchange and document ``owner`` still holds (a clean shutdown)."""
+    """Release every interchange, document, delivery and batch ``owner`` still holds (a clean shutdown)."""
     n = 0
     with transaction(engine) as s:
-        for model in (Interchange, Document):
+        for model in (Interchange, Document, Delivery, Batch):
             res = s.execute(update(model).where(model.lease_owner == owner).values(lease_owner=None, lease_until=None),
                             execution_options={"synchronize_session": False})
             n += res.rowcount or 0
@@ -688,16 +686,15 @@ def release_leases(engine, owner: str) -> int:
 
 
 def run_workers(runtime: Any, stop: threading.Event, *, count: int | None = None,
-                stages: Mapping[Any, Callable] | None = None) -> list[threading.Thread]:
-    """Start ``count`` worker threads (default ``workers.count``) sharing ``stop``; returns the threads."""
+                pipeline: Pipeline | None = None) -> list[threading.Thread]:
+    """Start ``count`` worker threads (default ``workers.count``) sharing ``stop`` and one pipeline
+    (one set of clients per process); returns the threads."""
     count = runtime.settings.workers.count if count is None else count
-    if stages is None:
-        from gateway.delivery import build_stages
-
-        stages = build_stages(runtime)
+    if pipeline is None:
+        pipeline = Pipeline.configure(runtime)
     threads = []
     for n in range(count):
-        w = Worker(runtime, stages=stages, stop_event=stop)
+        w = Worker(runtime, pipeline=pipeline, stop_event=stop)
         t = threading.Thread(target=w.run, args=(stop,), name=f"worker-{n + 1}", daemon=True)
         t.start()
         threads.append(t)

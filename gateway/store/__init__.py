@@ -2,8 +2,9 @@
 
 from gateway.store.db import is_postgres, make_engine, session_factory, sqlite_url, transaction, upgrade
 from gateway.store.models import (
-    AnaplanBatch,
     ApiToken,
+    Batch,
+    Delivery,
     Document,
     Event,
     Interchange,
@@ -20,7 +21,7 @@ from gateway.store.models import (
 )
 
 __all__ = [
-    "AnaplanBatch", "ApiToken", "Document", "Event", "Interchange", "Lease", "PartnerFile", "RateWindow",
+    "ApiToken", "Batch", "Delivery", "Document", "Event", "Interchange", "Lease", "PartnerFile", "RateWindow",
     "RawPayload", "Secret", "SourceStatus", "Supplier", "SupplierAlias", "User", "utcnow",
     "is_postgres", "make_engine", "session_factory", "sqlite_url", "transaction", "upgrade",
 ]

@@ -1,4 +1,5 @@
-"""The store's tables: interchanges as received, one document per transaction set, the audit trail.
+"""The store's tables: interchanges as received, one document per transaction set, one delivery per
+(document, destination), batches of deliveries, the audit trail.
 
 Column names are the words the panel and the CLI show. Timestamps are timezone-aware UTC.
 Large or free-form values (raw bytes, canonical JSON, findings) live in their own columns and
@@ -53,7 +54,8 @@ class Interchange(SQLModel, table=True):
     receiver_id: str | None = Field(default=None, max_length=100)
     control_number: str | None = Field(default=None, max_length=40)
     partner: str | None = Field(default=None, max_length=100, index=True)
-    state: str = Field(default="received", max_length=20, description="received | split | failed | duplicate")
+    state: str = Field(default="received", max_length=20, description="received | split | failed | duplicate "
+                       "(gateway.pipeline.machine.InterchangeState)")
     error: str | None = _text()
     findings: str | None = Field(default=None, sa_type=Text, description="JSON list of envelope findings")
     duplicate_of: int | None = Field(default=None, foreign_key="interchanges.id")
@@ -81,7 +83,11 @@ class RawPayload(SQLModel, table=True):
 
 
 class Document(SQLModel, table=True):
-    """One transaction set (ST..SE) or message (UNH..UNT) and its journey through the stages."""
+    """One transaction set (ST..SE) or message (UNH..UNT): what was received and translated.
+
+    Its ``state`` is overall (gateway.pipeline.machine.State): set by its document steps
+    (translate, match) until it is routed, then derived from its deliveries. ``stage`` is the step
+    that runs next or failed (``translate``, ``match``) or the destination it is at."""
 
     __tablename__ = "documents"
     __table_args__ = (
@@ -110,7 +116,8 @@ class Document(SQLModel, table=True):
     group_control: str | None = Field(default=None, max_length=40)
     message_control: str | None = Field(default=None, max_length=40, index=True)
     state: str = Field(default="received", max_length=20)
-    stage: str | None = Field(default=None, max_length=20, description="the next stage to run, or the one it failed at")
+    stage: str | None = Field(default=None, max_length=64, description=(
+        "the step that runs next or failed (translate, match), or the destination it is at or failed at"))
     error: str | None = _text()
     error_code: str | None = Field(default=None, max_length=60)
     attempts: int = Field(default=0, description="attempts at the current stage")
@@ -123,14 +130,68 @@ class Document(SQLModel, table=True):
     findings: str | None = Field(default=None, sa_type=Text, description="JSON list of findings")
     supplier_code: str | None = Field(default=None, max_length=100, description="the matched Plex supplier")
     candidates: str | None = Field(default=None, sa_type=Text, description="JSON: suppliers offered to a person")
-    plex_key: str | None = Field(default=None, max_length=200, description="the record Plex holds for it")
-    anaplan_batch_id: int | None = Field(default=None, foreign_key="anaplan_batches.id", index=True)
+    test: bool = Field(default=False, description="from a test interchange (ISA15 T, UNB 0035 1)")
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
 
 
+class Delivery(SQLModel, table=True):
+    """One document on its way to one destination (like Bots' ``ta`` child rows): its own state,
+    attempts, waits, outside reference and last answer. Deliveries of a document run in
+    ``position`` order: one becomes ``pending`` when every one before it is done or skipped."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("document_id", "destination", name="uq_deliveries_document_destination"),
+        Index("ix_deliveries_state_next", "state", "next_attempt_at"),
+        Index("ix_deliveries_batch", "batch_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    document_id: int = Field(foreign_key="documents.id")  # indexed by uq_deliveries_document_destination
+    destination: str = Field(max_length=64)
+    position: int = Field(default=1, description="order among the document's deliveries")
+    state: str = Field(default="blocked", max_length=20, description="gateway.pipeline.machine.DeliveryState")
+    attempts: int = Field(default=0, description="attempts used (transient faults)")
+    waits: int = Field(default=0, description="waits in a row for a busy, locked or throttling destination")
+    next_attempt_at: datetime | None = _ts()
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: datetime | None = _ts()
+    reference: str | None = Field(default=None, max_length=200, description="what the destination holds for it")
+    batch_id: int | None = Field(default=None, foreign_key="batches.id")
+    response: str | None = Field(default=None, sa_type=Text, description="JSON: the destination's last answer")
+    error: str | None = _text()
+    error_code: str | None = Field(default=None, max_length=60)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class Batch(SQLModel, table=True):
+    """Deliveries gathered for one send to a batched destination (an Anaplan import): a work item
+    the worker claims when it is due (to send it, or to look at its run) and concludes for its members."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_state_next", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    destination: str = Field(max_length=64)
+    key: str = Field(max_length=200, description="what the members share: the import, process or list")
+    state: str = Field(default="open", max_length=20, description="gateway.pipeline.machine.BatchState")
+    member_count: int = 0
+    next_attempt_at: datetime | None = _ts()
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: datetime | None = _ts()
+    attempts: int = 0
+    waits: int = 0
+    reference: str | None = Field(default=None, max_length=200, description="the outside run (import task id)")
+    result: str | None = Field(default=None, sa_type=Text, description="JSON: counts, rows, failures")
+    error: str | None = _text()
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
 class Event(SQLModel, table=True):
-    """The audit trail: one row per stage attempt, reprocess, operator action or outside response."""
+    """The audit trail: one row per step attempt, delivery outcome, batch turn, reprocess or operator action."""
 
     __tablename__ = "events"
     __table_args__ = (
@@ -139,12 +200,16 @@ class Event(SQLModel, table=True):
         # by interchange: the index leaves out the half-dozen rows every document adds.
         Index("ix_events_interchange_own", "interchange_id", postgresql_where=text("document_id IS NULL"),
               sqlite_where=text("document_id IS NULL")),
+        Index("ix_events_batch", "batch_id", postgresql_where=text("batch_id IS NOT NULL"),
+              sqlite_where=text("batch_id IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     document_id: int | None = Field(default=None, foreign_key="documents.id")
     interchange_id: int | None = Field(default=None, foreign_key="interchanges.id")
-    stage: str = Field(max_length=20)
+    delivery_id: int | None = Field(default=None, foreign_key="deliveries.id")
+    batch_id: int | None = Field(default=None, foreign_key="batches.id")
+    stage: str = Field(max_length=64, description="the step (translate, match) or the destination (plex, anaplan)")
     outcome: str = Field(max_length=20)
     detail: str | None = Field(default=None, sa_type=Text, description="JSON")
     actor: str = Field(default="gateway", max_length=100)
@@ -154,7 +219,7 @@ class Event(SQLModel, table=True):
 
 
 class Lease(SQLModel, table=True):
-    """A named lease: one poller per source, one uploader per Anaplan file, across processes."""
+    """A named lease: one poller per source, one batch at a time per Anaplan file, across processes."""
 
     __tablename__ = "leases"
 
@@ -225,25 +290,6 @@ class SupplierAlias(SQLModel, table=True):
     supplier_code: str = Field(max_length=100)
     created_by: str = Field(max_length=100)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-
-
-class AnaplanBatch(SQLModel, table=True):
-    """Documents gathered into one CSV and one import run."""
-
-    __tablename__ = "anaplan_batches"
-
-    id: int | None = Field(default=None, primary_key=True)
-    import_name: str = Field(max_length=200)
-    state: str = Field(default="open", max_length=20, index=True)
-    document_count: int = 0
-    file_id: str | None = Field(default=None, max_length=100)
-    task_id: str | None = Field(default=None, max_length=100)
-    result: str | None = Field(default=None, sa_type=Text, description="JSON: counts, failure dump rows")
-    error: str | None = _text()
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-    lease_owner: str | None = Field(default=None, max_length=100)
-    lease_until: datetime | None = _ts()
 
 
 class User(SQLModel, table=True):

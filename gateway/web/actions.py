@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from gateway.pipeline.machine import StageName, State
 from gateway.store.models import Document, utcnow
+from gateway.web import queries
 from gateway.web.queries import BadRequest, DocumentFilter, count_capped
 
 log = structlog.get_logger("gateway.web")
@@ -41,13 +42,15 @@ def check_reason(reason: str | None) -> str:
     return reason
 
 
-def check_stage(from_stage: str | None) -> StageName | None:
+def check_stage(from_stage: str | None) -> str | None:
+    from gateway.operations import stage_name
+
     if not from_stage:
         return None
     try:
-        return StageName(from_stage)
+        return stage_name(from_stage)
     except ValueError:
-        raise BadRequest(f"from_stage: {from_stage!r} is not one of {', '.join(s.value for s in StageName)}") from None
+        raise BadRequest(f"from_stage: {from_stage!r} is not one of {', '.join(queries.STAGES)}") from None
 
 
 def reprocess_one(engine: Engine, doc_id: int, *, actor: str, reason: str, from_stage: str | None = None) -> None:
@@ -173,7 +176,7 @@ class BulkJobs:
         if not total:
             raise BadRequest("selection: no document matches this filter")
         job = BulkJob(id=uuid.uuid4().hex[:12], actor=actor, reason=reason, selection=flt.as_dict(),
-                      from_stage=stage.value if stage else None, total=total)
+                      from_stage=stage, total=total)
         with self._lock:
             self._jobs[job.id] = job
             for old in sorted(self._jobs.values(), key=lambda j: j.started_at)[:-self.KEEP]:
@@ -186,7 +189,7 @@ class BulkJobs:
         with self._lock:
             return self._jobs.get(job_id)
 
-    def _run(self, job: BulkJob, flt: DocumentFilter, stage: StageName | None) -> None:
+    def _run(self, job: BulkJob, flt: DocumentFilter, stage: str | None) -> None:
         from gateway import operations
 
         job.state = "running"

@@ -35,7 +35,7 @@ class _In(BaseModel):
 
 class ReprocessIn(_In):
     reason: str = Field(description="Why; kept in the audit trail", max_length=500)
-    from_stage: str | None = Field(None, description="translate, match, post, forward or confirm; "
+    from_stage: str | None = Field(None, description="translate, match, or a destination (plex, anaplan); "
                                                      "default: the stage it failed at")
 
 

@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlmodel import Session
 
-from gateway.pipeline.machine import RESTING, STATES, StageName
+from gateway.pipeline.machine import RESTING, STATES
 from gateway.web import onboarding, queries, views
 from gateway.web.actions import Conflict, NotFound, choose_supplier, interchange_action, reprocess_one
 from gateway.web.auth import (
@@ -37,7 +37,7 @@ templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templat
 
 Viewer = Annotated[Principal, Depends(principal)]
 Actor = Annotated[Principal, Depends(acting_operator)]
-STAGES = [s.value for s in StageName]
+STAGES = list(queries.STAGES)
 RESTING_STATES = sorted(s.value for s in RESTING)
 
 

@@ -18,9 +18,11 @@ from sqlalchemy import and_, case, func, or_, select as sa_select, tuple_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from gateway.pipeline.machine import STATES, StageName
+from gateway.operations import stage_names
+from gateway.pipeline.machine import KINDS, LEGACY_STAGES, STATES
 from gateway.store.models import (
-    AnaplanBatch,
+    Batch,
+    Delivery,
     Document,
     Event,
     Interchange,
@@ -30,8 +32,7 @@ from gateway.store.models import (
     utcnow,
 )
 
-KINDS = ("purchase_order", "invoice")
-STAGES = tuple(s.value for s in StageName)
+STAGES = stage_names()
 SORTS = {
     "newest": ("created_at", True),
     "oldest": ("created_at", False),
@@ -94,6 +95,7 @@ class DocumentFilter:
             return v or None
 
         kind, state, stage = get("kind"), get("state"), get("stage")
+        stage = LEGACY_STAGES.get(stage, stage) if stage else stage  # post, forward, confirm: as before deliveries
         if kind and kind not in KINDS:
             raise BadRequest(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
         if state and state not in STATES:
@@ -323,6 +325,21 @@ def _event(e: Event) -> dict:
     }
 
 
+def _delivery(d: Delivery, batch: Batch | None) -> dict:
+    """A delivery as the panel shows it: where it is, what it waits for, what the destination holds."""
+    return {
+        "id": d.id, "destination": d.destination, "position": d.position, "state": d.state,
+        "attempts": d.attempts, "waits": d.waits, "next_attempt_at": as_utc(d.next_attempt_at),
+        "reference": d.reference, "error": d.error, "error_code": d.error_code,
+        "response": _loads(d.response), "updated_at": as_utc(d.updated_at),
+        "batch": None if batch is None else {
+            "id": batch.id, "key": batch.key, "state": batch.state, "reference": batch.reference,
+            "members": batch.member_count, "error": batch.error, "waits": batch.waits,
+            "next_attempt_at": as_utc(batch.next_attempt_at),
+        },
+    }
+
+
 def document_detail(session: Session, doc_id: int) -> dict | None:
     doc = session.get(Document, doc_id)
     if doc is None:
@@ -330,8 +347,16 @@ def document_detail(session: Session, doc_id: int) -> dict | None:
     ich = session.get(Interchange, doc.interchange_id)
     events = session.exec(select(Event).where(Event.document_id == doc_id).order_by(Event.id)).all()
     findings = _loads(doc.findings, []) or []
-    batch = session.get(AnaplanBatch, doc.anaplan_batch_id) if doc.anaplan_batch_id else None
+    deliveries = session.exec(select(Delivery).where(Delivery.document_id == doc_id)
+                              .order_by(Delivery.position, Delivery.id)).all()
+    batch_ids = sorted({d.batch_id for d in deliveries if d.batch_id})
+    batches = {b.id: b for b in session.exec(select(Batch).where(Batch.id.in_(batch_ids))).all()} if batch_ids else {}
+    batch_events = session.exec(select(Event).where(Event.batch_id.in_(batch_ids), Event.document_id.is_(None))
+                                .order_by(Event.id)).all() if batch_ids else []
     timeline = [_event(e) for e in events]
+    plex = next((d for d in deliveries if d.destination == "plex"), None)
+    anaplan = next((d for d in deliveries if d.destination == "anaplan"), None)
+    batch = batches.get(anaplan.batch_id) if anaplan is not None and anaplan.batch_id else None
     return {
         "id": doc.id,
         "interchange_id": doc.interchange_id,
@@ -356,19 +381,23 @@ def document_detail(session: Session, doc_id: int) -> dict | None:
         "lease_until": as_utc(doc.lease_until),
         "supplier_code": doc.supplier_code,
         "candidates": _candidates(doc.candidates),
-        "plex_key": doc.plex_key,
+        "plex_key": plex.reference if plex is not None else None,
+        "test": doc.test,
+        "deliveries": [_delivery(d, batches.get(d.batch_id) if d.batch_id else None) for d in deliveries],
         "created_at": as_utc(doc.created_at),
         "updated_at": as_utc(doc.updated_at),
         "canonical": _loads(doc.canonical),
         "findings": findings,
         "segments": segment_lines(doc, findings),
         "events": timeline,
-        # What the outside systems said: the delivery stages' events carry their responses in detail.
-        "plex": [e for e in timeline if e["stage"] in ("match", "post")],
-        "anaplan": [e for e in timeline if e["stage"] in ("forward", "confirm")],
+        # What the outside systems said: the deliveries' events carry their responses in detail
+        # (post, forward and confirm: events written before deliveries existed).
+        "plex": [e for e in timeline if e["stage"] in ("match", "plex", "post")],
+        "anaplan": [e for e in timeline if e["stage"] in ("anaplan", "forward", "confirm")]
+        + [_event(e) for e in batch_events if e.stage == "anaplan"],
         "anaplan_batch": None if batch is None else {
-            "id": batch.id, "import_name": batch.import_name, "state": batch.state, "task_id": batch.task_id,
-            "document_count": batch.document_count, "result": _loads(batch.result), "error": batch.error,
+            "id": batch.id, "import_name": batch.key, "state": batch.state, "task_id": batch.reference,
+            "document_count": batch.member_count, "result": _loads(batch.result), "error": batch.error,
             "updated_at": as_utc(batch.updated_at),
         },
         "interchange": None if ich is None else {

@@ -10,7 +10,7 @@ Shared resources are behind small interfaces so the store can provide tenant-wid
 * :class:`FileLock` — Anaplan does not lock data-source files; two batches uploading to the same
   file would import each other's rows.
 
-The pipeline calls :meth:`AnaplanDestination.run_import` with an :class:`AnaplanBatch` and stores
+The pipeline calls :meth:`AnaplanImports.run_import` with an :class:`AnaplanBatch` and stores
 the returned :class:`ImportOutcome` (one :class:`DocumentResult` per document). Imports are upserts
 keyed by the model's list codes/dimensions, so re-running a batch is safe.
 
@@ -50,7 +50,7 @@ __all__ = [
     "RequestBudget", "InMemoryRequestBudget", "FileLock", "InMemoryFileLock", "RetryPolicy",
     "Const", "AnaplanImportConfig", "CsvFormat", "ImportMetadata", "RowMap", "build_csv",
     "neutralise_cell", "AnaplanBatch", "DocumentResult", "ImportCounts", "ImportOutcome",
-    "AnaplanClient", "AnaplanDestination", "RequestCounter",
+    "AnaplanClient", "AnaplanImports", "RequestCounter",
     "AnaplanError", "AnaplanAuthError", "AnaplanConfigError", "AnaplanHTTPError", "AnaplanRetryLater",
 ]
 
@@ -89,13 +89,16 @@ class AnaplanHTTPError(AnaplanError):
 class AnaplanRetryLater(AnaplanError):
     """Transient: budget exhausted, file busy, retries used up. Retry the batch later.
 
-    ``retry_after`` is the wait Anaplan asked for (``Retry-After``), when it said."""
+    ``retry_after`` is the wait Anaplan asked for (``Retry-After``), when it said. ``busy``: the
+    model was busy (409) or locked (423), the tenant throttling (429) or the request budget spent —
+    worth waiting for without counting it as a failed attempt."""
 
     retryable = True
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *, busy: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.busy = busy
 
 
 # =============================================================================================
@@ -725,9 +728,10 @@ _RETRY_5XX = frozenset({500, 502, 503, 504})
 
 
 class _Transient(Exception):
-    def __init__(self, description: str, retry_after: float | None = None) -> None:
+    def __init__(self, description: str, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+        self.busy = status in _RETRY_STATUSES
 
 
 @dataclass
@@ -804,7 +808,7 @@ class AnaplanClient:
     def _send_raw(self, usage: RequestCounter, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One metered HTTP attempt: budget first, then the wire."""
         if not self.budget.acquire(1, max_wait=self.budget_max_wait_s):
-            raise AnaplanRetryLater("Anaplan tenant request budget exhausted")
+            raise AnaplanRetryLater("Anaplan tenant request budget exhausted", busy=True)
         usage.requests += 1
         return self._http.request(method, url, **kwargs)
 
@@ -820,7 +824,7 @@ class AnaplanClient:
                                         "outcome unknown") from None
             if resp.status_code in _RETRY_STATUSES or (idempotent and resp.status_code in _RETRY_5XX):
                 log.warning("anaplan.retry", method=method, route=route, status=resp.status_code)
-                raise _Transient(f"HTTP {resp.status_code} on {method} {route}", _retry_after(resp))
+                raise _Transient(f"HTTP {resp.status_code} on {method} {route}", _retry_after(resp), resp.status_code)
             return resp
 
         policy = self.retry
@@ -842,7 +846,7 @@ class AnaplanClient:
                     return attempt()
         except _Transient as exc:
             raise AnaplanRetryLater(f"Anaplan kept refusing: {exc} "
-                                    f"({policy.attempts} attempts)", exc.retry_after) from None
+                                    f"({policy.attempts} attempts)", exc.retry_after, busy=exc.busy) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _auth_send(self, usage: RequestCounter) -> _Send:
@@ -1056,7 +1060,7 @@ class Submission:
     sha256: str
 
 
-class AnaplanDestination:
+class AnaplanImports:
     """Runs batches into Anaplan imports. One instance per process; thread-safe."""
 
     def __init__(self, client: AnaplanClient, *, file_lock: FileLock | None = None,
@@ -1315,7 +1319,8 @@ class AnaplanBatching(BaseModel):
     max_age_seconds: float = Field(30.0, ge=0)
     min_age_seconds: float = Field(1.0, ge=0, description=(
         "a batch this old goes early when no document of its kind is on its way (matching, posting)"))
-    send_timeout_seconds: float = Field(300.0, gt=0, description="a batch stuck 'sending' this long is sent again")
+    send_timeout_seconds: float = Field(300.0, gt=0, description=(
+        "no longer used: a batch whose sender died is sent again when the worker's lease expires"))
     retry_seconds: float = Field(30.0, gt=0, description="wait after a transient fault when Anaplan gave no Retry-After")
 
 
@@ -1381,14 +1386,14 @@ class AnaplanSettings(BaseModel):
                                       client_secret=self.oauth_client_secret,
                                       on_refresh_token=on_refresh_token)
 
-    def make_destination(self, *, budget: RequestBudget | None = None,
-                         on_refresh_token: Callable[[str], None] | None = None,
-                         refresh_token: str | None = None) -> AnaplanDestination:
-        """A destination whose client keeps one token and waits for no more than a few seconds in a
-        call: longer waits (429, model locked) go back to the pipeline as a retry with ``after``."""
+    def make_imports(self, *, budget: RequestBudget | None = None,
+                     on_refresh_token: Callable[[str], None] | None = None,
+                     refresh_token: str | None = None) -> AnaplanImports:
+        """An import runner whose client keeps one token and waits for no more than a few seconds in a
+        call: longer waits (429, model busy or locked) go back to the worker as a wait."""
         retry = RetryPolicy(attempts=self.retry_attempts, initial_s=min(1.0, self.retry_max_seconds),
                             multiplier=2.0, max_s=self.retry_max_seconds, jitter_s=0.25)
         client = AnaplanClient(self.make_auth(on_refresh_token=on_refresh_token, refresh_token=refresh_token),
                                endpoints=self.endpoints(), budget=budget, budget_max_wait_s=10.0,
                                retry=retry, timeout_s=self.timeout_seconds)
-        return AnaplanDestination(client)
+        return AnaplanImports(client)

@@ -1,4 +1,4 @@
-"""The ``post`` stage: a matched document becomes a Plex record, exactly once.
+"""Plex as a destination: a matched document becomes a Plex record, exactly once.
 
 Invoices (810/INVOIC) become AP invoices over REST; purchase orders (850/ORDERS) go to the
 tenant's PO data sources over SOAP, or — for a partner whose file says
@@ -7,15 +7,14 @@ looks the record up before every create and again after a timeout or 5xx, so a r
 creates a second one (see :mod:`gateway.integrations.plex.client`). The stage runs a claimed batch of
 documents a few at a time (``plex.concurrency``); the request budget is shared by every process.
 
-Outcomes: posted (with Plex's answer and every call in the audit detail, the record in
-``Document.plex_key``); 429, 5xx and timeouts retried later (``after`` = Retry-After); 403 a
-permission error on the document; 401 after one re-authentication, a 400 or a data-source error
-fail the document with Plex's message.
+Outcomes, per delivery: done (with Plex's answer and every call in the audit detail, the record as
+the delivery's ``reference``); 5xx and timeouts retried later; 429 a wait (no attempt used,
+``after`` = Retry-After); 403 a permission error; 401 after one re-authentication, a 400 or a
+data-source error fail the delivery with Plex's message.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -27,6 +26,8 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from gateway.integrations.base import Check, DeliveryItem, Outcome
+from gateway.integrations.plex.context import PlexContext, plex_context
 from gateway.integrations.plex.matching import CUSTOMER, role_of
 from gateway.integrations.plex.suppliers import SupplierMaster
 from gateway.integrations.plex.client import (
@@ -34,8 +35,6 @@ from gateway.integrations.plex.client import (
     PlexError, PlexPermissionError, PlexThrottledError, PlexTransientError, PlexValidationError, PostingOutcome,
     PurchaseOrderDraft, PurchaseOrderLine, SalesOrderDraft, SalesOrderLine,
 )
-from gateway.pipeline.machine import Outcome
-from gateway.store.models import Document
 from translators.mapping import PartnerDirectory
 
 log = structlog.get_logger("gateway.delivery.plex")
@@ -66,14 +65,14 @@ def _dec(value: Any, what: str) -> Decimal | None:
     return d
 
 
-def edi_note(doc: Document, canonical: Mapping[str, Any]) -> str:
+def edi_note(doc: DeliveryItem, canonical: Mapping[str, Any]) -> str:
     """Where the record came from, for reconciliation in Plex."""
     control = canonical.get("control") or {}
     return (f"EDI {doc.standard} {doc.message_type or ''} interchange {control.get('interchange')} "
-            f"group {control.get('group')} message {control.get('message')}; gateway document {doc.id}")
+            f"group {control.get('group')} message {control.get('message')}; gateway document {doc.document_id}")
 
 
-def invoice_draft(doc: Document, canonical: Mapping[str, Any], accounts: APInvoiceAccounts) -> APInvoiceDraft:
+def invoice_draft(doc: DeliveryItem, canonical: Mapping[str, Any], accounts: APInvoiceAccounts) -> APInvoiceDraft:
     number = canonical.get("invoice_number")
     if not number:
         raise MappingProblem("the invoice has no invoice number")
@@ -122,7 +121,7 @@ def _line_numbers(lines: Sequence[Mapping[str, Any]]) -> list[int]:
     return numbers if len(set(numbers)) == len(numbers) else list(range(1, len(lines) + 1))
 
 
-def purchase_order_draft(doc: Document, canonical: Mapping[str, Any], *, today: date) -> PurchaseOrderDraft:
+def purchase_order_draft(doc: DeliveryItem, canonical: Mapping[str, Any], *, today: date) -> PurchaseOrderDraft:
     number = canonical.get("po_number")
     if not number:
         raise MappingProblem("the purchase order has no PO number")
@@ -143,7 +142,7 @@ def purchase_order_draft(doc: Document, canonical: Mapping[str, Any], *, today: 
                               currency_code=canonical.get("currency"), note=edi_note(doc, canonical), lines=drafts)
 
 
-def sales_order_draft(doc: Document, canonical: Mapping[str, Any], customer_id: str) -> SalesOrderDraft:
+def sales_order_draft(doc: DeliveryItem, canonical: Mapping[str, Any], customer_id: str) -> SalesOrderDraft:
     number = canonical.get("po_number")
     if not number:
         raise MappingProblem("the purchase order has no PO number")
@@ -188,10 +187,8 @@ class _Posting:
 
 
 class PostStage:
-    """``post``: a batch stage that looks the claimed documents up in Plex many at a time, then posts
-    those Plex does not hold a few at a time."""
-
-    batch = True
+    """Posting: looks the claimed deliveries' records up in Plex many at a time, then posts those
+    Plex does not hold a few at a time. Outcomes by delivery id."""
 
     def __init__(self, client: PlexClient, master: SupplierMaster, *, accounts: APInvoiceAccounts | None,
                  partners: Callable[[], PartnerDirectory], concurrency: int = 8,
@@ -205,7 +202,7 @@ class PostStage:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def __call__(self, docs: list[Document], runtime: Any = None) -> dict[int, Outcome]:
+    def __call__(self, docs: Sequence[DeliveryItem]) -> dict[int, Outcome]:
         directory = self.partners()
         deadline = None if self.time_budget is None else time.monotonic() + self.time_budget
         out: dict[int, Outcome] = {}
@@ -216,14 +213,14 @@ class PostStage:
             except Exception as exc:  # noqa: BLE001 - only the faults _refusal knows become outcomes
                 prepared = _refusal(exc)
             if isinstance(prepared, Outcome):
-                out[d.id] = prepared
+                out[d.delivery_id] = prepared
             else:
-                postings[d.id] = prepared
+                postings[d.delivery_id] = prepared
         absent, lookups = self._absent(list(postings.values()))
-        futures = {d.id: self._pool.submit(self.post_one, d, directory, deadline, postings[d.id],
-                                           postings[d.id].key in absent.get(postings[d.id].kind, ()),
-                                           lookups.get(postings[d.id].kind, []))
-                   for d in docs if d.id in postings}
+        futures = {d.delivery_id: self._pool.submit(
+            self.post_one, d, directory, deadline, postings[d.delivery_id],
+            postings[d.delivery_id].key in absent.get(postings[d.delivery_id].kind, ()),
+            lookups.get(postings[d.delivery_id].kind, [])) for d in docs if d.delivery_id in postings}
         wait(futures.values())  # one wake-up when all are posted, not one per document in turn
         out.update({doc_id: f.result() for doc_id, f in futures.items()})
         return out
@@ -249,12 +246,13 @@ class PostStage:
                 absent[kind], calls[kind] = found, list(trail)
         return absent, calls
 
-    def post_one(self, doc: Document, directory: PartnerDirectory, deadline: float | None = None,
+    def post_one(self, doc: DeliveryItem, directory: PartnerDirectory, deadline: float | None = None,
                  posting: _Posting | None = None, absent: bool = False, lookups: Sequence[Any] = ()) -> Outcome:
         """Post one document (``posting``: its draft, already made; ``absent``: a look-up of many found
         no such record, whose ``lookups`` calls go into this document's trail)."""
         if deadline is not None and time.monotonic() > deadline:
-            return Outcome.wait(0.05, {"plex": "not started: the Plex budget of this claim was spent"})
+            return Outcome.wait(0.05, reason="not started: the Plex budget of this claim was spent",
+                                code="plex.claim_budget")
         started = time.perf_counter()
         with self.client.recording() as trail:
             try:
@@ -269,14 +267,15 @@ class PostStage:
         detail = dict(outcome.detail)
         detail["calls"] = _calls([*lookups, *trail]) if absent else _calls(trail)
         detail["plex_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        return Outcome(outcome.kind, detail, outcome.error, outcome.code, outcome.changes, outcome.after)
+        return Outcome(outcome.kind, detail, outcome.error, outcome.code, outcome.changes, outcome.after,
+                       outcome.reference)
 
-    def _prepare(self, doc: Document, directory: PartnerDirectory) -> _Posting | Outcome:
+    def _prepare(self, doc: DeliveryItem, directory: PartnerDirectory) -> _Posting | Outcome:
         if not doc.canonical:
             raise MappingProblem("the document has no canonical form")
         if not doc.supplier_code:
             raise MappingProblem("no Plex supplier was matched")
-        canonical = json.loads(doc.canonical)
+        canonical = doc.canonical
         partner = directory.get(doc.partner) if doc.partner else None
         if doc.kind == "invoice":
             if self.accounts is None:
@@ -291,7 +290,7 @@ class PostStage:
         if doc.kind == "purchase_order":
             today = datetime.now(timezone.utc).date()
             return _Posting("purchase_order", purchase_order_draft(doc, canonical, today=today))
-        return Outcome.ignore(f"{doc.kind or 'this document'} is not posted to Plex")
+        return Outcome.skip(f"{doc.kind or 'this document'} is not posted to Plex")
 
     def _send(self, posting: _Posting, absent: bool) -> Outcome:
         if posting.kind == "ap_invoice":
@@ -312,7 +311,7 @@ def _refusal(exc: Exception) -> Outcome:
     if isinstance(exc, PlexConfigError):
         return Outcome.fail(f"Plex is not configured for this: {exc}", code="plex.config")
     if isinstance(exc, PlexThrottledError):
-        return Outcome.retry(f"Plex is throttling: {exc}", code="plex.throttled", after=exc.retry_after)
+        return Outcome.wait(exc.retry_after, reason=f"Plex is throttling: {exc}", code="plex.throttled")
     if isinstance(exc, PlexTransientError):
         return Outcome.retry(f"Plex did not answer cleanly: {exc}", code="plex.transient")
     if isinstance(exc, PlexValidationError):
@@ -330,7 +329,7 @@ def _posted(posting: PostingOutcome) -> Outcome:
                        "response": posting.response}}
     if posting.lines_added:
         detail["plex"]["lines_added"] = posting.lines_added
-    return Outcome.ok(detail, plex_key=f"{posting.kind}:{key}")
+    return Outcome.ok(detail, reference=f"{posting.kind}:{key}")
 
 
 def _plain(exc: Exception) -> str:
@@ -339,4 +338,39 @@ def _plain(exc: Exception) -> str:
     return str(exc)
 
 
-__all__ = ["PostStage", "invoice_draft", "purchase_order_draft", "sales_order_draft", "MappingProblem"]
+class PlexDestination:
+    """``plex`` in the registry: deliveries become Plex records (see :class:`PostStage`)."""
+
+    name = "plex"
+
+    def __init__(self, context: PlexContext, post: PostStage) -> None:
+        self.context, self.post = context, post
+
+    @classmethod
+    def configure(cls, runtime: Any) -> PlexDestination | None:
+        context = plex_context(runtime)
+        if context is None:
+            return None
+        settings = runtime.settings.plex
+        post = PostStage(context.client, context.master, accounts=settings.ap_invoice_accounts,
+                         partners=runtime.partners, concurrency=settings.concurrency,
+                         time_budget=runtime.settings.workers.lease_seconds / 2)
+        return cls(context, post)
+
+    def deliver(self, items: Sequence[DeliveryItem]) -> dict[int, Outcome]:
+        return self.post(items)
+
+    def check(self) -> list[Check]:
+        try:
+            tenants = self.context.client.list_tenants()
+        except PlexError as exc:
+            return [Check("Plex Connect", False, str(exc))]
+        return [Check("Plex Connect", True, f"{len(tenants)} tenant(s) visible")]
+
+    def close(self) -> None:
+        self.post.close()
+        self.context.close()
+
+
+__all__ = ["PlexDestination", "PostStage", "invoice_draft", "purchase_order_draft", "sales_order_draft",
+           "MappingProblem"]

@@ -28,7 +28,9 @@ from sqlmodel import Session, select
 
 from gateway.integrations.plex.suppliers import Counterparty, Snapshot, SupplierMaster, normalize_name, normalize_tax_id
 from gateway.integrations.plex.client import PlexError, SupplierMatching
-from gateway.pipeline.machine import Outcome, StageName, State, apply_outcome, reprocess
+from gateway.integrations.base import Outcome
+from gateway.integrations.plex.context import plex_context
+from gateway.pipeline.machine import StageName, State, reprocess
 from gateway.store.db import reading, transaction
 from gateway.store.models import Document, Event, Supplier, SupplierAlias, utcnow
 from translators.mapping import PartnerDirectory, PartnerMapping, PlexRouting
@@ -200,14 +202,20 @@ def load_aliases(engine: Engine, wanted: Iterable[tuple[str, str]]) -> dict[tupl
     return {(r.partner, r.key): r.supplier_code for r in rows}
 
 
-class MatchStage:
-    """``match``: a batch stage (one alias query for the whole claim, one supplier snapshot)."""
-
-    batch = True
+class MatchStep:
+    """``match``, the document step Plex provides: the claimed documents' suppliers (or customers)
+    found in Plex's master, with one alias query and one supplier snapshot for the whole claim."""
 
     def __init__(self, engine: Engine, master: SupplierMaster, settings: SupplierMatching,
                  partners: Callable[[], PartnerDirectory]) -> None:
         self.engine, self.master, self.settings, self.partners = engine, master, settings, partners
+
+    @classmethod
+    def configure(cls, runtime: Any) -> MatchStep | None:
+        context = plex_context(runtime)
+        if context is None:
+            return None
+        return cls(runtime.engine, context.master, runtime.settings.plex.matching, runtime.partners)
 
     def __call__(self, docs: list[Document], runtime: Any = None) -> dict[int, Outcome]:
         outcomes: dict[int, Outcome] = {}
@@ -272,8 +280,8 @@ def choose_supplier(engine: Engine, document_id: int, supplier_code: str, *, act
     """An operator picks the Plex supplier (or customer) of a document waiting in ``needs_attention``.
 
     The choice is stored as aliases (partner + the document's party id, sender and name) that
-    matching uses from then on; the document moves on to posting through the state machine with an
-    audit event; other documents waiting for the same choice are sent back to matching.
+    matching uses from then on; the document goes back to matching (which finds the alias) with an
+    audit event naming the actor, and so do other documents waiting for the same choice.
     Raises :class:`ChoiceError` (a ValueError) with a message for the person."""
     code = (supplier_code or "").strip()
     if not code:
@@ -311,8 +319,13 @@ def choose_supplier(engine: Engine, document_id: int, supplier_code: str, *, act
         detail = {"rule": "operator", "role": role, "supplier_code": code, "aliases": keys}
         if note:
             detail["note"] = note
-        s.add(apply_outcome(doc, StageName.MATCH, Outcome.ok(detail, supplier_code=code, candidates=None),
-                            actor=actor, now=now))
+        # Back to matching, which now finds the alias: the worker routes the document from there.
+        s.add(Event(document_id=doc.id, interchange_id=doc.interchange_id, stage=StageName.MATCH.value,
+                    outcome="chosen", actor=actor, at=now, detail=json.dumps(detail, sort_keys=True)))
+        doc.state, doc.stage = State.TRANSLATED.value, StageName.MATCH.value
+        doc.supplier_code, doc.candidates = code, None
+        doc.error = doc.error_code = None
+        doc.attempts, doc.next_attempt_at, doc.updated_at = 0, now, now
         s.add(doc)
         waiting = s.exec(select(Document).where(
             Document.state == State.NEEDS_ATTENTION.value, Document.stage == StageName.MATCH.value,
@@ -322,7 +335,7 @@ def choose_supplier(engine: Engine, document_id: int, supplier_code: str, *, act
         for other in waiting:
             if set(_keys_of(other, role)) & set(keys):
                 try:
-                    s.add(reprocess(other, actor=actor, reason=f"supplier {code} chosen for document {doc.id}",
+                    s.add(reprocess(other, [], actor=actor, reason=f"supplier {code} chosen for document {doc.id}",
                                     now=now))
                     s.add(other)
                 except ValueError:
@@ -330,5 +343,5 @@ def choose_supplier(engine: Engine, document_id: int, supplier_code: str, *, act
     return doc
 
 
-__all__ = ["CUSTOMER", "SUPPLIER", "ChoiceError", "Evidence", "MatchStage", "Result", "choose_supplier", "evidence",
+__all__ = ["CUSTOMER", "SUPPLIER", "ChoiceError", "Evidence", "MatchStep", "Result", "choose_supplier", "evidence",
            "load_aliases", "match", "role_of"]
