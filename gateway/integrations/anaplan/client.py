@@ -1,49 +1,73 @@
-"""Anaplan destination: authentication, CSV batch building and the per-batch import run.
+"""Anaplan's Integration API: the HTTP client (a kept token, the tenant's request budget, retries of
+409/423/429/5xx within a call) and the import runner (:class:`AnaplanImports`).
 
-Per batch (``specs/anaplan.md`` §11): take the data-source file's lock, build one CSV whose columns
-are exactly the import's ``headerNames``, upload it in chunks, start the import task, poll it, read
-the counts, fetch the failure dump and map each rejected row back to the document it came from.
-
-Shared resources are behind small interfaces so the store can provide tenant-wide versions later:
-
-* :class:`RequestBudget` — Anaplan allows ~600 requests/minute per *tenant*, not per process;
-* :class:`FileLock` — Anaplan does not lock data-source files; two batches uploading to the same
-  file would import each other's rows.
-
-The pipeline calls :meth:`AnaplanImports.run_import` with an :class:`AnaplanBatch` and stores
-the returned :class:`ImportOutcome` (one :class:`DocumentResult` per document). Imports are upserts
-keyed by the model's list codes/dimensions, so re-running a batch is safe.
+Per batch (``specs/anaplan.md`` §11): build one CSV whose columns are exactly the import's
+``headerNames`` (:mod:`~gateway.integrations.anaplan.rows`), upload it to the data-source file in
+chunks, start the import task, poll it, read the counts, fetch the failure dump and map each
+rejected row back to the document it came from. Imports are upserts keyed by the model's list
+codes and dimensions, so re-running a batch is safe. The worker drives a batch in steps (submit,
+check, conclude: see ``gateway.integrations.anaplan.destination``); :meth:`AnaplanImports.run_import`
+does all of it in one call (tests and tools).
 
 Secrets (passwords, private keys, tokens, client secrets, refresh tokens) never reach logs,
-``repr()`` or exception texts.
-"""
+``repr()`` or exception texts."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import email.utils
 import gzip
 import hashlib
 import io
 import math
-import os
 import re
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
-from typing import Any, Literal, Protocol, Union
+from typing import Any, Literal, Protocol
 
 import httpx
 import structlog
 import tenacity
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from gateway.integrations.anaplan.auth import (
+    AnaplanAuth,
+    AnaplanEndpoints,
+    BasicAuth,
+    CertificateAuth,
+    OAuth2RefreshTokenAuth,
+    _safe_json,
+    _Send,
+    _TokenKeeper,
+)
+from gateway.integrations.anaplan.errors import (
+    _RETRY_STATUSES,
+    AnaplanAuthError,
+    AnaplanConfigError,
+    AnaplanError,
+    AnaplanHTTPError,
+    AnaplanRetryLater,
+)
+from gateway.integrations.anaplan.rows import (
+    AnaplanBatch,
+    DocumentResult,
+    ImportCounts,
+    ImportOutcome,
+    RowMap,
+    build_csv,
+    neutralise_cell,
+)
+from gateway.integrations.anaplan.settings import (
+    AnaplanImportConfig,
+    AnaplanSettings,
+    Const,
+    CsvFormat,
+    ImportMetadata,
+    make_auth,
+)
 
 __all__ = [
     "AnaplanEndpoints", "AnaplanAuth", "BasicAuth", "CertificateAuth", "OAuth2RefreshTokenAuth",
@@ -56,264 +80,7 @@ __all__ = [
 
 log = structlog.get_logger("gateway.integrations.anaplan.client")
 
-DocumentId = Hashable
 
-
-# =============================================================================================
-# Errors
-# =============================================================================================
-
-class AnaplanError(Exception):
-    """Base class. ``retryable`` tells the pipeline whether trying the batch later can help."""
-
-    retryable = False
-
-
-class AnaplanAuthError(AnaplanError):
-    """Credentials rejected (bad password, untrusted certificate, refresh token no longer valid)."""
-
-
-class AnaplanConfigError(AnaplanError):
-    """The mapping and the Anaplan import disagree (headers, ids, format); a person must fix it."""
-
-
-class AnaplanHTTPError(AnaplanError):
-    """An unexpected Integration API answer. The text names method, route and status only."""
-
-    def __init__(self, method: str, path: str, status: int, message: str = "") -> None:
-        self.method, self.path, self.status = method, path, status
-        super().__init__(f"Anaplan {method} {path} -> HTTP {status}" + (f": {message}" if message else ""))
-        self.retryable = status in _RETRY_STATUSES or status >= 500
-
-
-class AnaplanRetryLater(AnaplanError):
-    """Transient: budget exhausted, file busy, retries used up. Retry the batch later.
-
-    ``retry_after`` is the wait Anaplan asked for (``Retry-After``), when it said. ``busy``: the
-    model was busy (409) or locked (423), the tenant throttling (429) or the request budget spent —
-    worth waiting for without counting it as a failed attempt."""
-
-    retryable = True
-
-    def __init__(self, message: str, retry_after: float | None = None, *, busy: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.busy = busy
-
-
-# =============================================================================================
-# Endpoints and authentication
-# =============================================================================================
-
-@dataclass(frozen=True)
-class AnaplanEndpoints:
-    """Base URLs of the three Anaplan roles (region-specific; all point at the simulator in tests)."""
-
-    api: str = "https://api.anaplan.com/2/0"
-    auth: str = "https://auth.anaplan.com"
-    oauth: str = "https://us1a.app.anaplan.com"
-
-    @classmethod
-    def single_host(cls, base_url: str) -> AnaplanEndpoints:
-        """All roles on one host, routed by path prefix (the simulator)."""
-        base = base_url.rstrip("/")
-        return cls(api=f"{base}/2/0", auth=base, oauth=base)
-
-
-@dataclass
-class _Token:
-    value: str = field(repr=False)
-    expires_at: float  # epoch seconds
-    renewable: bool = True  # auth-service tokens can be extended via /token/refresh
-    expires_in: float | None = None  # relative lifetime (OAuth); the keeper turns it into expires_at
-
-
-# ``send(method, url, **httpx kwargs)`` — the client's metered transport, handed to auth strategies.
-_Send = Callable[..., httpx.Response]
-
-
-class AnaplanAuth(Protocol):
-    """How to obtain a token and how to extend it. Implementations keep their secrets private."""
-
-    def obtain(self, send: _Send, endpoints: AnaplanEndpoints) -> _Token: ...
-
-    def renew(self, send: _Send, endpoints: AnaplanEndpoints, current: _Token) -> _Token: ...
-
-
-def _parse_auth_service(resp: httpx.Response, what: str) -> _Token:
-    if resp.status_code in (400, 401, 403):
-        status = _safe_json(resp).get("status", "")
-        raise AnaplanAuthError(f"Anaplan {what} rejected (HTTP {resp.status_code} {status})".strip())
-    if not resp.is_success:
-        raise AnaplanHTTPError("POST", f"/token/{what}", resp.status_code)
-    info = _safe_json(resp).get("tokenInfo") or {}
-    if not info.get("tokenValue"):
-        raise AnaplanHTTPError("POST", f"/token/{what}", resp.status_code, "no tokenInfo in answer")
-    return _Token(value=info["tokenValue"], expires_at=float(info.get("expiresAt", 0)) / 1000.0)
-
-
-class _AuthServiceAuth:
-    """Shared by Basic and certificate auth: both extend their token via ``/token/refresh``."""
-
-    def obtain(self, send: _Send, endpoints: AnaplanEndpoints) -> _Token:
-        raise NotImplementedError
-
-    def renew(self, send: _Send, endpoints: AnaplanEndpoints, current: _Token) -> _Token:
-        resp = send("POST", f"{endpoints.auth}/token/refresh",
-                    headers={"Authorization": f"AnaplanAuthToken {current.value}"})
-        if resp.status_code == 401:  # already dead: log in again
-            return self.obtain(send, endpoints)
-        return _parse_auth_service(resp, "refresh")
-
-
-class BasicAuth(_AuthServiceAuth):
-    """User name + password (the user must be an SSO Exception User)."""
-
-    def __init__(self, username: str, password: SecretStr | str) -> None:
-        self.username = username
-        self._password = password if isinstance(password, SecretStr) else SecretStr(password)
-
-    def obtain(self, send: _Send, endpoints: AnaplanEndpoints) -> _Token:
-        raw = f"{self.username}:{self._password.get_secret_value()}".encode()
-        resp = send("POST", f"{endpoints.auth}/token/authenticate",
-                    headers={"Authorization": "Basic " + base64.b64encode(raw).decode()})
-        return _parse_auth_service(resp, "authenticate")
-
-    def __repr__(self) -> str:
-        return f"BasicAuth(username={self.username!r}, password=**********)"
-
-
-class CertificateAuth(_AuthServiceAuth):
-    """CA-certificate auth (§2.4): certificate PEM in the header, a fresh signed nonce in the body."""
-
-    NONCE_BYTES = 150
-
-    def __init__(self, certificate_pem: bytes | str, private_key_pem: bytes | str | SecretStr,
-                 private_key_password: SecretStr | str | None = None) -> None:
-        self._cert_pem = certificate_pem.encode() if isinstance(certificate_pem, str) else certificate_pem
-        key_pem = (private_key_pem.get_secret_value() if isinstance(private_key_pem, SecretStr)
-                   else private_key_pem)
-        key_pem_b = key_pem.encode() if isinstance(key_pem, str) else key_pem
-        password = (private_key_password.get_secret_value()
-                    if isinstance(private_key_password, SecretStr) else private_key_password)
-        try:
-            key = serialization.load_pem_private_key(key_pem_b, password.encode() if password else None)
-        except (ValueError, TypeError):
-            raise AnaplanConfigError("Anaplan certificate auth: private key cannot be loaded "
-                                     "(wrong format or password)") from None
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise AnaplanConfigError("Anaplan certificate auth needs an RSA private key")
-        self._key = key
-
-    def obtain(self, send: _Send, endpoints: AnaplanEndpoints) -> _Token:
-        nonce = os.urandom(self.NONCE_BYTES)  # fresh per request; the service refuses replays
-        signature = self._key.sign(nonce, padding.PKCS1v15(), hashes.SHA512())
-        resp = send("POST", f"{endpoints.auth}/token/authenticate",
-                    headers={"Authorization": "CACertificate " + base64.b64encode(self._cert_pem).decode()},
-                    json={"encodedData": base64.b64encode(nonce).decode(),
-                          "encodedSignedData": base64.b64encode(signature).decode()})
-        return _parse_auth_service(resp, "authenticate")
-
-    def __repr__(self) -> str:
-        return "CertificateAuth(private_key=**********)"
-
-
-class OAuth2RefreshTokenAuth:
-    """OAuth 2.0 via a refresh token obtained once by an operator (authorization-code or device
-    grant). With rotatable refresh tokens every refresh returns a new one and burns the old, so the
-    newest is handed to ``on_refresh_token`` for the store to persist — otherwise a restart would
-    start from a dead token."""
-
-    def __init__(self, client_id: str, refresh_token: SecretStr | str, *,
-                 client_secret: SecretStr | str | None = None,
-                 on_refresh_token: Callable[[str], None] | None = None) -> None:
-        self.client_id = client_id
-        self._refresh = refresh_token if isinstance(refresh_token, SecretStr) else SecretStr(refresh_token)
-        self._secret = (client_secret if isinstance(client_secret, SecretStr) or client_secret is None
-                        else SecretStr(client_secret))
-        self._on_refresh_token = on_refresh_token
-
-    def obtain(self, send: _Send, endpoints: AnaplanEndpoints) -> _Token:
-        body = {"grant_type": "refresh_token", "client_id": self.client_id,
-                "refresh_token": self._refresh.get_secret_value()}
-        if self._secret is not None:
-            body["client_secret"] = self._secret.get_secret_value()
-        resp = send("POST", f"{endpoints.oauth}/oauth/token", json=body)
-        data = _safe_json(resp)
-        if resp.status_code in (400, 401):
-            raise AnaplanAuthError(
-                f"Anaplan OAuth refresh rejected (HTTP {resp.status_code} {data.get('error', '')}); "
-                "the OAuth client must be re-authorised")
-        if not resp.is_success or not data.get("access_token"):
-            raise AnaplanHTTPError("POST", "/oauth/token", resp.status_code)
-        new_refresh = data.get("refresh_token")
-        if new_refresh and new_refresh != self._refresh.get_secret_value():
-            self._refresh = SecretStr(new_refresh)  # adopt first: the old one is already spent
-            if self._on_refresh_token is not None:
-                try:
-                    self._on_refresh_token(new_refresh)
-                except Exception as exc:  # keep working; the next rotation persists again
-                    log.error("anaplan.refresh_token_persist_failed", error_type=type(exc).__name__)
-        return _Token(value=data["access_token"], expires_at=0.0, renewable=False,
-                      expires_in=float(data.get("expires_in", 2100)))
-
-    def renew(self, send: _Send, endpoints: AnaplanEndpoints, current: _Token) -> _Token:
-        return self.obtain(send, endpoints)
-
-    def __repr__(self) -> str:
-        return f"OAuth2RefreshTokenAuth(client_id={self.client_id!r}, refresh_token=**********)"
-
-
-class _TokenKeeper:
-    """One token per process, reused until near expiry (Anaplan warns against token-per-call).
-
-    Refreshes ``refresh_margin_s`` before expiry; a 401 invalidates it and the next caller logs in
-    again. Single-flight: concurrent callers wait for one refresh instead of each starting one."""
-
-    def __init__(self, auth: AnaplanAuth, endpoints: AnaplanEndpoints, refresh_margin_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._auth = auth
-        self._endpoints = endpoints
-        self._margin = refresh_margin_s
-        self._clock = clock
-        self._token: _Token | None = None
-        self._lock = threading.Lock()
-
-    def _adopt(self, tok: _Token) -> _Token:
-        if tok.expires_in is not None:
-            tok.expires_at, tok.expires_in = self._clock() + tok.expires_in, None
-        self._token = tok
-        return tok
-
-    def get(self, send: _Send) -> str:
-        with self._lock:
-            now = self._clock()
-            tok = self._token
-            # A token this close to expiry may die in flight: treat it as gone, not renewable.
-            if tok is None or now >= tok.expires_at - min(5.0, self._margin / 4):
-                tok = self._adopt(self._auth.obtain(send, self._endpoints))
-                log.info("anaplan.token_obtained", auth=type(self._auth).__name__)
-            elif now >= tok.expires_at - self._margin:
-                tok = self._adopt(self._auth.renew(send, self._endpoints, tok))
-                log.info("anaplan.token_renewed", auth=type(self._auth).__name__)
-            return tok.value
-
-    def invalidate(self, stale: str) -> None:
-        with self._lock:
-            if self._token is not None and self._token.value == stale:
-                self._token = None
-
-    def logout(self, send: _Send) -> None:
-        with self._lock:
-            tok, self._token = self._token, None
-        if tok is not None and tok.renewable and tok.expires_at > self._clock():
-            send("POST", f"{self._endpoints.auth}/token/logout",
-                 headers={"Authorization": f"AnaplanAuthToken {tok.value}"})
-
-
-# =============================================================================================
-# Shared-resource interfaces: request budget and file lock
-# =============================================================================================
 
 class RequestBudget(Protocol):
     """Tenant-wide request allowance. ``acquire`` blocks up to ``max_wait`` seconds for ``n``
@@ -378,352 +145,7 @@ class InMemoryFileLock:
             lock.release()
 
 
-# =============================================================================================
-# Configuration
-# =============================================================================================
 
-class Const(BaseModel):
-    """A fixed column value, e.g. ``{"const": "EDI"}``."""
-
-    model_config = ConfigDict(frozen=True)
-    const: str
-
-
-ColumnSource = Union[str, Const]
-_PATH_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\])?\Z")
-
-
-def _parse_path(path: str) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-    """``"lines[].quantity"`` -> (("quantity",), ("lines",)); ``"po_number"`` -> (("po_number",), None).
-
-    Returns (path within the row source, array prefix or None)."""
-    segments = path.split(".")
-    array_at = None
-    for i, seg in enumerate(segments):
-        if not _PATH_SEGMENT.match(seg):
-            raise ValueError(f"bad field path {path!r} (segment {seg!r})")
-        if seg.endswith("[]"):
-            if array_at is not None:
-                raise ValueError(f"field path {path!r} iterates more than one array")
-            array_at = i
-    if array_at is None:
-        return tuple(segments), None
-    prefix = tuple(s.removesuffix("[]") for s in segments[:array_at + 1])
-    return tuple(segments[array_at + 1:]), prefix
-
-
-class AnaplanImportConfig(BaseModel):
-    """Where a batch goes in Anaplan and how documents become CSV rows.
-
-    ``columns`` maps each of the import's header names to a canonical-document field path
-    (``"po_number"``, ``"parties.supplier.name"``, ``"lines[].quantity"``) or a :class:`Const`.
-    Paths through ``lines[]`` (or another single array) yield one row per element; otherwise one
-    row per document. The CSV column order is the import's ``headerNames``, not this mapping's.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    workspace_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    model_id: str = Field(pattern=r"^[0-9A-F]{32}$")
-    import_id: str = Field(pattern=r"^112\d{9}$")
-    # Only 113… ids: Anaplan silently creates a new private file for an unknown id (§5.2).
-    file_id: str = Field(pattern=r"^113\d{9}$")
-    columns: dict[str, ColumnSource]
-    # Raw bytes per chunk. Anaplan documents 1–50 MB; smaller values are for tests only.
-    chunk_size: int = Field(default=10_000_000, ge=1, le=50_000_000)
-    gzip_chunks: bool = True
-    locale_name: str = "en_US"
-    poll_interval_s: float = Field(default=5.0, gt=0)  # Anaplan: ≥ 5 s in production
-    poll_max_interval_s: float = Field(default=60.0, gt=0)
-    task_timeout_s: float = Field(default=3600.0, gt=0)
-
-    @field_validator("columns")
-    @classmethod
-    def _check_columns(cls, columns: dict[str, ColumnSource]) -> dict[str, ColumnSource]:
-        if not columns:
-            raise ValueError("at least one column must be mapped")
-        arrays = set()
-        for header, source in columns.items():
-            if isinstance(source, str):
-                _, prefix = _parse_path(source)
-                if prefix is not None:
-                    arrays.add(prefix)
-        if len(arrays) > 1:
-            raise ValueError("columns iterate different arrays: "
-                             + ", ".join(".".join(a) + "[]" for a in sorted(arrays)))
-        return columns
-
-    @model_validator(mode="after")
-    def _check_poll(self) -> AnaplanImportConfig:
-        if self.poll_max_interval_s < self.poll_interval_s:
-            raise ValueError("poll_max_interval_s must be >= poll_interval_s")
-        return self
-
-    @property
-    def file_key(self) -> str:
-        return f"{self.workspace_id}/{self.model_id}/{self.file_id}"
-
-
-@dataclass(frozen=True)
-class CsvFormat:
-    """The import source's text format (from the import metadata, §9)."""
-
-    separator: str = ","
-    delimiter: str = '"'
-    encoding: str = "UTF-8"
-    header_row: int = 1
-    first_data_row: int = 2
-
-
-@dataclass(frozen=True)
-class ImportMetadata:
-    header_names: tuple[str, ...]
-    format: CsvFormat
-    data_source_id: str | None
-    name: str = ""
-
-
-# =============================================================================================
-# CSV building
-# =============================================================================================
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?\Z")
-
-
-def neutralise_cell(value: str) -> str:
-    """Defuse spreadsheet formulas (OWASP CSV injection): a cell starting with ``= + - @`` tab or
-    CR gets a leading ``'``. Plain signed numbers (``-12.50``) are left alone because they are data
-    (credit quantities, negative amounts) and a quote would make Anaplan reject them as numbers.
-    Embedded CR/LF become spaces so one CSV record is one line and dump ``_Line_`` numbers map back."""
-    if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(value):
-        value = "'" + value
-    if "\r" in value or "\n" in value:
-        value = value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
-    return value
-
-
-@dataclass
-class RowMap:
-    """Which document each CSV data row came from. ``rows[i]`` is the document id of data row
-    ``i`` (0-based; file line ``first_data_row + i``). ``rejected`` holds documents that produced
-    no row, with the reason. ``cells[i]`` are the row's cell values as written."""
-
-    rows: list[DocumentId] = field(default_factory=list)
-    cells: list[list[str]] = field(default_factory=list)
-    rejected: dict[DocumentId, str] = field(default_factory=dict)
-    first_data_row: int = 2
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> DocumentId:
-        return self.rows[i]
-
-    def document_for_line(self, line: int) -> DocumentId | None:
-        i = line - self.first_data_row
-        return self.rows[i] if 0 <= i < len(self.rows) else None
-
-
-def _resolve(obj: Any, path: Sequence[str]) -> Any:
-    for seg in path:
-        if obj is None:
-            return None
-        if isinstance(obj, Mapping):
-            obj = obj.get(seg)
-        else:
-            obj = getattr(obj, seg, None)
-    return obj
-
-
-def _format_value(value: Any, header: str, source: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, (Decimal, float)):
-        return format(Decimal(str(value)), "f")  # never exponent notation
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    raise AnaplanConfigError(f"column {header!r}: {source!r} is a {type(value).__name__}, not a value")
-
-
-def _canonical(document: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Documents are ``{"id": …, **canonical}`` or ``{"id": …, "document": canonical}``."""
-    inner = document.get("document")
-    return inner if isinstance(inner, Mapping) else document
-
-
-def _check_headers(config: AnaplanImportConfig, header_names: Sequence[str]) -> None:
-    mapped, expected = list(config.columns), list(header_names)
-    if len(set(expected)) != len(expected):
-        raise AnaplanConfigError(f"import {config.import_id} has duplicate header names: {expected}")
-    missing = [h for h in expected if h not in config.columns]
-    unknown = [h for h in mapped if h not in expected]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append("not mapped: " + ", ".join(repr(h) for h in missing))
-        if unknown:
-            parts.append("not in the import's headerNames: " + ", ".join(repr(h) for h in unknown))
-        raise AnaplanConfigError(f"column mapping does not match import {config.import_id} "
-                                 f"({'; '.join(parts)}); expected headers {expected}")
-
-
-def _build_rows(documents: Sequence[Mapping[str, Any]], config: AnaplanImportConfig,
-                header_names: Sequence[str], fmt: CsvFormat) -> RowMap:
-    _check_headers(config, header_names)
-    plan: list[tuple[str, Const | tuple[tuple[str, ...], tuple[str, ...] | None], str]] = []
-    array_prefix: tuple[str, ...] | None = None
-    for header in header_names:
-        source = config.columns[header]
-        if isinstance(source, Const):
-            plan.append((header, source, "const"))
-        else:
-            rel, prefix = _parse_path(source)
-            array_prefix = array_prefix or prefix
-            plan.append((header, (rel, prefix), source))
-    row_map = RowMap(first_data_row=fmt.first_data_row)
-    seen: set[DocumentId] = set()
-    for document in documents:
-        if "id" not in document:
-            raise ValueError("every document needs an 'id'")
-        doc_id = document["id"]
-        if doc_id in seen:
-            raise ValueError(f"document id {doc_id!r} appears twice in the batch")
-        seen.add(doc_id)
-        canonical = _canonical(document)
-        if array_prefix is not None:
-            elements = _resolve(canonical, array_prefix)
-            if not isinstance(elements, Sequence) or isinstance(elements, str) or not elements:
-                row_map.rejected[doc_id] = f"document has no {'.'.join(array_prefix)} to import"
-                continue
-        else:
-            elements = [None]
-        doc_rows = []
-        for element in elements:
-            cells = []
-            for header, source, text in plan:
-                if isinstance(source, Const):
-                    raw: Any = source.const
-                else:
-                    rel, prefix = source
-                    raw = _resolve(element, rel) if prefix is not None else _resolve(canonical, rel)
-                cells.append(neutralise_cell(_format_value(raw, header, text)))
-            doc_rows.append(cells)
-        problem = _row_problem(doc_rows, fmt)
-        if problem:
-            row_map.rejected[doc_id] = problem
-            continue
-        for cells in doc_rows:
-            row_map.rows.append(doc_id)
-            row_map.cells.append(cells)
-    return row_map
-
-
-def _row_problem(rows: list[list[str]], fmt: CsvFormat) -> str | None:
-    """A document whose text cannot be written faithfully is rejected, not silently mangled."""
-    for cells in rows:
-        for cell in cells:
-            try:
-                cell.encode(fmt.encoding)
-            except UnicodeEncodeError:
-                return f"value {cell!r} cannot be encoded as {fmt.encoding}"
-            if not fmt.delimiter and fmt.separator and fmt.separator in cell:
-                return f"value {cell!r} contains the separator and the file has no text delimiter"
-    return None
-
-
-def _writer(buf: io.StringIO, fmt: CsvFormat) -> Any:
-    if fmt.delimiter:
-        return csv.writer(buf, delimiter=fmt.separator or ",", quotechar=fmt.delimiter,
-                          quoting=csv.QUOTE_ALL, doublequote=True, lineterminator="\r\n")
-    return csv.writer(buf, delimiter=fmt.separator or ",", quoting=csv.QUOTE_NONE,
-                      quotechar=None, escapechar=None, lineterminator="\r\n")
-
-
-def _serialise(header_names: Sequence[str], row_map: RowMap, fmt: CsvFormat) -> bytes:
-    buf = io.StringIO()
-    writer = _writer(buf, fmt)
-    line = 1
-    if fmt.header_row >= 1:
-        buf.write("\r\n" * (fmt.header_row - 1))
-        writer.writerow(list(header_names))
-        line = fmt.header_row + 1
-    buf.write("\r\n" * max(0, fmt.first_data_row - line))
-    writer.writerows(row_map.cells)
-    return buf.getvalue().encode(fmt.encoding)
-
-
-def build_csv(documents: Sequence[Mapping[str, Any]], config: AnaplanImportConfig,
-              header_names: Sequence[str], fmt: CsvFormat | None = None) -> tuple[bytes, RowMap]:
-    """One CSV for the batch: columns exactly ``header_names`` in order, one row per document line
-    (or per document when no line field is mapped), cells neutralised. Raises
-    :class:`AnaplanConfigError` when the mapping does not cover exactly ``header_names``."""
-    fmt = fmt or CsvFormat()
-    row_map = _build_rows(documents, config, header_names, fmt)
-    return _serialise(header_names, row_map, fmt), row_map
-
-
-# =============================================================================================
-# Batch and outcome
-# =============================================================================================
-
-class AnaplanBatch(BaseModel):
-    """What the pipeline hands over: documents (``{"id": …, **canonical}``) bound for one import."""
-
-    batch_id: str
-    config: AnaplanImportConfig
-    documents: list[dict[str, Any]]
-
-
-class DocumentResult(BaseModel):
-    document_id: Any
-    ok: bool
-    reason: str | None = None
-    rows: list[int] = Field(default_factory=list)  # 1-based CSV data rows of this document
-
-
-class ImportCounts(BaseModel):
-    total: int = 0
-    successful: int = 0
-    created: int = 0
-    updated: int = 0
-    failed: int = 0
-    ignored: int = 0
-    details: list[dict[str, Any]] = Field(default_factory=list)  # raw result details
-
-
-class ImportOutcome(BaseModel):
-    """``status``: ``succeeded`` (all documents in), ``partial`` (some rows rejected), ``failed``
-    (nothing usable; needs a person), ``retry`` (transient; run the batch again later)."""
-
-    batch_id: str
-    status: Literal["succeeded", "partial", "failed", "retry"]
-    documents: list[DocumentResult]
-    task_id: str | None = None
-    counts: ImportCounts | None = None
-    reason: str | None = None
-    retryable: bool = False
-    requests_used: int = 0
-    failure_dump: bytes | None = Field(default=None, repr=False)
-
-    def result_for(self, document_id: Any) -> DocumentResult:
-        for result in self.documents:
-            if result.document_id == document_id:
-                return result
-        raise KeyError(document_id)
-
-
-# =============================================================================================
-# HTTP client
-# =============================================================================================
-
-_RETRY_STATUSES = frozenset({409, 423, 429})  # busy, locked, rate-limited: try again later
 _RETRY_5XX = frozenset({500, 502, 503, 504})
 
 
@@ -753,12 +175,6 @@ class RequestCounter:
         self.requests = 0
 
 
-def _safe_json(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        data = resp.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _api_message(resp: httpx.Response) -> str:
@@ -981,9 +397,6 @@ class AnaplanClient:
         return b"".join(parts)
 
 
-# =============================================================================================
-# The destination: one batch at a time per file
-# =============================================================================================
 
 _RETRYABLE_TASK_FAILURES = frozenset({"uploadedFileNoLongerAvailable", "internalError"})
 _HEADER_TASK_FAILURES = frozenset({"missingFields"})
@@ -1305,95 +718,14 @@ class AnaplanImports:
         return None
 
 
-# =============================================================================================
-# Settings (the ``[anaplan]`` table of the gateway's configuration)
-# =============================================================================================
-
-class AnaplanBatching(BaseModel):
-    """When documents ready for Anaplan go: a batch is sent when it holds ``max_documents`` or its
-    oldest document has waited ``max_age_seconds`` (≤ 0.01 requests per document needs big batches)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_documents: int = Field(2000, ge=1)
-    max_age_seconds: float = Field(30.0, ge=0)
-    min_age_seconds: float = Field(1.0, ge=0, description=(
-        "a batch this old goes early when no document of its kind is on its way (matching, posting)"))
-    send_timeout_seconds: float = Field(300.0, gt=0, description=(
-        "no longer used: a batch whose sender died is sent again when the worker's lease expires"))
-    retry_seconds: float = Field(30.0, gt=0, description="wait after a transient fault when Anaplan gave no Retry-After")
-
-
-class AnaplanSettings(BaseModel):
-    """Anaplan tenant, credentials, the imports documents go to, batching and request budget.
-
-    ``url`` points all three roles (API, auth, OAuth) at one host (the simulator); otherwise the
-    regional ``api_url`` / ``auth_url`` / ``oauth_url``. ``imports`` is keyed by document kind
-    (``purchase_order``, ``invoice``); a kind without an import is not sent to Anaplan."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str | None = None
-    api_url: str = "https://api.anaplan.com/2/0"
-    auth_url: str = "https://auth.anaplan.com"
-    oauth_url: str = "https://us1a.app.anaplan.com"
-    auth: Literal["basic", "certificate", "oauth"] = "basic"
-    username: str | None = None
-    password: SecretStr | None = None
-    certificate_file: str | None = None
-    private_key: SecretStr | None = None  # PEM text (use a secret: reference)
-    private_key_password: SecretStr | None = None
-    oauth_client_id: str | None = None
-    oauth_client_secret: SecretStr | None = None
-    refresh_token: SecretStr | None = None
-    refresh_token_secret: str | None = Field(
-        None, description="vault secret that keeps the newest rotatable refresh token across restarts")
-    imports: dict[Literal["purchase_order", "invoice"], AnaplanImportConfig] = Field(default_factory=dict)
-    batch: AnaplanBatching = Field(default_factory=AnaplanBatching)
-    requests_per_minute: int = Field(500, ge=1, description="the tenant allows 600/min for everyone")
-    timeout_seconds: float = Field(120.0, gt=0)
-    retry_attempts: int = Field(3, ge=1, description="in-call tries of a 429/409/423/5xx before the batch waits")
-    retry_max_seconds: float = Field(10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _credentials(self) -> AnaplanSettings:
-        if self.auth == "basic" and not (self.username and self.password):
-            raise ValueError("basic auth needs username and password")
-        if self.auth == "certificate" and not (self.certificate_file and self.private_key):
-            raise ValueError("certificate auth needs certificate_file and private_key")
-        if self.auth == "oauth" and not (self.oauth_client_id and self.refresh_token):
-            raise ValueError("oauth needs oauth_client_id and refresh_token")
-        return self
-
-    def endpoints(self) -> AnaplanEndpoints:
-        if self.url:
-            return AnaplanEndpoints.single_host(self.url)
-        return AnaplanEndpoints(api=self.api_url.rstrip("/"), auth=self.auth_url.rstrip("/"),
-                                oauth=self.oauth_url.rstrip("/"))
-
-    def make_auth(self, *, on_refresh_token: Callable[[str], None] | None = None,
-                  refresh_token: str | None = None) -> AnaplanAuth:
-        if self.auth == "basic":
-            assert self.username and self.password
-            return BasicAuth(self.username, self.password)
-        if self.auth == "certificate":
-            assert self.certificate_file and self.private_key
-            with open(self.certificate_file, "rb") as fh:
-                cert = fh.read()
-            return CertificateAuth(cert, self.private_key, self.private_key_password)
-        assert self.oauth_client_id and self.refresh_token
-        return OAuth2RefreshTokenAuth(self.oauth_client_id, refresh_token or self.refresh_token,
-                                      client_secret=self.oauth_client_secret,
-                                      on_refresh_token=on_refresh_token)
-
-    def make_imports(self, *, budget: RequestBudget | None = None,
-                     on_refresh_token: Callable[[str], None] | None = None,
-                     refresh_token: str | None = None) -> AnaplanImports:
-        """An import runner whose client keeps one token and waits for no more than a few seconds in a
-        call: longer waits (429, model busy or locked) go back to the worker as a wait."""
-        retry = RetryPolicy(attempts=self.retry_attempts, initial_s=min(1.0, self.retry_max_seconds),
-                            multiplier=2.0, max_s=self.retry_max_seconds, jitter_s=0.25)
-        client = AnaplanClient(self.make_auth(on_refresh_token=on_refresh_token, refresh_token=refresh_token),
-                               endpoints=self.endpoints(), budget=budget, budget_max_wait_s=10.0,
-                               retry=retry, timeout_s=self.timeout_seconds)
-        return AnaplanImports(client)
+def make_imports(self: AnaplanSettings, *, budget: RequestBudget | None = None,
+                 on_refresh_token: Callable[[str], None] | None = None,
+                 refresh_token: str | None = None) -> AnaplanImports:
+    """An import runner whose client keeps one token and waits for no more than a few seconds in a
+    call: longer waits (429, model busy or locked) go back to the worker as a wait."""
+    retry = RetryPolicy(attempts=self.retry_attempts, initial_s=min(1.0, self.retry_max_seconds),
+                        multiplier=2.0, max_s=self.retry_max_seconds, jitter_s=0.25)
+    client = AnaplanClient(make_auth(self, on_refresh_token=on_refresh_token, refresh_token=refresh_token),
+                           endpoints=self.endpoints(), budget=budget, budget_max_wait_s=10.0,
+                           retry=retry, timeout_s=self.timeout_seconds)
+    return AnaplanImports(client)

@@ -36,8 +36,15 @@ from gateway.integrations.anaplan.client import (
     AnaplanRetryLater,
     AnaplanSettings,
     RequestCounter,
+    make_imports,
 )
-from gateway.integrations.base import BatchItem, BatchOutcome, Check, DeliveryItem, Outcome
+from gateway.integrations.base import (
+    BatchItem,
+    BatchOutcome,
+    Check,
+    DeliveryItem,
+    Outcome,
+)
 
 __all__ = ["AnaplanDestination"]
 
@@ -96,7 +103,7 @@ class AnaplanDestination:
 
             def on_refresh(token: str) -> None:
                 vault.set(name, token)
-        return cls(cfg, cfg.make_imports(budget=budget, on_refresh_token=on_refresh, refresh_token=refresh_token))
+        return cls(cfg, make_imports(cfg, budget=budget, on_refresh_token=on_refresh, refresh_token=refresh_token))
 
     # ------------------------------------------------------------------ batching
     def batch_key(self, item: DeliveryItem) -> str | None:
