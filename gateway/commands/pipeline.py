@@ -37,6 +37,13 @@ def register(app: typer.Typer) -> None:
     interchanges_app = typer.Typer(help="Interchanges as received: force a duplicate through, retry a failed one.",
                                    no_args_is_help=True)
     app.add_typer(interchanges_app, name="interchanges")
+    _register_reprocess(app)
+    _register_interchanges(interchanges_app)
+    _register_services(app)
+
+
+def _register_reprocess(app: typer.Typer) -> None:
+    """``gateway reprocess``."""
 
     @app.command()
     def reprocess(
@@ -124,6 +131,10 @@ def register(app: typer.Typer) -> None:
 
         guard(body)
 
+
+def _register_interchanges(interchanges_app: typer.Typer) -> None:
+    """``gateway interchanges force|retry``."""
+
     @interchanges_app.command("force")
     def interchanges_force(
         interchange_id: Annotated[int, typer.Argument(metavar="ID", help="Interchange id.")],
@@ -143,6 +154,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Split a failed interchange again (one that produced no documents)."""
         _interchange_action("retry", interchange_id, reason, actor, config)
+
+
+def _register_services(app: typer.Typer) -> None:
+    """``gateway run|worker|poll|web``."""
 
     @app.command()
     def run(
@@ -182,6 +197,7 @@ def register(app: typer.Typer) -> None:
     def web_cmd(config: ConfigOption = None) -> None:
         """Run the panel's web server only."""
         guard(lambda: serve(config, poll=False, workers=0, web=True, what="web"))
+
 
 
 def _interchange_action(action: str, interchange_id: int, reason: str | None, actor: str | None,

@@ -38,6 +38,12 @@ def register(app: typer.Typer) -> None:
     tokens_app = typer.Typer(help="Tokens for the panel's JSON API.", no_args_is_help=True)
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
+    _register_users(users_app)
+    _register_tokens(tokens_app)
+
+
+def _register_users(users_app: typer.Typer) -> None:
+    """``gateway users ...``: add, list, disable, enable, password."""
 
     @users_app.command("add")
     def users_add(
@@ -142,6 +148,10 @@ def register(app: typer.Typer) -> None:
 
         guard(body)
 
+
+def _register_tokens(tokens_app: typer.Typer) -> None:
+    """``gateway tokens ...``: create, list, revoke."""
+
     @tokens_app.command("create")
     def tokens_create(
         user: Annotated[str, typer.Argument(help="The user the token acts as (their role applies).")],
@@ -210,3 +220,4 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"token {token_id} revoked")
 
         guard(body)
+
