@@ -23,7 +23,7 @@ from gateway.integrations import DESTINATIONS, source_classes
 from gateway.integrations.anaplan.settings import AnaplanSettings
 from gateway.integrations.base import Source
 from gateway.integrations.local.settings import LocalSettings
-from gateway.integrations.plex.settings import PlexConfig
+from gateway.integrations.plex.client import PlexConfig
 from gateway.integrations.sftp.settings import SftpSettings
 from gateway.integrations.sterling.settings import SterlingSettings
 from gateway.integrations.syspro.settings import SysproSettings

@@ -16,9 +16,9 @@ from gateway.integrations.anaplan.client import (
     AnaplanImportConfig,
     AnaplanSettings,
     RequestCounter,
-    _check_headers,
     _safe_json,
 )
+from gateway.integrations.anaplan.rows import _check_headers
 from gateway.integrations.base import Check
 
 __all__ = ["check_anaplan"]
