@@ -129,12 +129,12 @@ def _syspro_checks(site) -> list[Check]:
 
 def _with_plex(runtime, fn):
     from gateway.budget import StoreRateBudgetBackend
-    from gateway.delivery import Delivery
     from gateway.integrations.plex.client import PlexClient
+    from gateway.integrations.plex.context import key_provider
 
     # The running gateway's request budget (shared through the store) and its key re-reading after a 401.
     client = PlexClient(runtime.settings.plex, budget_backend=StoreRateBudgetBackend(runtime.engine),
-                        key_provider=Delivery._key_provider(runtime))
+                        key_provider=key_provider(runtime))
     try:
         return fn(runtime, client)
     finally:
@@ -194,10 +194,11 @@ def _anaplan_checks(runtime) -> list[Check]:
     import hashlib
 
     from gateway.budget import StoreBudget, StoreRequestBudget
+    from gateway.integrations.anaplan.client import make_imports
 
     tenant = hashlib.sha256(cfg.endpoints().api.encode()).hexdigest()[:12]  # the budget the workers share
     budget = StoreRequestBudget(StoreBudget(runtime.engine, f"anaplan:{tenant}", cfg.requests_per_minute, block=1))
-    destination = cfg.make_destination(budget=budget, on_refresh_token=keep, refresh_token=refresh_token)
+    destination = make_imports(cfg, budget=budget, on_refresh_token=keep, refresh_token=refresh_token)
     try:
         return check_anaplan(destination.client, cfg)
     finally:

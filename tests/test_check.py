@@ -9,11 +9,14 @@ import pytest
 
 from gateway.check import status_of
 from gateway.integrations.anaplan.check import check_anaplan
-from gateway.integrations.anaplan.client import AnaplanSettings
+from gateway.integrations.anaplan.client import AnaplanSettings, make_imports
 from gateway.integrations.anaplan.simulator.app import INVOICES_FILE_ID
 from gateway.integrations.plex.check import PlexUses, check_plex, probe_duplicates
 from gateway.integrations.plex.client import PlexClient, PlexConfig
-from gateway.integrations.plex.simulator.app import SIM_SOAP_PASSWORD, SIM_SOAP_READONLY_USER
+from gateway.integrations.plex.simulator.app import (
+    SIM_SOAP_PASSWORD,
+    SIM_SOAP_READONLY_USER,
+)
 from gateway.sandbox.environment import start_sandbox
 from tests.alert_receivers import cli_runner
 from tests.pipeline_fixtures import PARTNERS
@@ -56,7 +59,7 @@ def plex_lines(sb, uses=PlexUses(sales_orders=True, supplier_code="ACME01"), **o
 
 def anaplan_lines(sb, **overrides) -> dict[str, tuple[str, str]]:
     cfg = AnaplanSettings.model_validate(sb.anaplan_settings(**overrides))
-    destination = cfg.make_destination()
+    destination = make_imports(cfg)
     try:
         return {c.name: (status_of(c), c.detail) for c in check_anaplan(destination.client, cfg)}
     finally:

@@ -42,13 +42,14 @@ def make_source(settings: Settings, flow_file: FlowFile) -> RecordSource:
 def anaplan_client(settings: Settings, engine: Engine):
     """An Anaplan client on the tenant's shared request budget (the same 600/min the EDI path uses)."""
     from gateway.budget import StoreBudget, StoreRequestBudget
+    from gateway.integrations.anaplan.client import make_imports
 
     cfg = settings.anaplan
     if cfg is None:
         raise FlowConfigError("record flows need the [anaplan] section (credentials)")
     tenant = hashlib.sha256(cfg.endpoints().api.encode()).hexdigest()[:12]
     budget = StoreRequestBudget(StoreBudget(engine, f"anaplan:{tenant}", cfg.requests_per_minute, block=1))
-    return cfg.make_destination(budget=budget).client
+    return make_imports(cfg, budget=budget).client
 
 
 def make_target(settings: Settings, engine: Engine, flow_file: FlowFile):

@@ -10,7 +10,7 @@ from gateway.budget import StoreRateBudgetBackend
 from gateway.integrations.plex.client import PlexClient
 from gateway.integrations.plex.suppliers import SupplierMaster
 
-__all__ = ["PlexContext", "plex_context"]
+__all__ = ["PlexContext", "key_provider", "plex_context"]
 
 
 @dataclass
@@ -25,7 +25,7 @@ class PlexContext:
             self.client.close()
 
 
-def _key_provider(runtime: Any):
+def key_provider(runtime: Any):
     """After a 401 the client asks once for the key again: a rotated key stored in the vault is taken up."""
     name = runtime.settings.plex.api_key_secret
     if not name:
@@ -46,7 +46,7 @@ def plex_context(runtime: Any) -> PlexContext | None:
     found = runtime.resources.get("plex")
     if found is None or found.closed:
         client = PlexClient(settings, budget_backend=StoreRateBudgetBackend(runtime.engine),
-                            key_provider=_key_provider(runtime))
+                            key_provider=key_provider(runtime))
         master = SupplierMaster(runtime.engine, client, settings.matching, owner=runtime.instance)
         master.on_refreshed = lambda: _check_partner_suppliers(runtime)
         found = runtime.resources["plex"] = PlexContext(client, master)
