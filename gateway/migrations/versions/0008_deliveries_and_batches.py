@@ -218,5 +218,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError("0006 moves Plex and Anaplan columns into deliveries and batches; restore a backup "
+    raise NotImplementedError("0008 moves Plex and Anaplan columns into deliveries and batches; restore a backup "
                               "taken before the upgrade to go back")
