@@ -63,7 +63,7 @@ def test_the_queue_counts_what_needs_a_person_with_the_oldest_age_and_newest_pro
     viewer = _viewer(rt)
     o = viewer.get("/api/overview").json()["queue"]
     assert o["waiting"]["count"] == 1 and o["failed"]["count"] == 2 and o["held"]["count"] == 1
-    assert o["failed"]["by_stage"] == {"translate": 1, "post": 1}
+    assert o["failed"]["by_stage"] == {"translate": 1, "plex": 1}
     assert o["held"]["unreadable"] == 1 and o["held"]["duplicates"] == 0
     oldest = o["failed"]["oldest"]
     assert oldest.startswith((utcnow() - timedelta(days=3)).date().isoformat())
