@@ -242,6 +242,9 @@ SYSPRO_ENTITIES = {  # table -> (its key columns, a name column)
 def test_every_syspro_table_flows_into_anaplan(env: FlowEnv, entity: str):
     from gateway.sandbox.flows import PLEX_FILE_ID, PLEX_IMPORT_ID
 
+    if env.engine.dialect.name == "postgresql":
+        pytest.skip("the store's side is the same for every table: PostgreSQL is covered by the other flow tests")
+
     key, name = SYSPRO_ENTITIES[entity]
     template = "/".join("{" + k + "}" for k in key)
     text = f"""name: syspro-{entity.lower()}
