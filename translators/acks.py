@@ -30,6 +30,8 @@ one to address it to) gets nothing: the builders return ``None``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -145,7 +147,7 @@ class Acknowledgment:
                 return s.status
         return None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "standard": self.standard,
@@ -182,7 +184,7 @@ class _Set:
 
 @dataclass(slots=True)
 class _Group:
-    summary: GroupSummary | None
+    summary: GroupSummary
     sets: list[_Set]
     findings: list[Finding]
     status: AckStatus = AckStatus.ACCEPTED
@@ -293,18 +295,18 @@ def _evaluate(summary: InterchangeSummary) -> _Eval:
             candidates = [s for g in groups if g.summary.info.control_number == f.group_control for s in g.sets] or (
                 loose + [s for g in groups for s in g.sets]
             )
-            target = next((s for s in candidates if s.summary.control_number == f.message_control), None)
-            if target is not None:
-                target.findings.append(f)
-                target.status = _own_status(target.findings)
+            owner = next((s for s in candidates if s.summary.control_number == f.message_control), None)
+            if owner is not None:
+                owner.findings.append(f)
+                owner.status = _own_status(owner.findings)
 
-    for g in groups:
-        if any(f.is_error for f in g.findings):
-            g.status = AckStatus.REJECTED
+    for group in groups:
+        if any(f.is_error for f in group.findings):
+            group.status = AckStatus.REJECTED
         else:
-            g.status = _combine([s.status for s in g.sets])
-            if g.findings and g.status is AckStatus.ACCEPTED:
-                g.status = AckStatus.ACCEPTED_WITH_ERRORS  # a relaxed check: reported, not rejected
+            group.status = _combine([s.status for s in group.sets])
+            if group.findings and group.status is AckStatus.ACCEPTED:
+                group.status = AckStatus.ACCEPTED_WITH_ERRORS  # a relaxed check: reported, not rejected
     return _Eval(_errors_first(inter), _own_status(inter), groups, loose)
 
 
@@ -361,7 +363,11 @@ def _notes(findings: list[Finding]) -> list[_Note]:
 # Shared helpers
 
 
-def _party(value: str | Party | tuple | None) -> Party | None:
+PartyArg = str | Party | tuple[Any, ...] | None
+"""An acknowledgment's sender or receiver as given: an id, an id and qualifier, or a Party."""
+
+
+def _party(value: PartyArg) -> Party | None:
     if value is None:
         return None
     if isinstance(value, Party):
@@ -407,10 +413,10 @@ def _usable(ch: str | None, taken: Iterable[str | None] = ()) -> bool:
     """A character that can delimit: one character, not a letter, digit or space, not taken.
 
     Control characters (DEL, 0x1C-0x1F, EBCDIC NL) are legitimate X12 delimiters."""
-    return bool(ch) and len(ch) == 1 and not ch.isalnum() and ch not in " \t" and ch not in {t for t in taken if t}
+    return ch is not None and len(ch) == 1 and not ch.isalnum() and ch not in " \t" and ch not in {t for t in taken if t}
 
 
-def _x12_env(summary: InterchangeSummary, sender, receiver, line_break: str) -> _X12Env | None:
+def _x12_env(summary: InterchangeSummary, sender: PartyArg, receiver: PartyArg, line_break: str) -> _X12Env | None:
     info = summary.info
     if info.standard != "x12":
         raise ValueError(f"an X12 acknowledgment needs an X12 interchange, not {info.standard!r}")
@@ -505,7 +511,7 @@ def _isa(summary: InterchangeSummary, env: _X12Env, now: datetime, icn: str, isa
         "ISA", "00", " " * 10, "00", " " * 10,
         (env.ours.qualifier or "ZZ").ljust(2), env.ours.id.ljust(15),
         (env.theirs.qualifier or "ZZ").ljust(2), env.theirs.id.ljust(15),
-        now.strftime("%y%m%d"), now.strftime("%H%M"), isa11, isa12, icn, "0",
+        now.strftime("%y%m%d"), now.strftime("%H%M"), isa11 or "U", isa12, icn, "0",
         "T" if summary.info.test else "P", env.component,
     ]  # fmt: skip
 
@@ -540,8 +546,8 @@ def build_ta1(
     *,
     now: datetime,
     interchange_control: str,
-    sender: str | Party | tuple | None = None,
-    receiver: str | Party | tuple | None = None,
+    sender: str | Party | tuple[Any, ...] | None = None,
+    receiver: str | Party | tuple[Any, ...] | None = None,
     line_break: str = "",
 ) -> str | None:
     """A TA1 interchange acknowledgment inside its own ISA/IEA.
@@ -569,8 +575,8 @@ def build_997(
     now: datetime,
     interchange_control: str,
     group_control: str,
-    sender: str | Party | tuple | None = None,
-    receiver: str | Party | tuple | None = None,
+    sender: str | Party | tuple[Any, ...] | None = None,
+    receiver: str | Party | tuple[Any, ...] | None = None,
     include_ta1: bool = False,
     line_break: str = "",
 ) -> str | None:
@@ -590,8 +596,8 @@ def build_999(
     now: datetime,
     interchange_control: str,
     group_control: str,
-    sender: str | Party | tuple | None = None,
-    receiver: str | Party | tuple | None = None,
+    sender: str | Party | tuple[Any, ...] | None = None,
+    receiver: str | Party | tuple[Any, ...] | None = None,
     include_ta1: bool = False,
     line_break: str = "",
 ) -> str | None:
@@ -606,7 +612,9 @@ def build_999(
     return _build_functional(summary, "999", now, interchange_control, group_control, sender, receiver, include_ta1, line_break)
 
 
-def _build_functional(summary, kind, now, interchange_control, group_control, sender, receiver, include_ta1, line_break):
+def _build_functional(summary: InterchangeSummary, kind: str, now: datetime, interchange_control: str | int,
+                      group_control: str | int, sender: PartyArg, receiver: PartyArg, include_ta1: bool,
+                      line_break: str) -> str | None:
     env = _x12_env(summary, sender, receiver, line_break)
     if env is None:
         return None
@@ -668,7 +676,7 @@ def _x12_set_loop(s: _Set, kind: str, env: _X12Env, long_form: bool, base: str) 
         seg_rule = next((f for f in note.segment if _x12(f)), None)
         code = _x12(seg_rule) if seg_rule else ("8" if note.elements else "")
         loop = note.loop_id if note.loop_id and len(note.loop_id) <= 4 else ""
-        out.append([seg_tag, note.tag, str(note.position), _x12_clean(loop, env, 4), code])
+        out.append([seg_tag, note.tag, str(note.position), _x12_clean(loop, env, 4), code or ""])
         if kind == "999":
             out.extend(_ctx(f, env) for f in _business_units(note))
             out.extend(_ctx_trigger(f, env) for f in note.segment if isinstance(f.extra.get("trigger"), dict))
@@ -722,16 +730,16 @@ def _ctx_trigger(f: Finding, env: _X12Env) -> list[str]:
 # EDIFACT CONTRL
 
 
-def _as_list(v) -> list[str]:
+def _as_list(v: object) -> list[str]:
     if v is None:
         return []
-    parts = list(v) if isinstance(v, list) else [v]
+    parts = [str(p) for p in v] if isinstance(v, list) else [str(v)]
     while parts and parts[-1] == "":
         parts.pop()
     return parts
 
 
-def _trim_edifact(seg: list) -> list:
+def _trim_edifact(seg: list[Any]) -> list[Any]:
     out = [seg[0]]
     for el in seg[1:]:
         if isinstance(el, list):
@@ -758,7 +766,8 @@ def _una(d: Delimiters, version: str) -> str:
     return "" if chars == default else "UNA" + "".join(chars)
 
 
-def _message_identifier(s: SetSummary, group_control: str | None, lookup: dict) -> list[str]:
+def _message_identifier(s: SetSummary, group_control: str | None,
+                        lookup: Lookup) -> list[str]:
     """UCM S009: the received UNH's message identifier, as exactly as it can be known."""
     ts = lookup.get((group_control, s.control_number)) or lookup.get((None, s.control_number))
     if ts is not None and ts.segments and ts.segments[0] and ts.segments[0][0] == "UNH" and len(ts.segments[0]) > 2:
@@ -779,7 +788,7 @@ def _message_identifier(s: SetSummary, group_control: str | None, lookup: dict) 
     return out
 
 
-def _service_position(f: Finding) -> list:
+def _service_position(f: Finding) -> list[Any]:
     """0013 service segment tag and S011 data element identification, for a service segment."""
     if f.segment_tag not in _EDIFACT_SERVICE:
         return []
@@ -789,16 +798,19 @@ def _service_position(f: Finding) -> list:
     return [f.segment_tag, s011]
 
 
-def _ucm(s: _Set, group_control: str | None, lookup: dict, rejected_above: bool) -> list[list] | None:
+Lookup = dict[tuple[str | None, str | None], TransactionSet]
+
+
+def _ucm(s: _Set, group_control: str | None, lookup: Lookup, rejected_above: bool) -> list[list[Any]] | None:
     """UCM (+UCS/UCD) for one message; None when nothing is to be said of it."""
     errors = [f for f in s.findings if f.is_error]
     if rejected_above and not errors:
         return None
     action = "4" if (errors or rejected_above) else "7"
-    ucm = ["UCM", s.summary.control_number or "", _message_identifier(s.summary, group_control, lookup), action]
+    ucm: list[Any] = ["UCM", s.summary.control_number or "", _message_identifier(s.summary, group_control, lookup), action]
     level_findings = [f for f in _errors_first(s.findings) if _level(f) is Level.TRANSACTION and _edi(f)]
     notes = _notes(s.findings)
-    out: list[list] = []
+    out: list[list[Any]] = []
     for note in notes:
         seg_rule = next((f for f in note.segment if _edi(f)), None)
         ucds = []
@@ -814,7 +826,7 @@ def _ucm(s: _Set, group_control: str | None, lookup: dict, rejected_above: bool)
         out.extend(ucds)
     if level_findings:
         first = level_findings[0]
-        ucm += [_edi(first), *_service_position(first)]
+        ucm += [_edi(first) or "", *_service_position(first)]
     elif errors and not out:
         code = next((_edi(f) for f in _errors_first(s.findings) if _edi(f)), "18")
         ucm.append(code)
@@ -827,8 +839,8 @@ def build_contrl(
     now: datetime,
     interchange_control: str,
     message_reference: str = "1",
-    sender: str | Party | tuple | None = None,
-    receiver: str | Party | tuple | None = None,
+    sender: str | Party | tuple[Any, ...] | None = None,
+    receiver: str | Party | tuple[Any, ...] | None = None,
     transaction_sets: Iterable[TransactionSet] = (),
     receipt_only: bool = False,
     line_break: str = "",
@@ -867,10 +879,10 @@ def build_contrl(
     contrl_version = ["4", "1"] if version >= "4" else ["D", "3"]
 
     ev = _evaluate(summary)
-    lookup: dict = {}
+    lookup: Lookup = {}
     for ts in transaction_sets:
         lookup[(ts.group.control_number if ts.group else None, ts.control_number)] = ts
-    body: list[list] = [["UNH", message_reference, ["CONTRL", *contrl_version, "UN"]]]
+    body: list[list[Any]] = [["UNH", message_reference, ["CONTRL", *contrl_version, "UN"]]]
     inter_errors = [f for f in ev.findings if f.is_error]
     if inter_errors:
         action = "4"
@@ -898,7 +910,7 @@ def build_contrl(
             if g.findings:
                 first = _errors_first(g.findings)[0]
                 if _edi(first):
-                    ucf += [_edi(first), *_service_position(first)]
+                    ucf += [_edi(first) or "", *_service_position(first)]
             body.append(ucf)
             for s in g.sets:
                 body.extend(_ucm(s, gi.control_number, lookup, rejected) or [])
@@ -923,8 +935,8 @@ def build_acknowledgment(
     interchange_control: str,
     group_control: str | None = None,
     kind: str = "auto",
-    sender: str | Party | tuple | None = None,
-    receiver: str | Party | tuple | None = None,
+    sender: str | Party | tuple[Any, ...] | None = None,
+    receiver: str | Party | tuple[Any, ...] | None = None,
     message_reference: str = "1",
     transaction_sets: Iterable[TransactionSet] = (),
     receipt_only: bool = False,
@@ -937,7 +949,7 @@ def build_acknowledgment(
     has warnings; EDIFACT: CONTRL), or one of ``"997"``, ``"999"``, ``"TA1"``, ``"CONTRL"``.
     ``group_control`` (GS06) defaults to the interchange control number without its zeros.
     """
-    if not _readable(summary):
+    if summary is None or not _readable(summary):
         return None
     info = summary.info
     ev = _evaluate(summary)

@@ -8,13 +8,14 @@ Decimals are JSON strings (``"12.50"``), dates ISO ``YYYY-MM-DD``, absent values
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Any, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 # The roles and the empty document (new_document) are part of this contract; they are defined
 # with the message mappers, which make one document per set, so that they compile with them.
-from translators.messages.common import PARTY_ROLES, new_document  # noqa: F401 - re-exported
+from translators.messages.common import PARTY_ROLES as PARTY_ROLES  # re-exported
+from translators.messages.common import new_document as new_document  # re-exported
 
 DecimalStr = Annotated[str, StringConstraints(pattern=r"^-?\d+(\.\d+)?$")]
 IsoDate = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
@@ -115,15 +116,15 @@ class Invoice(_Document):
 LINE_FIELDS = tuple(Line.model_fields)
 
 
-def validate_canonical(doc: dict) -> PurchaseOrder | Invoice:
+def validate_canonical(doc: dict[str, Any]) -> PurchaseOrder | Invoice:
     """Validate a canonical dict against the contract; raises pydantic.ValidationError."""
     model = PurchaseOrder if doc.get("kind") == "purchase_order" else Invoice
     return model.model_validate(doc)
 
 
-def empty_party() -> dict:
+def empty_party() -> dict[str, Any]:
     return {"name": None, "id": None, "id_qualifier": None, "tax_id": None, "address": None}
 
 
-def empty_line() -> dict:
+def empty_line() -> dict[str, Any]:
     return dict.fromkeys(LINE_FIELDS)

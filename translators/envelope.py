@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from translators import decoding, native
 from translators.findings import Finding, Severity, finding
@@ -40,7 +40,7 @@ Event = TransactionSet | InterchangeSummary | Finding
 Pieces = list[list[str] | str]
 
 
-def read(chunks: Iterable[bytes], trace: list | None = None) -> Iterator[Event]:
+def read(chunks: Iterable[bytes], trace: list[Any] | None = None) -> Iterator[Event]:
     """Read a byte stream (an iterable of chunks) into envelope events.
 
     ``trace``, when given, receives every segment in file order (envelopes included).
@@ -99,15 +99,15 @@ def read_interchanges(data: bytes) -> tuple[list[tuple[InterchangeSummary, list[
     return out, file_findings
 
 
-def segments(data: bytes) -> list[list]:
+def segments(data: bytes) -> list[list[Any]]:
     """Every segment of an in-memory file in order, envelopes included (for tests and tools)."""
-    out: list[list] = []
+    out: list[list[Any]] = []
     for _ in read(_chunks(data), trace=out):
         pass
     return out
 
 
-def _chunks(data: bytes):
+def _chunks(data: bytes) -> Iterator[bytes]:
     return (data[i : i + CHUNK] for i in range(0, max(len(data), 1), CHUNK))
 
 
@@ -116,7 +116,7 @@ def transaction_sets(data: bytes) -> list[TransactionSet]:
     return [ev for ev in read_bytes(data) if isinstance(ev, TransactionSet)]
 
 
-def _chain(first, rest):
+def _chain(first: Iterable[bytes], rest: Iterable[bytes]) -> Iterator[bytes]:
     yield from first
     yield from rest
 
@@ -128,7 +128,7 @@ def _chain(first, rest):
 class _Envelope:
     """Tracks the open interchange, group and set; emits events as they close."""
 
-    def __init__(self, standard: str, trailers: tuple[str, str, str], trace: list | None = None):
+    def __init__(self, standard: str, trailers: tuple[str, str, str], trace: list[Any] | None = None):
         self.standard = standard
         self.set_trailer, self.group_trailer, self.interchange_trailer = trailers
         self.trace = trace
@@ -186,8 +186,9 @@ class _Envelope:
         raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------------------
-    def _f(self, code, message, seg=None, element=None, severity=Severity.ERROR, position=None, value=None,
-           check: str | None = None):
+    def _f(self, code: str, message: str, seg: list[Any] | None = None, element: int | None = None,
+           severity: Severity = Severity.ERROR, position: int | None = None, value: str | None = None,
+           check: str | None = None) -> Finding:
         return finding(
             code,
             message,
@@ -203,22 +204,24 @@ class _Envelope:
             extra={"check": check} if check else {},
         )
 
-    def _w(self, code, message, seg=None, element=None, position=None, value=None):
+    def _w(self, code: str, message: str, seg: list[Any] | None = None, element: int | None = None,
+           position: int | None = None, value: str | None = None) -> Finding:
         """Reported, but the data is all there (a repeated control number)."""
         return self._f(code, message, seg, element, Severity.WARNING, position, value)
 
-    def _trailer(self, check: str, code: str, message: str, seg: list, element: int, position=None, value=None):
+    def _trailer(self, check: str, code: str, message: str, seg: list[Any], element: int, position: int | None = None,
+                 value: str | None = None) -> Finding:
         """A trailer that disagrees with what was received: strict by default (the set, group or
         interchange is rejected); a partner's ``validation.relax`` may make it a warning."""
         return self._f(code, message, seg, element, Severity.ERROR, position, value, check)
 
-    def _interchange_finding(self, f: Finding):
+    def _interchange_finding(self, f: Finding) -> None:
         if self.ich is not None:
             self.ich.findings.append(f)
         else:
             self.events.append(f)
 
-    def _close_set(self, trailer_missing: bool):
+    def _close_set(self, trailer_missing: bool) -> None:
         ts = self.ts
         if ts is None:
             return
@@ -245,7 +248,7 @@ class _Envelope:
         self.ts = None
         self.ts_summary = None
 
-    def _open_set(self, ts: TransactionSet, summary: SetSummary, control: str | None, head: list) -> None:
+    def _open_set(self, ts: TransactionSet, summary: SetSummary, control: str | None, head: list[Any]) -> None:
         """A set begins: ``summary`` (its acknowledgment's view, sharing its findings list) joins the
         group or interchange; ``control`` and ``head`` are its control number and header segment."""
         self.ts = ts
@@ -273,7 +276,7 @@ class _Envelope:
                 )
             self.set_controls.add(control)
 
-    def _close_group(self, trailer_missing: bool):
+    def _close_group(self, trailer_missing: bool) -> None:
         if self.grp is None:
             return
         if trailer_missing:
@@ -291,7 +294,7 @@ class _Envelope:
         self.ich_item_count = 0
         self.set_controls.clear()
 
-    def _open_broken_set(self, seg: list) -> None:
+    def _open_broken_set(self, seg: list[Any]) -> None:
         """A segment inside an interchange but outside any set: its set's header is corrupt. The
         segments up to the next trailer or header become a set of their own that is refused,
         so that the intact sets beside it go on."""
@@ -306,7 +309,7 @@ class _Envelope:
             f"Segment {_label(seg[0])} is not in a transaction set: its {header} is missing or corrupt; "
             f"the segments up to the next trailer or {header} are refused", seg, position=1))
 
-    def _close_interchange(self, complete: bool, at_eof: bool = False):
+    def _close_interchange(self, complete: bool, at_eof: bool = False) -> None:
         if self.ich is None:
             return
         open_set = self.ts is not None
@@ -347,7 +350,7 @@ class _Envelope:
         self.index += 1
         self._outside([head.strip()[:20] or "?"])
 
-    def _outside(self, seg):
+    def _outside(self, seg: list[Any]) -> None:
         """A segment that belongs to no transaction set."""
         where = "after the interchange trailer" if self.ich is None else "outside any transaction set"
         tag = seg[0] if isinstance(seg[0], str) else ""
@@ -388,7 +391,7 @@ def _text_from(buf: str, lines: str | None, pieces: Sequence[object], k: int, ta
 
 
 class _X12Reader(_Envelope):
-    def __init__(self, trace: list | None = None):
+    def __init__(self, trace: list[Any] | None = None):
         super().__init__("x12", ("SE", "GE", "IEA"), trace)
         self.newline_mode = False
         self.native = native.x12  # the C loop, or None: the pure-Python path
@@ -426,7 +429,7 @@ class _X12Reader(_Envelope):
                     header = self._detect(buf, final)
                     if header is None:
                         return buf  # need more text
-                    if header is False:
+                    if not isinstance(header, tuple):
                         return ""  # unusable ISA: reported, rest of file dropped
                     isa, consumed = header
                     self._segment(isa)
@@ -465,7 +468,7 @@ class _X12Reader(_Envelope):
             fast = self.trace is None
             ts = self.ts
             # Segments of the open set are appended straight to its list: the hot path.
-            out: list | None = ts.segments if ts is not None and fast else None
+            out: list[Any] | None = ts.segments if ts is not None and fast else None
             n = -1
             for piece in pieces:
                 n += 1
@@ -560,7 +563,7 @@ class _X12Reader(_Envelope):
             return True
         return False
 
-    def _detect(self, buf: str, final: bool):
+    def _detect(self, buf: str, final: bool) -> tuple[list[str], int] | bool | None:
         """Delimiters from an ISA at the start of ``buf``: (ISA segment, chars consumed), None or False."""
         e = buf[3] if len(buf) > 3 else ""
         if not e:
@@ -632,7 +635,7 @@ class _X12Reader(_Envelope):
         self.newline_mode = newline
         return isa, end
 
-    def _bad_isa(self, buf, message):
+    def _bad_isa(self, buf: str, message: str) -> bool:
         self.index += 1
         f = self._f("interchange.header_invalid", message, ["ISA"])
         self.events.append(
@@ -710,7 +713,9 @@ class _X12Reader(_Envelope):
                 return self._outside(seg)
             if self.grp is not None:
                 self._close_group(True)
-            g = lambda n: seg[n].strip() if len(seg) > n else ""  # noqa: E731
+            def g(n: int) -> str:
+                return seg[n].strip() if len(seg) > n else ""
+
             info = GroupInfo(
                 functional_id=g(1) or None,
                 sender_id=g(2) or None,
@@ -773,7 +778,9 @@ class _X12Reader(_Envelope):
         self._outside(seg)
 
     def _open_interchange(self, isa: list[str]) -> None:
-        g = lambda n: isa[n].strip() if len(isa) > n else ""  # noqa: E731
+        def g(n: int) -> str:
+            return isa[n].strip() if len(isa) > n else ""
+
         info = InterchangeInfo(
             standard="x12",
             delimiters=self.delims or _DEFAULT_X12,
@@ -824,7 +831,7 @@ _PLACEHOLDER_BASE: Final = 0xE000
 
 
 class _EdifactReader(_Envelope):
-    def __init__(self, trace: list | None = None):
+    def __init__(self, trace: list[Any] | None = None):
         super().__init__("edifact", ("UNT", "UNE", "UNZ"), trace)
         self.una: Delimiters | None = None
         self._escape_re: re.Pattern[str] | None = None
@@ -834,7 +841,7 @@ class _EdifactReader(_Envelope):
         self.ung_count = 0
         self.native = native.edifact  # the C loop, or None: the pure-Python path
 
-    def _set_delimiters(self, d: Delimiters):
+    def _set_delimiters(self, d: Delimiters) -> None:
         self.delims = d
         if d.release:
             specials = [c for c in (d.release, d.element, d.component, d.segment, d.repetition) if c and c != " "]
@@ -847,7 +854,7 @@ class _EdifactReader(_Envelope):
         else:
             self._escape_re = None
 
-    def _escape(self, m: re.Match) -> str:
+    def _escape(self, m: re.Match[str]) -> str:
         c = m.group(1)
         p = self._escape_map.get(c)
         if p is None:
@@ -941,12 +948,12 @@ class _EdifactReader(_Envelope):
             envelope = _EDIFACT_ENVELOPE
             fast = self.trace is None
             ts = self.ts
-            out: list | None = ts.segments if ts is not None and fast else None
+            out: list[Any] | None = ts.segments if ts is not None and fast else None
             skip_una = False
             n = -1
             for piece in pieces:
                 n += 1
-                seg: list
+                seg: list[Any]
                 if isinstance(piece, list):
                     # An ordinary segment the C loop split: a plain three-letter tag, no service segment.
                     if out is not None:
@@ -1012,7 +1019,7 @@ class _EdifactReader(_Envelope):
                 continue
             return tail
 
-    def _split_released(self, piece: str, el: str, comp: str) -> list:
+    def _split_released(self, piece: str, el: str, comp: str) -> list[Any]:
         """Split a segment that holds release characters: each released character becomes a
         private-use placeholder, the segment splits as usual, and the placeholders turn back."""
         rel = self.delims.release if self.delims is not None else None
@@ -1069,7 +1076,7 @@ class _EdifactReader(_Envelope):
         return Delimiters(element=el, component=comp, segment=m.group(1), release="?")
 
     # -- envelope --------------------------------------------------------------------------
-    def _segment(self, seg: list) -> None:
+    def _segment(self, seg: list[Any]) -> None:
         self.index += 1
         if self.trace is not None:
             self.trace.append(seg)
@@ -1078,7 +1085,9 @@ class _EdifactReader(_Envelope):
         if ts is not None and tag not in _EDIFACT_ENVELOPE:
             ts.segments.append(seg)
             return
-        e = lambda n, c=1: _comp(seg, n, c)  # noqa: E731
+        def e(n: int, c: int = 1) -> str:
+            return _comp(seg, n, c)
+
         if tag == "UNT":
             if ts is None:
                 return self._outside(seg)
@@ -1161,8 +1170,10 @@ class _EdifactReader(_Envelope):
             return self._close_interchange(complete=True)
         self._outside(seg)
 
-    def _open_interchange(self, unb: list) -> None:
-        e = lambda n, c=1: _comp(unb, n, c)  # noqa: E731
+    def _open_interchange(self, unb: list[Any]) -> None:
+        def e(n: int, c: int = 1) -> str:
+            return _comp(unb, n, c)
+
         d = e(4, 1)
         date = None
         if d.isdecimal() and len(d) in (6, 8):
@@ -1304,9 +1315,9 @@ def _tail_of(buf: str, n: int, term: str) -> str:
 _PLACEHOLDERS: Final = re.compile("[\ue000-\uf8ff]")
 
 
-def _scan_released(piece: str, el: str, comp: str, rel: str) -> list:
+def _scan_released(piece: str, el: str, comp: str, rel: str) -> list[Any]:
     """Character by character split, for the rare segment whose data holds private-use characters."""
-    seg: list = []
+    seg: list[Any] = []
     element: list[str] = []
     buf: list[str] = []
     released = False
@@ -1353,7 +1364,7 @@ def _rejoin_released(pieces: list[str], rel: str, term: str) -> list[str]:
     return out
 
 
-def _comp(seg: list, n: int, c: int = 1) -> str:
+def _comp(seg: list[Any], n: int, c: int = 1) -> str:
     if n >= len(seg):
         return ""
     v = seg[n]

@@ -8,6 +8,8 @@ store and the panel key on it); its ``level`` says which acknowledgment segment 
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -128,7 +130,7 @@ class Finding:
     interchange_control: str | None = None
     group_control: str | None = None
     message_control: str | None = None
-    extra: dict = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def rule(self) -> Rule:
@@ -174,7 +176,7 @@ class Finding:
         prefix = f"{source}: " if source else ""
         return f"{prefix}{self.where()}: {self.code}: {self.message}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "code": self.code,
             "severity": str(self.severity),
@@ -196,7 +198,7 @@ class Finding:
         }
 
 
-def finding(code: str, message: str | None = None, **where) -> Finding:
+def finding(code: str, message: str | None = None, **where: Any) -> Finding:
     """Build a finding for a known rule; the message defaults to the rule's title."""
     if code not in RULES:
         raise KeyError(f"unknown finding code {code!r}")

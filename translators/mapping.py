@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -81,7 +82,7 @@ REQUIRED_PATHS: tuple[str, ...] = tuple(
 _REFERENCE_PATH = re.compile(r"references\.[A-Z0-9]{1,3}")
 
 
-def _suggest(word: str, choices) -> str:
+def _suggest(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -173,7 +174,7 @@ class EdifactIdentifier(EdiIdentifier):
     group_id: str | None = Field(None, max_length=35, description="UNG 0040 group sender id, if it narrows the match")
 
 
-def _as(cls):
+def _as(cls: type[EdiIdentifier]) -> BeforeValidator:
     """Accept a plain EdiIdentifier where a standard-specific one is declared (re-checked)."""
 
     def convert(v: Any) -> Any:
@@ -276,7 +277,7 @@ class MessageMapping(_Model):
                     {"key": key, "value": value},
                 )
             try:
-                TypeAdapter(_TOP_FIELDS[key].annotation).validate_python(value)
+                TypeAdapter(_TOP_FIELDS[key].annotation or str).validate_python(value)
             except ValidationError as e:
                 pattern = (e.errors()[0].get("ctx") or {}).get("pattern", "")
                 expected = ("a date written YYYY-MM-DD" if "{4}-" in pattern
@@ -289,13 +290,19 @@ class MessageMapping(_Model):
         return v
 
 
+MatchBy = Literal["supplier_code", "edi_id", "tax_id", "name"]
+_MATCHERS: tuple[MatchBy, ...] = ("supplier_code", "edi_id", "tax_id", "name")
+DocumentKind = Literal["purchase_order", "invoice"]
+_KINDS: tuple[DocumentKind, ...] = ("purchase_order", "invoice")
+
+
 class PlexRouting(_Model):
     """How the partner is matched to a Plex supplier and where its documents go in Plex."""
 
     supplier_code: str | None = Field(None, min_length=1, description="The Plex supplier code this partner is, if known",
                                       examples=["ACME01"])
     match_by: list[Literal["supplier_code", "edi_id", "tax_id", "name"]] = Field(
-        default_factory=lambda: ["supplier_code", "edi_id", "tax_id", "name"],
+        default_factory=lambda: list(_MATCHERS),
         min_length=1,
         description="Ways to find the Plex supplier, tried in order",
     )
@@ -394,23 +401,25 @@ class PartnerMapping(_Model):
     identifiers: Identifiers = Field(default_factory=Identifiers,
                                      description="Interchange sender identities that select this file")
     documents: list[Literal["purchase_order", "invoice"]] = Field(
-        default_factory=lambda: ["purchase_order", "invoice"], min_length=1,
+        default_factory=lambda: list(_KINDS), min_length=1,
         description="Document kinds it sends (purchase_order = 850/ORDERS, invoice = 810/INVOIC)",
     )
     versions: list[Version] = Field(default_factory=list,
                                     description="Versions it sends (e.g. 004010, D96A); empty accepts any",
                                     examples=[["004010"], ["D96A", "D01B"]])
-    mapping: MessageMapping = Field(default_factory=MessageMapping,
+    mapping: MessageMapping = Field(default_factory=lambda: MessageMapping.model_validate({}),
                                     description="How its documents deviate from the standard mapping")
-    plex: PlexRouting = Field(default_factory=PlexRouting, description="Plex supplier matching and routing")
-    acknowledgments: AckSettings = Field(default_factory=AckSettings, description="Acknowledgments sent back")
+    plex: PlexRouting = Field(default_factory=lambda: PlexRouting.model_validate({}),
+                              description="Plex supplier matching and routing")
+    acknowledgments: AckSettings = Field(default_factory=lambda: AckSettings.model_validate({}),
+                                         description="Acknowledgments sent back")
     validation: ValidationSettings = Field(default_factory=ValidationSettings,
                                            description="Envelope and trailer checks relaxed to warnings")
-    delivery: DeliverySettings = Field(default_factory=DeliverySettings,
+    delivery: DeliverySettings = Field(default_factory=lambda: DeliverySettings.model_validate({}),
                                        description="Destinations (names) its documents and its test documents go to")
 
 
-STANDARD = MessageMapping()
+STANDARD = MessageMapping.model_validate({})
 """The standard mapping, used for unknown senders and for everything a file leaves out."""
 
 
@@ -429,7 +438,7 @@ class PartnerDirectory:
             for ident in idents:
                 self._by_id.setdefault((standard, ident.id.upper()), []).append((ident, partner))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[PartnerMapping]:
         return iter(self._partners.values())
 
     def __len__(self) -> int:

@@ -11,11 +11,13 @@ Segments are plain lists, the fastest form Python has:
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, field
 
 from translators.findings import Finding
 
-Segment = list
+Segment = list[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,7 @@ def element(segment: Segment, n: int) -> str:
     if n >= len(segment):
         return ""
     v = segment[n]
-    return v[0] if isinstance(v, list) else v
+    return str(v[0]) if isinstance(v, list) else str(v)
 
 
 def component(segment: Segment, n: int, c: int) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from translators.mapping import CODE_PATTERN, PartnerDirectory, PartnerMapping
+from translators.mapping import CODE_PATTERN, EdiIdentifier, PartnerDirectory, PartnerMapping
 
 __all__ = [
     "PartnerFileError",
@@ -80,7 +80,7 @@ class PartnerFileError(ValueError):
 class _Loader(yaml.SafeLoader):
     """SafeLoader whose only implicit non-text scalars are true/false and null."""
 
-    yaml_implicit_resolvers: dict = {}
+    yaml_implicit_resolvers: dict[str, Any] = {}
 
 
 _Loader.add_implicit_resolver(
@@ -111,7 +111,7 @@ def _mark(node: yaml.Node | None) -> tuple[int | None, int | None]:
 class Marks:
     """Where each key path is in the file: the value's position, and the key's for mapping entries."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.values: dict[KeyPath, tuple[int | None, int | None]] = {}
         self.keys: dict[KeyPath, tuple[int | None, int | None]] = {}
 
@@ -264,7 +264,7 @@ def _choices(expected: str) -> list[str]:
     return re.findall(r"'([^']*)'", expected)
 
 
-def _error_problem(source: str, err: dict, marks: Marks) -> Problem:
+def _error_problem(source: str, err: dict[str, Any], marks: Marks) -> Problem:
     loc: KeyPath = tuple(p for p in err["loc"] if p != "[key]")
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -325,11 +325,11 @@ def _error_problem(source: str, err: dict, marks: Marks) -> Problem:
 # Checks across keys of one file
 
 
-def _identity(ident) -> tuple[str, str | None, str | None]:
+def _identity(ident: EdiIdentifier) -> tuple[str, str | None, str | None]:
     return ident.id.upper(), ident.qualifier, ident.group_id.upper() if ident.group_id else None
 
 
-def _show(standard: str, ident) -> str:
+def _show(standard: str, ident: EdiIdentifier) -> str:
     text = f"{ident.qualifier}:{ident.id}" if ident.qualifier else ident.id
     return f"{standard.upper()} sender {text}" + (f" (group {ident.group_id})" if ident.group_id else "")
 
@@ -337,7 +337,7 @@ def _show(standard: str, ident) -> str:
 def _file_checks(m: PartnerMapping) -> list[tuple[KeyPath, str]]:
     out: list[tuple[KeyPath, str]] = []
     for standard in ("x12", "edifact"):
-        seen: dict[tuple, int] = {}
+        seen: dict[tuple[Any, ...], int] = {}
         for i, ident in enumerate(getattr(m.identifiers, standard)):
             key = _identity(ident)
             if key in seen:
@@ -384,7 +384,7 @@ def _parse(text: str, source: str) -> tuple[PartnerMapping | None, list[Problem]
     try:
         mapping = PartnerMapping.model_validate(data)
     except ValidationError as e:
-        return None, [_error_problem(source, err, marks) for err in e.errors(include_url=False)], marks
+        return None, [_error_problem(source, dict(err), marks) for err in e.errors(include_url=False)], marks
     problems = [
         Problem(source, format_path(path), message, *marks.at(path))
         for path, message in _file_checks(mapping)
@@ -460,7 +460,7 @@ def check_directory_texts(items: list[tuple[str, str]]) -> tuple[PartnerDirector
 # JSON Schema
 
 
-def _add_factory_defaults(schema: dict, model: type[BaseModel], seen: set) -> None:
+def _add_factory_defaults(schema: dict[str, Any], model: type[BaseModel], seen: set[Any]) -> None:
     """pydantic leaves ``default_factory`` values out of the schema; editors want them."""
     if model.__name__ in seen:
         return
@@ -472,10 +472,10 @@ def _add_factory_defaults(schema: dict, model: type[BaseModel], seen: set) -> No
             _add_factory_defaults(schema, inner, seen)
             continue
         if field.default_factory is not None:
-            target["properties"][name].setdefault("default", field.default_factory())
+            target["properties"][name].setdefault("default", field.get_default(call_default_factory=True))
 
 
-def mapping_json_schema() -> dict:
+def mapping_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a partner mapping file, generated from the model."""
     generated = PartnerMapping.model_json_schema()
     _add_factory_defaults(generated, PartnerMapping, set())

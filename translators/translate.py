@@ -8,8 +8,10 @@ envelope findings can still fail the documents already yielded — the caller de
 
 from __future__ import annotations
 
+from typing import Any
+
 import importlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from translators.envelope import CHUNK, read
@@ -25,10 +27,11 @@ MESSAGES: dict[tuple[str, str], tuple[str, str, str]] = {
     ("edifact", "INVOIC"): ("invoice", "translators.messages.edifact_invoic", "map_invoic"),
 }
 
-_mappers: dict[tuple[str, str], object] = {}
+Mapper = Callable[[TransactionSet, MessageMapping], tuple[dict[str, Any], list[Finding]]]
+_mappers: dict[tuple[str, str], Mapper] = {}
 
 
-def _mapper(key):
+def _mapper(key: tuple[str, str]) -> Mapper:
     fn = _mappers.get(key)
     if fn is None:
         _, module, name = MESSAGES[key]
@@ -43,9 +46,9 @@ class DocumentResult:
     standard: str
     type: str
     kind: str | None  # "purchase_order" | "invoice" | None when not a business document we map
-    control: dict
+    control: dict[str, Any]
     partner: str | None
-    document: dict | None
+    document: dict[str, Any] | None
     findings: list[Finding]
     first_segment_index: int
     segment_count: int
@@ -120,8 +123,8 @@ class Translation:
         )
 
     @property
-    def canonical(self) -> list[dict]:
-        return [d.document for d in self.documents if d.status == "translated"]
+    def canonical(self) -> list[dict[str, Any]]:
+        return [d.document for d in self.documents if d.status == "translated" and d.document is not None]
 
     def errors(self) -> list[Finding]:
         """Every error, file, envelope and document level, in file order."""
@@ -349,7 +352,7 @@ def _envelope_kind(ts: TransactionSet) -> str:
     return "group" if ts.group is not None else "none"
 
 
-def _apply_partner_rules(doc: dict, ts: TransactionSet, partner: PartnerMapping, findings: list[Finding]) -> None:
+def _apply_partner_rules(doc: dict[str, Any], ts: TransactionSet, partner: PartnerMapping, findings: list[Finding]) -> None:
     m = partner.mapping
     for key, value in m.defaults.items():
         if key in doc and doc[key] in (None, ""):
@@ -371,7 +374,7 @@ def _apply_partner_rules(doc: dict, ts: TransactionSet, partner: PartnerMapping,
         )
 
 
-def _at_header(ts: TransactionSet, code: str, message: str, **kw) -> Finding:
+def _at_header(ts: TransactionSet, code: str, message: str, **kw: Any) -> Finding:
     """A finding about the whole set, positioned on its ST / UNH with its control numbers."""
     return finding(
         code,
@@ -386,7 +389,7 @@ def _at_header(ts: TransactionSet, code: str, message: str, **kw) -> Finding:
     )
 
 
-def _missing(doc: dict, path: str) -> str | None:
+def _missing(doc: dict[str, Any], path: str) -> str | None:
     """Why the field at ``path`` is absent (None when present). ``lines.x`` checks every line."""
     head, _, rest = path.partition(".")
     if head == "lines" and rest:

@@ -35,6 +35,8 @@ EDIFACT text is escaped with the release character (``?+ ?: ?' ??``) by
 
 from __future__ import annotations
 
+from typing import Any
+
 from decimal import Decimal, InvalidOperation
 
 from translators.decoding import EDIFACT_CHARSETS
@@ -60,11 +62,11 @@ _EDIFACT_TYPES = {"purchase_order": ("ORDERS", "220"), "invoice": ("INVOIC", "38
 # Shared helpers
 
 
-def _kind(doc: dict) -> str:
+def _kind(doc: dict[str, Any]) -> str:
     kind = doc.get("kind")
     if kind not in _X12_TYPES:
         raise ValueError(f"document kind {kind!r} is neither 'purchase_order' nor 'invoice'")
-    return kind
+    return str(kind)
 
 
 def _check_control_chars(value: str, where: str) -> None:
@@ -73,7 +75,7 @@ def _check_control_chars(value: str, where: str) -> None:
             raise ValueError(f"{where}: {value!r} holds the control character {ch!r}, which EDI cannot carry")
 
 
-def _decimal(value, where: str) -> Decimal:
+def _decimal(value: object, where: str) -> Decimal:
     try:
         d = Decimal(str(value).strip())
     except InvalidOperation:
@@ -83,7 +85,7 @@ def _decimal(value, where: str) -> Decimal:
     return d
 
 
-def _plain(value, where: str) -> str:
+def _plain(value: object, where: str) -> str:
     """A canonical decimal as EDI text: the string as given when it is plain, else its 'f' form."""
     text = str(value).strip()
     d = _decimal(text, where)
@@ -93,7 +95,7 @@ def _plain(value, where: str) -> str:
     return format(d, "f")
 
 
-def _implied2(value, where: str) -> str:
+def _implied2(value: object, where: str) -> str:
     """A decimal as X12 N2 (implied two decimals): ``12.5`` → ``1250``."""
     d = _decimal(value, where)
     cents = d.scaleb(2)
@@ -102,14 +104,14 @@ def _implied2(value, where: str) -> str:
     return str(int(cents))
 
 
-def _ccyymmdd(value, where: str) -> str:
+def _ccyymmdd(value: object, where: str) -> str:
     v = str(value).strip()
     if len(v) != 10 or v[4] != "-" or v[7] != "-" or not (v[:4] + v[5:7] + v[8:]).isdecimal():
         raise ValueError(f"{where}: {value!r} is not an ISO date (YYYY-MM-DD)")
     return v[:4] + v[5:7] + v[8:]
 
 
-def _trim(elements: list) -> list:
+def _trim(elements: list[Any]) -> list[Any]:
     """Drop trailing empty elements (and trailing empty components of a composite)."""
     out = []
     for el in elements:
@@ -124,10 +126,10 @@ def _trim(elements: list) -> list:
     return out
 
 
-def _purpose_code(purpose, table: dict[str, str]) -> str:
+def _purpose_code(purpose: object, table: dict[str, str]) -> str:
     if purpose is None:
         return ""
-    return table.get(purpose, purpose)
+    return table.get(str(purpose), str(purpose))
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ class _X12:
         self.d = d
         self.forbidden = {c for c in (d.element, d.component, d.segment, d.repetition) if c}
 
-    def v(self, value, where: str) -> str:
+    def v(self, value: object, where: str) -> str:
         """A text value, checked against the delimiters ('' for None)."""
         if value is None:
             return ""
@@ -153,11 +155,11 @@ class _X12:
                 )
         return value
 
-    def seg(self, *elements) -> list[str]:
+    def seg(self, *elements: object) -> list[str]:
         return _trim([str(e) for e in elements])
 
     # -- one transaction set ------------------------------------------------------------------
-    def transaction(self, doc: dict, st_control: str, type_: str) -> list[list[str]]:
+    def transaction(self, doc: dict[str, Any], st_control: str, type_: str) -> list[list[str]]:
         v = self.v
         invoice = type_ == "810"
         segs: list[list[str]] = [["ST", type_, st_control]]
@@ -211,7 +213,7 @@ class _X12:
         segs.append(["SE", str(len(segs) + 1), st_control])
         return segs
 
-    def party(self, code: str, p: dict, where: str) -> list[list[str]]:
+    def party(self, code: str, p: dict[str, Any], where: str) -> list[list[str]]:
         v = self.v
         segs = [self.seg("N1", code, v(p.get("name"), f"{where}.name"),
                          v(p.get("id_qualifier"), f"{where}.id_qualifier"), v(p.get("id"), f"{where}.id"))]
@@ -227,7 +229,7 @@ class _X12:
             segs.append(["REF", "TJ", v(p["tax_id"], f"{where}.tax_id")])
         return segs
 
-    def line(self, line: dict, tag: str, where: str) -> list[list[str]]:
+    def line(self, line: dict[str, Any], tag: str, where: str) -> list[list[str]]:
         v = self.v
         el = [
             tag,
@@ -249,7 +251,7 @@ class _X12:
             segs.append(["AMT", "1", _plain(line["amount"], f"{where}.amount")])
         return segs
 
-    def charge(self, c: dict, where: str) -> list[str]:
+    def charge(self, c: dict[str, Any], where: str) -> list[str]:
         amount = c.get("amount")
         indicator, n2 = "C", ""
         if amount not in (None, ""):
@@ -261,7 +263,7 @@ class _X12:
 
 
 def write_x12(
-    docs: list[dict],
+    docs: list[dict[str, Any]],
     *,
     sender: tuple[str, str] = ("ZZ", "SENDER"),
     receiver: tuple[str, str] = ("ZZ", "RECEIVER"),
@@ -302,7 +304,7 @@ def write_x12(
         if len(q) != 2 or not 1 <= len(ident) <= 15:
             raise ValueError(f"{what} {(q, ident)!r}: ISA qualifiers have 2 characters and ids 1 to 15")
 
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for doc in docs:
         groups.setdefault(_kind(doc), []).append(doc)
 
@@ -310,7 +312,7 @@ def write_x12(
     segs: list[list[str]] = [[
         "ISA", "00", " " * 10, "00", " " * 10,
         sender[0], sender[1].ljust(15), receiver[0], receiver[1].ljust(15),
-        date[2:], time, d.repetition if isa12 >= "00402" else "U", isa12, isa_control, "0", "P", d.component,
+        date[2:], time, (d.repetition or "U") if isa12 >= "00402" else "U", isa12, isa_control, "0", "P", d.component,
     ]]
     for g, (kind, group_docs) in enumerate(groups.items()):
         type_, functional_id = _X12_TYPES[kind]
@@ -334,25 +336,25 @@ class _Edifact:
         self.dm = decimal_mark
 
     @staticmethod
-    def v(value, where: str) -> str:
+    def v(value: object, where: str) -> str:
         if value is None:
             return ""
         value = str(value)
         _check_control_chars(value, where)
         return value
 
-    def num(self, value, where: str) -> str:
+    def num(self, value: object, where: str) -> str:
         if value in (None, ""):
             return ""
         return _plain(value, where).replace(".", self.dm)
 
-    def message(self, doc: dict, ref: str, type_: str, directory: str) -> list[list]:
+    def message(self, doc: dict[str, Any], ref: str, type_: str, directory: str) -> list[list[Any]]:
         v, num = self.v, self.num
         invoice = type_ == "INVOIC"
         doc_code = _EDIFACT_TYPES["invoice" if invoice else "purchase_order"][1]
         release = directory[1:] if len(directory) == 4 else directory
         agency = "UN"
-        segs: list[list] = [["UNH", ref, [type_, directory[:1], release, agency]]]
+        segs: list[list[Any]] = [["UNH", ref, [type_, directory[:1], release, agency]]]
         number = "invoice_number" if invoice else "po_number"
         segs.append(_trim(["BGM", doc_code, v(doc.get(number), number),
                            v(_purpose_code(doc.get("purpose"), _EDIFACT_PURPOSE_CODES), "purpose")]))
@@ -392,7 +394,7 @@ class _Edifact:
         segs.append(["UNT", str(len(segs) + 1), ref])
         return segs
 
-    def party(self, code: str, p: dict, where: str) -> list[list]:
+    def party(self, code: str, p: dict[str, Any], where: str) -> list[list[Any]]:
         v = self.v
         a = p.get("address") or {}
         lines = [v(x, f"{where}.address.lines") for x in a.get("lines") or [] if x]
@@ -412,7 +414,7 @@ class _Edifact:
             segs.append(["RFF", ["VA", v(p["tax_id"], f"{where}.tax_id")]])
         return segs
 
-    def charge(self, c: dict, where: str) -> list[list]:
+    def charge(self, c: dict[str, Any], where: str) -> list[list[Any]]:
         amount = c.get("amount")
         indicator, value = "C", ""
         if amount not in (None, ""):
@@ -426,13 +428,13 @@ class _Edifact:
             segs.append(["MOA", ["8", value]])
         return segs
 
-    def line(self, line: dict, invoice: bool, where: str) -> list[list]:
+    def line(self, line: dict[str, Any], invoice: bool, where: str) -> list[list[Any]]:
         v, num = self.v, self.num
-        lin = ["LIN", v(line.get("line_number"), f"{where}.line_number"), ""]
+        lin: list[Any] = ["LIN", v(line.get("line_number"), f"{where}.line_number"), ""]
         if line.get("gtin"):
             lin.append([v(line["gtin"], f"{where}.gtin"), "EN"])
         segs = [_trim(lin)]
-        pia = ["PIA", "5"]
+        pia: list[Any] = ["PIA", "5"]
         for field, q in (("buyer_part", "IN"), ("supplier_part", "SA")):
             if line.get(field):
                 pia.append([v(line[field], f"{where}.{field}"), q])
@@ -460,7 +462,7 @@ class _Edifact:
 
 
 def write_edifact(
-    docs: list[dict],
+    docs: list[dict[str, Any]],
     *,
     sender: tuple[str, str] = ("SENDER", "14"),
     receiver: tuple[str, str] = ("RECEIVER", "14"),
@@ -516,7 +518,7 @@ def write_edifact(
         raise ValueError("the interchange control reference is empty")
     w.v(control, "control")
 
-    segs: list[list] = [_trim([
+    segs: list[list[Any]] = [_trim([
         "UNB", [charset, str(syntax_version)], [sender[0], sender[1] or ""], [receiver[0], receiver[1] or ""],
         [date[2:] if str(syntax_version) < "4" else date, time], control,
     ])]

@@ -6,7 +6,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from translators.findings import Finding, finding
+from translators.findings import Finding, Severity, finding
 
 
 class ValueProblem(ValueError):
@@ -187,10 +187,10 @@ def translate_code(table: dict[str, str], value: str | None) -> str | None:
     return table.get(value, value)
 
 
-def problem_finding(problem: ValueProblem, segment: list, set_position: int, first_index: int, element: int,
-                    component: int | None = None, severity=None) -> Finding:
+def problem_finding(problem: ValueProblem, segment: list[Any], set_position: int, first_index: int, element: int,
+                    component: int | None = None, severity: Severity | None = None) -> Finding:
     """Position a conversion problem on its segment and element."""
-    kw = {}
+    kw: dict[str, Any] = {}
     if severity is not None:
         kw["severity"] = severity
     return finding(

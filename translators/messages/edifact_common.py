@@ -46,6 +46,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from translators.canonical import empty_line
@@ -239,11 +240,11 @@ class Lookups:
         self.references = None if mapping.references is None else frozenset(mapping.references)
 
 
-def _dedupe(codes) -> list[str]:
+def _dedupe(codes: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(codes))
 
 
-def _date_codes(codes) -> list[str]:
+def _date_codes(codes: Iterable[str]) -> list[str]:
     """X12-style "002" also matches the EDIFACT "2"."""
     out = []
     for c in codes:
@@ -272,7 +273,7 @@ def lookups(mapping: MessageMapping) -> Lookups:
 # Small readers
 
 
-def comp(seg: list, n: int, c: int = 1) -> str:
+def comp(seg: list[Any], n: int, c: int = 1) -> str:
     """Component *c* (1-based) of element *n*, stripped ('' when absent)."""
     if n >= len(seg):
         return ""
@@ -282,7 +283,7 @@ def comp(seg: list, n: int, c: int = 1) -> str:
     return v.strip() if c == 1 else ""
 
 
-def parts(seg: list, n: int) -> list[str]:
+def parts(seg: list[Any], n: int) -> list[str]:
     """Element *n* as a list of its components."""
     if n >= len(seg):
         return []
@@ -290,13 +291,13 @@ def parts(seg: list, n: int) -> list[str]:
     return v if isinstance(v, list) else [v]
 
 
-def join_text(values) -> str | None:
+def join_text(values: Iterable[str]) -> str | None:
     """Free-text components joined with single spaces ('' parts dropped)."""
     text = " ".join(p.strip() for p in values if p and p.strip())
     return text or None
 
 
-def message_version(unh: list, fallback: str | None = None) -> str | None:
+def message_version(unh: list[Any], fallback: str | None = None) -> str | None:
     """``D96A`` from UNH S009 0052 + 0054, tolerating stray spaces (``D: 96A``)."""
     v = (comp(unh, 2, 2) + comp(unh, 2, 3)).replace(" ", "").upper()
     return v or fallback
@@ -309,7 +310,7 @@ def purpose(code: str) -> str | None:
     return PURPOSES.get(code, code)
 
 
-def party_from_nad(seg: list) -> dict:
+def party_from_nad(seg: list[Any]) -> dict[str, Any]:
     """A canonical party from a NAD segment.
 
     Name from C080 (party name, up to five 3036 components joined) or else the first line of
@@ -347,7 +348,7 @@ def party_from_nad(seg: list) -> dict:
     return {"name": name, "id": pid or None, "id_qualifier": qual or None, "tax_id": None, "address": address}
 
 
-def _copy_party(p: dict) -> dict:
+def _copy_party(p: dict[str, Any]) -> dict[str, Any]:
     a = p["address"]
     return dict(p, address=None if a is None else dict(a, lines=list(a["lines"])))
 
@@ -392,7 +393,7 @@ class Scan:
         self.qty_rank = QTY_INVOIC if self.invoice else QTY_ORDERS
         self.hdate_used = self.lk.invoice_dates if self.invoice else self.lk.order_dates
         self.used_summary = _USED_SUMMARY[kind]
-        self.bgm: list | None = None
+        self.bgm: list[Any] | None = None
         self.bgm_pos: int | None = None
         self.bgm_count = 0
         self.hdates: dict[str, str] = {}
@@ -431,12 +432,12 @@ class Scan:
         self.tax_group_sum: str | None = None
         self.summary_moa = 0
         self.first_money_currency: str | None = None
-        self.currency_at: tuple[list, int] | None = None  # the CUX that named the currency  # the currency of the first MOA that names one
-        self.cnt_lines: list | None = None  # CNT with 6069 = 2 (number of line items)
+        self.currency_at: tuple[list[Any], int] | None = None  # the CUX that named the currency  # the currency of the first MOA that names one
+        self.cnt_lines: list[Any] | None = None  # CNT with 6069 = 2 (number of line items)
         self.cnt_pos = -1
 
     # -- positions -----------------------------------------------------------------------
-    def at(self, seg: list, i: int, element: int | None = None, component: int | None = None) -> dict:
+    def at(self, seg: list[Any], i: int, element: int | None = None, component: int | None = None) -> dict[str, Any]:
         return {
             "segment_tag": seg[0],
             "segment_index": self.first + i,
@@ -445,7 +446,7 @@ class Scan:
             "component_index": component,
         }
 
-    def num(self, seg: list, i: int, value: str, element: int = 1, component: int | None = 2,
+    def num(self, seg: list[Any], i: int, value: str, element: int = 1, component: int | None = 2,
             used: bool = True) -> str | None:
         """A numeric value as a canonical decimal; a non-numeric one is an error when the mapping
         uses the value, a warning when it does not (still reported in the acknowledgment)."""
@@ -475,7 +476,7 @@ class Scan:
             self.findings.append(_with_value(f, value))
             return None
 
-    def date(self, seg: list, i: int, qualifier: str, value: str, fmt: str, used: bool):
+    def date(self, seg: list[Any], i: int, qualifier: str, value: str, fmt: str, used: bool) -> str | None:
         """DTM C507 → ISO date. An invalid date is an error when the mapping uses it (``used``), a
         warning otherwise; a format that is no calendar date (a period, a week range) is a
         warning when used, ignored otherwise."""
@@ -491,7 +492,7 @@ class Scan:
             _DATE_CACHE[(value, fmt)] = iso
         return iso
 
-    def _date(self, seg: list, i: int, qualifier: str, value: str, fmt: str, used: bool):
+    def _date(self, seg: list[Any], i: int, qualifier: str, value: str, fmt: str, used: bool) -> str | None:
         try:
             if fmt in _CCYY_FORMATS:
                 if len(value) < 8:
@@ -541,7 +542,7 @@ class Scan:
         self.lines.append(line)
         self.line = None
 
-    def choose_party(self, role: str) -> dict | None:
+    def choose_party(self, role: str) -> dict[str, Any] | None:
         codes = self.lk.parties[role]
         best, best_rank = None, len(codes)
         rank = {c: n for n, c in enumerate(codes)}
@@ -553,7 +554,7 @@ class Scan:
                     break
         return best
 
-    def roles(self) -> dict:
+    def roles(self) -> dict[str, Any]:
         out = {}
         used = set()
         for role in ("buyer", "supplier", "ship_to", "bill_to", "remit_to"):
@@ -617,7 +618,7 @@ def _with_value(f: Finding, value: str) -> Finding:
 # Segment handlers: (scan, segment, index in the message)
 
 
-def _bgm(s: Scan, seg: list, i: int) -> None:
+def _bgm(s: Scan, seg: list[Any], i: int) -> None:
     s.bgm_count += 1
     if s.bgm is None:
         s.bgm, s.bgm_pos = seg, i
@@ -626,7 +627,7 @@ def _bgm(s: Scan, seg: list, i: int) -> None:
                                   severity=WARNING, **s.at(seg, i)))
 
 
-def _dtm(s: Scan, seg: list, i: int) -> None:
+def _dtm(s: Scan, seg: list[Any], i: int) -> None:
     el = _c1(seg)
     q = el[0].strip()
     value = el[1].strip() if len(el) > 1 else ""
@@ -677,7 +678,7 @@ def _dtm(s: Scan, seg: list, i: int) -> None:
         s.date(seg, i, q, value, fmt, False)
 
 
-def _rff(s: Scan, seg: list, i: int) -> None:
+def _rff(s: Scan, seg: list[Any], i: int) -> None:
     q = comp(seg, 1, 1)
     v = comp(seg, 1, 2)
     section, ctx = s.section, s.ctx
@@ -711,7 +712,7 @@ def _rff(s: Scan, seg: list, i: int) -> None:
                     line["po_number"] = v  # the order this line belongs to
 
 
-def _nad(s: Scan, seg: list, i: int) -> None:
+def _nad(s: Scan, seg: list[Any], i: int) -> None:
     if s.section != HEADER:
         s.ctx = "lnad" if s.section == DETAIL else "other"
         return
@@ -728,7 +729,7 @@ def _nad(s: Scan, seg: list, i: int) -> None:
     s.party_tax_rank = 99
 
 
-def _cux(s: Scan, seg: list, i: int) -> None:
+def _cux(s: Scan, seg: list[Any], i: int) -> None:
     if s.section == HEADER:
         s.ctx = "cux"
         if s.currency is None:
@@ -738,7 +739,7 @@ def _cux(s: Scan, seg: list, i: int) -> None:
                 s.currency_at = (seg, i)
 
 
-def _pat(s: Scan, seg: list, i: int) -> None:
+def _pat(s: Scan, seg: list[Any], i: int) -> None:
     if s.section == DETAIL:
         s.ctx = "other"
         return
@@ -756,14 +757,14 @@ def _pat(s: Scan, seg: list, i: int) -> None:
     })
 
 
-def _pcd(s: Scan, seg: list, i: int) -> None:
+def _pcd(s: Scan, seg: list[Any], i: int) -> None:
     if s.ctx == "pat" and s.terms:
         pct = s.num(seg, i, comp(seg, 1, 2), used=s.invoice)
         if pct is not None and s.terms[-1]["pct"] is None:
             s.terms[-1]["pct"] = pct
 
 
-def _alc(s: Scan, seg: list, i: int) -> None:
+def _alc(s: Scan, seg: list[Any], i: int) -> None:
     if s.section == DETAIL:
         s.ctx = "lalc"
         return
@@ -776,11 +777,11 @@ def _alc(s: Scan, seg: list, i: int) -> None:
     s.charge_rank = 99
 
 
-def _tax(s: Scan, seg: list, i: int) -> None:
+def _tax(s: Scan, seg: list[Any], i: int) -> None:
     s.ctx = "ltax" if s.section == DETAIL else "tax"
 
 
-def _moa(s: Scan, seg: list, i: int) -> None:
+def _moa(s: Scan, seg: list[Any], i: int) -> None:
     el = _c1(seg)
     q = el[0].strip()
     raw = el[1].strip() if len(el) > 1 else ""
@@ -837,7 +838,7 @@ def _add(a: str | None, b: str) -> str:
     return format(Decimal(a) + Decimal(b), "f")
 
 
-def _lin(s: Scan, seg: list, i: int) -> None:
+def _lin(s: Scan, seg: list[Any], i: int) -> None:
     if s.line is not None:
         s.close_line()
     s.section = DETAIL
@@ -864,7 +865,7 @@ _NO_RANK: Final = 1 << 20
 _EMPTY_LINE: Final[dict[str, Any]] = empty_line()
 
 
-def _part(s: Scan, c212) -> None:
+def _part(s: Scan, c212: str | list[str]) -> None:
     """One C212 item number: into the line field its 7143 type code names."""
     if isinstance(c212, list):
         if not c212:
@@ -890,7 +891,7 @@ def _part(s: Scan, c212) -> None:
         ranks[slot] = rank
 
 
-def _pia(s: Scan, seg: list, i: int) -> None:
+def _pia(s: Scan, seg: list[Any], i: int) -> None:
     if s.line is None:
         return
     fn = seg[1] if len(seg) > 1 else ""
@@ -902,7 +903,7 @@ def _pia(s: Scan, seg: list, i: int) -> None:
         _part(s, item)
 
 
-def _imd(s: Scan, seg: list, i: int) -> None:
+def _imd(s: Scan, seg: list[Any], i: int) -> None:
     if s.line is None:
         return
     text = join_text(parts(seg, 3)[3:5])
@@ -914,7 +915,7 @@ def _imd(s: Scan, seg: list, i: int) -> None:
         s.line_desc += " / " + text
 
 
-def _c1(seg: list) -> list:
+def _c1(seg: list[Any]) -> list[Any]:
     """Element 1 as a component list (QTY C186, PRI C509, MOA C516, DTM C507)."""
     el = seg[1] if len(seg) > 1 else ""
     if isinstance(el, list):
@@ -922,7 +923,7 @@ def _c1(seg: list) -> list:
     return [el]
 
 
-def _qty(s: Scan, seg: list, i: int) -> None:
+def _qty(s: Scan, seg: list[Any], i: int) -> None:
     el = _c1(seg)
     q = el[0].strip()
     line = s.line
@@ -941,7 +942,7 @@ def _qty(s: Scan, seg: list, i: int) -> None:
                 "(6411, an..3); kept as sent", severity=WARNING, value=uom[:40], **s.at(seg, i, 1, 3)))
 
 
-def _pri(s: Scan, seg: list, i: int) -> None:
+def _pri(s: Scan, seg: list[Any], i: int) -> None:
     el = _c1(seg)
     q = el[0].strip()
     used = s.section == DETAIL and s.line is not None
@@ -966,7 +967,7 @@ def _pri(s: Scan, seg: list, i: int) -> None:
             s.line_pri_uom = s.lk.uom.get(uom, uom)
 
 
-def _uns(s: Scan, seg: list, i: int) -> None:
+def _uns(s: Scan, seg: list[Any], i: int) -> None:
     if comp(seg, 1) == "D":
         return
     s.uns_count += 1
@@ -979,13 +980,13 @@ def _uns(s: Scan, seg: list, i: int) -> None:
     s.ctx = "summary"
 
 
-def _loc(s: Scan, seg: list, i: int) -> None:
+def _loc(s: Scan, seg: list[Any], i: int) -> None:
     if s.section == DETAIL and (s.ctx in _LINE_CTX or s.ctx == "loc"):
         s.ctx = "loc"
 
 
-def _group(name: str):
-    def handler(s: Scan, seg: list, i: int) -> None:
+def _group(name: str) -> Callable[[Scan, list[Any], int], None]:
+    def handler(s: Scan, seg: list[Any], i: int) -> None:
         s.ctx = name
 
     return handler
@@ -994,7 +995,7 @@ def _group(name: str):
 _other = _group("other")
 
 
-def _cnt(s: Scan, seg: list, i: int) -> None:
+def _cnt(s: Scan, seg: list[Any], i: int) -> None:
     if s.cnt_lines is None and comp(seg, 1, 1) == "2":
         s.cnt_lines = seg
         s.cnt_pos = i
@@ -1052,7 +1053,7 @@ def scan(ts: TransactionSet, mapping: MessageMapping, kind: str) -> Scan:
     """One pass over the message: the collected values and findings."""
     s = Scan(ts, mapping, kind)
     get = HANDLERS.get
-    segs: list[list] = ts.segments
+    segs: list[list[Any]] = ts.segments
     for i in range(1, len(segs)):
         seg = segs[i]
         if not seg:
@@ -1083,7 +1084,7 @@ def scan(ts: TransactionSet, mapping: MessageMapping, kind: str) -> Scan:
     return s
 
 
-def fill_common(doc: dict, s: Scan) -> None:
+def fill_common(doc: dict[str, Any], s: Scan) -> None:
     """The fields ORDERS and INVOIC fill the same way."""
     ts = s.ts
     segs = ts.segments
@@ -1150,7 +1151,7 @@ def stamped(s: Scan) -> list[Finding]:
     return [replace(f, interchange_control=ich, group_control=grp, message_control=msg) for f in s.findings]
 
 
-def first_total(s: Scan, qualifiers) -> str | None:
+def first_total(s: Scan, qualifiers: Iterable[str]) -> str | None:
     for q in qualifiers:
         v = s.totals.get(q)
         if v is not None:

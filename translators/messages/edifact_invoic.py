@@ -24,6 +24,8 @@ BGM, an unknown NAD qualifier are warnings.
 
 from __future__ import annotations
 
+from typing import Any
+
 from translators.canonical import new_document
 from translators.findings import Finding, Severity
 from translators.mapping import STANDARD, MessageMapping
@@ -40,7 +42,7 @@ from translators.messages.common import common_order
 from translators.model import TransactionSet
 
 
-def map_invoic(ts: TransactionSet, mapping: MessageMapping = STANDARD) -> tuple[dict, list[Finding]]:
+def map_invoic(ts: TransactionSet, mapping: MessageMapping = STANDARD) -> tuple[dict[str, Any], list[Finding]]:
     """Map one INVOIC message to a canonical invoice and its findings."""
     s = scan(ts, mapping, "invoice")
     doc = new_document("invoice", "edifact")

@@ -18,6 +18,8 @@ BGM, an unknown NAD qualifier are warnings.
 
 from __future__ import annotations
 
+from typing import Any
+
 from translators.canonical import new_document
 from translators.findings import Finding, Severity
 from translators.mapping import STANDARD, MessageMapping
@@ -33,7 +35,7 @@ from translators.messages.edifact_common import (
 from translators.model import TransactionSet
 
 
-def map_orders(ts: TransactionSet, mapping: MessageMapping = STANDARD) -> tuple[dict, list[Finding]]:
+def map_orders(ts: TransactionSet, mapping: MessageMapping = STANDARD) -> tuple[dict[str, Any], list[Finding]]:
     """Map one ORDERS message to a canonical purchase order and its findings."""
     s = scan(ts, mapping, "purchase_order")
     doc = new_document("purchase_order", "edifact")

@@ -437,7 +437,7 @@ class X12Mapper:
         self.lines_out: list[dict[str, Any]] = self.doc["lines"]
 
     # -- findings ----------------------------------------------------------------------------
-    def add(self, code: str, message: str, i: int, element: int | None = None, severity=ERROR,
+    def add(self, code: str, message: str, i: int, element: int | None = None, severity: Severity = ERROR,
             value: str | None = None, tag: str | None = None, component: int | None = None,
             check: str | None = None) -> None:
         segs = self.segs
@@ -602,7 +602,7 @@ class X12Mapper:
         if checks is not None and not passes(seg, checks.spec):
             self._check(seg, i, checks.spec)
 
-    def _check(self, seg: list[str], i: int, spec) -> None:
+    def _check(self, seg: list[str], i: int, spec: Spec) -> None:
         """The explaining check of a segment that failed its fast predicate."""
         mandatory, notes = spec
         n = len(seg)
