@@ -22,6 +22,8 @@ from setuptools.command.build_ext import build_ext
 HOT_MODULES = [
     "translators/envelope.py",
     "translators/decoding.py",
+    "translators/translate.py",
+    "translators/codelists.py",
     "translators/messages/common.py",
     "translators/messages/x12_common.py",
     "translators/messages/x12_850.py",

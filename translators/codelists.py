@@ -95,6 +95,7 @@ def is_currency(code: str) -> bool:
     return pycountry.currencies.get(alpha_3=code) is not None or code in _historic_currencies()
 
 
+@lru_cache(maxsize=4096)
 def is_unit(code: str, standard: str) -> bool:
     """A unit of measure code shaped as X12 355 (2 characters) or EDIFACT 6411 (1 to 3)."""
     if not code.isascii() or not code.isalnum() or code.upper() != code:
