@@ -186,17 +186,24 @@ def _yaml_problem(source: str, e: yaml.YAMLError) -> Problem:
 def _load_yaml(text: str, source: str) -> tuple[Any, Marks, list[Problem]]:
     if text.startswith("\ufeff"):
         text = text[1:]
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # reads the whole text first: control characters are refused here
+    except yaml.YAMLError as e:
+        return None, Marks(), [_yaml_problem(source, e)]
     try:
         try:
             node = loader.get_single_node()
         except yaml.YAMLError as e:
             return None, Marks(), [_yaml_problem(source, e)]
+        except RecursionError:
+            return None, Marks(), [Problem(source, "", "the file nests lists or mappings too deeply to be a mapping file")]
         if node is None:
             return None, Marks(), [Problem(source, "", "the file is empty; a mapping file needs at least 'id' and 'name'")]
         builder = _Builder(loader)
         try:
             data = builder.build(node)
+        except RecursionError:
+            return None, builder.marks, [Problem(source, "", "the file nests lists or mappings too deeply to be a mapping file")]
         except _Bad as bad:
             line, column = _mark(bad.node)
             return None, builder.marks, [Problem(source, format_path(bad.path), bad.message, line, column)]
