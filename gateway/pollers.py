@@ -125,8 +125,10 @@ def _record(runtime: Runtime, report: PollReport, cursor: dict[str, Any]) -> Non
         if report.errors:
             row.last_error = report.error[:4000] if report.error else None
             row.last_error_at = now
+            row.failing_since = row.failing_since or now
         else:
             row.last_success_at = now
+            row.failing_since = None
 
     record_source_status(runtime.engine, report.source, update)
 

@@ -106,6 +106,9 @@ def load_partners(folder: Path, engine: Engine) -> PartnerDirectory:
 def open_runtime(settings: Settings, *, migrate: bool = True, resolve_secrets: bool = True) -> Runtime:
     """Connect to the store (migrating it to the latest schema) and resolve ``secret:`` references."""
     url = settings.store_url
+    from gateway.store.db import private_folder
+
+    private_folder(settings.data_dir)  # the store, the key files and the session key live here
     if migrate:
         upgrade(url)
     engine = make_engine(url)

@@ -48,12 +48,48 @@ class WorkerSettings(BaseModel):
 
 
 class WebSettings(BaseModel):
+    """The panel: where it listens and what it lets in (see README, "Security")."""
+
     model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     session_secret: SecretStr | None = None  # None: one is generated and kept in the data directory
-    secure_cookies: bool = False  # True behind HTTPS
+    secure_cookies: bool | None = Field(
+        None, description="the session cookie's Secure flag; None: on unless the panel listens on loopback only")
+    allowed_hosts: list[str] | None = Field(
+        None, description="Host header values served ('*.example.com' allowed); None: loopback names, the "
+                          "listening address and this machine's names. Refuses DNS-rebinding requests")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="addresses (or networks) of reverse proxies whose X-Forwarded-For and "
+                                          "X-Forwarded-Proto are believed; empty: none, the peer address counts")
+    max_form_bytes: int = Field(64 * 1024, ge=1024, description="largest form or other small request body")
+    max_json_bytes: int = Field(64 * 1024, ge=1024, description="largest JSON request body")
+    max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024,
+                                  description="largest body of the partner routes (mapping files, EDI samples)")
+    body_timeout_seconds: float = Field(60.0, gt=0, description="a request body must have arrived by then (408)")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must have arrived by then")
+    max_connections: int = Field(200, ge=1, description="open connections served at once; more get 503")
+    session_idle_minutes: float = Field(120.0, gt=0, description="a session unused this long is ended")
+    session_max_hours: float = Field(12.0, gt=0, description="a session is ended this long after sign-in")
+    login_max_failures: int = Field(5, ge=1, description="failed sign-ins per user name before it is locked")
+    login_max_failures_per_address: int = Field(30, ge=1, description="failed sign-ins per client address")
+    login_lock_minutes: float = Field(15.0, gt=0, description="window and lock time of the sign-in throttle")
+    api_docs: bool = Field(True, description="serve Swagger UI at /api/docs (from the swagger-ui-bundle package)")
+
+    def loopback_only(self) -> bool:
+        """Whether the panel listens on a loopback address only (so plain HTTP cookies are acceptable)."""
+        import ipaddress
+
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def cookies_secure(self) -> bool:
+        return self.secure_cookies if self.secure_cookies is not None else not self.loopback_only()
 
 
 class Settings(BaseSettings):

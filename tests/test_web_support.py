@@ -144,7 +144,8 @@ def events_of(engine, doc_id: int) -> list[Event]:
 
 
 def client_for(rt) -> TestClient:
-    return TestClient(create_app(rt))
+    # A name the panel serves (the Host check refuses TestClient's default "testserver").
+    return TestClient(create_app(rt), base_url="http://localhost")
 
 
 def lease(engine, doc_id: int, owner: str = "other-worker") -> None:

@@ -389,10 +389,10 @@ def _start_web(rt, log, parts: list):
         return None
     import uvicorn
 
+    from gateway.web.server import server_config
+
     app = create_app(rt)
-    cfg = uvicorn.Config(app, host=rt.settings.web.host, port=rt.settings.web.port, log_config=None,
-                         access_log=False, lifespan="on")
-    server = uvicorn.Server(cfg)
+    server = uvicorn.Server(server_config(app, rt.settings.web))
     t = threading.Thread(target=_logged(server.run, log, "web"), name="web", daemon=True)
     t.start()
     parts.append(("web", t))

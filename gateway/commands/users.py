@@ -108,6 +108,10 @@ def _register_users(users_app: typer.Typer) -> None:
                 err(f"gateway: no user named {name}")
                 raise typer.Exit(1)
             user.disabled = disabled
+            if disabled:
+                from gateway.web.security import end_sessions
+
+                end_sessions(s, user.id)
         typer.echo(f"user {name} {'disabled' if disabled else 'enabled'}")
 
     @users_app.command("disable")
@@ -133,7 +137,7 @@ def _register_users(users_app: typer.Typer) -> None:
 
             from gateway.store import transaction
             from gateway.store.models import User
-            from gateway.web.security import hash_password
+            from gateway.web.security import end_sessions, hash_password
 
             engine = _engine(config)
             with transaction(engine) as s:
@@ -144,6 +148,7 @@ def _register_users(users_app: typer.Typer) -> None:
             with transaction(engine) as s:
                 user = s.exec(select(User).where(User.username == name)).one()
                 user.password_hash = hash_password(password)
+                end_sessions(s, user.id)
             typer.echo(f"password of {name} changed")
 
         guard(body)

@@ -9,6 +9,7 @@ from gateway.store.models import (
     Event,
     Interchange,
     Lease,
+    LoginThrottle,
     PartnerFile,
     RateWindow,
     RawPayload,
@@ -17,11 +18,12 @@ from gateway.store.models import (
     Supplier,
     SupplierAlias,
     User,
+    WebSession,
     utcnow,
 )
 
 __all__ = [
-    "ApiToken", "Batch", "Delivery", "Document", "Event", "Interchange", "Lease", "PartnerFile", "RateWindow",
-    "RawPayload", "Secret", "SourceStatus", "Supplier", "SupplierAlias", "User", "utcnow",
+    "ApiToken", "Batch", "Delivery", "Document", "Event", "Interchange", "Lease", "LoginThrottle", "PartnerFile", "RateWindow",
+    "RawPayload", "Secret", "SourceStatus", "Supplier", "SupplierAlias", "User", "WebSession", "utcnow",
     "is_postgres", "make_engine", "session_factory", "sqlite_url", "transaction", "upgrade",
 ]

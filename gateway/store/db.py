@@ -25,14 +25,39 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'gateway.db'}"
 
 
+def private_folder(folder: Path) -> Path:
+    """Make ``folder`` (and its parents) if missing, readable by this user only (0700): it holds the
+    store, its WAL and the key files. A folder this user owns is tightened if others could read it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = folder.stat()
+    # Never a shared folder like /tmp (sticky: others keep files there) made private.
+    if st.st_uid == os.getuid() and st.st_mode & 0o077 and not st.st_mode & 0o1000:
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if missing, or take group and other access away from it."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+
+
 def _prepare(url: str) -> str:
-    """psycopg 3 for plain ``postgresql://`` URLs; the SQLite file's folder created."""
+    """psycopg 3 for plain ``postgresql://`` URLs; the SQLite file made private (0600 in a 0700 folder:
+    SQLite gives its WAL and shared-memory files the database file's mode)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            private_folder(Path(path).parent)
+            for name in (path, path + "-wal", path + "-shm"):
+                if name == path or os.path.exists(name):
+                    private_file(Path(name))
     return url
 
 

@@ -239,6 +239,8 @@ class SourceStatus(SQLModel, table=True):
     last_success_at: datetime | None = _ts()
     last_error: str | None = _text()
     last_error_at: datetime | None = _ts()
+    failing_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True),
+                                           description="the first failed poll since the last good one")
     files_taken: int = 0
 
 
@@ -373,3 +375,34 @@ class AlertState(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=100)
     value: str | None = _text()
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class LoginThrottle(SQLModel, table=True):
+    """Sign-in attempts per user name (``u:<name>``) and per client address (``a:<address>``).
+
+    Kept in the store so every panel process counts together and a restart forgets nothing; an
+    attempt is counted before its password is checked, in the same transaction as the check.
+    """
+
+    __tablename__ = "login_throttle"
+
+    key: str = Field(primary_key=True, max_length=120)
+    window_start: datetime = Field(sa_type=DateTime(timezone=True), index=True)
+    failures: int = 0
+    locked_until: datetime | None = _ts()
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in panel session: the cookie carries a random id, the store its hash.
+
+    Sign-out deletes the row, so a copy of the cookie is worthless afterwards; so do disabling the
+    user and changing their password.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id_hash: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)
+    address: str | None = Field(default=None, max_length=64)

@@ -4,7 +4,8 @@
     app = create_app(runtime)          # served by ``gateway web`` / ``gateway run`` with uvicorn
 
 Every page and API call needs a signed-in session or an API token (``Authorization: Bearer``);
-``/healthz`` is open (it says only whether the store answers). ``/metrics`` (Prometheus) needs a
+``/healthz`` (liveness: the store answers) and ``/readyz`` (which sources and destinations fail,
+since when) are open. ``/metrics`` (Prometheus) needs a
 token like the API: give Prometheus one made with ``gateway tokens create``.
 """
 
@@ -24,24 +25,18 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from gateway.store.models import utcnow
 from gateway.web.actions import BulkJobs, Conflict, NotFound
-from gateway.web.auth import Forbidden, NotSignedIn, Throttle
+from gateway.web.auth import Forbidden, NotSignedIn
+from gateway.web.edge import Edge, is_api
 from gateway.web.queries import BadRequest
 from gateway.web.redact import Redactor
 from gateway.web.security import session_secret
+from gateway.web.throttle import SignInThrottle
 
 __all__ = ["create_app"]
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "gateway_session"
-SESSION_MAX_AGE = 12 * 3600
 log = structlog.get_logger("gateway.web")
-
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-# FastAPI's interactive API page loads Swagger UI from its CDN.
-CSP_DOCS = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
-            "frame-ancestors 'none'")
 
 
 class TTLCache:
@@ -105,17 +100,30 @@ class TTLCache:
             self._data = {}
 
 
-def _is_api(request: Request) -> bool:
-    path = request.url.path
-    return path.startswith("/api/") or path == "/api" or path == "/metrics"
-
-
 def _error(request: Request, status: int, message: str, headers: dict | None = None) -> Response:
-    if _is_api(request):
+    if is_api(request.url.path):
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
     from gateway.web.pages import render_error
 
-    return render_error(request, status, message)
+    response = render_error(request, status, message)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def allowed_hosts(web) -> list[str]:
+    """The Host names the panel answers to: ``web.allowed_hosts``, else loopback, the listening address
+    and this machine's names."""
+    import socket
+
+    if web.allowed_hosts is not None:
+        return list(web.allowed_hosts)
+    names = {"localhost", "127.0.0.1", "[::1]"}
+    if web.host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{web.host}]" if ":" in web.host else web.host)
+    if not web.loopback_only():
+        names |= {socket.gethostname(), socket.getfqdn()}
+    return sorted(n.lower() for n in names if n)
 
 
 def _version() -> str:
@@ -139,93 +147,87 @@ def create_app(runtime) -> FastAPI:
                               "Authenticate with 'Authorization: Bearer TOKEN' (gateway tokens create).")
     app.state.runtime = runtime
     app.state.jobs = BulkJobs(runtime.engine)
-    app.state.throttle = Throttle()
+    web = settings.web
+    app.state.throttle = SignInThrottle(runtime.engine, per_user=web.login_max_failures,
+                                        per_address=web.login_max_failures_per_address,
+                                        minutes=web.login_lock_minutes)
     app.state.redactor = Redactor(settings)
     app.state.cache = TTLCache()
     app.state.started_at = utcnow()
     app.state.metrics = Metrics(runtime)
 
-    configured = settings.web.session_secret.get_secret_value() if settings.web.session_secret else None
+    configured = web.session_secret.get_secret_value() if web.session_secret else None
     secret = session_secret(configured, settings.data_dir)
 
-    @app.middleware("http")
-    async def headers_and_timing(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("Content-Security-Policy", CSP_DOCS if path == "/api/docs" else CSP)
-        if not path.startswith("/static/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        route = request.scope.get("route")
-        app.state.metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code,
-                                  time.perf_counter() - started)
-        return response
-
-    # Added last, so it runs first: every handler sees request.session.
+    # Added first, so it runs inside the edge: every handler sees request.session.
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
-                       max_age=SESSION_MAX_AGE, same_site="lax", https_only=settings.web.secure_cookies)
+                       max_age=int(web.session_max_hours * 3600), same_site="lax", https_only=web.cookies_secure())
+    # Added last, so it runs first: host check, body limits, security headers, the one 500.
+    app.add_middleware(Edge, web=web, allowed_hosts=allowed_hosts(web), observe=app.state.metrics.observe)
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    if web.api_docs:
+        from swagger_ui_bundle import swagger_ui_path
+
+        app.mount("/api/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
     app.include_router(api.router)
     app.include_router(api.metrics_router)
     app.include_router(pages.router)
     app.include_router(flows.router)
 
-    @app.exception_handler(NotSignedIn)
-    async def _not_signed_in(request: Request, exc: NotSignedIn):
-        if _is_api(request):
-            return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        from urllib.parse import quote
+    statuses = {NotSignedIn: 401, Forbidden: 403, BadRequest: 400, NotFound: 404, Conflict: 409}
 
-        return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
+    async def handled(request: Request, exc: Exception):
+        """Every refusal the panel makes on purpose: 4xx with {"detail": ...} (a page for pages)."""
+        if isinstance(exc, NotSignedIn):
+            if is_api(request.url.path):
+                return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            from urllib.parse import quote
 
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden):
-        return _error(request, 403, str(exc))
+            return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
+        if isinstance(exc, RequestValidationError):
+            problems = []
+            for e in exc.errors():
+                where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form"))
+                problems.append(f"{where or 'request'}: {e.get('msg')}")
+            return _error(request, 422, "; ".join(problems) or "the request is not valid")
+        if isinstance(exc, StarletteHTTPException):
+            message = exc.detail if isinstance(exc.detail, str) else "request refused"
+            if exc.status_code == 404 and message == "Not Found":
+                message = f"{request.url.path}: no such page"
+            return _error(request, exc.status_code, message, headers=getattr(exc, "headers", None))
+        return _error(request, statuses[type(exc)], str(exc))
 
-    @app.exception_handler(BadRequest)
-    async def _bad_request(request: Request, exc: BadRequest):
-        return _error(request, 400, str(exc))
-
-    @app.exception_handler(NotFound)
-    async def _not_found(request: Request, exc: NotFound):
-        return _error(request, 404, str(exc))
-
-    @app.exception_handler(Conflict)
-    async def _conflict(request: Request, exc: Conflict):
-        return _error(request, 409, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        problems = []
-        for e in exc.errors():
-            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form"))
-            problems.append(f"{where or 'request'}: {e.get('msg')}")
-        return _error(request, 422, "; ".join(problems) or "the request is not valid")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        message = exc.detail if isinstance(exc.detail, str) else "request refused"
-        if exc.status_code == 404 and message == "Not Found":
-            message = f"{request.url.path}: no such page"
-        return _error(request, exc.status_code, message, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.error("web_error", path=request.url.path, error_type=type(exc).__name__, error=str(exc))
-        return _error(request, 500, "something went wrong on our side; it has been logged")
+    for kind in (*statuses, RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(kind, handled)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
+        """Liveness: the process answers and its store does (nothing about the outside systems)."""
         from gateway.web.queries import health
 
         ok, message = health(runtime.engine)
         return JSONResponse({"status": "ok" if ok else "unavailable", "store": message},
                             status_code=200 if ok else 503)
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz():
+        """Readiness: 200 when the store answers and no source or destination is failing; else 503 with
+        which parts fail since when (no error texts: this answers without signing in)."""
+        from sqlmodel import Session
+
+        from gateway.web.queries import health, readiness
+
+        ok, message = health(runtime.engine)
+        if not ok:
+            return JSONResponse({"status": "unavailable", "store": message, "failing": []}, status_code=503)
+        with Session(runtime.engine) as s:
+            report = readiness(s, runtime.settings)
+        failing = [{"part": p["part"], "since": p["since"].isoformat() if p["since"] else None,
+                    "reason": p["reason"]} for p in report["failing"]]
+        return JSONResponse({"status": report["status"], "store": message, "failing": failing},
+                            status_code=503 if failing else 200)
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon():

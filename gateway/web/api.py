@@ -12,9 +12,8 @@ import binascii
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
@@ -110,16 +109,24 @@ def documents(
 
 
 @router.get("/documents/{doc_id}", summary="A document: segments, canonical form, findings, timeline, responses")
-def document(request: Request, doc_id: int, user: ReadUser) -> Any:
+def document(
+    request: Request,
+    doc_id: views.RowId,
+    user: ReadUser,
+    segments_from: int | None = Query(None, ge=1, le=10**9, description=f"first raw segment shown "
+                                      f"({queries.SEGMENT_PAGE} a page; default: the page of the first error)"),
+    lines_from: int = Query(1, ge=1, le=10**9, description=f"first canonical line shown ({queries.LINE_PAGE} a page)"),
+) -> Any:
+    page = queries.DetailPage(segments_from=segments_from, lines_from=lines_from)
     with Session(views.runtime(request).engine) as s:
-        detail = queries.document_detail(s, doc_id)
+        detail = queries.document_detail(s, doc_id, page)
     if detail is None:
         raise NotFound(f"document {doc_id}: no such document")
     return _redacted(request, detail)
 
 
 @router.get("/documents/{doc_id}/status", summary="A document's state and stage (cheap, for polling)")
-def document_status(request: Request, doc_id: int, user: ReadUser) -> Any:
+def document_status(request: Request, doc_id: views.RowId, user: ReadUser) -> Any:
     with Session(views.runtime(request).engine) as s:
         doc = s.get(queries.Document, doc_id)
         if doc is None:
@@ -129,7 +136,7 @@ def document_status(request: Request, doc_id: int, user: ReadUser) -> Any:
 
 
 @router.post("/documents/{doc_id}/reprocess", summary="Send a document back through the pipeline")
-def reprocess(request: Request, doc_id: int, body: ReprocessIn, user: Operator) -> Any:
+def reprocess(request: Request, doc_id: views.RowId, body: ReprocessIn, user: Operator) -> Any:
     reprocess_one(views.runtime(request).engine, doc_id, actor=user.username, reason=body.reason,
                   from_stage=body.from_stage)
     request.app.state.cache.clear()
@@ -141,14 +148,14 @@ class InterchangeActionIn(_In):
 
 
 @router.post("/interchanges/{interchange_id}/force", summary="Push a duplicate interchange through after all")
-def force_interchange(request: Request, interchange_id: int, body: InterchangeActionIn, user: Operator) -> Any:
+def force_interchange(request: Request, interchange_id: views.RowId, body: InterchangeActionIn, user: Operator) -> Any:
     interchange_action(views.runtime(request).engine, interchange_id, "force", actor=user.username, reason=body.reason)
     request.app.state.cache.clear()
     return _interchange_status(request, interchange_id)
 
 
 @router.post("/interchanges/{interchange_id}/retry", summary="Split a failed interchange (no documents) again")
-def retry_interchange(request: Request, interchange_id: int, body: InterchangeActionIn, user: Operator) -> Any:
+def retry_interchange(request: Request, interchange_id: views.RowId, body: InterchangeActionIn, user: Operator) -> Any:
     interchange_action(views.runtime(request).engine, interchange_id, "retry", actor=user.username, reason=body.reason)
     request.app.state.cache.clear()
     return _interchange_status(request, interchange_id)
@@ -163,7 +170,7 @@ def _interchange_status(request: Request, interchange_id: int) -> dict:
 
 
 @router.post("/documents/{doc_id}/supplier", summary="Choose the Plex supplier of a needs-attention document")
-def supplier(request: Request, doc_id: int, body: SupplierIn, user: Operator) -> Any:
+def supplier(request: Request, doc_id: views.RowId, body: SupplierIn, user: Operator) -> Any:
     choose_supplier(views.runtime(request).engine, doc_id, body.supplier_code, actor=user.username)
     request.app.state.cache.clear()
     return document_status(request, doc_id, user)
@@ -211,6 +218,15 @@ def sources(request: Request, user: ReadUser) -> Any:
     rt = views.runtime(request)
     with Session(rt.engine) as s:
         return _redacted(request, queries.sources(s, rt.settings))
+
+
+@router.get("/readiness", summary="Which sources and destinations are failing, since when, and why")
+def readiness(request: Request, user: ReadUser) -> Any:
+    rt = views.runtime(request)
+    with Session(rt.engine) as s:
+        report = queries.readiness(s, rt.settings)
+        report["destinations"] = queries.destinations(s, rt.settings)
+    return _redacted(request, report)
 
 
 @router.get("/partners", summary="Partners in force and drafts, with last activity and error rate")
@@ -292,9 +308,21 @@ def openapi(request: Request, user: ReadUser) -> Any:
     return app.openapi_schema
 
 
+SWAGGER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>EDI gateway API</title>
+<link rel="stylesheet" href="/api/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/api/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/static/api-docs.js"></script></body></html>
+"""
+
+
 @router.get("/docs", include_in_schema=False)
 def docs(request: Request, user: ReadUser) -> Any:
-    return get_swagger_ui_html(openapi_url="/api/openapi.json", title="EDI gateway API")
+    """Swagger UI, served from the swagger-ui-bundle package (``web.api_docs = false`` turns it off)."""
+    if not views.runtime(request).settings.web.api_docs:
+        raise NotFound("/api/docs: the API page is turned off (web.api_docs); the schema is at /api/openapi.json")
+    return HTMLResponse(SWAGGER_PAGE)
 
 
 @metrics_router.get("/metrics", include_in_schema=False)

@@ -1,28 +1,29 @@
-"""Who is asking: a signed session cookie (people) or an API token (scripts, Prometheus).
+"""Who is asking: a signed-in session (people) or an API token (scripts, Prometheus).
 
 Every route depends on :func:`principal`; actions also on :func:`operator` and :func:`csrf`.
-A session is bound to the user's password hash, so changing a password or disabling the user
-ends their sessions at the next request.
+A session is a row in the store (``web_sessions``) named by a random id in the signed cookie:
+signing out deletes it, so a copy of the cookie is refused afterwards. It ends when unused for
+``web.session_idle_minutes`` and ``web.session_max_hours`` after sign-in, and when the user is
+disabled or their password changes (the cookie is also bound to the password hash).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import Depends, Request
+from sqlalchemy import delete, or_
 from sqlmodel import Session, select
 
-from gateway.store.db import transaction
-from gateway.store.models import ApiToken, User, utcnow
-from gateway.web.security import DUMMY_HASH, hash_password, needs_rehash, token_hash, verify_password
+from gateway.store.db import reading, transaction
+from gateway.store.models import ApiToken, User, WebSession, utcnow
+from gateway.web.queries import as_utc
+from gateway.web.security import DUMMY_HASH, hash_password, needs_rehash, same_secret, token_hash, verify_password
 
-SESSION_REFRESH_S = 600  # re-sign the cookie (sliding expiry) at most this often
+SESSION_TOUCH_S = 60  # write WebSession.last_seen_at at most this often per session
 TOKEN_TOUCH_S = 300  # write ApiToken.last_used_at at most this often per token
 
 
@@ -89,18 +90,38 @@ def _from_token(request: Request, header: str) -> Principal:
     return Principal(user.id, user.username, user.role, "token")
 
 
+def _session_limits(request: Request) -> tuple[timedelta, timedelta]:
+    web = request.app.state.runtime.settings.web
+    return timedelta(minutes=web.session_idle_minutes), timedelta(hours=web.session_max_hours)
+
+
 def _from_session(request: Request) -> Principal | None:
-    uid = request.session.get("uid")
-    if not uid:
+    sid = request.session.get("sid")
+    if not sid or not isinstance(sid, str):
         return None
-    with Session(request.app.state.runtime.engine) as s:
-        user = s.get(User, uid)
-    if user is None or user.disabled or request.session.get("tag") != session_tag(user.password_hash):
+    engine = request.app.state.runtime.engine
+    key = _sid_hash(sid)
+    with reading(engine) as s:
+        row = s.exec(select(WebSession, User).join(User, User.id == WebSession.user_id)
+                     .where(WebSession.id_hash == key)).first()
+    now = utcnow()
+    idle, longest = _session_limits(request)
+    if row is None:
         request.session.clear()
         return None
-    now = int(time.time())
-    if now - int(request.session.get("t", 0)) > SESSION_REFRESH_S:
-        request.session["t"] = now
+    ws, user = row
+    seen = as_utc(ws.last_seen_at)
+    if (user.disabled or request.session.get("tag") != session_tag(user.password_hash)
+            or now - seen > idle or now - as_utc(ws.created_at) > longest):
+        with transaction(engine) as s:
+            s.execute(delete(WebSession).where(WebSession.id_hash == key))
+        request.session.clear()
+        return None
+    if now - seen > timedelta(seconds=SESSION_TOUCH_S):
+        with transaction(engine) as s:
+            live = s.get(WebSession, key)
+            if live is not None:
+                live.last_seen_at = now
     return Principal(user.id, user.username, user.role, "session")
 
 
@@ -137,7 +158,7 @@ async def csrf(request: Request, p: Principal = Depends(principal)) -> None:
     if sent is None and request.headers.get("content-type", "").startswith(
             ("application/x-www-form-urlencoded", "multipart/form-data")):
         sent = (await request.form()).get("csrf_token")
-    if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
+    if not same_secret(sent, expected):
         raise Forbidden("the form's security token is missing or stale: reload the page and try again")
 
 
@@ -148,49 +169,13 @@ async def acting_operator(request: Request, p: Principal = Depends(operator), _=
 
 # --------------------------------------------------------------------------------------------- sign-in
 
-class Throttle:
-    """Failed sign-ins per user name and per client address in a sliding window (in this process)."""
-
-    def __init__(self, per_user: int = 5, per_address: int = 30, window_s: float = 900.0):
-        self.per_user, self.per_address, self.window = per_user, per_address, window_s
-        self._fails: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._fails.setdefault(key, deque())
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        return q
-
-    def blocked_for(self, username: str, address: str) -> float:
-        """Seconds until another try is allowed (0: allowed now)."""
-        now = time.monotonic()
-        with self._lock:
-            wait = 0.0
-            for key, limit in ((f"u:{username.lower()}", self.per_user), (f"a:{address}", self.per_address)):
-                q = self._recent(key, now)
-                if len(q) >= limit:
-                    wait = max(wait, q[0] + self.window - now)
-            return wait
-
-    def failed(self, username: str, address: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._fails) > 10_000:  # made-up user names must not grow this without bound
-                for key in [k for k, q in self._fails.items() if not q or q[-1] <= now - self.window]:
-                    del self._fails[key]
-            for key in (f"u:{username.lower()}", f"a:{address}"):
-                self._recent(key, now).append(now)
-
-    def succeeded(self, username: str) -> None:
-        with self._lock:
-            self._fails.pop(f"u:{username.lower()}", None)
-
-
-def authenticate(engine, username: str, password: str) -> User | None:
-    """The user if the name and password match an enabled account (same work whether or not it exists)."""
-    with Session(engine) as s:
-        user = s.exec(select(User).where(User.username == username)).first()
+def authenticate(engine, username: str | None, password: str) -> User | None:
+    """The user if the name (see :func:`gateway.web.throttle.login_name`) and password match an enabled
+    account; the same work whether or not it exists."""
+    user = None
+    if username is not None:
+        with reading(engine) as s:
+            user = s.exec(select(User).where(User.username == username)).first()
     if user is None:
         verify_password(DUMMY_HASH, password)
         return None
@@ -204,12 +189,29 @@ def authenticate(engine, username: str, password: str) -> User | None:
     return user
 
 
-def sign_in(request: Request, user: User) -> None:
+def _sid_hash(sid: str) -> str:
+    return hashlib.sha256(("web-session:" + sid).encode()).hexdigest()
+
+
+def sign_in(request: Request, user: User, address: str | None = None) -> None:
+    """Start a session for ``user``: a new id and CSRF token (never the ones from before sign-in)."""
+    sid = secrets.token_urlsafe(32)
+    now = utcnow()
+    idle, longest = _session_limits(request)
+    with transaction(request.app.state.runtime.engine) as s:
+        # Sessions that have ended anyway go now (the table stays as small as the people signed in).
+        s.execute(delete(WebSession).where(or_(WebSession.last_seen_at < now - idle,
+                                               WebSession.created_at < now - longest)))
+        s.add(WebSession(id_hash=_sid_hash(sid), user_id=user.id, created_at=now, last_seen_at=now,
+                         address=(address or "")[:64] or None))
     request.session.clear()
-    request.session.update({"uid": user.id, "tag": session_tag(user.password_hash), "t": int(time.time()),
-                            "csrf": secrets.token_urlsafe(24)})
-    request.session.mark_modified()
+    request.session.update({"sid": sid, "tag": session_tag(user.password_hash), "csrf": secrets.token_urlsafe(24)})
 
 
 def sign_out(request: Request) -> None:
+    """End this session in the store (a saved copy of the cookie is refused from now on) and clear the cookie."""
+    sid = request.session.get("sid")
+    if isinstance(sid, str):
+        with transaction(request.app.state.runtime.engine) as s:
+            s.execute(delete(WebSession).where(WebSession.id_hash == _sid_hash(sid)))
     request.session.clear()

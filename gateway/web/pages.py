@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,8 @@ from gateway.web.auth import (
 )
 from gateway.web.queries import BadRequest
 from gateway.web.wording import plain_markup
+from gateway.web.security import same_secret
+from gateway.web.throttle import client_key, login_name
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
@@ -105,7 +108,8 @@ def flash(request: Request, kind: str, text: str) -> None:
     request.session["flash"] = [*request.session.get("flash", []), [kind, text]][-5:]
 
 
-def render(request: Request, name: str, context: dict | None = None, status: int = 200) -> Response:
+def render(request: Request, name: str, context: dict | None = None, status: int = 200, *,
+           with_csrf: bool = True) -> Response:
     try:
         user = identify(request)
     except Exception:  # noqa: BLE001 - a bad Authorization header on an error page: show it signed out
@@ -115,7 +119,7 @@ def render(request: Request, name: str, context: dict | None = None, status: int
     ctx.setdefault("outages", _outages(request) if user else [])
     ctx.update(
         user=user,
-        csrf=csrf_token(request),
+        csrf=csrf_token(request) if with_csrf else None,
         # A page's own refresh in the background must not eat a message meant for the next page.
         flashes=request.session.pop("flash", []) if user and not request.headers.get("x-panel-refresh") else [],
         path=request.url.path,
@@ -133,7 +137,8 @@ def _outages(request: Request) -> list[dict]:
 
 
 def render_error(request: Request, status: int, message: str) -> Response:
-    return render(request, "error.html", {"status": status, "message": message}, status=status)
+    # No CSRF token on an error page: it may answer a request that was not the panel's own.
+    return render(request, "error.html", {"status": status, "message": message}, status=status, with_csrf=False)
 
 
 def _back(path: str) -> RedirectResponse:
@@ -158,25 +163,21 @@ def login_page(request: Request, next: str | None = None) -> Response:
 @router.post("/login")
 def login(request: Request, username: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
           csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/") -> Response:
-    import secrets as _secrets
-
     target = _safe_next(next)
-    expected = request.session.get("csrf")
-    if not expected or not _secrets.compare_digest(csrf_token, expected):
+    if not same_secret(csrf_token, request.session.get("csrf")):
         return render(request, "login.html", {"next": target, "error": "The sign-in form expired: try again."},
                       status=403)
-    address = request.client.host if request.client else "?"
-    throttle = request.app.state.throttle
-    wait = throttle.blocked_for(username, address)
+    address = client_key(request.client.host if request.client else None)
+    name = login_name(username)
+    wait = request.app.state.throttle.reserve(name, address)
     if wait > 0:
         return render(request, "login.html", {
             "next": target, "error": f"Too many failed sign-ins. Try again in {int(wait // 60) + 1} min."}, status=429)
-    user = authenticate(views.runtime(request).engine, username.strip(), password) if username and password else None
+    user = authenticate(views.runtime(request).engine, name, password) if password else None
     if user is None:
-        throttle.failed(username, address)
         return render(request, "login.html", {"next": target, "error": "Wrong user name or password."}, status=401)
-    throttle.succeeded(username)
-    sign_in(request, user)
+    request.app.state.throttle.succeeded(name, address)
+    sign_in(request, user, address)
     return _back(target)
 
 
@@ -204,10 +205,12 @@ def sources_page(request: Request, user: Viewer) -> Response:
     rt = views.runtime(request)
     with Session(rt.engine) as s:
         rows = queries.sources(s, rt.settings)
+        outbound = queries.destinations(s, rt.settings)
     alerts = rt.settings.alerts
     channels = [(c.name, "e-mail" if hasattr(c, "recipients") else f"webhook ({c.format})") for c in alerts.channels] \
         if alerts else []
-    return render(request, "sources.html", {"sources": rows, "alerts": alerts, "channels": channels,
+    return render(request, "sources.html", {"sources": rows, "destinations": outbound, "alerts": alerts,
+                                            "channels": channels,
                                             "recent_alerts": recent_alerts(rt.engine, 10) if alerts else []})
 
 
@@ -273,7 +276,7 @@ def documents_page(request: Request, user: Viewer) -> Response:
     try:
         flt = queries.DocumentFilter.parse(q)
         limit_text = q.get("limit") or ""
-        if limit_text and not limit_text.isdigit():
+        if limit_text and not re.fullmatch("[0-9]{1,4}", limit_text):  # not isdigit(): "²" is a digit
             raise BadRequest("limit: must be a whole number")
         limit = int(limit_text) if limit_text else queries.DEFAULT_LIMIT
         with Session(views.runtime(request).engine) as s:
@@ -294,10 +297,11 @@ def documents_page(request: Request, user: Viewer) -> Response:
     }, status=400 if error else 200)
 
 
-def _document_page(request: Request, doc_id: int, *, error: str | None = None, status: int = 200,
+def _document_page(request: Request, doc_id: views.RowId, *, error: str | None = None, status: int = 200,
                    form: dict | None = None) -> Response:
+    page = queries.DetailPage.parse(request.query_params)
     with Session(views.runtime(request).engine) as s:
-        d = queries.document_detail(s, doc_id)
+        d = queries.document_detail(s, doc_id, page)
     if d is None:
         raise NotFound(f"document {doc_id}: no such document")
     d["ack_note"] = _ack_note(request, d["interchange_id"])
@@ -325,12 +329,12 @@ def _ack_note(request: Request, interchange_id: int) -> dict | None:
 
 
 @router.get("/documents/{doc_id}")
-def document_page(request: Request, doc_id: int, user: Viewer) -> Response:
+def document_page(request: Request, doc_id: views.RowId, user: Viewer) -> Response:
     return _document_page(request, doc_id)
 
 
 @router.post("/documents/{doc_id}/reprocess")
-def document_reprocess(request: Request, doc_id: int, user: Actor, reason: Annotated[str, Form()] = "",
+def document_reprocess(request: Request, doc_id: views.RowId, user: Actor, reason: Annotated[str, Form()] = "",
                        from_stage: Annotated[str, Form()] = "") -> Response:
     try:
         reprocess_one(views.runtime(request).engine, doc_id, actor=user.username, reason=reason,
@@ -380,7 +384,7 @@ def download(data: bytes | str, filename: str, media_type: str) -> Response:
 
 
 @router.post("/interchanges/{interchange_id}/{action}")
-def interchange_post(request: Request, interchange_id: int, action: str, user: Actor,
+def interchange_post(request: Request, interchange_id: views.RowId, action: str, user: Actor,
                      reason: Annotated[str, Form()] = "") -> Response:
     """Force a duplicate file through, or split a failed one again (errors render as 4xx pages)."""
     interchange_action(views.runtime(request).engine, interchange_id, action, actor=user.username, reason=reason)
@@ -391,7 +395,7 @@ def interchange_post(request: Request, interchange_id: int, action: str, user: A
 
 
 @router.post("/documents/{doc_id}/supplier")
-def document_supplier(request: Request, doc_id: int, user: Actor,
+def document_supplier(request: Request, doc_id: views.RowId, user: Actor,
                       supplier_code: Annotated[str, Form()] = "") -> Response:
     try:
         choose_supplier(views.runtime(request).engine, doc_id, supplier_code, actor=user.username)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from gateway.operations import stage_names
-from gateway.pipeline.machine import KINDS, LEGACY_STAGES, STATES
+from gateway.pipeline.machine import KINDS, LEGACY_STAGES, RESTING, STATES
 from gateway.store.models import (
     Batch,
     Delivery,
@@ -40,6 +40,8 @@ SORTS = {
 }
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
+MAX_ID = 2**63 - 1  # the store's ids are 64-bit: a larger one names nothing (and must not reach the driver)
+ACTIVE_STATES = tuple(s for s in STATES if s not in {r.value for r in RESTING})
 FILTER_KEYS = ("partner", "kind", "state", "stage", "since", "until", "number", "control")
 
 
@@ -57,14 +59,15 @@ def as_utc(value: datetime | None) -> datetime | None:
 def _parse_when(name: str, text: str, *, end: bool) -> datetime:
     text = text.strip()
     try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
             day = date.fromisoformat(text)
             start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
             return start + timedelta(days=1) if end else start  # 'until' a day includes that day
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
-        raise BadRequest(f"{name}: {text!r} is not a date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM)") from None
-    return as_utc(value)
+        raise BadRequest(f"{name}: {text[:40]!r} is not a date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM)") from None
+    except OverflowError:  # 9999-12-31 plus the day 'until' includes, or an offset past year 1 / 9999
+        raise BadRequest(f"{name}: {text[:40]!r} is outside the dates the panel can show") from None
 
 
 parse_when = _parse_when  # for the other lists' date filters (acknowledgments, jobs)
@@ -187,10 +190,13 @@ def _cursor(ts: datetime, doc_id: int) -> str:
 
 
 def _parse_cursor(name: str, text: str) -> tuple[datetime, int]:
-    m = re.fullmatch(r"(-?\d{1,20})\.(\d{1,19})", text or "")
-    if not m:
-        raise BadRequest(f"{name}: {text!r} is not a page cursor from this panel")
-    ts = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(m.group(1)))
+    m = re.fullmatch(r"(-?[0-9]{1,20})\.([0-9]{1,19})", text or "")
+    try:
+        if not m or int(m.group(2)) > MAX_ID:
+            raise OverflowError
+        ts = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(m.group(1)))
+    except OverflowError:
+        raise BadRequest(f"{name}: {(text or '')[:60]!r} is not a page cursor from this panel") from None
     return ts, int(m.group(2))
 
 
@@ -287,8 +293,40 @@ def _loads(text: str | None, default=None):
         return text
 
 
-def segment_lines(doc: Document, findings: list[dict]) -> list[dict]:
-    """The set's segments one per line, each with the findings that point at it."""
+SEGMENT_PAGE = 500  # segments of the raw EDI shown at once
+LINE_PAGE = 200  # canonical document lines shown at once
+FINDING_PAGE = 200  # findings listed at once (each segment still shows its own)
+
+
+@dataclass(frozen=True)
+class DetailPage:
+    """Which part of a large document to show: its raw segments and canonical lines come in pages."""
+
+    segments_from: int | None = None  # 1-based; None: the page holding the first failing segment
+    lines_from: int = 1  # 1-based
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> DetailPage:
+        def number(key: str) -> int | None:
+            text = str(params.get(key) or "").strip()
+            if not text:
+                return None
+            if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
+                raise BadRequest(f"{key}: must be a whole number from 1")
+            return int(text)
+
+        return cls(segments_from=number("segments_from"), lines_from=number("lines_from") or 1)
+
+
+def _pager(start: int, count: int, total: int, size: int) -> dict:
+    return {"from": start, "count": count, "total": total, "size": size,
+            "next": start + size if start + size <= total else None,
+            "prev": max(1, start - size) if start > 1 else None}
+
+
+def segment_lines(doc: Document, findings: list[dict], start: int | None = None,
+                  size: int = SEGMENT_PAGE) -> tuple[list[dict], dict]:
+    """One page of the set's segments, one per line, each with the findings that point at it."""
     lines = (doc.edi or "").splitlines()
     marks: dict[int, list[dict]] = {}
     for f in findings:
@@ -297,19 +335,30 @@ def segment_lines(doc: Document, findings: list[dict]) -> list[dict]:
         pos = f.get("set_position")
         if not pos and f.get("segment_index") and doc.first_segment_index:
             pos = f["segment_index"] - doc.first_segment_index + 1
-        if pos and 1 <= pos <= len(lines):
+        if isinstance(pos, int) and 1 <= pos <= len(lines):
             marks.setdefault(pos, []).append(f)
+    if start is None:  # open where the first error is
+        failing = [n for n, fs in marks.items() if any(f.get("severity") in ("error", "fatal") for f in fs)]
+        start = ((min(failing) - 1) // size) * size + 1 if failing else 1
     out = []
-    for n, text in enumerate(lines, 1):
+    for n in range(start, min(len(lines), start + size - 1) + 1):
         fs = marks.get(n, [])
         out.append({
             "n": n,
             "file_index": (doc.first_segment_index + n - 1) if doc.first_segment_index else None,
-            "text": text,
+            "text": lines[n - 1],
             "findings": fs,
             "error": any(f.get("severity") in ("error", "fatal") for f in fs),
         })
-    return out
+    return out, _pager(start, len(out), len(lines), size)
+
+
+def _paged_lines(canonical: Any, start: int, size: int = LINE_PAGE) -> tuple[Any, dict | None]:
+    if not isinstance(canonical, dict) or not isinstance(canonical.get("lines"), list):
+        return canonical, None
+    lines = canonical["lines"]
+    shown = lines[start - 1: start - 1 + size]
+    return {**canonical, "lines": shown}, _pager(start, len(shown), len(lines), size)
 
 
 def _event(e: Event) -> dict:
@@ -340,7 +389,9 @@ def _delivery(d: Delivery, batch: Batch | None) -> dict:
     }
 
 
-def document_detail(session: Session, doc_id: int) -> dict | None:
+def document_detail(session: Session, doc_id: int, page: DetailPage | None = None) -> dict | None:
+    """Everything about a document; its segments, canonical lines and findings a page at a time."""
+    page = page or DetailPage()
     doc = session.get(Document, doc_id)
     if doc is None:
         return None
@@ -357,6 +408,8 @@ def document_detail(session: Session, doc_id: int) -> dict | None:
     plex = next((d for d in deliveries if d.destination == "plex"), None)
     anaplan = next((d for d in deliveries if d.destination == "anaplan"), None)
     batch = batches.get(anaplan.batch_id) if anaplan is not None and anaplan.batch_id else None
+    segments, segments_page = segment_lines(doc, findings, page.segments_from)
+    canonical, lines_page = _paged_lines(_loads(doc.canonical), page.lines_from)
     return {
         "id": doc.id,
         "interchange_id": doc.interchange_id,
@@ -386,9 +439,12 @@ def document_detail(session: Session, doc_id: int) -> dict | None:
         "deliveries": [_delivery(d, batches.get(d.batch_id) if d.batch_id else None) for d in deliveries],
         "created_at": as_utc(doc.created_at),
         "updated_at": as_utc(doc.updated_at),
-        "canonical": _loads(doc.canonical),
-        "findings": findings,
-        "segments": segment_lines(doc, findings),
+        "canonical": canonical,
+        "lines_page": lines_page,
+        "findings": findings[:FINDING_PAGE],
+        "findings_total": len(findings),
+        "segments": segments,
+        "segments_page": segments_page,
         "events": timeline,
         # What the outside systems said: the deliveries' events carry their responses in detail
         # (post, forward and confirm: events written before deliveries existed).
@@ -563,6 +619,7 @@ def sources(session: Session, settings, *, now: datetime | None = None) -> list[
         stale = bool(interval and (last_poll is None or (now - last_poll).total_seconds() > 3 * interval + 60))
         error_now = bool(r and r.last_error and (r.last_success_at is None or
                                                  (r.last_error_at and as_utc(r.last_error_at) >= as_utc(r.last_success_at))))
+        since = as_utc(r.failing_since or r.last_error_at) if r and error_now else None
         out.append({
             "source": name,
             "configured": name in intervals,
@@ -573,9 +630,51 @@ def sources(session: Session, settings, *, now: datetime | None = None) -> list[
             "last_error_at": as_utc(r.last_error_at) if r else None,
             "files_taken": r.files_taken if r else 0,
             "failing": error_now,
+            "failing_since": since,
             "stale": stale,
         })
     return out
+
+
+# Error codes that say a destination as a whole is refusing the gateway (credentials, permissions,
+# configuration) or cannot be reached, not that one document was wrong.
+DESTINATION_CODES = {
+    "plex": ("plex.auth", "plex.permission", "plex.config", "plex.transient"),
+    "anaplan": ("anaplan.auth", "anaplan.config", "anaplan.retry", "anaplan.batch_failed", "anaplan.internal"),
+}
+
+
+def destinations(session: Session, settings) -> list[dict]:
+    """Each configured destination, failing when deliveries failed or wait on a destination-wide error
+    (credentials, permission, configuration, unreachable); since the oldest of them, with the latest error."""
+    from gateway.store.models import Delivery
+
+    out = []
+    for name, codes in DESTINATION_CODES.items():
+        if getattr(settings, name, None) is None:
+            continue
+        held = and_(Delivery.destination == name, Delivery.error_code.in_(codes),
+                    Delivery.state.in_(("failed", "pending", "waiting")))
+        first, last, count = session.execute(
+            sa_select(func.min(Delivery.updated_at), func.max(Delivery.updated_at), func.count()).where(held)).one()
+        latest = session.execute(sa_select(Delivery.error, Delivery.error_code).where(held)
+                                 .order_by(Delivery.updated_at.desc()).limit(1)).first()
+        out.append({"destination": name, "failing": bool(count), "failing_since": as_utc(first) if count else None,
+                    "last_error_at": as_utc(last) if count else None, "documents": int(count),
+                    "last_error": latest.error if latest else None, "error_code": latest.error_code if latest else None})
+    return out
+
+
+def readiness(session: Session, settings) -> dict:
+    """What /readyz reports: the store answers, and which sources and destinations are failing since when."""
+    parts = [{"part": f"source:{s['source']}", "failing": s["failing"] or s["stale"],
+              "since": s["failing_since"] or (s["last_poll_at"] if s["stale"] else None),
+              "reason": "polls fail" if s["failing"] else "not polled lately" if s["stale"] else None}
+             for s in sources(session, settings) if s["configured"]]
+    parts += [{"part": f"destination:{d['destination']}", "failing": d["failing"], "since": d["failing_since"],
+               "reason": d["error_code"]} for d in destinations(session, settings)]
+    failing = [p for p in parts if p["failing"]]
+    return {"status": "degraded" if failing else "ready", "failing": failing, "parts": parts}
 
 
 # --------------------------------------------------------------------------------------------- partners

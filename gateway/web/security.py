@@ -12,7 +12,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 ROLES = ("viewer", "operator")
-USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")  # used with fullmatch
 MIN_PASSWORD = 8
 TOKEN_PREFIX = "gwt_"
 SESSION_SECRET_FILE = "web-session.key"
@@ -22,7 +22,7 @@ _hasher = PasswordHasher()  # argon2id with the library's current recommended pa
 
 def check_username(name: str) -> str | None:
     """None when ``name`` can be a user name, else why not."""
-    if not USERNAME.match(name or ""):
+    if not USERNAME.fullmatch(name or ""):
         return "a user name is 1-100 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
     return None
 
@@ -33,15 +33,27 @@ def check_password(password: str) -> str | None:
     return None
 
 
+def _utf8(text: str) -> bytes:
+    # "surrogatepass": a lone surrogate from a hostile form is bytes like any other, not an exception.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher.hash(_utf8(password))
 
 
 def verify_password(password_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher.verify(password_hash, _utf8(password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+
+
+def same_secret(sent: object, expected: str | None) -> bool:
+    """Constant-time comparison of a token a client sent with ours (any text, never an exception)."""
+    if not expected or not isinstance(sent, str):
+        return False
+    return secrets.compare_digest(_utf8(sent), _utf8(expected))
 
 
 def needs_rehash(password_hash: str) -> bool:
@@ -62,7 +74,7 @@ def new_api_token() -> str:
 
 def token_hash(token: str) -> str:
     # The token is 256 random bits: a plain SHA-256 is enough (no dictionary to defend against).
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_utf8(token)).hexdigest()
 
 
 def session_secret(configured: str | None, data_dir: Path) -> str:
@@ -86,3 +98,12 @@ def session_secret(configured: str | None, data_dir: Path) -> str:
     if len(value) < 32:
         raise ValueError(f"{path}: the session secret is too short; delete the file to have a new one made")
     return value
+
+
+def end_sessions(session, user_id: int) -> int:
+    """Delete every panel session of a user (inside the caller's transaction); how many there were."""
+    from sqlalchemy import delete
+
+    from gateway.store.models import WebSession
+
+    return session.execute(delete(WebSession).where(WebSession.user_id == user_id)).rowcount

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Path, Request
 from sqlmodel import Session
 
 from gateway.web import queries
 from gateway.web.onboarding import DRAFT_SUFFIX, current_draft, folder_file, validate
+
+# A document or interchange id in a path: a whole number the store's 64-bit ids can hold (else 422).
+RowId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="the id shown in the panel")]
 
 OVERVIEW_TTL = 10.0  # seconds: the counts group a whole table; a page view must not pay that each time
 ACTIVITY_TTL = 30.0
