@@ -30,6 +30,7 @@ __all__ = [
     "check_partner_directory",
     "load_partner_directory",
     "load_partner_file",
+    "load_usable_partners",
     "partner_files",
     "write_partner_schema",
 ]
@@ -99,6 +100,13 @@ def _check(directory: Path) -> tuple[PartnerDirectory, list[Problem], list[tuple
             items.append((str(path), text))
     loaded, more = check_directory_texts(items)
     return loaded, problems + more, items
+
+
+def load_usable_partners(directory: str | Path = DEFAULT_PARTNERS_DIR) -> tuple[PartnerDirectory, list[Problem]]:
+    """The partners whose files are good, and the problems of the others (what a running gateway uses:
+    one broken file must not stop every partner; see :meth:`gateway.runtime.Runtime.partner_problems`)."""
+    loaded, problems, _ = _check(Path(directory))
+    return loaded, problems
 
 
 def load_partner_directory(directory: str | Path = DEFAULT_PARTNERS_DIR) -> PartnerDirectory:

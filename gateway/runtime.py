@@ -44,6 +44,7 @@ class Runtime:
     _partners: PartnerDirectory | None = field(default=None, repr=False)
     _partners_version: tuple | None = field(default=None, repr=False)
     _partners_checked: float = field(default=float("-inf"), repr=False)
+    _partner_problems: list = field(default_factory=list, repr=False)
     monotonic: Callable[[], float] = field(default=time.monotonic, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Clients an integration's parts share in this process (e.g. one Plex client for matching and
@@ -64,10 +65,23 @@ class Runtime:
         version = self._partner_version()
         with self._lock:
             if self._partners is None or version != self._partners_version:
-                self._partners = load_partners(self.settings.partners_dir, self.engine)
+                self._partners, problems = load_partners(self.settings.partners_dir, self.engine)
+                if problems and not self._partner_problems:
+                    log.warning("partner_files_broken", files=sorted({p.source for p in problems}),
+                                problems=[p.message for p in problems][:10])
+                elif self._partner_problems and not problems:
+                    log.info("partner_files_fixed")
+                self._partner_problems = problems
                 self._partners_version = version
             self._partners_checked = now
             return self._partners
+
+    def partner_problems(self) -> list:
+        """The problems of the mapping files that are not in force (a broken file holds only its partner):
+        interchanges no good file claims wait while there are any (see the worker's split)."""
+        self.partners()
+        with self._lock:
+            return list(self._partner_problems)
 
     def partners_changed(self) -> None:
         """A partner file was activated here: the next :meth:`partners` looks again at once."""
@@ -84,23 +98,24 @@ class Runtime:
         return stamps, tuple(latest)
 
 
-def load_partners(folder: Path, engine: Engine) -> PartnerDirectory:
-    """The folder's mapping files, then every panel-activated one (which wins for its partner id)."""
-    from gateway.partners import load_partner_directory
+def load_partners(folder: Path, engine: Engine) -> tuple[PartnerDirectory, list]:
+    """The folder's good mapping files, then every panel-activated one (which wins for its partner id);
+    and the problems of the folder's files that are not in force."""
+    from gateway.partners import load_usable_partners
     from translators.partners import parse_partner_text
 
-    directory = load_partner_directory(folder) if Path(folder).is_dir() else PartnerDirectory()
+    directory, problems = load_usable_partners(folder) if Path(folder).is_dir() else (PartnerDirectory(), [])
     with reading(engine) as s:
         rows = s.exec(select(PartnerFile).where(PartnerFile.active)).all()
     if not rows:
-        return directory
+        return directory, problems
     merged = {p.id: p for p in directory}
     for row in rows:
         try:
             merged[row.partner_id] = parse_partner_text(row.text, f"panel:{row.filename}")
         except Exception as exc:  # noqa: BLE001 - a bad stored file must not stop the others
             log.error("partner_file_invalid", partner=row.partner_id, error=str(exc))
-    return PartnerDirectory(list(merged.values()))
+    return PartnerDirectory(list(merged.values())), problems
 
 
 def open_runtime(settings: Settings, *, migrate: bool = True, resolve_secrets: bool = True) -> Runtime:

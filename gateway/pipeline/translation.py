@@ -243,3 +243,20 @@ def retranslate(doc: Document, raw: bytes, partners: PartnerDirectory, *, source
                                 code="interchange.rejected", **changes)
         return Outcome.fail(row.error or "translation failed", code=row.error_code, **changes)
     return Outcome.ok({"message_type": d.type, "control": d.control.get("message")}, **changes)
+
+
+HELD = "waiting for a mapping file to be fixed: "
+PARTNER_HOLD_SECONDS = 15.0  # how often a held interchange is looked at again
+
+
+def partner_hold(ich: Interchange, problems: list) -> str | None:
+    """Why an interchange, just translated, waits instead of being stored: while a mapping file in the
+    partners folder is broken, a sender no good file claims may be that file's partner, so its
+    interchange must not go through the standard mapping. None: it goes on."""
+    if not problems or ich.partner is not None or not ich.sender_id:
+        return None
+    files = sorted({p.source for p in problems})
+    first = problems[0]
+    where = f"{first.path}: " if first.path else ""
+    return (f"{HELD}{', '.join(files)} has problems ({where}{first.message}); no other mapping file claims "
+            f"sender {ich.sender_id}. It is split by itself once the file is fixed.")[:2000]

@@ -55,10 +55,13 @@ from gateway.pipeline.machine import (
     string_limits,
 )
 from gateway.pipeline.translation import (
-    Split,
+    HELD,
+    PARTNER_HOLD_SECONDS,
     envelope_duplicate,
+    partner_hold,
     retranslate,
     same_envelope,
+    Split,
     split_interchange,
     translation_event_values,
 )
@@ -150,6 +153,7 @@ class _SplitResult:
     split: Split | None
     error: str | None
     duration_ms: float
+    held: str | None = None  # why it waits instead (a mapping file that may be its partner's is broken)
 
 
 @dataclass
@@ -328,7 +332,11 @@ class Worker:
         its documents move on while the next is translated (and no write lock is held for long)."""
         claimed = self._claim(Interchange, [Interchange.state == InterchangeState.RECEIVED.value], self.interchange_batch)
         for ich in claimed:
-            self._commit_split(self._split_one(ich))
+            result = self._split_one(ich)
+            if result.held:
+                self._hold(result)
+            else:
+                self._commit_split(result)
         return len(claimed)
 
     def _split_one(self, ich: Interchange) -> _SplitResult:
@@ -339,11 +347,26 @@ class Worker:
             if raw is None:
                 return _SplitResult(ich, None, f"the raw bytes of interchange {ich.id} are missing", 0.0)
             split = split_interchange(ich, raw, self.runtime.partners(), now=self.clock(), actor=self.name)
-            return _SplitResult(ich, split, None, (time.perf_counter() - t0) * 1000)
+            took = (time.perf_counter() - t0) * 1000
+            return _SplitResult(ich, split, None, took, held=partner_hold(ich, self.runtime.partner_problems()))
         except Exception as exc:  # noqa: BLE001 - a translator bug fails this interchange, not the worker
             self.log.exception("split_crashed", interchange=ich.id)
             return _SplitResult(ich, None, f"translation crashed: {describe_exception(exc)}",
                                 (time.perf_counter() - t0) * 1000)
+
+    def _hold(self, r: _SplitResult) -> None:
+        """Leave the interchange in ``received`` to be split again later, saying why (logged once)."""
+        now = self.clock()
+        with transaction(self.engine) as s:
+            row = s.exec(select(Interchange).where(Interchange.id == r.interchange.id,
+                                                   Interchange.lease_owner == self.name).with_for_update()).first()
+            if row is None:
+                return
+            first = not (row.error or "").startswith(HELD)
+            row.error, row.next_attempt_at = r.held, now + timedelta(seconds=PARTNER_HOLD_SECONDS)
+            row.lease_owner = row.lease_until = None
+        if first:
+            self.log.warning("interchange_held", interchange=r.interchange.id, reason=r.held)
 
     def _commit_split(self, r: _SplitResult) -> None:
         """Store one split; if the store refuses it, once more from a fresh split (objects of a

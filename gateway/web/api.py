@@ -234,6 +234,11 @@ def partners(request: Request, user: ReadUser) -> Any:
     return views.partners(request)
 
 
+@router.get("/partners-broken", summary="Mapping files not in force: their problems and the interchanges waiting")
+def partners_broken(request: Request, user: ReadUser) -> Any:
+    return views.broken_files(request)
+
+
 @router.get("/partners/{partner_id}", summary="A partner's mapping file: in force, draft, problems")
 def partner(request: Request, partner_id: str, user: ReadUser) -> Any:
     data = views.partner(request, partner_id)

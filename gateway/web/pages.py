@@ -210,7 +210,7 @@ def sources_page(request: Request, user: Viewer) -> Response:
     channels = [(c.name, "e-mail" if hasattr(c, "recipients") else f"webhook ({c.format})") for c in alerts.channels] \
         if alerts else []
     return render(request, "sources.html", {"sources": rows, "destinations": outbound, "alerts": alerts,
-                                            "channels": channels,
+                                            "channels": channels, "broken": views.broken_files(request),
                                             "recent_alerts": recent_alerts(rt.engine, 10) if alerts else []})
 
 
@@ -461,7 +461,7 @@ def job_page(request: Request, job_id: str, user: Viewer) -> Response:
 
 @router.get("/partners")
 def partners_page(request: Request, user: Viewer) -> Response:
-    return render(request, "partners.html", {"partners": views.partners(request)})
+    return render(request, "partners.html", {"partners": views.partners(request), "broken": views.broken_files(request)})
 
 
 def _editor(request: Request, *, partner: dict | None, text: str, filename: str, problems=None, status: int = 200,

@@ -153,3 +153,24 @@ def partner(request: Request, partner_id: str) -> dict | None:
         "text_source": source,
         "problems": v.problem_dicts() if v else [],
     }
+
+
+def broken_files(request: Request) -> list[dict]:
+    """Mapping files in the partners folder that are not in force, with their problems and how many
+    interchanges wait for them (no good file claims their senders)."""
+    from sqlalchemy import func, select
+
+    from gateway.pipeline.translation import HELD
+
+    rt = runtime(request)
+    problems = rt.partner_problems()
+    if not problems:
+        return []
+    with Session(rt.engine) as s:
+        waiting = s.execute(select(func.count()).select_from(queries.Interchange).where(
+            queries.Interchange.state == "received", queries.Interchange.error.startswith(HELD))).scalar_one()
+    files: dict[str, dict] = {}
+    for p in problems:
+        entry = files.setdefault(p.source, {"file": p.source, "problems": [], "waiting": waiting})
+        entry["problems"].append({"path": p.path, "message": p.message, "line": p.line})
+    return list(files.values())
