@@ -89,7 +89,7 @@ def test_archive_never_overwrites_an_earlier_file_of_the_same_name(engine, tmp_p
 
 
 def test_fresh_file_waits_for_a_second_look_and_growing_file_is_left_alone(engine, tmp_path):
-    rt = runtime(engine, tmp_path)
+    rt = runtime(engine, tmp_path, quiet_seconds=0)  # two looks in a row suffice here
     now = time.time()
     drop(tmp_path / "in", "done.edi", X12, mtime=now)
     growing = drop(tmp_path / "in", "growing.edi", X12[:40], mtime=now)
@@ -120,7 +120,7 @@ def test_temporary_and_hidden_names_are_never_taken(engine, tmp_path):
 
 
 def test_settling_state_survives_a_restart(engine, tmp_path):
-    first = runtime(engine, tmp_path)
+    first = runtime(engine, tmp_path, quiet_seconds=0)
     drop(tmp_path / "in", "PO.edi", X12, mtime=time.time())
     assert poll_source(first, "demo").listed == 0
     cursor = json.loads(status(engine).cursor)
@@ -135,11 +135,11 @@ def test_crash_between_store_and_acknowledge_is_recognised_by_hash(engine, tmp_p
     real = local_source.archive_or_delete
     calls = []
 
-    def ack_fails_once(cfg, path):
+    def ack_fails_once(cfg, path, taken):
         calls.append(path)
         if len(calls) == 1:
             raise OSError("simulated crash before the file was archived")
-        real(cfg, path)
+        real(cfg, path, taken)
 
     monkeypatch.setattr(local_source, "archive_or_delete", ack_fails_once)
     first = poll_source(rt, "demo")
@@ -324,3 +324,51 @@ def test_ack_never_replaces_a_different_file(engine, tmp_path):
     assert (tmp_path / "out" / f"997_000000123_{a.id}.x12").read_bytes() == other
     assert "already exists" in status(engine).last_error
     assert interchanges(engine)[0].ack_sent_at is None
+
+
+def test_a_writer_pausing_five_seconds_mid_file_is_not_taken_half_written(engine, tmp_path):
+    rt = runtime(engine, tmp_path)  # the default quiet period: 10 s
+    path = tmp_path / "in" / "slow.x12"
+    half = len(X12) // 2
+    with path.open("wb") as fh:
+        fh.write(X12[:half])
+        fh.flush()
+        paused = time.monotonic()
+        while time.monotonic() - paused < 5.0:  # the writer pauses 5 s; the poller looks every 0.25 s
+            assert poll_source(rt, "demo").stored == 0
+            time.sleep(0.25)
+        fh.write(X12[half:])
+    deadline = time.monotonic() + 20
+    while not interchanges(engine) and time.monotonic() < deadline:
+        poll_source(rt, "demo")
+        time.sleep(0.25)
+    (ich,) = interchanges(engine)
+    with Session(engine) as s:
+        assert s.get(RawPayload, ich.id).data == X12  # whole, never the first half
+    assert not path.exists()
+
+
+def test_a_file_written_to_after_it_was_taken_is_taken_again_as_a_new_version(engine, tmp_path, monkeypatch):
+    rt = runtime(engine, tmp_path)
+    path = drop(tmp_path / "in", "PO.x12", X12[:60])
+    real_take = intake_module.take
+
+    def take_then_the_writer_goes_on(*args, **kwargs):
+        result = real_take(*args, **kwargs)
+        if not path.read_bytes().endswith(X12[60:]):
+            with path.open("ab") as fh:  # the writer was not finished after all
+                fh.write(X12[60:])
+        return result
+
+    monkeypatch.setattr(intake_module, "take", take_then_the_writer_goes_on)
+    assert poll_source(rt, "demo").stored == 1
+    assert path.read_bytes() == X12  # left in the drop folder, not archived behind our back
+    assert not (tmp_path / "archive").exists() or list((tmp_path / "archive").iterdir()) == []
+    monkeypatch.setattr(intake_module, "take", real_take)
+    assert poll_source(rt, "demo").stored == 0  # just written: waits for the quiet period
+    os.utime(path, (OLD + 5, OLD + 5))  # ... which has passed
+    assert poll_source(rt, "demo").stored == 1
+    first, second = interchanges(engine)
+    with Session(engine) as s:
+        assert s.get(RawPayload, first.id).data == X12[:60] and s.get(RawPayload, second.id).data == X12
+    assert [p.read_bytes() for p in (tmp_path / "archive").iterdir()] == [X12] and not path.exists()

@@ -36,7 +36,7 @@ def base(sshd_server) -> Path:
 def runtime(engine, server, base: Path, folders, partners_dir: Path | None = None, **overrides) -> Runtime:
     values = dict(name="partners", host=server.host, port=server.port, username=server.username,
                   private_key_path=server.client_key_path, host_keys=[server.host_key], folders=folders,
-                  connect_timeout=5, retry_attempts=2, retry_max_wait=0.2)
+                  connect_timeout=5, retry_attempts=2, retry_max_wait=0.2, quiet_seconds=0)
     values.update(overrides)
     settings = Settings(data_dir=base / "var", partners_dir=partners_dir or base / "no-partners",
                         sftp=[SftpSettings(**values)])

@@ -56,6 +56,7 @@ def make_config(server, folders=(), **overrides) -> SftpConfig:
         connect_timeout=5,
         retry_attempts=2,
         retry_max_wait=0.2,
+        quiet_seconds=0,  # two looks in a row suffice here; the quiet period has a test of its own
     )
     values.update(overrides)
     return SftpConfig(**values)
@@ -460,6 +461,46 @@ def test_tracker_state_round_trip():
     restored = StabilityTracker.from_dict(json.loads(json.dumps(tracker.to_dict())))
     assert restored.observe("/in/a", 10, 100) is True
     assert restored.observe("/in/a", 11, 100) is False
-    assert StabilityTracker.from_dict(None).to_dict() == {"version": 1, "files": {}}
+    assert StabilityTracker.from_dict(None).to_dict() == {"version": 2, "files": {}}
+    old = StabilityTracker.from_dict({"version": 1, "files": {"/in/b": [5, 7]}})  # a store from before
+    assert old.observe("/in/b", 5, 7) is True
+
+
+def test_tracker_waits_for_the_quiet_period_across_two_looks():
+    tracker = StabilityTracker(quiet_seconds=10)
+    assert tracker.observe("/in/a", 10, 100, now=1000.0, age=1) is False
+    assert tracker.observe("/in/a", 10, 100, now=1005.0, age=6) is False  # the same, but only 5 s quiet
+    assert tracker.observe("/in/a", 12, 106, now=1006.0, age=0) is False  # the writer went on
+    assert tracker.observe("/in/a", 12, 106, now=1015.0, age=9) is False
+    assert tracker.observe("/in/a", 12, 106, now=1016.0, age=10) is True  # 10 s unchanged
+    assert tracker.observe("/in/b", 1, 50, now=1016.0, age=900) is False  # a first look is never enough
+    assert tracker.observe("/in/b", 1, 50, now=1017.0, age=901) is True  # an old file: the second look
     with pytest.raises(ValueError, match="version"):
         StabilityTracker.from_dict({"version": 99, "files": {}})
+
+
+def test_a_file_written_to_after_it_was_fetched_is_left_to_be_taken_again(sshd_server, base):
+    inbox, archive = base / "in", base / "in-archive"
+    cfg = make_config(sshd_server, [folder(inbox)])
+    write(inbox / "PO.edi", EDI[:30], mtime=1_700_000_000)
+    with SftpClient(cfg) as src:
+        list(src.list_pending())
+        (f,) = src.list_pending()
+        assert src.fetch(f) == EDI[:30]
+        write(inbox / "PO.edi", EDI, mtime=1_700_000_100)  # the writer was not done
+        src.acknowledge(f)
+        assert (inbox / "PO.edi").read_bytes() == EDI and not (archive.exists() and list(archive.iterdir()))
+        list(src.list_pending())
+        (again,) = src.list_pending()  # a new version: its own size and mtime
+        assert (again.size, again.mtime) == (len(EDI), 1_700_000_100) and src.fetch(again) == EDI
+        src.acknowledge(again)
+    assert [p.read_bytes() for p in archive.iterdir()] == [EDI] and not (inbox / "PO.edi").exists()
+
+
+def test_quiet_period_over_sftp(sshd_server, base):
+    cfg = make_config(sshd_server, [folder(base / "in")], quiet_seconds=10)
+    write(base / "in" / "new.edi", EDI)  # just written
+    write(base / "in" / "old.edi", EDI, mtime=1_700_000_000)  # quiet for long
+    with SftpClient(cfg) as src:
+        assert names(src.list_pending()) == []
+        assert names(src.list_pending()) == ["old.edi"]  # the second look; new.edi has not been quiet 10 s

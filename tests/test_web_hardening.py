@@ -361,8 +361,8 @@ def test_a_document_with_many_lines_is_shown_a_page_at_a_time(rt):
 def test_readiness_names_the_failing_source_and_destination_with_since_when(rt):
     from gateway.pipeline.machine import Outcome
     from gateway.pollers import poll_source
-    from gateway.sandbox.sterling_sim import run_sterling_sim
-    from gateway.settings import SterlingSource
+    from gateway.integrations.sterling.simulator.app import run_sterling_sim
+    from gateway.integrations.sterling.settings import SterlingSettings as SterlingSource
     from tests.test_web_support import FakeDelivery
 
     c = client_for(rt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -26,23 +27,32 @@ def accepts_name(name: str, pattern: str = "*", *, temp_suffixes: tuple[str, ...
 
 
 class StabilityTracker:
-    """Remembers (size, mtime) of each file from the previous poll.
+    """Remembers each file's (size, mtime) and since when it has looked so.
 
-    A file is stable when this poll saw the same size and mtime as the previous one. The
-    state is plain data so the pipeline can keep it in its database across restarts.
+    A file is stable when this look saw the same size and mtime as the previous one and it has
+    looked so for at least ``quiet_seconds`` (from the look that first saw it so, or from its
+    mtime, whichever is longer ago): a writer that pauses for less than that is never cut off.
+    The state is plain data so the pipeline can keep it in its database across restarts.
     """
 
-    VERSION = 1
+    VERSION = 2
 
-    def __init__(self, seen: dict[str, tuple[int, int]] | None = None) -> None:
-        self._seen: dict[str, tuple[int, int]] = dict(seen or {})
+    def __init__(self, seen: dict[str, tuple[int, int, float]] | None = None, *, quiet_seconds: float = 0.0) -> None:
+        self._seen: dict[str, tuple[int, int, float]] = dict(seen or {})
+        self.quiet_seconds = quiet_seconds
 
-    def observe(self, remote_id: str, size: int, mtime: int) -> bool:
-        """Record this poll's observation; True if it equals the previous poll's."""
+    def observe(self, remote_id: str, size: int, mtime: int, *, now: float | None = None,
+                age: float | None = None) -> bool:
+        """Record this look; True if it equals the previous one and the quiet period has passed.
+
+        ``age``: seconds since the file's modification time, where it is known."""
+        now = time.time() if now is None else now
         current = (int(size), int(mtime))
-        stable = self._seen.get(remote_id) == current
-        self._seen[remote_id] = current
-        return stable
+        previous = self._seen.get(remote_id)
+        if previous is not None and previous[:2] == current:
+            return max(now - previous[2], age or 0.0) >= self.quiet_seconds
+        self._seen[remote_id] = (*current, now)
+        return False
 
     def forget(self, remote_id: str) -> None:
         self._seen.pop(remote_id, None)
@@ -59,15 +69,19 @@ class StabilityTracker:
         return len(self._seen)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.VERSION, "files": {k: [s, m] for k, (s, m) in self._seen.items()}}
+        return {"version": self.VERSION, "files": {k: [s, m, t] for k, (s, m, t) in self._seen.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> StabilityTracker:
+    def from_dict(cls, data: dict[str, Any] | None, *, quiet_seconds: float = 0.0) -> StabilityTracker:
         if not data:
-            return cls()
-        if data.get("version") != cls.VERSION:
-            raise ValueError(f"unsupported StabilityTracker state version {data.get('version')!r}")
-        return cls({k: (int(v[0]), int(v[1])) for k, v in data.get("files", {}).items()})
+            return cls(quiet_seconds=quiet_seconds)
+        version = data.get("version")
+        if version not in (1, cls.VERSION):
+            raise ValueError(f"unsupported StabilityTracker state version {version!r}")
+        # Version 1 kept no time: its observations count from when this process first reads them.
+        since = time.time()
+        return cls({k: (int(v[0]), int(v[1]), float(v[2]) if len(v) > 2 else since)
+                    for k, v in data.get("files", {}).items()}, quiet_seconds=quiet_seconds)
 
 
 def unique_names(name: str, now: datetime, limit: int = 100) -> Iterator[str]:

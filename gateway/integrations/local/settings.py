@@ -21,3 +21,5 @@ class LocalSettings(BaseModel):
     partners: tuple[str, ...] = ()
     pattern: str = "*"
     interval_seconds: float = Field(5.0, gt=0)
+    quiet_seconds: float = Field(10.0, ge=0, description="a file is taken once its size and mtime have not "
+                                                        "changed for this long (over two polls, or since its mtime)")

@@ -1,8 +1,9 @@
 """A local folder as a source: files that stopped changing are read, stored, then archived or deleted.
 
-A file is taken once it looked the same (size and modification time) on two polls, or at once when
-untouched for :data:`LOCAL_SETTLE_SECONDS`; never while it carries a temporary upload suffix or is
-hidden. Its remote id is its path plus its modification time, so the same name written again later
+A file is taken once its size and modification time have not changed for ``quiet_seconds``
+(default 10) over two polls, or at once when its mtime is that old (it is read between two looks
+that must agree); never while it carries a temporary upload suffix or is hidden. A file written to
+after it was taken is left in the folder and taken again as a new version. Its remote id is its path plus its modification time, so the same name written again later
 is a new arrival, while a re-read after a crash is the same one.
 """
 
@@ -15,14 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+import structlog
+
 from gateway.integrations.base import Check, Intake
 from gateway.integrations.files import StabilityTracker, accepts_name, unique_names
 from gateway.integrations.local.settings import LocalSettings
 
-__all__ = ["LOCAL_SETTLE_SECONDS", "LocalSource", "archive_or_delete"]
+__all__ = ["LocalSource", "archive_or_delete"]
 
-#: A local file whose modification time is at least this old is finished, even on first sight.
-LOCAL_SETTLE_SECONDS = 3.0
+log = structlog.get_logger("gateway.integrations.local")
 
 
 class LocalSource:
@@ -41,7 +43,7 @@ class LocalSource:
 
     def poll(self, intake: Intake) -> None:
         cfg = self.settings
-        tracker = StabilityTracker.from_dict(intake.cursor.get("stability"))
+        tracker = StabilityTracker.from_dict(intake.cursor.get("stability"), quiet_seconds=cfg.quiet_seconds)
         folder = str(Path(cfg.path))
         try:
             entries = list(os.scandir(folder))
@@ -57,8 +59,9 @@ class LocalSource:
                 path = Path(entry.path)
                 st = entry.stat(follow_symlinks=False)
                 present.add(str(path))
-                stable = tracker.observe(str(path), st.st_size, st.st_mtime_ns)
-                if not stable and now - st.st_mtime < LOCAL_SETTLE_SECONDS:
+                age = now - st.st_mtime
+                stable = tracker.observe(str(path), st.st_size, st.st_mtime_ns, now=now, age=age)
+                if not stable and (cfg.quiet_seconds <= 0 or age < cfg.quiet_seconds):
                     continue  # may still be being written: look again next poll
                 intake.listed()
                 try:
@@ -74,8 +77,9 @@ class LocalSource:
                     tracker.forget(str(path))
                     intake.skip(f"{path} changed while it was read; it will be taken once stable")
                     continue
+                taken = (st.st_size, st.st_mtime_ns)
                 intake.take(path.name, f"{path}@{st.st_mtime_ns}", data,
-                            lambda path=path: archive_or_delete(cfg, path))
+                            lambda path=path, taken=taken: archive_or_delete(cfg, path, taken))
                 tracker.forget(str(path))
             tracker.prune(folder, present)
         finally:
@@ -92,8 +96,24 @@ class LocalSource:
         return checks
 
 
-def archive_or_delete(cfg: LocalSettings, path: Path) -> None:
-    """Archive or delete a stored local file; one already gone counts as done."""
+def _same(path: Path, taken: tuple[int, int] | None) -> bool | None:
+    """Whether ``path`` still has the size and mtime it was taken with (None: gone, or nothing to compare)."""
+    if taken is None:
+        return None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns) == taken
+
+
+def archive_or_delete(cfg: LocalSettings, path: Path, taken: tuple[int, int] | None = None) -> None:
+    """Archive or delete a stored local file; one already gone counts as done. A file written to
+    after it was read (``taken``: its size and mtime then) stays where it is, to be taken again as a
+    new version once quiet: never archived or deleted with bytes nobody stored."""
+    if _same(path, taken) is False:
+        log.warning("local.changed_after_intake", file=str(path))
+        return
     if cfg.archive_path is None:
         path.unlink(missing_ok=True)
         return
@@ -116,6 +136,10 @@ def archive_or_delete(cfg: LocalSettings, path: Path) -> None:
                 os.rename(path, target)
             except FileNotFoundError:
                 return
+            return
+        if _same(path, taken) is False:  # written to between the look and the link: keep it in the drop
+            target.unlink(missing_ok=True)
+            log.warning("local.changed_after_intake", file=str(path))
             return
         path.unlink(missing_ok=True)
         return

@@ -23,6 +23,7 @@ import io
 import posixpath
 import socket
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -207,7 +208,7 @@ class SftpClient:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
-        self.tracker = tracker if tracker is not None else StabilityTracker()
+        self.tracker = tracker if tracker is not None else StabilityTracker(quiet_seconds=config.quiet_seconds)
         #: Errors per drop folder from the last `list_pending` (cleared per folder on success).
         self.folder_errors: dict[str, str] = {}
         self._clock = clock
@@ -405,7 +406,7 @@ class SftpClient:
                 remote_id = posixpath.join(folder.path, name)
                 present.add(remote_id)
                 size, mtime = int(attr.st_size or 0), int(attr.st_mtime or 0)
-                if self.tracker.observe(remote_id, size, mtime):
+                if self.tracker.observe(remote_id, size, mtime, age=time.time() - mtime):
                     ready.append(
                         RemoteFile(folder.path, remote_id, name, size, mtime, folder.partners)
                     )
@@ -450,12 +451,24 @@ class SftpClient:
         folder = self._folders.get(f.folder)
         if folder is None:
             raise SftpConfigError(f"{f.remote_id}: folder {f.folder} is not a configured drop folder")
+        self.tracker.forget(f.remote_id)
+        if self._call(lambda sftp: self._changed_since_taken(sftp, f)):
+            return  # written to after it was read: left in place, taken again as a new version once quiet
         if folder.after_intake == "delete":
             self._call(lambda sftp: self._delete(sftp, f))
         else:
             assert folder.archive_path is not None
             self._call(lambda sftp: self._archive(sftp, f, folder.archive_path))
-        self.tracker.forget(f.remote_id)
+
+    def _changed_since_taken(self, sftp: paramiko.SFTPClient, f: RemoteFile) -> bool:
+        try:
+            st = sftp.stat(f.remote_id)
+        except OSError:
+            return False  # gone: the archive or delete finds it so
+        if (int(st.st_size or 0), int(st.st_mtime or 0)) == (f.size, f.mtime):
+            return False
+        self._log.warning("sftp.changed_after_intake", file=f.remote_id, size=st.st_size, taken_size=f.size)
+        return True
 
     def _delete(self, sftp: paramiko.SFTPClient, f: RemoteFile) -> None:
         try:

@@ -121,6 +121,8 @@ class SftpConfig(BaseModel):
         default=(), description="Pinned keys of this server as 'keytype base64' entries."
     )
     folders: tuple[DropFolder, ...] = ()
+    quiet_seconds: float = Field(default=10.0, ge=0, description=(
+        "A file is taken once its size and mtime have not changed for this long, over two polls."))
     connect_timeout: float = Field(default=15.0, gt=0)
     operation_timeout: float = Field(default=60.0, gt=0)
     retry_attempts: int = Field(default=4, ge=1, le=20)

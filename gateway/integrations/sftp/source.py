@@ -30,7 +30,8 @@ class SftpSource:
 
     def poll(self, intake: Intake) -> None:
         # What each file looked like at the last poll: a file is taken once it looked the same twice.
-        tracker = StabilityTracker.from_dict(intake.cursor.get("stability"))
+        tracker = StabilityTracker.from_dict(intake.cursor.get("stability"),
+                                             quiet_seconds=self.settings.quiet_seconds)
         try:
             with SftpClient(self.settings, tracker) as client:
                 for f in client.list_pending():
