@@ -184,10 +184,13 @@ def send_acknowledgments(runtime: Runtime, *, now: datetime | None = None) -> in
         for row in due:
             target = ack_target(runtime.settings, row.source, row.remote_id, row.partner, wanted[row.partner])
             if target is None:
-                log.warning("ack.no_outbound_folder", interchange=row.id, partner=row.partner,
-                            hint="set acknowledgments.outbound_folder in the mapping file or outbound_path "
-                                 "on the partner's SFTP drop folder or local source")
+                # A standing condition of the partner's configuration: said once, not once per look.
+                runtime.conditions.holds(f"ack.no_outbound_folder:{row.partner}", "ack.no_outbound_folder",
+                                         partner=row.partner, first_interchange=row.id,
+                                         hint="set acknowledgments.outbound_folder in the mapping file or "
+                                              "outbound_path on the partner's SFTP drop folder or local source")
                 continue
+            runtime.conditions.ended(f"ack.no_outbound_folder:{row.partner}")
             with reading(runtime.engine) as s:
                 text = s.get(Interchange, row.id).ack
             name = ack_file_name(row.id, row.ack_kind, row.control_number)

@@ -176,3 +176,42 @@ def configure_logging(settings: Any = None, *, json: bool | None = None, level: 
 
 def get_logger(name: str = "gateway", **bound: Any):
     return structlog.get_logger(name, **bound)
+
+
+class StandingConditions:
+    """Warnings about a condition that lasts (a partner with no outbound folder, a source that keeps
+    failing): logged once when it starts and once when it ends, never on every look in between.
+
+    One per :class:`gateway.runtime.Runtime` (per process); ``key`` names the condition and what it
+    is about, e.g. ``"ack.no_outbound_folder:acme"``.
+    """
+
+    def __init__(self, logger: Any = None) -> None:
+        import threading
+
+        self._log = logger or structlog.get_logger("gateway")
+        self._active: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def holds(self, key: str, event: str, **fields: Any) -> bool:
+        """The condition ``key`` holds now: warn ``event`` if it did not before. True if it just started."""
+        with self._lock:
+            if key in self._active:
+                return False
+            self._active[key] = (event, fields)
+        self._log.warning(event, **fields)
+        return True
+
+    def ended(self, key: str) -> bool:
+        """The condition ``key`` no longer holds: say so (``<event>.ended``) if it did. True if it just ended."""
+        with self._lock:
+            found = self._active.pop(key, None)
+        if found is None:
+            return False
+        event, fields = found
+        self._log.info(f"{event}.ended", **fields)
+        return True
+
+    def active(self) -> list[str]:
+        with self._lock:
+            return sorted(self._active)

@@ -93,12 +93,16 @@ def poll_source(runtime: Runtime, source_name: str) -> PollReport:
         source.poll(intake)
     except Exception as exc:  # noqa: BLE001 - a failed poll is recorded; nothing was acknowledged unstored
         report.errors.append(_describe(exc))
-        log.error("poll.failed", source=name, error=report.errors[-1])
     finally:
         try:
             _record(runtime, report, intake.cursor)
         finally:
             release(engine, lease, owner)
+    # A source that keeps failing is one standing condition: warned when it starts, said when it ends.
+    if report.errors:
+        runtime.conditions.holds(f"poll.failed:{name}", "poll.failed", source=name, error=report.errors[-1])
+    else:
+        runtime.conditions.ended(f"poll.failed:{name}")
     log.info("poll.done", source=name, listed=report.listed, stored=report.stored, duplicates=report.duplicates,
              already_stored=report.already_stored, skipped=report.skipped, errors=len(report.errors))
     return report

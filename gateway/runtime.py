@@ -21,6 +21,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from gateway.logging import StandingConditions
 from gateway.settings import Settings
 from gateway.store.db import make_engine, reading, upgrade
 from gateway.store.models import PartnerFile
@@ -45,6 +46,7 @@ class Runtime:
     _partners_version: tuple | None = field(default=None, repr=False)
     _partners_checked: float = field(default=float("-inf"), repr=False)
     _partner_problems: list = field(default_factory=list, repr=False)
+    conditions: StandingConditions = field(default_factory=lambda: StandingConditions(log), repr=False)
     monotonic: Callable[[], float] = field(default=time.monotonic, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Clients an integration's parts share in this process (e.g. one Plex client for matching and
@@ -66,11 +68,12 @@ class Runtime:
         with self._lock:
             if self._partners is None or version != self._partners_version:
                 self._partners, problems = load_partners(self.settings.partners_dir, self.engine)
-                if problems and not self._partner_problems:
-                    log.warning("partner_files_broken", files=sorted({p.source for p in problems}),
-                                problems=[p.message for p in problems][:10])
-                elif self._partner_problems and not problems:
-                    log.info("partner_files_fixed")
+                if problems:
+                    self.conditions.holds("partner_files_broken", "partner_files_broken",
+                                          files=sorted({p.source for p in problems}),
+                                          problems=[p.message for p in problems][:10])
+                else:
+                    self.conditions.ended("partner_files_broken")
                 self._partner_problems = problems
                 self._partners_version = version
             self._partners_checked = now

@@ -372,3 +372,39 @@ def test_a_file_written_to_after_it_was_taken_is_taken_again_as_a_new_version(en
     with Session(engine) as s:
         assert s.get(RawPayload, first.id).data == X12[:60] and s.get(RawPayload, second.id).data == X12
     assert [p.read_bytes() for p in (tmp_path / "archive").iterdir()] == [X12] and not path.exists()
+
+
+def test_a_standing_condition_is_logged_once_when_it_starts_and_once_when_it_ends(engine, tmp_path):
+    import structlog
+
+    partners = tmp_path / "partners"
+    partners.mkdir()
+    (partners / "acme.yaml").write_text(PARTNER.format(id="acme", sender="ACME", send="true"))
+    rt = runtime(engine, tmp_path)  # no outbound_path: nowhere to write acme's acknowledgments
+    drop(tmp_path / "in", "a.edi", X12)
+    drop(tmp_path / "in", "b.edi", X12 + b"b")
+    poll_source(rt, "demo")
+    for ich in interchanges(engine):
+        _split_like_the_worker(engine, ich.id, "acme", f"ISA*997 {ich.id}~")
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(5):  # five looks, two interchanges each
+            assert send_acknowledgments(rt) == 0
+    assert [e["event"] for e in logs if e["event"].startswith("ack.")] == ["ack.no_outbound_folder"]
+    rt.settings = rt.settings.model_copy(update={"local": [rt.settings.local[0].model_copy(
+        update={"outbound_path": tmp_path / "out" / "{partner}"})]})
+    with structlog.testing.capture_logs() as logs:
+        assert send_acknowledgments(rt) == 2
+        assert send_acknowledgments(rt) == 0
+    assert [e["event"] for e in logs if e["event"].startswith("ack.no_outbound")] == ["ack.no_outbound_folder.ended"]
+
+    # A source that keeps failing: one warning, however many polls, and one line when it recovers.
+    rt.settings = rt.settings.model_copy(update={"local": [rt.settings.local[0].model_copy(
+        update={"path": tmp_path / "gone"})]})
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(4):
+            assert poll_source(rt, "demo").errors
+    assert [e["event"] for e in logs if e["event"].startswith("poll.failed")] == ["poll.failed"]
+    (tmp_path / "gone").mkdir()
+    with structlog.testing.capture_logs() as logs:
+        assert not poll_source(rt, "demo").errors
+    assert [e["event"] for e in logs if e["event"].startswith("poll.failed")] == ["poll.failed.ended"]
