@@ -25,6 +25,8 @@ from __future__ import annotations
 import base64
 import binascii
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -198,6 +200,79 @@ def _extractable(item: dict[str, Any], now: datetime) -> bool:
 # ------------------------------------------------------------------------------------------- source
 
 
+class ClientCredentialsAuth(httpx.Auth):
+    """OAuth2 client credentials (RFC 6749 §4.4) for the B2B REST API: the mode the brief assumed for
+    B2Bi 6.2.2+ (SPECULATIVE: ``specs/sterling.md`` §2 found it documented for the SaaS product only).
+
+    The token comes from ``token_url`` (the client authenticating with Basic), is kept until shortly
+    before ``expires_in`` runs out, and is fetched again once when the API answers 401 (expired or
+    revoked early); a second 401 is the API's answer. The secret never leaves this object but in
+    the token request's Authorization header.
+    """
+
+    requires_response_body = True
+    MARGIN_S = 60.0  # fetch a new token this long before the old one expires
+
+    def __init__(self, token_url: str, client_id: str, client_secret: str, *, scope: str | None = None,
+                 clock=time.monotonic) -> None:
+        self.token_url, self.client_id, self.scope = token_url, client_id, scope
+        self._basic = httpx.BasicAuth(client_id, client_secret)
+        self._clock = clock
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = threading.Lock()
+
+    def _token_request(self) -> httpx.Request:
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        request = httpx.Request("POST", self.token_url, data=form, headers={"Accept": "application/json"})
+        return next(self._basic.auth_flow(request))
+
+    def _adopt(self, response: httpx.Response) -> str:
+        if response.status_code in _RETRY_STATUSES:  # the token endpoint is busy: the request is retried
+            raise _Transient(f"OAuth2 token request: HTTP {response.status_code}")
+        if response.status_code in (400, 401):
+            raise SterlingAuthError(f"Sterling OAuth2 token request: HTTP {response.status_code}, client "
+                                    f"{self.client_id!r} refused ({_oauth_error(response)})",
+                                    status=response.status_code, method="POST", path="/oauth2/token")
+        try:
+            data = response.json()
+            token, lifetime = str(data["access_token"]), float(data.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError):
+            raise SterlingProtocolError(f"Sterling OAuth2 token request: HTTP {response.status_code}, no "
+                                        "access_token in the answer", method="POST", path="/oauth2/token") from None
+        with self._lock:
+            self._token, self._expires_at = token, self._clock() + lifetime
+        return token
+
+    def _cached(self) -> str | None:
+        with self._lock:
+            if self._token and self._clock() < self._expires_at - self.MARGIN_S:
+                return self._token
+            return None
+
+    def auth_flow(self, request: httpx.Request):
+        token = self._cached()
+        if token is None:
+            token = self._adopt((yield self._token_request()))
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:  # expired or revoked before its time: one new token, one retry
+            with self._lock:
+                self._token = None
+            token = self._adopt((yield self._token_request()))
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request
+
+
+def _oauth_error(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or "no reason given")
+    except (ValueError, AttributeError):
+        return "no reason given"
+
+
 class SterlingClient:
     """Polls Sterling B2Bi mailboxes over the B2B REST API. Synchronous; one instance per poller.
 
@@ -209,10 +284,19 @@ class SterlingClient:
         verify: bool | ssl.SSLContext = config.verify
         if isinstance(config.verify, str):
             verify = ssl.create_default_context(cafile=config.verify)  # customer CA for self-signed Liberty certs
-        self._secret = config.password.get_secret_value()
+        if config.auth == "oauth2":
+            assert config.oauth_client_secret is not None
+            self._secret = config.oauth_client_secret.get_secret_value()
+            auth: httpx.Auth = ClientCredentialsAuth(
+                config.oauth_token_url or config.base_url + "/oauth2/token", config.oauth_client_id or "",
+                self._secret, scope=config.oauth_scope)
+        else:
+            assert config.password is not None
+            self._secret = config.password.get_secret_value()
+            auth = httpx.BasicAuth(config.username or "", self._secret)
         self._client = httpx.Client(
             base_url=config.base_url + config.api_root,
-            auth=httpx.BasicAuth(config.username, self._secret),
+            auth=auth,
             # IBM documents all three headers as required, GET included.
             headers={"Accept": "application/json", "Content-Type": "application/json"},
             timeout=config.timeout, verify=verify, transport=transport, follow_redirects=False,
@@ -334,7 +418,7 @@ class SterlingClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SterlingClient({self.config.base_url!r}, user={self.config.username!r}, " \
+        return f"SterlingClient({self.config.base_url!r}, user={self.config.principal!r}, " \
                f"mailboxes={self.config.mailboxes!r})"
 
     def find_mailbox(self, path: str) -> str:
@@ -353,8 +437,8 @@ class SterlingClient:
                 ident = row.get("_id", row.get("id"))
                 if ident is not None:
                     return str(ident)
-        raise MailboxNotFound(f"mailbox {path} does not exist or is not visible to user "
-                               f"{self.config.username!r}", path=path)
+        raise MailboxNotFound(f"mailbox {path} does not exist or is not visible to "
+                               f"{self.config.principal!r}", path=path)
 
     def _list_mailbox(self, path: str, mailbox_id: str) -> list[RemoteMessage]:
         now = datetime.now(timezone.utc)
@@ -448,10 +532,11 @@ class SterlingClient:
         detail = self._error_text(response)
         where = f"Sterling {method} {path}"
         if status == 401:
-            raise SterlingAuthError(f"{where}: HTTP 401, credentials for user {self.config.username!r} rejected "
-                                    "(wrong, rotated or locked password?)", status=401, method=method, path=path)
+            raise SterlingAuthError(f"{where}: HTTP 401, credentials for {self.config.principal!r} rejected "
+                                    "(wrong, rotated or locked password or client secret?)", status=401,
+                                    method=method, path=path)
         if status == 403:
-            raise SterlingPermissionError(f"{where}: HTTP 403, user {self.config.username!r} lacks APIUser or the "
+            raise SterlingPermissionError(f"{where}: HTTP 403, {self.config.principal!r} lacks APIUser or the "
                                           f"mailbox permission: {detail}", status=403, method=method, path=path)
         if status == 404 and not self._is_api_error(response):
             raise SterlingUnavailable(f"{where}: HTTP 404 from the server, not from the API ({detail}); is the "
@@ -488,7 +573,8 @@ class SterlingClient:
         # Belt and braces: a proxy or server echoing the request must not leak the password into logs.
         if self._secret:
             text = text.replace(self._secret, "***")
-        token = base64.b64encode(f"{self.config.username}:{self._secret}".encode()).decode()
+        who = self.config.username if self.config.auth == "basic" else self.config.oauth_client_id
+        token = base64.b64encode(f"{who}:{self._secret}".encode()).decode()
         return text.replace(token, "***")
 
     def _protocol(self, method: str, path: str, what: str) -> SterlingProtocolError:

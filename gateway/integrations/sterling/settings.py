@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = ["SterlingConfig", "SterlingSettings"]
 
@@ -17,8 +17,15 @@ class SterlingConfig(BaseModel):
 
     base_url: str = Field(description="scheme://host:port of the B2B REST API (Liberty 'SIServer', base port+75)")
     api_root: str = "/B2BAPIs/svc"
-    username: str
-    password: SecretStr
+    auth: Literal["basic", "oauth2"] = Field(
+        "basic", description="basic: username/password on every request; oauth2: client credentials for a "
+                             "bearer token (the optional mode assumed for B2Bi 6.2.2+; see specs/sterling.md §2)")
+    username: str | None = None
+    password: SecretStr | None = None
+    oauth_token_url: str | None = Field(None, description="the token endpoint; default base_url + /oauth2/token")
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_scope: str | None = None
     mailboxes: list[str] = Field(min_length=1, description="mailbox paths to poll, e.g. /ACME_EDI/Inbox")
     page_size: int = Field(500, ge=1, le=1000)
     timeout: float = Field(30.0, gt=0, description="seconds per request (connect, read, write, pool)")
@@ -42,6 +49,19 @@ class SterlingConfig(BaseModel):
             # Credentials in the URL would end up in logs and exception texts.
             raise ValueError("base_url must not carry credentials; use username/password")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> SterlingConfig:
+        if self.auth == "basic" and not (self.username and self.password):
+            raise ValueError("basic auth needs username and password")
+        if self.auth == "oauth2" and not (self.oauth_client_id and self.oauth_client_secret):
+            raise ValueError("oauth2 auth needs oauth_client_id and oauth_client_secret")
+        return self
+
+    @property
+    def principal(self) -> str:
+        """Who the gateway signs in as, for messages: the user name or the OAuth client id."""
+        return (self.username if self.auth == "basic" else f"OAuth client {self.oauth_client_id}") or "?"
 
     @field_validator("mailboxes")
     @classmethod

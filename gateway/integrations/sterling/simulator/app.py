@@ -6,6 +6,9 @@ lists paged by ``_range=a-b`` (inclusive, no total, no ``Content-Range``); singl
 ``_title``, ``href``, ``$ref``, ``actions``; colon-less timestamp offsets; 201 ``{"Location"}`` on create,
 200 ``{"rowsAffected": 1}`` on PUT/DELETE; ``{"errorCode", "errorDescription"}`` on 400/404; Liberty plain-text
 404 for unknown paths; Basic auth (401 + ``WWW-Authenticate``), ``APIUser`` and per-mailbox permissions (403).
+With ``oauth_clients``, also the OAuth2 client-credentials mode the brief assumed for 6.2.2+ (SPECULATIVE: the
+spec found no public evidence for on-prem B2Bi): ``POST /oauth2/token`` gives bearer tokens (``expires_in``
+``token_ttl_seconds``) the API accepts beside Basic; :meth:`SterlingSim.expire_tokens` ends them early.
 
 Test/demo hooks (not part of Sterling): ``/_sim/messages`` (deposit, inspect), ``/_sim/faults`` (fault
 injection at run time), ``/_sim/reset``. The same controls are available in-process on :class:`SterlingSim`::
@@ -30,6 +33,7 @@ import itertools
 import json
 import random
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -44,7 +48,7 @@ from pydantic import BaseModel, Field
 
 from gateway.sandbox.server import RunningServer, serve_app
 
-__all__ = ["SimFaults", "SimUser", "SterlingSim", "create_app", "run_sterling_sim"]
+__all__ = ["SimFaults", "SimOAuthClient", "SimUser", "SterlingSim", "create_app", "run_sterling_sim"]
 
 API_ROOT = "/B2BAPIs/svc"
 REALM = 'Basic realm="B2BAPIs"'
@@ -59,6 +63,15 @@ class SimUser(BaseModel):
     password: str
     api_user: bool = True
     mailboxes: list[str] | None = None  # None: every mailbox ("admin"-like); else exact paths
+
+
+class SimOAuthClient(BaseModel):
+    """An OAuth2 client (``oauth2`` mode; SPECULATIVE: specs/sterling.md §2 found no public evidence that
+    on-prem B2Bi 6.2.2+ offers it): client credentials that get bearer tokens acting as ``user``."""
+
+    secret: str
+    user: str
+    scope: str = "b2bapis"
 
 
 class SimFaults(BaseModel):
@@ -196,7 +209,15 @@ class SterlingSim:
                  tz_offset: str = "+0000", default_page_size: int = 100,
                  ordering: Literal["insertion", "id", "random"] = "random", seed: int = 1,
                  list_unextractable: bool = True, allow_duplicates: bool = True,
-                 first_message_id: int = 90817) -> None:
+                 first_message_id: int = 90817,
+                 oauth_clients: dict[str, SimOAuthClient | dict[str, Any]] | None = None,
+                 token_ttl_seconds: float = 3600.0) -> None:
+        # The optional (speculative) OAuth2 client-credentials mode beside Basic: POST /oauth2/token.
+        self.oauth_clients = {k: v if isinstance(v, SimOAuthClient) else SimOAuthClient(**v)
+                              for k, v in (oauth_clients or {}).items()}
+        self.token_ttl_seconds = token_ttl_seconds
+        self.tokens: dict[str, tuple[str, float]] = {}  # bearer token -> (user, expires at)
+        self.token_requests = 0
         self.users: dict[str, SimUser] = {}
         for name, spec in (users or {"admin": "password"}).items():
             self.users[name] = spec if isinstance(spec, SimUser) else (
@@ -325,6 +346,11 @@ class SterlingSim:
         if msg is None or msg.state in ("deleted", "vanished"):
             raise _ApiError(404, "API000150", f"MailboxMessage with id {msg_id} was not found")
         return msg
+
+    def expire_tokens(self) -> None:
+        """Every bearer token issued so far stops working (the API answers 401), as at their expiry."""
+        with self._lock:
+            self.tokens.clear()
 
     def reset(self) -> None:
         with self._lock:
@@ -510,7 +536,7 @@ def create_app(sim: SterlingSim) -> FastAPI:
     async def sterling_front(request: Request, call_next):
         path = request.url.path
         if not path.startswith(API_ROOT + "/") and path != API_ROOT:
-            if path.startswith("/_sim"):
+            if path.startswith("/_sim") or (path == "/oauth2/token" and sim.oauth_clients):
                 return await call_next(request)
             return _liberty_404(path)
         generation = sim._generation
@@ -566,6 +592,10 @@ def create_app(sim: SterlingSim) -> FastAPI:
     def _authenticate(request: Request) -> SimUser | None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and sim.oauth_clients:
+            with sim._lock:
+                user_name, expires_at = sim.tokens.get(token.strip(), ("", 0.0))
+            return sim.users.get(user_name) if expires_at > time.time() else None
         if scheme.lower() != "basic":
             return None
         try:
@@ -574,6 +604,31 @@ def create_app(sim: SterlingSim) -> FastAPI:
             return None
         user = sim.users.get(name)
         return user if user is not None and user.password == password else None
+
+    @app.post("/oauth2/token")
+    async def oauth2_token(request: Request):
+        """Client credentials (RFC 6749 §4.4): the client authenticates with Basic (or form fields)."""
+        form = await request.form()
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                client_id, _, secret = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                client_id = secret = None
+        with sim._lock:
+            sim.token_requests += 1
+        client = sim.oauth_clients.get(str(client_id or ""))
+        if client is None or client.secret != secret:
+            return JSONResponse({"error": "invalid_client"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Basic realm="oauth2"'})
+        if form.get("grant_type") != "client_credentials":
+            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+        token = secrets.token_urlsafe(24)
+        with sim._lock:
+            sim.tokens[token] = (client.user, time.time() + sim.token_ttl_seconds)
+        return JSONResponse({"access_token": token, "token_type": "Bearer", "scope": client.scope,
+                             "expires_in": int(sim.token_ttl_seconds)})
 
     @app.exception_handler(_ApiError)
     async def api_error(request: Request, exc: _ApiError):
