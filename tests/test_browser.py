@@ -270,3 +270,60 @@ def test_a_viewer_cannot_reprocess(browser, panel):
         document.body.appendChild(f); f.submit();""", f"/documents/{doc_id}/reprocess")
     assert "only operators" in _text(browser, "error-message")
     assert docs_where(panel.rt.engine, id=doc_id)[0].state == "failed"
+
+
+def test_the_operator_sees_a_broken_mapping_file_and_what_is_failing_since_when(browser, panel, tmp_path):
+    import shutil
+
+    from gateway.store import Document, SourceStatus, transaction, utcnow
+    from tests.pipeline_fixtures import PARTNERS, store_payload
+
+    rt = panel.rt
+    folder = tmp_path / "partners"
+    folder.mkdir()
+    for f in PARTNERS.glob("*.yaml"):
+        shutil.copy(f, folder)
+    # A partner nobody activated in the panel (zenith-tools may have been, by the onboarding test).
+    orion = GOOD_MAPPING.replace("zenith-tools", "orion-parts").replace("ZENITHTOOLS", "ORIONPARTS1")
+    (folder / "orion-parts.yaml").write_text(orion.replace("  translations:", "\ttranslations:"))
+    saved = rt.settings
+    rt.settings = saved.model_copy(update={"partners_dir": folder, "plex": {"api_key": "k"}})
+    rt.partners_changed()
+    try:
+        store_payload(rt.engine, zenith_sample("OP-88").replace("ZENITHTOOLS", "ORIONPARTS1").encode(), "op-88.x12")
+        # A document Plex refused with 403 (the worker path itself is tested in test_web_hardening; here the
+        # panel's own worker thread would race a second one, so the outcome is written as the machine does).
+        (doc_id,) = ingest(rt, x12_850(9301, ["NW-9301"]), "NW-9301.x12")
+        # Once the panel's worker has brought it to rest, nobody touches it but us.
+        _wait(browser, lambda d: docs_where(rt.engine, id=doc_id)[0].state in ("done", "failed", "needs_attention"))
+        with transaction(rt.engine) as s:
+            doc = s.get(Document, doc_id)
+            doc.state, doc.stage, doc.error_code = "failed", "post", "plex.permission"
+            doc.error, doc.updated_at = "Plex refused permission (HTTP 403): PCN 123", utcnow()
+        with transaction(rt.engine) as s:
+            s.add(SourceStatus(source="sterling:b2bi", last_poll_at=utcnow(), last_error_at=utcnow(),
+                               failing_since=utcnow(), last_error="Sterling GET /mailboxes/: HTTP 401, "
+                               "credentials for 'edi_api' rejected"))
+        _sign_in(browser, panel, "victor")
+
+        def shows_waiting(d):
+            d.get(panel.url + "/partners")
+            box = d.find_elements("id", "broken-partners")
+            return box and "1 interchange(s) waiting" in box[0].text
+
+        _wait(browser, shows_waiting)
+        assert "orion-parts.yaml" in _text(browser, "broken-partners")
+        browser.get(panel.url + "/sources")
+        assert "orion-parts.yaml" in _text(browser, "broken-partners")
+        plex = browser.find_element("css selector", "#destinations tr[data-destination='plex']")
+        assert "bad" in plex.get_attribute("class") and "failing" in plex.text and "HTTP 403" in plex.text
+        assert "UTC" in plex.find_element("css selector", "td.since").text
+        sterling = browser.find_element("css selector", "#sources tr[data-source='sterling:b2bi']")
+        assert "HTTP 401" in sterling.text and "UTC" in sterling.find_element("css selector", "td.since").text
+    finally:
+        rt.settings = saved
+        rt.partners_changed()
+        with transaction(rt.engine) as s:
+            row = s.get(SourceStatus, "sterling:b2bi")
+            if row is not None:
+                s.delete(row)
