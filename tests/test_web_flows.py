@@ -6,13 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
 from gateway.runtime import Runtime
 from gateway.sandbox.flows import STOCK_IMPORT_ID, stock_flow_text
-from gateway.web import create_app
 from tests.flows_env import start_env
-from tests.test_web_support import add_user, csrf_of, sign_in
+from tests.test_web_support import add_user, client_for, csrf_of, sign_in
 
 
 @pytest.fixture
@@ -45,7 +43,7 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
 
 def test_viewer_sees_flows_but_no_actions(panel):
     env, rt = panel
-    c = TestClient(create_app(rt))
+    c = client_for(rt)
     sign_in(c, "victor")
     r = c.get("/flows")
     assert r.status_code == 200
@@ -58,7 +56,7 @@ def test_viewer_sees_flows_but_no_actions(panel):
 
 def test_operator_dry_runs_switches_on_runs_and_finds_a_record(panel):
     env, rt = panel
-    c = TestClient(create_app(rt))
+    c = client_for(rt)
     token = sign_in(c, "olga")
     refused = c.post("/flows/syspro-stock/switch", data={"csrf_token": token, "on": "1"})
     assert refused.status_code == 409 and "dry-run this version" in refused.text
