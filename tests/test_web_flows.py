@@ -96,12 +96,12 @@ def test_drift_page_shows_differences_side_by_side_and_an_operator_decides(panel
     record(rt.engine, "partner", "acme-fasteners", [
         Finding("ACME01", "tax_id_differs", {"name": "Acme Fasteners Inc.", "tax_ids": ["34-1234567"]},
                 {"code": "ACME01", "name": "Acme Fasteners Inc.", "status": "Active", "tax_id": "34-9999999"})])
-    viewer = TestClient(create_app(rt))
+    viewer = client_for(rt)
     sign_in(viewer, "victor")
     page = viewer.get("/drift")
     assert page.status_code == 200 and "34-1234567" in page.text and "34-9999999" in page.text
     assert 'id="check"' not in page.text
-    c = TestClient(create_app(rt))
+    c = client_for(rt)
     token = sign_in(c, "olga")
     no_reason = c.post("/drift/1/approve", data={"csrf_token": token, "reason": ""})
     assert no_reason.status_code == 409 and "say why" in no_reason.text
