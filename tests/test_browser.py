@@ -275,7 +275,7 @@ def test_a_viewer_cannot_reprocess(browser, panel):
 def test_the_operator_sees_a_broken_mapping_file_and_what_is_failing_since_when(browser, panel, tmp_path):
     import shutil
 
-    from gateway.store import Document, SourceStatus, transaction, utcnow
+    from gateway.store import Delivery, SourceStatus, transaction, utcnow
     from tests.pipeline_fixtures import PARTNERS, store_payload
 
     rt = panel.rt
@@ -297,9 +297,14 @@ def test_the_operator_sees_a_broken_mapping_file_and_what_is_failing_since_when(
         # Once the panel's worker has brought it to rest, nobody touches it but us.
         _wait(browser, lambda d: docs_where(rt.engine, id=doc_id)[0].state in ("done", "failed", "needs_attention"))
         with transaction(rt.engine) as s:
-            doc = s.get(Document, doc_id)
-            doc.state, doc.stage, doc.error_code = "failed", "post", "plex.permission"
-            doc.error, doc.updated_at = "Plex refused permission (HTTP 403): PCN 123", utcnow()
+            from sqlmodel import select as _select
+
+            plex = s.exec(_select(Delivery).where(Delivery.document_id == doc_id, Delivery.destination == "plex")).first()
+            if plex is None:
+                plex = Delivery(document_id=doc_id, destination="plex", position=1)
+                s.add(plex)
+            plex.state, plex.error_code = "failed", "plex.permission"
+            plex.error, plex.updated_at = "Plex refused permission (HTTP 403): PCN 123", utcnow()
         with transaction(rt.engine) as s:
             s.add(SourceStatus(source="sterling:b2bi", last_poll_at=utcnow(), last_error_at=utcnow(),
                                failing_since=utcnow(), last_error="Sterling GET /mailboxes/: HTTP 401, "

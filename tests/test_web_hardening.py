@@ -375,7 +375,7 @@ def test_readiness_names_the_failing_source_and_destination_with_since_when(rt):
         assert poll_source(rt, "sterling:b2bi").errors  # Sterling answers 401
         assert poll_source(rt, "sterling:b2bi").errors
     delivery = FakeDelivery()
-    delivery.post = lambda doc, runtime: Outcome.fail("Plex refused permission (HTTP 403): not allowed for this PCN",
+    delivery.post = lambda item: Outcome.fail("Plex refused permission (HTTP 403): not allowed for this PCN",
                                                        code="plex.permission")
     ingest(rt, x12_850(41, ["PO-41"]), delivery=delivery)
     c = client_for(rt)

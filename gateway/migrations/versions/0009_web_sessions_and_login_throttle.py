@@ -5,15 +5,15 @@ out, disabling a user or changing their password ends it everywhere. Failed sign
 per user name and per client address in ``login_throttle``, which every panel process shares.
 ``source_status.failing_since`` is when a source's polls began to fail (readiness shows it).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
