@@ -13,7 +13,7 @@ from gateway.pipeline.translation import HELD
 from gateway.pipeline.worker import Worker
 from gateway.store import Document, Interchange, utcnow
 from tests.db import store_url  # noqa: F401 - fixture
-from tests.pipeline_fixtures import PARTNERS, store_payload
+from tests.pipeline_fixtures import PARTNERS, pipeline, store_payload
 from tests.test_web_support import GOOD_MAPPING, add_token, add_user, client_for, new_runtime, sign_in, x12_850, zenith_sample
 
 
@@ -45,13 +45,13 @@ def test_a_broken_mapping_file_holds_only_its_partner_and_recovers_once_fixed(rt
     rt.partners_changed()
     zenith = store_payload(rt.engine, zenith_sample("ZT-7").encode(), "zt.x12")
     northwind = store_payload(rt.engine, x12_850(501, ["NW-501"]), "nw.x12")
-    worker = Worker(rt, stages={}, name="w1")
+    worker = Worker(rt, pipeline=pipeline(), name="w1")
     worker.run_until_idle()
     assert _state(rt.engine, northwind)[:1] == ("split",) and _state(rt.engine, northwind)[2] == 1
     state, error, docs = _state(rt.engine, zenith)
     assert (state, docs) == ("received", 0) and error.startswith(HELD) and "zenith-tools.yaml" in error
     # Looked at again later, it still waits (no attempt used up, never failed).
-    later = Worker(rt, stages={}, name="w2", clock=lambda: utcnow() + timedelta(minutes=5))
+    later = Worker(rt, pipeline=pipeline(), name="w2", clock=lambda: utcnow() + timedelta(minutes=5))
     later.run_until_idle()
     assert _state(rt.engine, zenith)[0] == "received"
 
@@ -69,7 +69,7 @@ def test_a_broken_mapping_file_holds_only_its_partner_and_recovers_once_fixed(rt
     # Fixed: the held interchange is split by itself, with the partner's own mapping.
     (folder / "zenith-tools.yaml").write_text(GOOD_MAPPING)
     rt.partners_changed()
-    Worker(rt, stages={}, name="w3", clock=lambda: utcnow() + timedelta(minutes=10)).run_until_idle()
+    Worker(rt, pipeline=pipeline(), name="w3", clock=lambda: utcnow() + timedelta(minutes=10)).run_until_idle()
     state, error, docs = _state(rt.engine, zenith)
     assert (state, error, docs) == ("split", None, 1)
     with Session(rt.engine) as s:
